@@ -1,0 +1,53 @@
+# The two commands a fresh machine needs: `make demo` and `make test` (see README.md).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+CUSTOMERS ?= 20000
+export OMNI_WORKDIR ?= $(CURDIR)/work
+DEMO_DATA := $(OMNI_WORKDIR)/data/demo
+export OPENBLAS_NUM_THREADS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export BENTOML_DO_NOT_TRACK := True
+
+.PHONY: demo test lint format install train serve bento clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+$(DEMO_DATA)/truth/meta.json: | $(BIN)/.installed
+	$(BIN)/omni generate --customers $(CUSTOMERS) --seed 42 --out $(DEMO_DATA)
+
+train: $(DEMO_DATA)/truth/meta.json
+	$(BIN)/omni train --data $(DEMO_DATA)
+
+serve: | $(BIN)/.installed
+	@echo
+	@echo "Serving on http://127.0.0.1:$(PORT) (OpenAPI: http://127.0.0.1:$(PORT)/docs.json). Try:"
+	@echo "  curl -s -H 'content-type: application/json' -d '{\"customer_id\": \"C0000001\", \"channel\": \"web\", \"k\": 5}' http://127.0.0.1:$(PORT)/v1/recommend"
+	@echo
+	$(BIN)/bentoml serve serving.service:OmniService --host 127.0.0.1 -p $(PORT)
+
+demo: install train serve
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bento: install
+	$(BIN)/bentoml build -f bentofile.yaml .
+
+clean:
+	rm -rf $(OMNI_WORKDIR)

@@ -1,0 +1,61 @@
+"""The small interface every item-scoring model implements (in the spirit of `implicit`).
+
+A model is fitted on a customer×product interaction matrix (CSR, rows = customers, columns =
+products, values = interaction weights) and then scores products for rows of such a matrix.
+Scoring from *rows* rather than from customer indices is what lets one interface serve known
+customers, new customers with a few session items, and batch scoring alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class ItemScorer(ABC):
+    """Base class: `fit(interactions)` then `score(user_items, user_index)`."""
+
+    @abstractmethod
+    def fit(self, interactions: sp.csr_matrix) -> ItemScorer:
+        """Learn from the full interaction matrix; returns self."""
+
+    @abstractmethod
+    def score(self, user_items: sp.csr_matrix, user_index: np.ndarray | None = None) -> np.ndarray:
+        """Dense scores (n_rows × n_items) for each row of `user_items`.
+
+        `user_index` gives, per row, the customer's row in the fitted matrix, or -1 for a
+        customer the model has not seen (scored from `user_items` alone). None means all unseen.
+        """
+
+
+def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item indices and scores per row, ties broken by the lower item index.
+
+    `exclude` is a boolean mask of the same shape (True = never return). Rows with fewer than k
+    eligible items return fewer valid entries; missing slots carry index -1 and score -inf.
+    Deterministic ties matter: the same request must give the same list on every channel.
+    """
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64)).copy()
+    if exclude is not None:
+        scores[np.atleast_2d(exclude)] = -np.inf
+    n_rows, n_items = scores.shape
+    k = max(0, min(k, n_items))
+    out_idx = np.full((n_rows, k), -1, dtype=np.int64)
+    out_scores = np.full((n_rows, k), -np.inf)
+    if k == 0:
+        return out_idx, out_scores
+    # the k-th best score per row; every item at or above it is a candidate (ties included), then an
+    # exact sort by (score desc, index asc) on that small set.
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
+    for row in range(n_rows):
+        cand = np.flatnonzero(scores[row] >= kth[row])
+        cand_scores = scores[row, cand]
+        order = np.lexsort((cand, -cand_scores))[:k]
+        chosen, chosen_scores = cand[order], cand_scores[order]
+        valid = np.isfinite(chosen_scores)
+        n_valid = int(valid.sum())
+        out_idx[row, :n_valid] = chosen[valid]
+        out_scores[row, :n_valid] = chosen_scores[valid]
+    return out_idx, out_scores

@@ -1,0 +1,79 @@
+"""`omni train` end to end on a small generated history: metrics, MLflow run, registry alias, CLI."""
+
+import shutil
+
+import pandas as pd
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from training.cli import main
+from training.settings import CHAMPION, REGISTERED_RECOMMENDER
+
+
+def test_train_reports_both_models_side_by_side(trained):
+    for model in ("popularity", "als"):
+        for metric in ("recall@10", "ndcg@10"):
+            value = trained.metrics[f"{model}.{metric}"]
+            assert 0.0 <= value <= 1.0
+    # the generated tastes are personal: ALS must beat popularity clearly
+    assert trained.metrics["als.ndcg@10"] > trained.metrics["popularity.ndcg@10"]
+
+
+def test_run_and_champion_alias_are_in_mlflow(trained, tracking_uri):
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run = client.get_run(trained.run_id)
+    assert "als.ndcg_at_10" in run.data.metrics and "popularity.ndcg_at_10" in run.data.metrics
+    assert run.data.params["recommender.factors"] == "16"
+    mv = client.get_model_version_by_alias(REGISTERED_RECOMMENDER, CHAMPION)
+    assert str(mv.version) == trained.model_version
+    assert mv.run_id == trained.run_id
+
+
+def test_train_on_bad_folder_exits_2_and_registers_nothing(trained, generated_data, tmp_path, tracking_uri):
+    bad = tmp_path / "bad"
+    shutil.copytree(generated_data, bad, ignore=shutil.ignore_patterns("truth"))
+    events = pd.read_parquet(bad / "events.parquet")
+    events.loc[3, "channel"] = "carrier-pigeon"
+    events.to_parquet(bad / "events.parquet", index=False)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    before = len(client.search_model_versions(f"name='{REGISTERED_RECOMMENDER}'"))
+    result = CliRunner().invoke(main, ["train", "--data", str(bad), "--tracking-uri", tracking_uri])
+    assert result.exit_code == 2
+    assert "carrier-pigeon" in result.output
+    assert "nothing was trained" in result.output
+    assert len(client.search_model_versions(f"name='{REGISTERED_RECOMMENDER}'")) == before
+
+
+def test_train_on_missing_folder_exits_2(tmp_path, tracking_uri):
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(tmp_path / "nope"), "--tracking-uri", tracking_uri]
+    )
+    assert result.exit_code == 2
+
+
+def test_recommend_all_writes_parquet_for_every_customer(trained, tracking_uri, tmp_path):
+    out = tmp_path / "recs.parquet"
+    result = CliRunner().invoke(
+        main, ["recommend", "--all", "--k", "5", "--out", str(out), "--tracking-uri", tracking_uri]
+    )
+    assert result.exit_code == 0, result.output
+    recs = pd.read_parquet(out)
+    assert list(recs.columns) == ["customer_id", "rank", "product_id", "score", "reason"]
+    per_customer = recs.groupby("customer_id").size()
+    assert per_customer.max() == 5
+    assert not recs.duplicated(["customer_id", "product_id"]).any()
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_recommend_all_without_out_is_bad_input(tracking_uri):
+    result = CliRunner().invoke(main, ["recommend", "--all", "--tracking-uri", tracking_uri])
+    assert result.exit_code == 2
+    assert "--out" in result.output
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    for command in main.commands:
+        result = runner.invoke(main, [command, "--help"])
+        assert result.exit_code == 0, command
+        assert "Usage" in result.output

@@ -1,0 +1,167 @@
+"""`omni`: the one command line for every lifecycle stage (generate, validate, train, recommend, ...).
+
+Conventions every command follows: `--data DIR` (default: the demo data folder) and
+`--tracking-uri URI` (default: the local SQLite store) where data or models are read; `--out FILE`
+for what is written (written to a temporary file first, then moved into place); exit 0 on
+success, 2 on bad input with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from training.settings import default_data_dir, default_tracking_uri, quiet_libraries
+
+quiet_libraries()
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def channels_option(f):
+    return click.option(
+        "--channels",
+        default=None,
+        help="Comma-separated list of allowed channels (default: store,web,app,email,sms,push,social,call_center).",
+    )(f)
+
+
+def contract_from(channels: str | None):
+    from features.contract import DEFAULT_CHANNELS, ContractConfig
+
+    if not channels:
+        return ContractConfig(channels=DEFAULT_CHANNELS)
+    names = tuple(ch.strip() for ch in channels.split(",") if ch.strip())
+    if not names:
+        fail("--channels: give at least one channel name")
+    return ContractConfig(channels=names)
+
+
+data_option = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data folder (default: the demo data under the working folder).",
+)
+tracking_option = click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: SQLite store under the working folder, or $OMNI_TRACKING_URI).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Omnichannel recommendations and next-best-action: data, training, scoring, serving."""
+
+
+@main.command()
+@click.option("--customers", "n_customers", type=click.IntRange(min=1), default=20_000, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--products", "n_products", type=click.IntRange(min=10), default=None, help="Catalogue size.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Output folder.")
+def generate(n_customers: int, seed: int, n_products: int | None, out_dir: Path | None) -> None:
+    """Generate an omnichannel history with hidden ground truth (truth goes to OUT/truth/)."""
+    from features.synthetic import generate as run_generate
+
+    out_dir = out_dir or default_data_dir()
+    try:
+        summary = run_generate(n_customers, seed, out_dir, n_products=n_products, show_progress=True)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    click.echo(
+        f"generated {out_dir} in {summary.seconds:.1f} s: "
+        + ", ".join(f"{name}={rows}" for name, rows in summary.rows.items())
+    )
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@channels_option
+def validate(data_dir: Path, channels: str | None) -> None:
+    """Check DATA_DIR against the data contract; report every problem (exit 2 if any error)."""
+    from features.validation import validate_dir
+
+    problems = validate_dir(data_dir, contract_from(channels))
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        click.echo(f"{p.severity}: {p}", err=True)
+    if errors:
+        click.echo(f"{len(errors)} error(s): {data_dir} does not meet the data contract", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(f"ok: {data_dir} meets the data contract ({len(problems)} warning(s))")
+
+
+@main.command()
+@data_option
+@tracking_option
+@channels_option
+@click.option(
+    "--test-days", type=click.IntRange(min=1), default=28, show_default=True, help="Held-out window."
+)
+@click.option("--factors", type=click.IntRange(min=2), default=64, show_default=True, help="ALS factors.")
+@click.option(
+    "--iterations", type=click.IntRange(min=1), default=15, show_default=True, help="ALS iterations."
+)
+@click.option("--seed", type=int, default=42, show_default=True)
+def train(data_dir, tracking_uri, channels, test_days, factors, iterations, seed) -> None:
+    """Validate, build features, evaluate on a time split, refit on all data, register as champion."""
+    from features.validation import DataValidationError
+    from training.train import TrainConfig, format_result, run_training
+
+    data_dir = data_dir or default_data_dir()
+    config = TrainConfig(test_days=test_days, factors=factors, iterations=iterations, random_state=seed)
+    try:
+        result = run_training(
+            data_dir, tracking_uri or default_tracking_uri(), config, contract_from(channels)
+        )
+    except DataValidationError as exc:
+        fail(f"{data_dir} does not meet the data contract; nothing was trained or registered\n{exc}")
+    except ValueError as exc:
+        fail(f"{exc}; nothing was registered")
+    click.echo(format_result(result))
+
+
+@main.command()
+@data_option
+@tracking_option
+@click.option("--all", "all_customers", is_flag=True, help="Recommend for every customer of the model.")
+@click.option("--customer", "customer_ids", multiple=True, help="A customer id (repeatable).")
+@click.option("--k", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option(
+    "--out", "out_file", type=click.Path(path_type=Path), default=None, help="Parquet file to write."
+)
+def recommend(data_dir, tracking_uri, all_customers, customer_ids, k, out_file) -> None:
+    """Top-k products per customer from the champion recommender (Parquet with --out, else a table)."""
+    from features.io import write_table_atomic
+    from training.scoring import load_champion_recommender, recommendations_frame
+
+    if not all_customers and not customer_ids:
+        fail("give --all or at least one --customer")
+    if all_customers and not out_file:
+        fail("--all needs --out FILE (a Parquet file)")
+    try:
+        rec, version = load_champion_recommender(tracking_uri or default_tracking_uri())
+    except LookupError as exc:
+        fail(str(exc))
+    ids = rec.customer_ids_.tolist() if all_customers else list(customer_ids)
+    frame = recommendations_frame(rec, ids, k, show_progress=True)
+    if out_file:
+        write_table_atomic(frame, out_file)
+        click.echo(
+            f"wrote {len(frame)} rows for {len(ids)} customers to {out_file} (model version {version})"
+        )
+    else:
+        click.echo(frame.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

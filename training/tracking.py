@@ -1,0 +1,128 @@
+"""MLflow tracking and model registry: one place that knows about experiments, runs and aliases."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from training.settings import EXPERIMENT_NAME, default_artifact_root, quiet_libraries, work_dir
+
+quiet_libraries()
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+_PYFUNC_FILE = Path(__file__).with_name("mlflow_recommender.py")
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_tracking(tracking_uri: str, experiment: str = EXPERIMENT_NAME) -> MlflowClient:
+    """Point MLflow at the store and make sure the experiment exists.
+
+    For the local SQLite store the artefacts go under the working folder (MLflow would otherwise
+    put them under the current directory); a tracking server decides for itself.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if client.get_experiment_by_name(experiment) is None:
+        location = None
+        if tracking_uri.startswith("sqlite:"):
+            root = default_artifact_root()
+            root.mkdir(parents=True, exist_ok=True)
+            location = root.as_uri()
+        client.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return client
+
+
+def log_recommender_model(model_dir: Path, registered_name: str) -> str:
+    """Log the recommender folder as a pyfunc model in the active run and register it; returns the version."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "customer_id")]),
+        outputs=Schema(
+            [
+                ColSpec("string", "customer_id"),
+                ColSpec("long", "rank"),
+                ColSpec("string", "product_id"),
+                ColSpec("double", "score"),
+                ColSpec("string", "reason"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("k", "long", 10)]),
+    )
+    with warnings.catch_warnings():
+        # MLflow asks for an input example; the explicit signature above already says everything.
+        warnings.filterwarnings("ignore", message="An input example was not provided")
+        info = _log_pyfunc(model_dir, registered_name, signature)
+    return str(info.registered_model_version)
+
+
+def _log_pyfunc(model_dir: Path, registered_name: str, signature):
+    return mlflow.pyfunc.log_model(
+        name="recommender",
+        python_model=str(_PYFUNC_FILE),
+        artifacts={"recommender": str(model_dir)},
+        code_paths=[str(_PACKAGE_ROOT / "models"), str(_PACKAGE_ROOT / "features")],
+        pip_requirements=_pinned_requirements(),
+        signature=signature,
+        registered_model_name=registered_name,
+    )
+
+
+def _pinned_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    names = ["numpy", "pandas", "scipy", "implicit", "mlflow"]
+    return [f"{n}=={version(n)}" for n in names]
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    client.set_registered_model_alias(name, alias, version)
+
+
+def download_model_folder(
+    tracking_uri: str, name: str, alias: str, artifact: str = "recommender"
+) -> tuple[Path, str]:
+    """Local copy of the aliased version's artefact folder; returns (folder, version).
+
+    Copies are cached per store and version under the working folder, downloaded to a temporary
+    sibling and renamed into place, so several service workers starting at once never see half a
+    model. LookupError with the reason when the alias or the artefact does not exist.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as exc:
+        raise LookupError(
+            f"no model '{name}@{alias}' in the registry at {tracking_uri}: run `omni train` first"
+        ) from exc
+    store_key = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
+    cache = work_dir() / "cache" / "models" / store_key / f"{name}-v{mv.version}"
+    folder = cache / "artifacts" / artifact
+    if not folder.exists():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp), tracking_uri=tracking_uri
+            )
+            if not (tmp / "artifacts" / artifact).exists():
+                raise LookupError(f"model '{name}' version {mv.version} has no '{artifact}' artefact folder")
+            try:
+                os.replace(tmp, cache)
+            except OSError:
+                if not folder.exists():  # another worker did not win the race either: a real error
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder, str(mv.version)

@@ -1,0 +1,225 @@
+"""`omni train`: validate → stitch identities → features → time-based evaluation → refit → MLflow registry.
+
+The split is for measuring only: the models evaluated on the held-out window are thrown away, and
+the registered models are refitted on the whole history so that the latest behaviour counts.
+Nothing is registered unless every step before registration succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from features import columns as c
+from features.contract import ContractConfig
+from features.customer_features import build_customer_features
+from features.identity import stitch_identities
+from features.interactions import build_interactions
+from features.io import Tables, load_tables
+from models.recommender import ProductRecommender
+from training.evaluation import ranking_metrics
+from training.scoring import recommendations_frame
+from training.settings import CHAMPION, REGISTERED_RECOMMENDER
+from training.tracking import log_recommender_model, set_alias, setup_tracking
+
+
+@dataclass
+class TrainConfig:
+    test_days: int = 28  # the held-out window at the end of the history
+    k: int = 10
+    half_life_days: float = 90.0
+    max_eval_customers: int = 20_000  # evaluation sample, for speed on large data
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 2.0
+    iterations: int = 15
+    random_state: int = 42
+    registered_name: str = REGISTERED_RECOMMENDER
+
+    def als_params(self) -> dict:
+        return {
+            "factors": self.factors,
+            "regularization": self.regularization,
+            "alpha": self.alpha,
+            "iterations": self.iterations,
+            "random_state": self.random_state,
+        }
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_version: str
+    metrics: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def time_split(events: pd.DataFrame, test_days: int) -> tuple[pd.Timestamp, pd.DataFrame, pd.DataFrame]:
+    """Everything before `split_time` trains, everything from it on tests; split_time = last event − test_days."""
+    split_time = events[c.TS].max() - pd.Timedelta(days=test_days)
+    before = events[c.TS] < split_time
+    return split_time, events[before], events[~before]
+
+
+def relevant_purchases(train_rec: ProductRecommender, test_events: pd.DataFrame) -> pd.DataFrame:
+    """Products bought in the test window by customers known at split time, not already bought before.
+
+    Already-bought products are filtered out of every list, so counting them as relevant would
+    only measure what no list may show.
+    """
+    buys = test_events[(test_events[c.EVENT_TYPE] == "purchase") & test_events[c.PRODUCT_ID].notna()]
+    buys = buys[[c.CUSTOMER_ID, c.PRODUCT_ID]].drop_duplicates()
+    row = buys[c.CUSTOMER_ID].map(train_rec.customer_index_)
+    col = buys[c.PRODUCT_ID].map(train_rec.product_index_)
+    buys = buys[row.notna() & col.notna()]
+    row, col = row[buys.index].astype(int).to_numpy(), col[buys.index].astype(int).to_numpy()
+    already = np.asarray(train_rec.purchased_[row, col]).ravel().astype(bool)
+    return buys[~already].reset_index(drop=True)
+
+
+def catalogue(tables: Tables) -> tuple[np.ndarray, np.ndarray]:
+    """All product ids (products table ∪ events) and the inactive ones."""
+    seen = tables.events[c.PRODUCT_ID].dropna().astype(str).unique()
+    if tables.products is None:
+        return np.sort(seen), np.array([], dtype=str)
+    listed = tables.products[c.PRODUCT_ID].astype(str).to_numpy()
+    inactive = (
+        tables.products.loc[~tables.products[c.IS_ACTIVE].astype(bool), c.PRODUCT_ID].astype(str).to_numpy()
+    )
+    return np.union1d(listed, seen), inactive
+
+
+def evaluate_recommenders(tables: Tables, config: TrainConfig, progress) -> tuple[dict[str, float], dict]:
+    """Fit on the history before the split, score popularity and ALS on the held-out purchases."""
+    events = tables.events
+    split_time, train_ev, test_ev = time_split(events, config.test_days)
+    if train_ev.empty or test_ev.empty:
+        raise ValueError(
+            f"events span too short for a {config.test_days}-day test window "
+            f"({events[c.TS].min()} .. {events[c.TS].max()}): use --test-days"
+        )
+    product_ids, inactive = catalogue(tables)
+    train_matrix = build_interactions(
+        train_ev, product_ids=product_ids, as_of=split_time, half_life_days=config.half_life_days
+    )
+    progress.set_postfix_str("fit on train window")
+    rec = ProductRecommender(**config.als_params()).fit(train_matrix, inactive)
+    relevant = relevant_purchases(rec, test_ev)
+    if relevant.empty:
+        raise ValueError("no purchases of new products in the test window: nothing to evaluate")
+    customers = np.sort(relevant[c.CUSTOMER_ID].unique())
+    if len(customers) > config.max_eval_customers:
+        customers = np.sort(
+            np.random.default_rng(config.random_state).choice(
+                customers, config.max_eval_customers, replace=False
+            )
+        )
+        relevant = relevant[relevant[c.CUSTOMER_ID].isin(customers)]
+    metrics: dict[str, float] = {}
+    for model in ("popularity", "als"):
+        progress.set_postfix_str(f"evaluate {model}")
+        recs = recommendations_frame(rec, customers.tolist(), config.k, model)
+        for name, value in ranking_metrics(recs, relevant, config.k, catalogue_size=len(product_ids)).items():
+            metrics[f"{model}.{name}"] = value
+    info = {
+        "split_time": split_time.isoformat(),
+        "train_events": int(len(train_ev)),
+        "test_events": int(len(test_ev)),
+        "eval_customers": int(len(customers)),
+        "relevant_pairs": int(len(relevant)),
+    }
+    return metrics, info
+
+
+def data_summary(tables: Tables) -> dict:
+    ev = tables.events
+    return {
+        "tables": {
+            name: int(len(df)) for name in tables.present() if (df := getattr(tables, name)) is not None
+        },
+        "events_from": ev[c.TS].min().isoformat(),
+        "events_to": ev[c.TS].max().isoformat(),
+        "customers_with_events": int(ev[c.CUSTOMER_ID].nunique()),
+        "products_with_events": int(ev[c.PRODUCT_ID].nunique()),
+    }
+
+
+def run_training(
+    data_dir: str | Path,
+    tracking_uri: str,
+    config: TrainConfig | None = None,
+    contract: ContractConfig | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    import mlflow
+
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    stages = tqdm(total=5, desc="train", unit="stage", disable=not show_progress)
+
+    stages.set_postfix_str("validate")
+    tables = load_tables(data_dir, contract or ContractConfig())  # raises DataValidationError: nothing logged
+    tables = stitch_identities(tables)
+    stages.update()
+
+    client = setup_tracking(tracking_uri)
+    with mlflow.start_run(run_name="train") as run:
+        mlflow.log_params({f"recommender.{k}": v for k, v in asdict(config).items()})
+        summary = data_summary(tables)
+        mlflow.log_dict(summary, "data_summary.json")
+        mlflow.log_dict({"notes": tables.notes}, "data_notes.json")
+
+        stages.set_postfix_str("features")
+        features = build_customer_features(tables.events, tables.customers, tables.products)
+        stages.update()
+
+        metrics, eval_info = evaluate_recommenders(tables, config, stages)
+        mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
+        mlflow.log_dict(eval_info, "evaluation/split.json")
+        stages.update()
+
+        stages.set_postfix_str("refit on full history")
+        product_ids, inactive = catalogue(tables)
+        full = build_interactions(
+            tables.events, product_ids=product_ids, half_life_days=config.half_life_days
+        )
+        rec = ProductRecommender(**config.als_params()).fit(full, inactive, show_progress=False)
+        stages.update()
+
+        stages.set_postfix_str("register")
+        with tempfile.TemporaryDirectory(prefix="omni-train-") as tmp:
+            model_dir = rec.save(Path(tmp) / "recommender")
+            feat_path = Path(tmp) / "customer_features.parquet"
+            features.to_parquet(feat_path, index=False)
+            mlflow.log_artifact(str(feat_path), artifact_path="features")
+            version = log_recommender_model(model_dir, config.registered_name)
+        set_alias(client, config.registered_name, CHAMPION, version)
+        mlflow.set_tag("champion_version", version)
+        stages.update()
+        stages.close()
+        return TrainResult(
+            run_id=run.info.run_id,
+            model_version=version,
+            metrics=metrics,
+            notes=list(tables.notes),
+            seconds=time.perf_counter() - started,
+        )
+
+
+def format_result(result: TrainResult) -> str:
+    names = sorted({k.split(".", 1)[1] for k in result.metrics})
+    lines = [f"{'metric':<22}{'popularity':>12}{'als':>12}"]
+    for n in names:
+        pop, als = result.metrics.get(f"popularity.{n}"), result.metrics.get(f"als.{n}")
+        lines.append(f"{n:<22}{pop:>12.4f}{als:>12.4f}")
+    lines.append(f"run {result.run_id}, registered version {result.model_version} (alias {CHAMPION})")
+    lines.append(f"took {result.seconds:.1f} s")
+    return "\n".join(lines + [json.dumps({"notes": result.notes})] if result.notes else lines)
