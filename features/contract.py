@@ -101,7 +101,7 @@ EVENTS = TableSpec(
         ColumnSpec(c.CHANNEL, CHANNEL_KIND),
         ColumnSpec(c.EVENT_TYPE, STR),
         ColumnSpec(c.PRODUCT_ID, ID, required=False, nullable=True),
-        ColumnSpec(c.QUANTITY, FLOAT, required=False, default=1.0),
+        ColumnSpec(c.QUANTITY, FLOAT, required=False, nullable=True, default=1.0),
         ColumnSpec(c.AMOUNT, FLOAT, required=False, nullable=True, default=0.0),
         ColumnSpec(c.ORDER_ID, ID, required=False, nullable=True),
         ColumnSpec(c.STORE_ID, ID, required=False, nullable=True),
