@@ -47,7 +47,7 @@ format: install
 	$(BIN)/ruff format .
 
 bento: install
-	$(BIN)/bentoml build -f bentofile.yaml .
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/bentoml build -f bentofile.yaml .
 
 clean:
 	rm -rf $(OMNI_WORKDIR)

@@ -17,7 +17,8 @@ from models.base import ItemScorer  # noqa: E402
 class ALSScorer(ItemScorer):
     """implicit ALS on a weighted interaction matrix.
 
-    `alpha` scales interaction weights into confidences (c = 1 + alpha·w). New customers and
+    `alpha` scales interaction weights into confidences (implicit 0.7 uses alpha·w for observed
+    pairs and 1 for unobserved ones, so good settings pair a large regularisation with alpha). New customers and
     customers with fresh session items are folded in with one least-squares solve
     (`recalculate_user`), so their scores reflect what they just did without retraining.
     """
