@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from training.settings import default_data_dir, default_tracking_uri, quiet_libraries
+from training.settings import REGISTERED_RECOMMENDER, default_data_dir, default_tracking_uri, quiet_libraries
 
 quiet_libraries()
 
@@ -112,13 +112,30 @@ def validate(data_dir: Path, channels: str | None) -> None:
     "--iterations", type=click.IntRange(min=1), default=15, show_default=True, help="ALS iterations."
 )
 @click.option("--seed", type=int, default=42, show_default=True)
-def train(data_dir, tracking_uri, channels, test_days, factors, iterations, seed) -> None:
-    """Validate, build features, evaluate on a time split, refit on all data, register as champion."""
+@click.option(
+    "--promotion-margin",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="The new model becomes champion only if its nDCG@10 ≥ the champion's (same window) + this margin.",
+)
+def train(data_dir, tracking_uri, channels, test_days, factors, iterations, seed, promotion_margin) -> None:
+    """Validate, build features, evaluate on a time split, refit on all data, register.
+
+    The new version is aliased `challenger`, and `champion` moves to it only when it is at least as
+    good as the current champion on the same evaluation window.
+    """
     from features.validation import DataValidationError
     from training.train import TrainConfig, format_result, run_training
 
     data_dir = data_dir or default_data_dir()
-    config = TrainConfig(test_days=test_days, factors=factors, iterations=iterations, random_state=seed)
+    config = TrainConfig(
+        test_days=test_days,
+        factors=factors,
+        iterations=iterations,
+        random_state=seed,
+        promotion_margin=promotion_margin,
+    )
     try:
         result = run_training(
             data_dir, tracking_uri or default_tracking_uri(), config, contract_from(channels)
@@ -161,6 +178,46 @@ def recommend(data_dir, tracking_uri, all_customers, customer_ids, k, out_file) 
         )
     else:
         click.echo(frame.to_string(index=False))
+
+
+model_name_option = click.option(
+    "--model",
+    "model_name",
+    default=REGISTERED_RECOMMENDER,
+    show_default=True,
+    help="Registered model name.",
+)
+
+
+@main.command()
+@tracking_option
+@model_name_option
+@click.option("--version", default=None, help="Version to promote (default: the current challenger).")
+def promote(tracking_uri, model_name, version) -> None:
+    """Point the `champion` alias at a version by hand (the service picks it up on restart)."""
+    from training.registry import promote as do_promote
+    from training.tracking import registry_client
+
+    try:
+        version = do_promote(registry_client(tracking_uri or default_tracking_uri()), model_name, version)
+    except LookupError as exc:
+        fail(str(exc))
+    click.echo(f"{model_name}: champion -> version {version}")
+
+
+@main.command()
+@tracking_option
+@model_name_option
+def rollback(tracking_uri, model_name) -> None:
+    """Point `champion` back at the version it had before its last move."""
+    from training.registry import rollback as do_rollback
+    from training.tracking import registry_client
+
+    try:
+        version = do_rollback(registry_client(tracking_uri or default_tracking_uri()), model_name)
+    except LookupError as exc:
+        fail(str(exc))
+    click.echo(f"{model_name}: champion rolled back to version {version}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,13 @@ def setup_tracking(tracking_uri: str, experiment: str = EXPERIMENT_NAME) -> Mlfl
     return client
 
 
+def registry_client(tracking_uri: str) -> MlflowClient:
+    """A client for an existing store; LookupError if the registry is unreachable or empty."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise LookupError(f"no MLflow store at {tracking_uri}: run `omni train` first")
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def log_recommender_model(model_dir: Path, registered_name: str) -> str:
     """Log the recommender folder as a pyfunc model in the active run and register it; returns the version."""
     from mlflow.models import ModelSignature
@@ -86,10 +93,6 @@ def _pinned_requirements() -> list[str]:
     return [f"{n}=={version(n)}" for n in names]
 
 
-def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
-    client.set_registered_model_alias(name, alias, version)
-
-
 def download_model_folder(
     tracking_uri: str, name: str, alias: str, artifact: str = "recommender"
 ) -> tuple[Path, str]:
@@ -99,7 +102,7 @@ def download_model_folder(
     sibling and renamed into place, so several service workers starting at once never see half a
     model. LookupError with the reason when the alias or the artefact does not exist.
     """
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = registry_client(tracking_uri)
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException as exc:

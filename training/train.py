@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,14 @@ from features.interactions import build_interactions
 from features.io import Tables, load_tables
 from models.recommender import ProductRecommender
 from training.evaluation import ranking_metrics
+from training.registry import PromotionDecision, apply_decision, current_version, decide_promotion
 from training.scoring import recommendations_frame
 from training.settings import CHAMPION, REGISTERED_RECOMMENDER
-from training.tracking import log_recommender_model, set_alias, setup_tracking
+from training.tracking import log_recommender_model, setup_tracking
+
+# The evaluation sample must not depend on any model setting, so challenger and champion are
+# scored on exactly the same customers.
+EVAL_SAMPLE_SEED = 20_240_601
 
 
 @dataclass
@@ -42,6 +47,19 @@ class TrainConfig:
     iterations: int = 15
     random_state: int = 42
     registered_name: str = REGISTERED_RECOMMENDER
+    promotion_metric: str = "ndcg@10"  # compared between challenger and champion on the same window
+    promotion_margin: float = 0.0  # the challenger must reach champion + margin
+
+    @classmethod
+    def from_logged_params(cls, params: dict[str, str]) -> TrainConfig:
+        """Rebuild a config from a run's `recommender.*` params (to re-evaluate a champion)."""
+        out = cls()
+        for f in fields(cls):
+            raw = params.get(f"recommender.{f.name}")
+            if raw is not None:
+                default = getattr(out, f.name)
+                setattr(out, f.name, raw == "True" if isinstance(default, bool) else type(default)(raw))
+        return out
 
     def als_params(self) -> dict:
         return {
@@ -58,6 +76,7 @@ class TrainResult:
     run_id: str
     model_version: str
     metrics: dict[str, float]
+    decision: PromotionDecision | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -139,6 +158,31 @@ def evaluate_recommenders(tables: Tables, config: TrainConfig, progress) -> tupl
     return metrics, info
 
 
+SERVED_MODEL = "als"  # which evaluated model is the one registered and served
+
+
+def champion_score_on_window(client, tables: Tables, config: TrainConfig, challenger_metrics: dict, progress):
+    """The current champion's configuration scored on this run's window: (version, score) or (None, None).
+
+    The champion's stored metric came from another data window, so it is not comparable; and the
+    champion model itself may have been fitted on part of this test window. Refitting the
+    champion's configuration on this run's training window is the comparison that is both fair
+    and leak-free. Same configuration → same score, no refit needed.
+    """
+    version = current_version(client, config.registered_name)
+    if version is None:
+        return None, None
+    run_id = client.get_model_version(config.registered_name, version).run_id
+    champion_config = TrainConfig.from_logged_params(client.get_run(run_id).data.params)
+    key = f"{SERVED_MODEL}.{config.promotion_metric}"
+    if champion_config.als_params() == config.als_params() and champion_config.test_days == config.test_days:
+        return version, challenger_metrics[key]
+    champion_config.test_days = config.test_days
+    champion_config.max_eval_customers = config.max_eval_customers
+    metrics, _ = evaluate_recommenders(tables, champion_config, progress)
+    return version, metrics[key]
+
+
 def data_summary(tables: Tables) -> dict:
     ev = tables.events
     return {
@@ -194,6 +238,10 @@ def run_training(
         rec = ProductRecommender(**config.als_params()).fit(full, inactive, show_progress=False)
         stages.update()
 
+        stages.set_postfix_str("compare with champion")
+        champion_version, champion_score = champion_score_on_window(client, tables, config, metrics, stages)
+        challenger_score = metrics[f"{SERVED_MODEL}.{config.promotion_metric}"]
+
         stages.set_postfix_str("register")
         with tempfile.TemporaryDirectory(prefix="omni-train-") as tmp:
             model_dir = rec.save(Path(tmp) / "recommender")
@@ -201,14 +249,27 @@ def run_training(
             features.to_parquet(feat_path, index=False)
             mlflow.log_artifact(str(feat_path), artifact_path="features")
             version = log_recommender_model(model_dir, config.registered_name)
-        set_alias(client, config.registered_name, CHAMPION, version)
-        mlflow.set_tag("champion_version", version)
+        decision = decide_promotion(
+            config.registered_name,
+            version,
+            champion_version,
+            config.promotion_metric,
+            challenger_score,
+            champion_score,
+            config.promotion_margin,
+        )
+        apply_decision(client, decision)
+        mlflow.log_dict(decision.as_dict(), "promotion.json")
+        mlflow.set_tags({"promoted": str(decision.promoted), "promotion_reason": decision.reason})
+        if champion_score is not None:
+            mlflow.log_metric(f"champion.{config.promotion_metric}".replace("@", "_at_"), champion_score)
         stages.update()
         stages.close()
         return TrainResult(
             run_id=run.info.run_id,
             model_version=version,
             metrics=metrics,
+            decision=decision,
             notes=list(tables.notes),
             seconds=time.perf_counter() - started,
         )
@@ -220,6 +281,9 @@ def format_result(result: TrainResult) -> str:
     for n in names:
         pop, als = result.metrics.get(f"popularity.{n}"), result.metrics.get(f"als.{n}")
         lines.append(f"{n:<22}{pop:>12.4f}{als:>12.4f}")
-    lines.append(f"run {result.run_id}, registered version {result.model_version} (alias {CHAMPION})")
+    lines.append(f"run {result.run_id}, registered version {result.model_version} (alias challenger)")
+    if result.decision is not None:
+        verdict = "promoted to" if result.decision.promoted else "NOT promoted to"
+        lines.append(f"{verdict} {CHAMPION}: {result.decision.reason}")
     lines.append(f"took {result.seconds:.1f} s")
     return "\n".join(lines + [json.dumps({"notes": result.notes})] if result.notes else lines)
