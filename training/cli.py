@@ -180,6 +180,98 @@ def recommend(data_dir, tracking_uri, all_customers, customer_ids, k, out_file) 
         click.echo(frame.to_string(index=False))
 
 
+@main.command(name="import")
+@click.option("--events", type=click.Path(path_type=Path), help="Events / transaction log (CSV or Parquet).")
+@click.option("--messages", type=click.Path(path_type=Path))
+@click.option("--customers", type=click.Path(path_type=Path))
+@click.option("--identities", type=click.Path(path_type=Path))
+@click.option("--consent", type=click.Path(path_type=Path))
+@click.option("--products", type=click.Path(path_type=Path))
+@click.option("--offers", type=click.Path(path_type=Path))
+@click.option(
+    "--map",
+    "mappings",
+    multiple=True,
+    help="target=SourceColumn pairs, comma-separated; `table.target=Source` for one table only. "
+    "events also take unit_price=Col (amount = quantity × unit price).",
+)
+@click.option("--channel", default=None, help="Channel for every event without a channel column.")
+@click.option("--event-type", default=None, help="Event type for every event without one (e.g. purchase).")
+@click.option(
+    "--timezone", "assume_timezone", default=None, help="IANA zone of timestamps without an offset."
+)
+@click.option("--ts-format", default=None, help="strftime format of source timestamps (default: inferred).")
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Data folder to write."
+)
+@channels_option
+def import_command(
+    events,
+    messages,
+    customers,
+    identities,
+    consent,
+    products,
+    offers,
+    mappings,
+    channel,
+    event_type,
+    assume_timezone,
+    ts_format,
+    out_dir,
+    channels,
+) -> None:
+    """Map a retailer's own CSV/Parquet files into the data contract, validate, write OUT as Parquet.
+
+    Example: omni import --events sales.csv --map customer_id=CustomerID,ts=InvoiceDate,product_id=StockCode,
+    quantity=Quantity,unit_price=UnitPrice,order_id=InvoiceNo --channel store --event-type purchase
+    --timezone Europe/London --out work/data/mine
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from features.importer import ImportSpec, import_tables, write_imported
+
+    given = {
+        "events": events,
+        "messages": messages,
+        "customers": customers,
+        "identities": identities,
+        "consent": consent,
+        "products": products,
+        "offers": offers,
+    }
+    sources = {name: path for name, path in given.items() if path is not None}
+    if "events" not in sources:
+        fail("--events is required (events is the one table every data folder needs)")
+    if assume_timezone:
+        try:
+            ZoneInfo(assume_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            fail(
+                f"--timezone: unknown time zone {assume_timezone!r}; expected an IANA name such as Europe/London"
+            )
+    try:
+        from features.importer import parse_mapping
+
+        mapping = parse_mapping(mappings, list(sources))
+    except ValueError as exc:
+        fail(str(exc))
+    constants = {"events": {}}
+    if channel:
+        constants["events"]["channel"] = channel
+    if event_type:
+        constants["events"]["event_type"] = event_type
+    spec = ImportSpec(sources, mapping, constants, assume_timezone, ts_format)
+    problems, frames = import_tables(spec, contract_from(channels))
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        click.echo(f"{p.severity}: {p}", err=True)
+    if errors:
+        fail(f"{len(errors)} error(s); nothing was written")
+    write_imported(frames, out_dir)
+    click.echo(f"imported {', '.join(f'{n}={len(f)}' for n, f in frames.items())} into {out_dir}")
+
+
 model_name_option = click.option(
     "--model",
     "model_name",
