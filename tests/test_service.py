@@ -1,5 +1,6 @@
 """The BentoML service, started for real on a free 127.0.0.1 port against the session's trained model."""
 
+import os
 import socket
 import time
 
@@ -14,9 +15,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(trained):
+def server(trained, workdir):
+    import shutil
+
     import bentoml
 
+    # start from an empty model cache, so the workers really download the champion from the registry
+    shutil.rmtree(workdir / "cache", ignore_errors=True)
+    # MLflow exports the tracking URI to the environment of this process; a real deployment only has
+    # OMNI_TRACKING_URI, so the server must not inherit MLflow's variables.
+    saved = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if k in os.environ}
     port = _free_port()
     with bentoml.serve("serving.service:OmniService", host="127.0.0.1", port=port) as srv:
         deadline = time.monotonic() + 120
@@ -30,6 +38,7 @@ def server(trained):
             time.sleep(0.5)
         else:
             pytest.fail("service did not become ready")
+        os.environ.update(saved)
         yield url, srv
 
 

@@ -115,6 +115,10 @@ def download_model_folder(
     if not folder.exists():
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
+        # `models:/` URIs resolve through the *global* registry URI, whatever tracking_uri says;
+        # left unset, MLflow 3 would open (and create) ./mlflow.db in the current directory.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
         try:
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp), tracking_uri=tracking_uri
