@@ -77,3 +77,15 @@ def test_every_command_has_help():
         result = runner.invoke(main, [command, "--help"])
         assert result.exit_code == 0, command
         assert "Usage" in result.output
+
+
+def test_run_logs_a_readable_report_and_input_hash(trained, tracking_uri):
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run = client.get_run(trained.run_id)
+    assert len(run.data.tags["input_hash"]) == 64
+    import mlflow
+
+    text = mlflow.artifacts.load_text(f"runs:/{trained.run_id}/report.md")
+    assert "# Training run report" in text
+    assert "| ndcg@10 |" in text and "best vs popularity" in text
+    assert "Champion decisions" in text

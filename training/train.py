@@ -26,6 +26,7 @@ from features.io import Tables, load_tables
 from models.recommender import ProductRecommender
 from training.evaluation import ranking_metrics
 from training.registry import PromotionDecision, apply_decision, current_version, decide_promotion
+from training.report import build_report, hash_inputs, metrics_table
 from training.scoring import recommendations_frame
 from training.settings import CHAMPION, REGISTERED_RECOMMENDER
 from training.tracking import log_recommender_model, setup_tracking
@@ -218,7 +219,10 @@ def run_training(
     with mlflow.start_run(run_name="train") as run:
         mlflow.log_params({f"recommender.{k}": v for k, v in asdict(config).items()})
         summary = data_summary(tables)
+        summary["input_hash"] = hash_inputs(data_dir)
+        summary["data_dir"] = Path(data_dir).name  # the folder's name only: paths can be personal
         mlflow.log_dict(summary, "data_summary.json")
+        mlflow.set_tag("input_hash", summary["input_hash"])
         mlflow.log_dict({"notes": tables.notes}, "data_notes.json")
 
         stages.set_postfix_str("features")
@@ -263,6 +267,14 @@ def run_training(
         mlflow.set_tags({"promoted": str(decision.promoted), "promotion_reason": decision.reason})
         if champion_score is not None:
             mlflow.log_metric(f"champion.{config.promotion_metric}".replace("@", "_at_"), champion_score)
+        sections = [
+            (
+                "Product recommendations (held-out window)",
+                f"Split at {eval_info['split_time']}; {eval_info['eval_customers']:,} customers evaluated.\n\n"
+                + metrics_table(metrics, ["popularity", SERVED_MODEL], "popularity"),
+            )
+        ]
+        mlflow.log_text(build_report(summary, sections, [decision.as_dict()], tables.notes), "report.md")
         stages.update()
         stages.close()
         return TrainResult(
