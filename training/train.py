@@ -25,6 +25,7 @@ from features.interactions import build_interactions
 from features.io import Tables, load_tables
 from models.recommender import ProductRecommender
 from training.evaluation import ranking_metrics
+from training.profiling import StageTimer
 from training.registry import PromotionDecision, apply_decision, current_version, decide_promotion
 from training.report import build_report, hash_inputs, metrics_table
 from training.scoring import recommendations_frame
@@ -80,6 +81,7 @@ class TrainResult:
     decision: PromotionDecision | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)  # seconds and peak RSS per stage
 
 
 def time_split(events: pd.DataFrame, test_days: int) -> tuple[pd.Timestamp, pd.DataFrame, pd.DataFrame]:
@@ -203,17 +205,25 @@ def run_training(
     config: TrainConfig | None = None,
     contract: ContractConfig | None = None,
     show_progress: bool = True,
+    timer: StageTimer | None = None,
 ) -> TrainResult:
     import mlflow
 
     config = config or TrainConfig()
+    timer = timer or StageTimer()
     started = time.perf_counter()
-    stages = tqdm(total=5, desc="train", unit="stage", disable=not show_progress)
+    progress = tqdm(total=6, desc="train", unit="stage", disable=not show_progress)
 
-    stages.set_postfix_str("validate")
-    tables = load_tables(data_dir, contract or ContractConfig())  # raises DataValidationError: nothing logged
-    tables = stitch_identities(tables)
-    stages.update()
+    def step(name: str):
+        progress.set_postfix_str(name)
+        return timer.stage(name)
+
+    with step("validate"):
+        tables = load_tables(
+            data_dir, contract or ContractConfig()
+        )  # raises DataValidationError: nothing logged
+        tables = stitch_identities(tables)
+    progress.update()
 
     client = setup_tracking(tracking_uri)
     with mlflow.start_run(run_name="train") as run:
@@ -225,58 +235,62 @@ def run_training(
         mlflow.set_tag("input_hash", summary["input_hash"])
         mlflow.log_dict({"notes": tables.notes}, "data_notes.json")
 
-        stages.set_postfix_str("features")
-        features = build_customer_features(tables.events, tables.customers, tables.products)
-        stages.update()
+        with step("features"):
+            features = build_customer_features(tables.events, tables.customers, tables.products)
+        progress.update()
 
-        metrics, eval_info = evaluate_recommenders(tables, config, stages)
-        mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
-        mlflow.log_dict(eval_info, "evaluation/split.json")
-        stages.update()
+        with step("evaluate"):
+            metrics, eval_info = evaluate_recommenders(tables, config, progress)
+            mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
+            mlflow.log_dict(eval_info, "evaluation/split.json")
+        progress.update()
 
-        stages.set_postfix_str("refit on full history")
-        product_ids, inactive = catalogue(tables)
-        full = build_interactions(
-            tables.events, product_ids=product_ids, half_life_days=config.half_life_days
-        )
-        rec = ProductRecommender(**config.als_params()).fit(full, inactive, show_progress=False)
-        stages.update()
+        with step("refit"):
+            product_ids, inactive = catalogue(tables)
+            full = build_interactions(
+                tables.events, product_ids=product_ids, half_life_days=config.half_life_days
+            )
+            rec = ProductRecommender(**config.als_params()).fit(full, inactive, show_progress=False)
+        progress.update()
 
-        stages.set_postfix_str("compare with champion")
-        champion_version, champion_score = champion_score_on_window(client, tables, config, metrics, stages)
-        challenger_score = metrics[f"{SERVED_MODEL}.{config.promotion_metric}"]
+        with step("compare_champion"):
+            champion_version, champion_score = champion_score_on_window(
+                client, tables, config, metrics, progress
+            )
+            challenger_score = metrics[f"{SERVED_MODEL}.{config.promotion_metric}"]
+        progress.update()
 
-        stages.set_postfix_str("register")
-        with tempfile.TemporaryDirectory(prefix="omni-train-") as tmp:
+        with step("register"), tempfile.TemporaryDirectory(prefix="omni-train-") as tmp:
             model_dir = rec.save(Path(tmp) / "recommender")
             feat_path = Path(tmp) / "customer_features.parquet"
             features.to_parquet(feat_path, index=False)
             mlflow.log_artifact(str(feat_path), artifact_path="features")
             version = log_recommender_model(model_dir, config.registered_name)
-        decision = decide_promotion(
-            config.registered_name,
-            version,
-            champion_version,
-            config.promotion_metric,
-            challenger_score,
-            champion_score,
-            config.promotion_margin,
-        )
-        apply_decision(client, decision)
-        mlflow.log_dict(decision.as_dict(), "promotion.json")
-        mlflow.set_tags({"promoted": str(decision.promoted), "promotion_reason": decision.reason})
-        if champion_score is not None:
-            mlflow.log_metric(f"champion.{config.promotion_metric}".replace("@", "_at_"), champion_score)
-        sections = [
-            (
-                "Product recommendations (held-out window)",
-                f"Split at {eval_info['split_time']}; {eval_info['eval_customers']:,} customers evaluated.\n\n"
-                + metrics_table(metrics, ["popularity", SERVED_MODEL], "popularity"),
+            decision = decide_promotion(
+                config.registered_name,
+                version,
+                champion_version,
+                config.promotion_metric,
+                challenger_score,
+                champion_score,
+                config.promotion_margin,
             )
-        ]
-        mlflow.log_text(build_report(summary, sections, [decision.as_dict()], tables.notes), "report.md")
-        stages.update()
-        stages.close()
+            apply_decision(client, decision)
+            mlflow.log_dict(decision.as_dict(), "promotion.json")
+            mlflow.set_tags({"promoted": str(decision.promoted), "promotion_reason": decision.reason})
+            if champion_score is not None:
+                mlflow.log_metric(f"champion.{config.promotion_metric}".replace("@", "_at_"), champion_score)
+            sections = [
+                (
+                    "Product recommendations (held-out window)",
+                    f"Split at {eval_info['split_time']}; {eval_info['eval_customers']:,} customers evaluated.\n\n"
+                    + metrics_table(metrics, ["popularity", SERVED_MODEL], "popularity"),
+                )
+            ]
+            mlflow.log_text(build_report(summary, sections, [decision.as_dict()], tables.notes), "report.md")
+        progress.update()
+        progress.close()
+        mlflow.log_dict(timer.stages, "stage_timings.json")
         return TrainResult(
             run_id=run.info.run_id,
             model_version=version,
@@ -284,6 +298,7 @@ def run_training(
             decision=decision,
             notes=list(tables.notes),
             seconds=time.perf_counter() - started,
+            stages=dict(timer.stages),
         )
 
 
