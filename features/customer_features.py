@@ -2,7 +2,9 @@
 
 These feed the profile, the channel and send-time models and the ranker. All times are measured
 up to `as_of`, never after it, so the same function builds leak-free training features for a
-time-based split and serving features for today.
+time-based split and serving features for today. Aggregation runs on integer codes with
+`np.bincount`, not on string group-bys: this is the step that sees every event (tens of millions
+of rows at a million customers).
 """
 
 from __future__ import annotations
@@ -20,13 +22,22 @@ def local_time_parts(ts: pd.Series, timezones: pd.Series) -> tuple[np.ndarray, n
     """
     hours = np.zeros(len(ts), dtype=np.int8)
     weekdays = np.zeros(len(ts), dtype=np.int8)
-    tz_values = timezones.fillna("UTC").astype(str).to_numpy()
-    for tz in np.unique(tz_values):
-        mask = tz_values == tz
+    tz_codes, tz_names = pd.factorize(pd.Series(timezones).fillna("UTC").astype(str), sort=True)
+    for code, tz in enumerate(tz_names):
+        mask = tz_codes == code
         local = ts[mask].dt.tz_convert(tz)
         hours[mask] = local.dt.hour.to_numpy()
         weekdays[mask] = local.dt.day_of_week.to_numpy()
     return hours, weekdays
+
+
+def _share_matrix(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int, weights=None) -> np.ndarray:
+    """Row-normalised counts (n_rows × n_cols); rows without any count stay 0."""
+    flat = np.bincount(rows * n_cols + cols, weights=weights, minlength=n_rows * n_cols).reshape(
+        n_rows, n_cols
+    )
+    totals = flat.sum(axis=1, keepdims=True)
+    return np.divide(flat, totals, out=np.zeros_like(flat, dtype=np.float64), where=totals > 0)
 
 
 def build_customer_features(
@@ -38,56 +49,76 @@ def build_customer_features(
 ) -> pd.DataFrame:
     """RFM, per-channel activity, activity by local hour and category shares per customer.
 
-    Columns: recency_days, frequency (distinct orders), monetary (net purchase amount), n_events,
-    tenure_days, events_<channel> (share of the customer's events on that channel),
-    hour_00..hour_23 (share of events at that local hour), cat_<category> (share of purchased
-    quantity in that category). Customers of the `customers` table without events get a row too.
+    Columns: customer_id, recency_days (since the last purchase; NaN without one), frequency
+    (distinct orders), monetary (net purchase amount), n_events, tenure_days (since the first
+    event), events_<channel> (share of the customer's events on that channel), hour_00..hour_23
+    (share of events at that local hour), cat_<category> (share of purchased quantity in that
+    category). Customers of the `customers` table without events get a row too.
     """
     ev = events if as_of is None else events[events[c.TS] < as_of]
     as_of = as_of if as_of is not None else (ev[c.TS].max() + pd.Timedelta(seconds=1))
-    ids = pd.Index(np.sort(ev[c.CUSTOMER_ID].astype(str).unique()), name=c.CUSTOMER_ID)
+    ev_ids = ev[c.CUSTOMER_ID].astype(str)
+    ids = pd.Index(np.sort(ev_ids.unique()), name=c.CUSTOMER_ID)
     if customers is not None:
         ids = ids.union(pd.Index(customers[c.CUSTOMER_ID].astype(str))).rename(c.CUSTOMER_ID)
-    out = pd.DataFrame(index=ids)
-    cust = ev[c.CUSTOMER_ID].astype(str)
+    n = len(ids)
+    row = ids.get_indexer(ev_ids)
+    out: dict[str, np.ndarray] = {}
 
-    purchases = ev[ev[c.EVENT_TYPE] == "purchase"]
-    returns = ev[ev[c.EVENT_TYPE] == "return"]
-    pcust = purchases[c.CUSTOMER_ID].astype(str)
-    last_purchase = purchases[c.TS].groupby(pcust).max()
-    out["recency_days"] = ((as_of - last_purchase).dt.total_seconds() / 86400.0).reindex(ids)
-    order_key = purchases[c.ORDER_ID].fillna(purchases[c.TS].astype(str)) if c.ORDER_ID in purchases else None
-    if order_key is not None:
-        out["frequency"] = order_key.groupby(pcust).nunique().reindex(ids).fillna(0).astype(float)
+    etype = ev[c.EVENT_TYPE].astype(str).to_numpy()
+    is_purchase = etype == "purchase"
+    is_return = etype == "return"
+    # seconds since the epoch, from the UTC values (dt.tz_convert(None) drops the zone, not the time)
+    ts_s = ev[c.TS].dt.tz_convert(None).to_numpy().astype("datetime64[s]").astype(np.int64)
+    as_of_s = int(pd.Timestamp(as_of).timestamp())
+
+    last_purchase = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(last_purchase, row[is_purchase], ts_s[is_purchase])
+    out["recency_days"] = np.where(
+        last_purchase > np.iinfo(np.int64).min, (as_of_s - last_purchase) / 86400.0, np.nan
+    )
+    if c.ORDER_ID in ev and ev[c.ORDER_ID].notna().any():
+        # a purchase without an order id is its own order (keyed by its time)
+        order = ev[c.ORDER_ID].astype(object).to_numpy()[is_purchase]
+        missing = pd.isna(order)
+        order[missing] = ts_s[is_purchase][missing].astype(str)
+        order_rows = pd.DataFrame({"r": row[is_purchase], "o": order}).drop_duplicates()["r"].to_numpy()
+        out["frequency"] = np.bincount(order_rows, minlength=n).astype(float)
     else:
-        out["frequency"] = pcust.value_counts().reindex(ids).fillna(0).astype(float)
-    spend = purchases[c.AMOUNT].fillna(0).groupby(pcust).sum()
-    refunds = returns[c.AMOUNT].fillna(0).abs().groupby(returns[c.CUSTOMER_ID].astype(str)).sum()
-    out["monetary"] = spend.reindex(ids).fillna(0) - refunds.reindex(ids).fillna(0)
-    out["n_events"] = cust.value_counts().reindex(ids).fillna(0).astype(float)
-    first_seen = ev[c.TS].groupby(cust).min()
-    out["tenure_days"] = ((as_of - first_seen).dt.total_seconds() / 86400.0).reindex(ids)
+        out["frequency"] = np.bincount(row[is_purchase], minlength=n).astype(float)
+    amount = ev[c.AMOUNT].fillna(0.0).to_numpy(dtype=np.float64)
+    spend = np.bincount(row[is_purchase], weights=amount[is_purchase], minlength=n)
+    refunds = np.bincount(row[is_return], weights=np.abs(amount[is_return]), minlength=n)
+    out["monetary"] = spend - refunds
+    out["n_events"] = np.bincount(row, minlength=n).astype(float)
+    first_seen = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first_seen, row, ts_s)
+    out["tenure_days"] = np.where(
+        first_seen < np.iinfo(np.int64).max, (as_of_s - first_seen) / 86400.0, np.nan
+    )
 
-    channel_share = pd.crosstab(cust, ev[c.CHANNEL], normalize="index")
-    for ch in channels or tuple(sorted(ev[c.CHANNEL].unique())):
-        col = channel_share[ch] if ch in channel_share else pd.Series(dtype=float)
-        out[f"events_{ch}"] = col.reindex(ids).fillna(0.0)
+    ch_codes, ch_names = pd.factorize(ev[c.CHANNEL].astype(str))
+    ch_share = _share_matrix(row, ch_codes, n, max(len(ch_names), 1))
+    for ch in channels or tuple(sorted(ch_names)):
+        j = list(ch_names).index(ch) if ch in ch_names else None
+        out[f"events_{ch}"] = ch_share[:, j] if j is not None else np.zeros(n)
 
     tz = pd.Series("UTC", index=ev.index)
     if customers is not None and c.TIMEZONE in customers:
         tz_map = customers.set_index(customers[c.CUSTOMER_ID].astype(str))[c.TIMEZONE]
-        tz = cust.map(tz_map).fillna("UTC")
+        tz = ev_ids.map(tz_map).fillna("UTC")
     hours, _ = local_time_parts(ev[c.TS], tz)
-    hour_share = pd.crosstab(cust.to_numpy(), hours, normalize="index")
+    hour_share = _share_matrix(row, hours.astype(np.int64), n, 24)
     for h in range(24):
-        col = hour_share[h] if h in hour_share else pd.Series(dtype=float)
-        out[f"hour_{h:02d}"] = col.reindex(ids).fillna(0.0).to_numpy()
+        out[f"hour_{h:02d}"] = hour_share[:, h]
 
-    if products is not None and len(purchases):
-        cat = purchases[c.PRODUCT_ID].map(products.set_index(c.PRODUCT_ID)[c.CATEGORY]).fillna("unknown")
-        qty = purchases[c.QUANTITY].fillna(1.0).clip(lower=0)
-        cat_qty = qty.groupby([pcust, cat]).sum().unstack(fill_value=0.0)
-        cat_share = cat_qty.div(cat_qty.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
-        for category in sorted(cat_share.columns):
-            out[f"cat_{category}"] = cat_share[category].reindex(ids).fillna(0.0)
-    return out.reset_index()
+    if products is not None and is_purchase.any():
+        cat_of = products.set_index(products[c.PRODUCT_ID].astype(str))[c.CATEGORY].astype(str)
+        cats = ev[c.PRODUCT_ID].astype(str)[is_purchase].map(cat_of).fillna("unknown")
+        cat_codes, cat_names = pd.factorize(cats, sort=True)
+        qty = ev[c.QUANTITY].fillna(1.0).clip(lower=0).to_numpy(dtype=np.float64)[is_purchase]
+        cat_share = _share_matrix(row[is_purchase], cat_codes, n, len(cat_names), weights=qty)
+        for j, category in enumerate(cat_names):
+            out[f"cat_{category}"] = cat_share[:, j]
+    frame = pd.DataFrame(out, index=ids)
+    return frame.reset_index()
