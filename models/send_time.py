@@ -1,0 +1,845 @@
+"""Best send time per customer and channel: a 168-slot weekly grid in the customer's local time.
+
+A slot is one hour of the local week, `slot = weekday * 24 + hour` (weekday 0 = Monday), in the
+customer's IANA time zone with real daylight-saving rules (UTC when the zone is unknown). The
+grid holds, for a message sent on channel `ch` during that local hour, the estimated probability
+that it is engaged with (opened or clicked).
+
+Why a mixture. A person's hour-of-day pattern is peaked somewhere (before work, lunch, evening),
+not "the population's pattern plus noise". Shrinking a histogram of five active hours towards the
+population's average histogram keeps the population's modes; asking "which peaked profile explains
+these five hours best, and how sure are we" does not. So the hour part is an empirical-Bayes
+mixture: K hour profiles (peaks at each hour plus one flat profile, their shapes re-estimated by
+EM and smoothed across neighbouring hours) with prior weights per segment learned from the data;
+each customer's hour pattern is the posterior over profiles given their activity hours and their
+message outcomes. Little data leaves the posterior at the segment's weights, a lot of data makes
+it the customer's own; data volume weighs itself in.
+
+Engagement of a message sent on channel ch in local slot (d, h) under profile k:
+
+    logit p_k = alpha[ch] + u[i, ch]                                    level (customer's own, shrunk)
+              + b_rel * phi_k(h) / max phi_k + b_log * log(24 phi_k(h))  + delta_k(h)    hour
+              + b_day * log(7 q_i(d)) + v[i, d]                           weekday
+              + w[ch, d, h]                                               channel timing
+
+and the grid is the posterior mean sum_k post[i, k] * p_k. Pieces:
+
+- Activity: every event in any channel (store, web, app, ...) says when the customer is around.
+  Events are reduced to *active hours* (one per customer and clock hour), and events within
+  `induced_minutes` after one of the customer's own opens or clicks are dropped: our message
+  caused them, and they would pull the grid towards our past send times.
+- Weekday distribution q_i: the weekend share and the split within weekdays and within the weekend
+  are each shrunk towards the segment's with a Dirichlet prior whose strength is estimated by the
+  method of moments on the Dirichlet-multinomial (`dirichlet_prior_strength`).
+- Responses: alpha, b_rel, b_log, b_day are fitted by Newton steps on the expected log-likelihood
+  inside EM's M-step. The layers delta (per profile and hour), u (customer × channel), v
+  (customer × weekday) and w (channel × slot) are one-step empirical-Bayes Newton updates
+  r / (info + tau) with r = sum(y - p), info = sum p(1 - p) per cell and tau = 1 / sigma^2
+  estimated from the spread of the cells (`eb_newton_step`): a cell with little data stays at the
+  layer below.
+- Segments (what a thin customer falls back to): the dominant activity channel (store, web, app,
+  other), or `none` for customers without events, whose profile weights are learned from their
+  message responses alone.
+
+With only a transaction log (no messages) the response layers are absent and the coefficients take
+activity-only defaults: the grid is then an engagement propensity centred on `DEFAULT_BASE_RATE`,
+not a calibrated probability, and the same for every channel.
+
+The model saves to a folder (npz + json, read with `allow_pickle=False`), never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import zoneinfo
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from sklearn.base import BaseEstimator
+
+from features import columns as c
+from features.customer_features import local_time_parts
+
+FORMAT_VERSION = 1
+HOURS = 24
+DAYS = 7
+SLOTS = DAYS * HOURS
+DEFAULT_QUIET_HOURS: tuple[int, int] = (21, 8)  # no sends from 21:00 to 07:59 local
+SEGMENTS: tuple[str, ...] = ("none", "store", "web", "app", "other")
+# event channels that name a segment of their own; every other channel counts as "other"
+SEGMENT_CHANNELS: tuple[str, ...] = ("store", "web", "app")
+FEATURES: tuple[str, ...] = ("rel_hour", "log_hour", "log_day")
+# Activity-only coefficients (no messages to learn them from): a full activity peak is worth about
+# as much as a weekend/weekday rate ratio of e; their ratio, not their size, decides the best slot.
+DEFAULT_COEF: dict[str, float] = {"rel_hour": 1.0, "log_hour": 0.0, "log_day": 1.0}
+DEFAULT_BASE_RATE = 0.1
+# pseudo active hours that keep each profile near its starting shape, so profiles stay distinct
+PROFILE_PRIOR_COUNT = 20.0
+# pseudo customers that pull a small segment's profile weights towards the population's
+SEGMENT_PRIOR_COUNT = 20.0
+_PROFILE_FLOOR = 0.05  # share of a peaked starting profile spread evenly: nobody is never around
+_MAX_LOG_DENSITY = 4.0  # |log density ratio| is clipped here: an empty hour is not infinitely bad
+_MIN_SIGMA2, _MAX_SIGMA2 = 1e-4, 4.0
+_SCORE_CHUNK = 1024  # customers per block when building grids (block = chunk × profiles × 168)
+
+
+def slot_index(weekdays, hours) -> np.ndarray:
+    """Slot 0-167 of a local weekday (0 = Monday) and hour."""
+    return np.asarray(weekdays, dtype=np.int64) * HOURS + np.asarray(hours, dtype=np.int64)
+
+
+def local_slots(ts: pd.Series, timezones: pd.Series) -> np.ndarray:
+    """Local slot of UTC timestamps, one IANA zone per row (DST exact; missing zone = UTC)."""
+    hours, weekdays = local_time_parts(ts.reset_index(drop=True), timezones.reset_index(drop=True))
+    return slot_index(weekdays, hours)
+
+
+def is_quiet(hours, quiet_hours: tuple[int, int] | None) -> np.ndarray:
+    """True for local hours inside the quiet window [start, end), which may cross midnight.
+
+    (21, 8) is quiet from 21:00 to 07:59; (1, 5) from 01:00 to 04:59; None or start == end: never.
+    """
+    hours = np.asarray(hours)
+    if quiet_hours is None:
+        return np.zeros(hours.shape, dtype=bool)
+    start, end = (int(h) for h in quiet_hours)
+    if not (0 <= start <= 23 and 0 <= end <= 23):
+        raise ValueError(f"quiet hours must be whole hours 0-23, got {quiet_hours}")
+    if start == end:
+        return np.zeros(hours.shape, dtype=bool)
+    if start < end:
+        return (hours >= start) & (hours < end)
+    return (hours >= start) | (hours < end)  # crosses midnight
+
+
+def parse_quiet_hours(text: str | None) -> tuple[int, int] | None:
+    """'21-8' -> (21, 8); 'none', '' or None -> None (no quiet hours). ValueError otherwise."""
+    if text is None or text.strip().lower() in ("", "none", "off"):
+        return None
+    parts = text.replace(":00", "").split("-")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"quiet hours must look like 21-8 (local START-END hours) or 'none', got {text!r}")
+    quiet = (int(parts[0]), int(parts[1]))
+    is_quiet(np.arange(HOURS), quiet)  # validates the range
+    return quiet
+
+
+def valid_timezone(name) -> bool:
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def circular_kernel(bandwidth_hours: float, size: int = HOURS) -> np.ndarray:
+    """Circulant smoothing matrix (size × size): Gaussian weights on the circular hour distance."""
+    if bandwidth_hours <= 0:
+        return np.eye(size)
+    idx = np.arange(size)
+    dist = np.abs((idx[:, None] - idx[None, :] + size // 2) % size - size // 2)
+    weights = np.exp(-0.5 * (dist / bandwidth_hours) ** 2)
+    weights[dist > 3 * bandwidth_hours] = 0.0
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def initial_profiles(width: float) -> np.ndarray:
+    """Starting hour profiles (25 × 24): a Gaussian peak at each hour's middle, then a flat one."""
+    centres = np.arange(HOURS) + 0.5
+    dist = np.abs((centres[None, :] - centres[:, None] + HOURS / 2) % HOURS - HOURS / 2)
+    peaks = np.exp(-0.5 * (dist / width) ** 2)
+    peaks = (1 - _PROFILE_FLOOR) * peaks / peaks.sum(axis=1, keepdims=True) + _PROFILE_FLOOR / HOURS
+    return np.vstack([peaks, np.full((1, HOURS), 1.0 / HOURS)])
+
+
+def dirichlet_prior_strength(counts: np.ndarray, prior: np.ndarray) -> float:
+    """Empirical-Bayes concentration a0 of a Dirichlet prior around `prior` (rows of probabilities).
+
+    Method of moments on the Dirichlet-multinomial: the Pearson statistic of row i has expectation
+    (J - 1)(n_i + a0)/(1 + a0). Solving the pooled equation gives a0; rows with fewer than two
+    counts carry no information about dispersion and are left out. 0 = no pooling (everyone is
+    their own), inf = the data show no individual differences (everyone is their segment).
+    """
+    n = counts.sum(axis=1)
+    keep = n >= 2
+    if keep.sum() < 10:
+        return float("inf")
+    x, n, p = counts[keep], n[keep], np.clip(prior[keep], 1e-9, None)
+    df = counts.shape[1] - 1
+    pearson = (((x - n[:, None] * p) ** 2) / (n[:, None] * p)).sum() / df
+    total, rows = n.sum(), len(n)
+    if pearson <= rows:
+        return float("inf")
+    if pearson >= total:
+        return 0.0
+    return float((total - pearson) / (pearson - rows))
+
+
+def shrink_counts(counts: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
+    """Posterior-mean distributions (counts + a0 prior) / (n + a0); rows without counts = prior."""
+    if not np.isfinite(strength):
+        return prior.copy()
+    n = counts.sum(axis=1, keepdims=True)
+    return np.where(n > 0, (counts + strength * prior) / np.maximum(n + strength, 1e-12), prior)
+
+
+def weekday_distributions(day_counts: np.ndarray, segment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segment (segments × 7) and shrunk customer (n × 7) weekday distributions of activity.
+
+    Shrunk in two levels, each with its own estimated prior strength: the weekend share (the
+    pattern that varies most between people), then the split within weekdays and within the
+    weekend. The `none` segment (no activity) gets the population's distribution.
+    """
+    seg_prob = np.zeros((len(SEGMENTS), DAYS))
+    population = day_counts.sum(axis=0) + 1.0
+    seg_prob[0] = population / population.sum()
+    for s in range(1, len(SEGMENTS)):
+        total = day_counts[segment == s].sum(axis=0) + 1.0
+        seg_prob[s] = total / total.sum()
+    prior = seg_prob[segment]
+    weekend = slice(5, 7)
+    weekdays = slice(0, 5)
+    split_counts = np.column_stack([day_counts[:, weekdays].sum(1), day_counts[:, weekend].sum(1)])
+    split_prior = np.column_stack([prior[:, weekdays].sum(1), prior[:, weekend].sum(1)])
+    split = shrink_counts(split_counts, split_prior, dirichlet_prior_strength(split_counts, split_prior))
+    parts = []
+    for block, share in ((weekdays, split[:, :1]), (weekend, split[:, 1:])):
+        block_prior = prior[:, block] / prior[:, block].sum(axis=1, keepdims=True)
+        block_counts = day_counts[:, block]
+        within = shrink_counts(block_counts, block_prior, dirichlet_prior_strength(block_counts, block_prior))
+        parts.append(share * within)
+    return seg_prob, np.hstack(parts)
+
+
+def eb_newton_step(residual: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, float]:
+    """Shrunk log-odds corrections residual / (info + tau), tau = 1/sigma^2 estimated from the cells.
+
+    `residual` = sum(y - p) and `info` = sum p(1 - p) per cell: for a small true offset z,
+    residual ≈ info * z + noise of variance info, so E[residual^2] = info + info^2 sigma^2.
+    """
+    has = info > 0
+    if not has.any():
+        return np.zeros_like(residual), float("inf")
+    sigma2 = ((residual[has] ** 2 - info[has]).sum()) / max((info[has] ** 2).sum(), 1e-12)
+    sigma2 = float(np.clip(sigma2, _MIN_SIGMA2, _MAX_SIGMA2))
+    tau = 1.0 / sigma2
+    return residual / (info + tau), tau
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1.0 - p)))
+
+
+def _log_likelihood(y: np.ndarray, eta: np.ndarray) -> np.ndarray:
+    """Bernoulli log-likelihood of y under log-odds eta, elementwise."""
+    return -(y * np.logaddexp(0.0, -eta) + (1.0 - y) * np.logaddexp(0.0, eta))
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=1)
+    return top + np.log(np.exp(x - top[:, None]).sum(axis=1))
+
+
+def _newton_direction(residual, info, channel, n_channels, features, per_message) -> np.ndarray:
+    """Newton direction for (alpha per channel, one coefficient per feature, one for `per_message`)
+    of a weighted logistic log-likelihood.
+
+    residual = w (y - p) and info = w p (1 - p) per (message, profile); `features` have that shape,
+    `per_message` is one value per message (the same for every profile); alpha enters through
+    each message's channel. A channel without messages keeps its value (unit curvature).
+    """
+    r_row, i_row = residual.sum(axis=1, dtype=np.float64), info.sum(axis=1, dtype=np.float64)
+    weighted = [info * f for f in features]
+    columns = [np.bincount(channel, weights=i_row, minlength=n_channels)]  # alpha block diagonal
+    size = n_channels + len(features) + 1
+    grad = np.zeros(size)
+    hess = np.zeros((size, size))
+    grad[:n_channels] = np.bincount(channel, weights=r_row, minlength=n_channels)
+    hess[np.arange(n_channels), np.arange(n_channels)] = columns[0]
+    # rows of (info * feature) summed over profiles: the per-message and per-channel cross terms
+    sums = [wf.sum(axis=1, dtype=np.float64) for wf in weighted] + [i_row * per_message]
+    for a in range(len(features) + 1):
+        j = n_channels + a
+        if a < len(features):
+            grad[j] = float((residual * features[a]).sum(dtype=np.float64))
+        else:
+            grad[j] = float((r_row * per_message).sum())
+        cross = np.bincount(channel, weights=sums[a], minlength=n_channels)
+        hess[:n_channels, j] = hess[j, :n_channels] = cross
+        for b in range(a, len(features) + 1):
+            k = n_channels + b
+            if b < len(features):
+                value = (
+                    float((weighted[a] * features[b]).sum(dtype=np.float64))
+                    if a < len(features)
+                    else float((sums[b] * per_message).sum())
+                )
+            else:
+                value = (
+                    float((sums[a] * per_message).sum())
+                    if a < len(features)
+                    else float((i_row * per_message**2).sum())
+                )
+            hess[j, k] = hess[k, j] = value
+    hess += 1e-6 * np.eye(size) + np.diag(np.where(np.diag(hess) <= 0, 1.0, 0.0))
+    return np.linalg.solve(hess, grad)
+
+
+def _resolve_as_of(events, messages, as_of) -> pd.Timestamp:
+    if as_of is not None:
+        as_of = pd.Timestamp(as_of)
+        return as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    last = [
+        frame[col].max()
+        for frame, col in ((events, c.TS), (messages, c.SENT_TS))
+        if frame is not None and len(frame)
+    ]
+    return max(last) + pd.Timedelta(seconds=1)
+
+
+class SendTimeModel(BaseEstimator):
+    """Weekly send-time grids per customer and channel (see the module docstring).
+
+    Parameters
+    ----------
+    profile_width : width (hours, Gaussian sd) of the peaked hour-of-day profiles EM starts from.
+    hour_bandwidth : Gaussian kernel width (hours) that smooths profiles and residuals across
+        neighbouring hours.
+    n_iter : EM iterations at most (it stops earlier when the log-likelihood settles).
+    induced_minutes : events this soon after one of the customer's opens or clicks are taken as
+        caused by the message and left out of the activity counts.
+    min_history : a customer with fewer messages *and* fewer active hours than this is flagged
+        `fallback` (their grid is essentially their segment's).
+    open_window_days : messages sent this close to `as_of` are not learned from (their opens may
+        not be in yet).
+    random_state : accepted for a uniform interface; the fit is deterministic.
+    """
+
+    def __init__(
+        self,
+        profile_width: float = 1.5,
+        hour_bandwidth: float = 1.0,
+        n_iter: int = 12,
+        induced_minutes: float = 60.0,
+        min_history: int = 3,
+        open_window_days: float = 3.0,
+        random_state: int | None = None,
+    ):
+        self.profile_width = profile_width
+        self.hour_bandwidth = hour_bandwidth
+        self.n_iter = n_iter
+        self.induced_minutes = induced_minutes
+        self.min_history = min_history
+        self.open_window_days = open_window_days
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------------------------------
+    # fitting
+    def fit(
+        self,
+        events: pd.DataFrame | None = None,
+        messages: pd.DataFrame | None = None,
+        customers: pd.DataFrame | None = None,
+        as_of: pd.Timestamp | None = None,
+    ) -> SendTimeModel:
+        """Learn from events (any channel) and messages sent before `as_of` (default: just after
+        the last record). Either table may be None; `customers` gives time zones (UTC if absent)."""
+        if (events is None or len(events) == 0) and (messages is None or len(messages) == 0):
+            raise ValueError("need events or messages to learn send times from")
+        as_of = _resolve_as_of(events, messages, as_of)
+        self.notes_: list[str] = []
+        self.as_of_ = as_of
+        ev = None if events is None else events.loc[events[c.TS] < as_of]
+        msgs = None if messages is None else messages.loc[messages[c.SENT_TS] < as_of]
+
+        self._fit_customers(ev, msgs, customers)
+        active = self._active_hours(ev, msgs)
+        hour_counts = self._fit_activity(active)
+        response = self._response_data(msgs, as_of)
+        self._fit_profiles(hour_counts, response)
+        return self
+
+    def _fit_customers(self, events, messages, customers) -> None:
+        ids = [
+            frame[c.CUSTOMER_ID].dropna().astype(str).unique()
+            for frame in (customers, events, messages)
+            if frame is not None and len(frame)
+        ]
+        self.customer_ids_ = np.unique(np.concatenate(ids)).astype(str)
+        self.customer_index_ = {cid: i for i, cid in enumerate(self.customer_ids_)}
+        tz = np.full(len(self.customer_ids_), "UTC", dtype=object)
+        if customers is not None and c.TIMEZONE in customers.columns:
+            zones = customers.drop_duplicates(c.CUSTOMER_ID, keep="last")
+            zones = zones.set_index(zones[c.CUSTOMER_ID].astype(str))[c.TIMEZONE]
+            mapped = pd.Series(self.customer_ids_).map(zones)
+            valid_names = {z for z in mapped.dropna().unique() if valid_timezone(z)}
+            good = mapped.isin(valid_names).to_numpy()
+            tz[good] = mapped[good].to_numpy()
+            bad = int((mapped.notna() & ~mapped.isin(valid_names)).sum())
+            if bad:
+                self.notes_.append(f"{bad} customers have an unknown time zone: UTC is used for them")
+        else:
+            self.notes_.append("no customer time zones: every customer's local time is taken as UTC")
+        self.timezones_ = tz.astype(str)
+
+    def _customer_rows(self, ids: pd.Series) -> np.ndarray:
+        return ids.astype(str).map(self.customer_index_).astype(np.int64).to_numpy()
+
+    def _active_hours(self, events, messages) -> pd.DataFrame:
+        """One row per customer and clock hour with activity in any channel (message-induced events
+        removed): customer row, local slot, segment channel group."""
+        if events is None or len(events) == 0:
+            return pd.DataFrame(
+                {"row": np.array([], dtype=np.int64), "slot": np.array([], dtype=np.int64), "group": []}
+            )
+        ev = events[[c.CUSTOMER_ID, c.TS, c.CHANNEL]].dropna(subset=[c.CUSTOMER_ID, c.TS])
+        ev = ev.assign(**{c.CUSTOMER_ID: ev[c.CUSTOMER_ID].astype(str)})
+        if messages is not None and len(messages) and self.induced_minutes > 0:
+            ev = self._drop_induced(ev, messages)
+        ev = ev.assign(_hour=ev[c.TS].dt.floor("h")).drop_duplicates([c.CUSTOMER_ID, "_hour"])
+        group = ev[c.CHANNEL].astype(str).where(ev[c.CHANNEL].isin(SEGMENT_CHANNELS), "other")
+        rows = self._customer_rows(ev[c.CUSTOMER_ID])
+        slots = local_slots(ev[c.TS], pd.Series(self.timezones_[rows]))
+        return pd.DataFrame({"row": rows, "slot": slots, "group": group.to_numpy()})
+
+    def _drop_induced(self, ev: pd.DataFrame, messages: pd.DataFrame) -> pd.DataFrame:
+        engaged = pd.concat(
+            [
+                messages[[c.CUSTOMER_ID, col]].rename(columns={col: "_eng"})
+                for col in (c.OPENED_TS, c.CLICKED_TS, c.CONVERTED_TS)
+                if col in messages.columns
+            ]
+        ).dropna()
+        if engaged.empty:
+            return ev
+        engaged = engaged.assign(**{c.CUSTOMER_ID: engaged[c.CUSTOMER_ID].astype(str)}).sort_values("_eng")
+        ordered = ev.sort_values(c.TS).reset_index(drop=True)
+        ordered["_ts"] = ordered[c.TS]
+        merged = pd.merge_asof(
+            ordered, engaged, left_on="_ts", right_on="_eng", by=c.CUSTOMER_ID, direction="backward"
+        )
+        gap = merged["_ts"] - merged["_eng"]
+        induced = (gap.notna() & (gap < pd.Timedelta(minutes=self.induced_minutes))).to_numpy(dtype=bool)
+        if induced.any():
+            self.notes_.append(
+                f"{int(induced.sum()):,} events within {self.induced_minutes:g} min after an open or click "
+                "are taken as message-induced and left out of the activity counts"
+            )
+        return ordered.loc[~induced, [c.CUSTOMER_ID, c.TS, c.CHANNEL]]
+
+    def _fit_activity(self, active: pd.DataFrame) -> np.ndarray:
+        """Segments and the weekday distributions; returns the hour-of-day counts (n × 24)."""
+        n = len(self.customer_ids_)
+        rows, slots = active["row"].to_numpy(np.int64), active["slot"].to_numpy(np.int64)
+        hour_counts = np.bincount(rows * HOURS + slots % HOURS, minlength=n * HOURS).reshape(n, HOURS)
+        day_counts = np.bincount(rows * DAYS + slots // HOURS, minlength=n * DAYS).reshape(n, DAYS)
+        self.n_active_ = hour_counts.sum(axis=1)
+
+        # segment: the channel group with most active hours; none without activity
+        groups = len(SEGMENTS) - 1
+        group_code = pd.Categorical(active["group"], categories=SEGMENTS[1:]).codes.astype(np.int64)
+        group_counts = np.bincount(rows * groups + group_code, minlength=n * groups).reshape(n, groups)
+        self.segment_ = np.where(self.n_active_ > 0, 1 + np.argmax(group_counts, axis=1), 0).astype(np.int64)
+        self.segment_day_prob_, self.day_prob_ = weekday_distributions(day_counts, self.segment_)
+        return hour_counts
+
+    def _response_data(self, messages: pd.DataFrame | None, as_of: pd.Timestamp) -> dict | None:
+        n = len(self.customer_ids_)
+        self.n_messages_ = np.zeros(n, dtype=np.int64)
+        self.channels_ = np.array([], dtype=str)
+        if messages is None or len(messages) == 0:
+            self.notes_.append(
+                "no messages: send times are learned from activity times alone; scores are engagement "
+                "propensities with default coefficients (not calibrated probabilities), equal for all channels"
+            )
+            return None
+        self.channels_ = np.sort(messages[c.CHANNEL].dropna().astype(str).unique())
+        self.n_messages_ = np.bincount(self._customer_rows(messages[c.CUSTOMER_ID].dropna()), minlength=n)
+        cutoff = as_of - pd.Timedelta(days=self.open_window_days)
+        msgs = messages.loc[messages[c.SENT_TS] < cutoff].dropna(subset=[c.CUSTOMER_ID, c.SENT_TS, c.CHANNEL])
+        if len(msgs) == 0:
+            self.notes_.append("no message outcomes observed yet: send times are learned from activity alone")
+            return None
+        rows = self._customer_rows(msgs[c.CUSTOMER_ID])
+        slots = local_slots(msgs[c.SENT_TS], pd.Series(self.timezones_[rows]))
+        return {
+            "row": rows,
+            "channel": pd.Categorical(msgs[c.CHANNEL].astype(str), categories=self.channels_).codes.astype(
+                np.int64
+            ),
+            "hour": slots % HOURS,
+            "day": slots // HOURS,
+            "y": engaged_before(msgs, as_of).astype(np.float64),
+        }
+
+    def _fit_profiles(self, hour_counts: np.ndarray, response: dict | None) -> None:
+        """EM for the hour-profile mixture; the engagement model is fitted in each M-step."""
+        n, n_ch = len(self.customer_ids_), len(self.channels_)
+        kernel = circular_kernel(self.hour_bandwidth)
+        prior_profiles = initial_profiles(self.profile_width)
+        self.profiles_ = prior_profiles.copy()
+        self.segment_weights_ = np.full((len(SEGMENTS), len(prior_profiles)), 1.0 / len(prior_profiles))
+        self.coef_ = np.array([DEFAULT_COEF[f] for f in FEATURES])
+        self.alpha_ = np.full(n_ch, _logit(DEFAULT_BASE_RATE))
+        self.profile_residual_ = np.zeros(prior_profiles.shape)
+        self.level_ = np.zeros((n, n_ch))
+        self.day_residual_ = np.zeros((n, DAYS))
+        self.channel_residual_ = np.zeros((n_ch, SLOTS))
+        log_day = self._log_day(np.arange(n))
+        segment_one_hot = np.eye(len(SEGMENTS))[self.segment_]
+
+        if response is not None and len(np.unique(response["y"])) < 2:
+            self.notes_.append("every message has the same outcome: timing is learned from activity alone")
+            response = None
+        if response is not None:
+            rows, y = response["row"], response["y"]
+            response["to_customer"] = sparse.csr_matrix(
+                (np.ones(len(rows), dtype=np.float32), (rows, np.arange(len(rows)))), shape=(n, len(rows))
+            )
+            response["to_hour"] = sparse.csr_matrix(
+                (np.ones(len(rows), dtype=np.float32), (response["hour"], np.arange(len(rows)))),
+                shape=(HOURS, len(rows)),
+            )
+            response["log_day"] = log_day[rows, response["day"]]
+            counts = np.bincount(response["channel"], minlength=n_ch)
+            rate = np.bincount(response["channel"], weights=y, minlength=n_ch) / np.maximum(counts, 1)
+            rate = np.clip(rate, 1e-3, 1 - 1e-3)
+            self.alpha_ = np.log(rate / (1 - rate))
+
+        previous = None
+        self.n_iter_ = 0
+        for _ in range(max(1, int(self.n_iter))):
+            self.n_iter_ += 1
+            # E-step: posterior over profiles given activity hours and message outcomes
+            log_post = np.log(self.segment_weights_[self.segment_]) + hour_counts @ np.log(self.profiles_).T
+            if response is not None:
+                eta = (
+                    self._message_base(response)[:, None] + self._profile_lift()[:, response["hour"]].T
+                ).astype(np.float32)
+                softplus = np.logaddexp(np.float32(0), eta)
+                log_post += response["to_customer"] @ (
+                    response["y"][:, None].astype(np.float32) * eta - softplus
+                )
+                p_open = np.exp(eta - softplus)
+            total = _logsumexp(log_post)
+            posterior = np.exp(log_post - total[:, None])
+            log_likelihood = float(total.sum())
+            converged = previous is not None and abs(log_likelihood - previous) < 1e-6 * abs(log_likelihood)
+            previous = log_likelihood
+
+            # M-step: profiles (smoothed across hours), segment weights, engagement model
+            counts = (posterior.T @ hour_counts + PROFILE_PRIOR_COUNT * prior_profiles) @ kernel.T
+            self.profiles_ = counts / counts.sum(axis=1, keepdims=True)
+            population = posterior.sum(axis=0) + 1.0
+            population /= population.sum()
+            by_segment = segment_one_hot.T @ posterior + SEGMENT_PRIOR_COUNT * population
+            self.segment_weights_ = by_segment / by_segment.sum(axis=1, keepdims=True)
+            if response is not None:
+                self._m_step_engagement(
+                    response, posterior[response["row"]].astype(np.float32), p_open, kernel
+                )
+            if converged:
+                break
+        self.posterior_ = posterior.astype(np.float32)
+
+    def _log_day(self, rows: np.ndarray, unknown: np.ndarray | None = None) -> np.ndarray:
+        day = self.day_prob_[np.maximum(rows, 0)].copy()
+        if unknown is not None and unknown.any():
+            day[unknown] = self.segment_day_prob_[0]
+        return np.clip(np.log(DAYS * day), -_MAX_LOG_DENSITY, _MAX_LOG_DENSITY)
+
+    def _hour_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Activity shape of each profile: density relative to its peak, log density vs uniform."""
+        relative = self.profiles_ / self.profiles_.max(axis=1, keepdims=True)
+        log_density = np.clip(np.log(HOURS * self.profiles_), -_MAX_LOG_DENSITY, _MAX_LOG_DENSITY)
+        return relative, log_density
+
+    def _profile_lift(self) -> np.ndarray:
+        """Engagement log-odds lift of each profile at each local hour (profiles × 24)."""
+        relative, log_density = self._hour_features()
+        return self.coef_[0] * relative + self.coef_[1] * log_density + self.profile_residual_
+
+    def _message_base(self, response: dict) -> np.ndarray:
+        """Per-message log-odds without the hour-profile lift."""
+        rows, ch, day, hour = response["row"], response["channel"], response["day"], response["hour"]
+        return (
+            self.alpha_[ch]
+            + self.level_[rows, ch]
+            + self.coef_[2] * response["log_day"]
+            + self.day_residual_[rows, day]
+            + self.channel_residual_[ch, day * HOURS + hour]
+        )
+
+    def _m_step_engagement(self, response: dict, weights: np.ndarray, p_open: np.ndarray, kernel) -> None:
+        """One pass over the engagement parameters, each a Newton step from the E-step's
+        probabilities, updated in turn; the residuals carry each step's effect to the next
+        (linearised: r -= info * change), so no layer re-absorbs what another just took."""
+        rows, ch, hours, days, y = (response[k] for k in ("row", "channel", "hour", "day", "y"))
+        n_ch = len(self.alpha_)
+        residual = weights * (y[:, None].astype(np.float32) - p_open)  # messages × profiles
+        info = weights * p_open * (1 - p_open)
+
+        # alpha per channel and the coefficients: a Newton step on the expected log-likelihood
+        relative, log_density = self._hour_features()
+        features = [relative[:, hours].T.astype(np.float32), log_density[:, hours].T.astype(np.float32)]
+        step = _newton_direction(residual, info, ch, n_ch, features, response["log_day"])
+        self.alpha_ = self.alpha_ + step[:n_ch]
+        self.coef_ = self.coef_ + step[n_ch:]
+        change = step[:n_ch][ch][:, None] + step[n_ch + 2] * response["log_day"][:, None]
+        change = change + step[n_ch] * features[0] + step[n_ch + 1] * features[1]
+        residual -= info * change.astype(np.float32)
+
+        # what the activity shape does not explain, per profile and hour (shrunk, smoothed)
+        r_cell = (response["to_hour"] @ residual).T.astype(np.float64) @ kernel.T  # profiles × 24
+        i_cell = (response["to_hour"] @ info).T.astype(np.float64) @ kernel.T
+        new = eb_newton_step(r_cell + i_cell * self.profile_residual_, i_cell)[0]
+        residual -= info * (new - self.profile_residual_)[:, hours].T.astype(np.float32)
+        self.profile_residual_ = new
+
+        # per-message layers: customer × channel level, customer × weekday, channel × slot
+        r_msg, i_msg = residual.sum(axis=1, dtype=np.float64), info.sum(axis=1, dtype=np.float64)
+        for name, cell, shape in (
+            ("level_", rows * n_ch + ch, self.level_.shape),
+            ("day_residual_", rows * DAYS + days, self.day_residual_.shape),
+            ("channel_residual_", ch * SLOTS + days * HOURS + hours, self.channel_residual_.shape),
+        ):
+            old = getattr(self, name).reshape(-1)
+            size = old.size
+            r_cell = np.bincount(cell, weights=r_msg, minlength=size)
+            i_cell = np.bincount(cell, weights=i_msg, minlength=size)
+            if name == "channel_residual_":  # neighbouring hours of the week share evidence
+                week = circular_kernel(self.hour_bandwidth, SLOTS)
+                r_cell = (r_cell.reshape(shape) @ week.T).reshape(-1)
+                i_cell = (i_cell.reshape(shape) @ week.T).reshape(-1)
+            new = eb_newton_step(r_cell + i_cell * old, i_cell)[0]
+            r_msg = r_msg - i_msg * (new - old)[cell]
+            setattr(self, name, new.reshape(shape))
+
+    # ------------------------------------------------------------------------------------------
+    # scoring
+    def _rows(self, customer_ids) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+        ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
+        rows = ids.map(self.customer_index_)
+        unknown = rows.isna().to_numpy()
+        return ids, rows.fillna(-1).astype(np.int64).to_numpy(), unknown
+
+    def _channel_code(self, channel: str | None) -> int:
+        """Index of `channel`, or -1 for a channel without message history (channel-agnostic grid)."""
+        if channel is None:
+            return -1
+        hits = np.flatnonzero(self.channels_ == str(channel))
+        return int(hits[0]) if len(hits) else -1
+
+    def score_grid(self, customer_ids, channel: str | None) -> np.ndarray:
+        """Engagement probability (a propensity without messages), customers × 168 local slots.
+
+        Unknown customers get their segment-free prior (the `none` segment's profile weights, the
+        population's weekday pattern). A channel without message history gets the average level.
+        """
+        _, rows, unknown = self._rows(customer_ids)
+        known = ~unknown
+        posterior = np.tile(self.segment_weights_[0], (len(rows), 1))
+        posterior[known] = self.posterior_[rows[known]]
+        ch = self._channel_code(channel)
+        level = np.full(len(rows), self.alpha_[ch] if ch >= 0 else self.base_logit_)
+        day_term = self.coef_[2] * self._log_day(rows, unknown)
+        if known.any():
+            day_term[known] += self.day_residual_[rows[known]]
+            if ch >= 0:
+                level[known] += self.level_[rows[known], ch]
+        lift = self._profile_lift()  # profiles × 24
+        channel_term = self.channel_residual_[ch].reshape(DAYS, HOURS) if ch >= 0 else 0.0
+        grid = np.empty((len(rows), SLOTS))
+        for lo in range(0, len(rows), _SCORE_CHUNK):
+            hi = min(lo + _SCORE_CHUNK, len(rows))
+            static = level[lo:hi, None, None] + day_term[lo:hi, :, None] + channel_term  # n × 7 × 24
+            logits = static[:, None, :, :] + lift[None, :, None, :]  # n × profiles × 7 × 24
+            grid[lo:hi] = np.einsum("nk,nkdh->ndh", posterior[lo:hi], _sigmoid(logits)).reshape(
+                hi - lo, SLOTS
+            )
+        return grid
+
+    @property
+    def base_logit_(self) -> float:
+        return float(np.mean(self.alpha_)) if len(self.alpha_) else _logit(DEFAULT_BASE_RATE)
+
+    def scores(self, customer_id, channel: str | None) -> np.ndarray:
+        """The 168 slot scores of one customer (index = local weekday * 24 + hour)."""
+        return self.score_grid([customer_id], channel)[0]
+
+    def timezone_of(self, customer_ids) -> np.ndarray:
+        _, rows, unknown = self._rows(customer_ids)
+        tz = np.full(len(rows), "UTC", dtype=object)
+        tz[~unknown] = self.timezones_[rows[~unknown]]
+        return tz.astype(str)
+
+    def fallback(self, customer_ids) -> np.ndarray:
+        """True where the customer has fewer than `min_history` messages and active hours: their grid
+        is (nearly) their segment's. Unknown customers are always fallback."""
+        _, rows, unknown = self._rows(customer_ids)
+        out = np.ones(len(rows), dtype=bool)
+        known = rows[~unknown]
+        out[~unknown] = (self.n_messages_[known] < self.min_history) & (
+            self.n_active_[known] < self.min_history
+        )
+        return out
+
+    def best_slot(
+        self, customer_ids, channel: str | None, quiet_hours: tuple[int, int] | None = None
+    ) -> pd.DataFrame:
+        """The best local slot per customer (outside `quiet_hours` if given).
+
+        Columns: customer_id, channel, timezone, best_weekday (0 = Monday), best_hour_local (0-23),
+        score, fallback. Ties go to the earliest slot of the week.
+        """
+        ids, _, _ = self._rows(customer_ids)
+        grid = self.score_grid(ids, channel)
+        grid[:, is_quiet(np.arange(SLOTS) % HOURS, quiet_hours)] = -np.inf
+        best = np.argmax(grid, axis=1)
+        return pd.DataFrame(
+            {
+                c.CUSTOMER_ID: ids.to_numpy(),
+                c.CHANNEL: pd.Series([channel] * len(ids), dtype="str"),
+                c.TIMEZONE: self.timezone_of(ids),
+                "best_weekday": (best // HOURS).astype(np.int64),
+                "best_hour_local": (best % HOURS).astype(np.int64),
+                c.SCORE: grid[np.arange(len(ids)), best],
+                "fallback": self.fallback(ids),
+            }
+        )
+
+    def next_send_times(
+        self,
+        customer_ids,
+        channel: str | None,
+        after: pd.Timestamp,
+        quiet_hours: tuple[int, int] | None = DEFAULT_QUIET_HOURS,
+        horizon_hours: int = SLOTS,
+    ) -> pd.Series:
+        """The best moment at or after `after` and before `after + horizon_hours`, per customer (UTC).
+
+        Candidates are the starts of the customer's local clock hours from `after` on (the current
+        hour counts from `after` itself), stepped in absolute time, so a local hour skipped by
+        daylight saving never appears and a repeated one appears twice (the earlier wins a tie).
+        Candidates inside quiet hours (local) are left out. A naive `after` is taken as UTC.
+        """
+        after = pd.Timestamp(after)
+        after = after.tz_localize("UTC") if after.tzinfo is None else after.tz_convert("UTC")
+        if horizon_hours < 1:
+            raise ValueError("horizon_hours must be at least 1")
+        ids, _, _ = self._rows(customer_ids)
+        grid = self.score_grid(ids, channel)
+        zones = self.timezone_of(ids)
+        out = np.empty(len(ids), dtype="datetime64[us]")
+        after_naive = np.datetime64(after.tz_localize(None).as_unit("us").to_datetime64(), "us")
+        for zone in np.unique(zones):
+            sel = np.flatnonzero(zones == zone)
+            local_after = after.tz_convert(zone)
+            hour_start = after - pd.Timedelta(
+                minutes=local_after.minute,
+                seconds=local_after.second,
+                microseconds=local_after.microsecond,
+                nanoseconds=local_after.nanosecond,
+            )
+            candidates = pd.date_range(hour_start, periods=int(horizon_hours), freq="h", unit="us")
+            local = candidates.tz_convert(zone)
+            slots = slot_index(local.day_of_week, local.hour)
+            allowed = ~is_quiet(np.asarray(local.hour), quiet_hours)
+            times = candidates.tz_localize(None).to_numpy().astype("datetime64[us]")
+            times[0] = after_naive
+            values = grid[np.ix_(sel, slots)]
+            values[:, ~allowed] = -np.inf
+            out[sel] = times[np.argmax(values, axis=1)]
+        return pd.Series(pd.DatetimeIndex(out).tz_localize("UTC"), index=ids.to_numpy(), name="next_send_utc")
+
+    def next_send_time(
+        self,
+        customer_id,
+        channel: str | None,
+        after: pd.Timestamp,
+        quiet_hours: tuple[int, int] | None = DEFAULT_QUIET_HOURS,
+        horizon_hours: int = SLOTS,
+    ) -> pd.Timestamp:
+        """The best send moment (UTC) at or after `after`, outside quiet hours, within the horizon."""
+        return self.next_send_times([customer_id], channel, after, quiet_hours, horizon_hours).iloc[0]
+
+    def send_plan(
+        self,
+        customer_ids,
+        channel: str | None,
+        after: pd.Timestamp,
+        quiet_hours: tuple[int, int] | None = DEFAULT_QUIET_HOURS,
+        horizon_hours: int = SLOTS,
+    ) -> pd.DataFrame:
+        """The batch table of `omni send-time`: the best slot outside quiet hours and the next moment.
+
+        Columns: customer_id, channel, timezone, best_hour_local, best_weekday, next_send_utc, fallback.
+        """
+        best = self.best_slot(customer_ids, channel, quiet_hours)
+        nxt = self.next_send_times(best[c.CUSTOMER_ID], channel, after, quiet_hours, horizon_hours)
+        best["next_send_utc"] = nxt.to_numpy()
+        columns = [c.CUSTOMER_ID, c.CHANNEL, c.TIMEZONE, "best_hour_local", "best_weekday", "next_send_utc"]
+        return best[[*columns, "fallback"]]
+
+    # ------------------------------------------------------------------------------------------
+    # persistence
+    _ARRAYS: tuple[str, ...] = (
+        "customer_ids_", "timezones_", "segment_", "n_active_", "n_messages_", "day_prob_",
+        "segment_day_prob_", "channels_", "profiles_", "segment_weights_", "posterior_", "coef_",
+        "alpha_", "profile_residual_", "level_", "day_residual_", "channel_residual_",
+    )  # fmt: skip
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {name.rstrip("_"): getattr(self, name) for name in self._ARRAYS}
+        for name in ("customer_ids", "timezones", "channels"):
+            arrays[name] = np.asarray(arrays[name]).astype(str)  # unicode arrays, no objects
+        np.savez_compressed(folder / "send_time.npz", **arrays)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "params": self.get_params(),
+            "as_of": self.as_of_.isoformat(),
+            "n_iter": self.n_iter_,
+            "segments": list(SEGMENTS),
+            "features": list(FEATURES),
+            "notes": self.notes_,
+        }
+        (folder / "send_time.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SendTimeModel:
+        folder = Path(folder)
+        meta_path = folder / "send_time.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"not a send-time model folder (no send_time.json): {folder}")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"send-time model format {meta.get('format_version')} is not {FORMAT_VERSION}")
+        model = cls(**meta["params"])
+        with np.load(folder / "send_time.npz", allow_pickle=False) as arrays:
+            for name in cls._ARRAYS:
+                setattr(model, name, arrays[name.rstrip("_")])
+        model.customer_index_ = {cid: i for i, cid in enumerate(model.customer_ids_)}
+        model.as_of_ = pd.Timestamp(meta["as_of"])
+        model.n_iter_ = int(meta["n_iter"])
+        model.notes_ = list(meta["notes"])
+        return model
+
+
+def engaged_before(messages: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
+    """True where the message was opened or clicked before `as_of` (later opens are not known yet)."""
+    engaged = np.zeros(len(messages), dtype=bool)
+    for col in (c.OPENED_TS, c.CLICKED_TS):
+        if col in messages.columns:
+            engaged |= (messages[col].notna() & (messages[col] < as_of)).to_numpy(dtype=bool)
+    return engaged

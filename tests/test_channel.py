@@ -1,0 +1,221 @@
+"""Channel model and the channel / send-time training step: known answers on hand-made data,
+consent (latest row wins, nobody reachable), customers without history, leak-free features,
+transaction-log-only data, persistence, evaluation and MLflow registration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import columns as c
+from features.io import Tables
+from models.channel import ChannelModel, history_features, latest_consent
+
+T0 = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def _ts(values) -> pd.Series:
+    return pd.to_datetime(pd.Series(values), utc=True).dt.as_unit("us")
+
+
+def _hand_made(n_customers: int = 240, per_customer: int = 8, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """SMS is read by store shoppers, push by app shoppers, e-mail by few; every customer is
+    messaged on random channels. Customers `none*`, `out*`, `new*` are special (see tests)."""
+    rng = np.random.default_rng(seed)
+    rows, events = [], []
+    for i in range(n_customers):
+        cid = f"c{i:03d}"
+        app_shopper = i % 2 == 0
+        for k in range(6):
+            events.append((cid, T0 + pd.Timedelta(days=k, hours=10), "app" if app_shopper else "store"))
+        for j in range(per_customer):
+            ch = ["email", "sms", "push"][int(rng.integers(3))]
+            p = {"email": 0.1, "sms": 0.2 if app_shopper else 0.7, "push": 0.7 if app_shopper else 0.2}[ch]
+            sent = T0 + pd.Timedelta(days=10 + 5 * j, hours=int(rng.integers(8, 20)))
+            opened = sent + pd.Timedelta(minutes=30) if rng.random() < p else pd.NaT
+            rows.append((f"{cid}-{j}", cid, ch, sent, opened))
+    for cid in ("none1", "out1", "new1", "new2"):
+        events.append((cid, T0 + pd.Timedelta(days=3, hours=9), "app"))
+    messages = pd.DataFrame(rows, columns=[c.MESSAGE_ID, c.CUSTOMER_ID, c.CHANNEL, c.SENT_TS, c.OPENED_TS])
+    messages[c.SENT_TS], messages[c.OPENED_TS] = _ts(messages[c.SENT_TS]), _ts(messages[c.OPENED_TS])
+    messages[c.CONVERTED_TS] = _ts(messages[c.OPENED_TS].where(rng.random(len(messages)) < 0.3))
+    ev = pd.DataFrame(events, columns=[c.CUSTOMER_ID, c.TS, c.CHANNEL])
+    ev[c.TS] = _ts(ev[c.TS])
+    ev[c.EVENT_TYPE] = "purchase"
+    ids = sorted({r[1] for r in rows}) + ["none1", "out1", "new1", "new2"]
+    consent = [
+        (cid, ch, True, T0) for cid in ids for ch in ("email", "sms", "push") if cid not in ("none1", "out1")
+    ]
+    consent += [("out1", ch, True, T0) for ch in ("email", "sms")]
+    consent += [("out1", ch, False, T0 + pd.Timedelta(days=20)) for ch in ("email", "sms")]  # latest wins
+    consent += [("c001", "push", False, T0 + pd.Timedelta(days=30))]  # opted out of push later
+    consent += [("c003", "email", False, T0 + pd.Timedelta(days=500))]  # after as_of: not known yet
+    consent = pd.DataFrame(consent, columns=[c.CUSTOMER_ID, c.CHANNEL, c.OPTED_IN, c.UPDATED_TS])
+    consent[c.UPDATED_TS] = _ts(consent[c.UPDATED_TS])
+    customers = pd.DataFrame({c.CUSTOMER_ID: ids, c.TIMEZONE: "Europe/Paris"})
+    return {"messages": messages, "events": ev, "consent": consent, "customers": customers}
+
+
+@pytest.fixture(scope="module")
+def hand_made():
+    return _hand_made()
+
+
+@pytest.fixture(scope="module")
+def model(hand_made):
+    as_of = T0 + pd.Timedelta(days=120)
+    return ChannelModel(n_estimators=80, min_child_samples=20, random_state=0).fit(
+        hand_made["messages"], hand_made["events"], hand_made["consent"], hand_made["customers"], as_of=as_of
+    )
+
+
+def test_known_answer_cross_channel_activity(model):
+    ranked = model.rank_channels(["c010", "c011", "new1"])
+    top = ranked.loc[ranked[c.RANK] == 1].set_index(c.CUSTOMER_ID)[c.CHANNEL]
+    assert top["c010"] == "push"  # app shopper
+    assert top["c011"] == "sms"  # store shopper
+    assert top["new1"] == "push"  # no messages, but shops in the app: a segment (look-alike) estimate
+    assert ranked.set_index(c.CUSTOMER_ID).loc["new1", "fallback"].all()
+    assert not ranked.set_index(c.CUSTOMER_ID).loc["c010", "fallback"].any()
+    assert ranked.groupby(c.CUSTOMER_ID)[c.RANK].apply(list).to_dict()["c010"] == [1, 2, 3]
+    probs = ranked["probability"]
+    assert probs.between(0, 1).all()
+
+
+def test_probabilities_are_calibrated_on_later_messages(model):
+    info = model.training_info_["engagement"]
+    assert info["calibration_rows"] > 0 and not info["constant"]
+    scored = model.predict_proba(["c010"] * 3, ["push", "sms", "email"]).set_index(c.CHANNEL)["probability"]
+    assert scored["push"] > 0.45 and scored["email"] < 0.3
+
+
+def test_consent_latest_row_wins(model, hand_made):
+    latest = latest_consent(hand_made["consent"], model.as_of_)
+    assert len(latest) == len(latest.drop_duplicates([c.CUSTOMER_ID, c.CHANNEL]))
+    ranked = model.rank_channels(["c001", "c003"])
+    assert "push" not in ranked.loc[ranked[c.CUSTOMER_ID] == "c001", c.CHANNEL].tolist()
+    # an opt-out dated after as_of was not known at as_of
+    assert "email" in ranked.loc[ranked[c.CUSTOMER_ID] == "c003", c.CHANNEL].tolist()
+
+
+def test_no_consent_anywhere_is_an_answer_not_an_error(model):
+    ranked = model.rank_channels(["none1", "out1", "c010"])
+    assert set(ranked[c.CUSTOMER_ID]) == {"c010"}
+    reasons = model.no_channel_reasons(["none1", "out1", "c010", "ghost"]).set_index(c.CUSTOMER_ID)[c.REASON]
+    assert "c010" not in reasons
+    assert "no consent on record" in reasons["none1"]
+    assert "opted out of every channel" in reasons["out1"] and "email" in reasons["out1"]
+    assert "unknown customer" in reasons["ghost"]
+    assert model.no_channel_reason("c010") is None
+    assert model.rank_channels(["none1"]).empty
+
+
+def test_without_consent_table_every_message_channel_is_allowed(hand_made):
+    model = ChannelModel(n_estimators=20, min_child_samples=20).fit(
+        hand_made["messages"], hand_made["events"], None, hand_made["customers"]
+    )
+    assert any("no consent table" in note for note in model.notes_)
+    ranked = model.rank_channels(["none1", "c010"])
+    assert ranked.groupby(c.CUSTOMER_ID).size().to_dict() == {"c010": 3, "none1": 3}
+
+
+def test_features_are_strictly_before_the_query_time(hand_made):
+    messages = hand_made["messages"]
+    first = messages.loc[messages[c.CUSTOMER_ID] == "c000"].sort_values(c.SENT_TS).iloc[:2]
+    t = first[c.SENT_TS].iloc[1]
+    queries = pd.DataFrame({c.CUSTOMER_ID: ["c000", "c000"], "_t": _ts([t, t + pd.Timedelta(seconds=1)])})
+    rates = {"email": 0.1, "sms": 0.4, "push": 0.4}
+    feats = history_features(
+        queries, messages, hand_made["events"], None, ["email", "push", "sms"], ["app"], rates
+    )
+    # at the second message's send time only the first has been sent; one second later both
+    assert feats["sent_total"].tolist() == [1.0, 2.0]
+    opened = first[c.OPENED_TS].iloc[0]
+    if pd.notna(opened) and opened >= t:  # an open after the query time is not known at it
+        assert feats["engaged_total"].iloc[0] == 0.0
+    assert feats["events_app"].iloc[0] == 6.0
+
+
+def test_save_load_roundtrip(model, tmp_path):
+    loaded = ChannelModel.load(model.save(tmp_path / "channel"))
+    ids = ["c010", "c011", "new1", "out1", "none1"]
+    pd.testing.assert_frame_equal(loaded.rank_channels(ids), model.rank_channels(ids))
+    assert loaded.no_channel_reason("out1") == model.no_channel_reason("out1")
+    assert (tmp_path / "channel" / "engagement.lgb.txt").is_file()
+
+
+def test_needs_messages():
+    with pytest.raises(ValueError, match="messages"):
+        ChannelModel().fit(pd.DataFrame({c.CUSTOMER_ID: [], c.CHANNEL: [], c.SENT_TS: []}))
+
+
+# ----------------------------------------------------------------------------------------------
+# the training step
+def test_transaction_log_only_training(hand_made):
+    from training.channel_training import train_channel_and_send_time
+
+    days = pd.Series(np.repeat(np.arange(90), 20))
+    ids = pd.Series(np.tile([f"t{i}" for i in range(20)], 90))
+    hours = np.where(ids.str[1:].astype(int) % 2 == 0, 10, 20)  # morning and evening shoppers (UTC)
+    events = pd.DataFrame(
+        {
+            c.CUSTOMER_ID: ids,
+            c.TS: _ts(T0 + pd.to_timedelta(days * 24 + hours, unit="h") + pd.Timedelta(minutes=20)),
+            c.CHANNEL: "store",
+            c.EVENT_TYPE: "purchase",
+        }
+    )
+    result = train_channel_and_send_time(Tables(events=events), random_state=1)
+    assert result.channel_model is None
+    assert any("channel model skipped" in note for note in result.notes)
+    best = result.send_time_model.best_slot(["t0", "t1"], "email")["best_hour_local"].tolist()
+    assert best == [10, 20]
+    assert result.metrics["send_time.activity_hit_rate"] > 0.9
+    # a history shorter than the evaluation window is a note, not an error
+    short = train_channel_and_send_time(Tables(events=hand_made["events"]), random_state=1)
+    assert any("history too short" in note for note in short.notes)
+    assert short.send_time_model.best_slot(["c000"], None)["best_hour_local"].iloc[0] == 10
+
+
+@pytest.fixture(scope="module")
+def trained_small(generated_data):
+    from features.identity import stitch_identities
+    from features.io import load_tables
+    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+
+    tables = stitch_identities(load_tables(generated_data))
+    return train_channel_and_send_time(tables, config=ChannelTrainingConfig(test_days=60))
+
+
+def test_training_on_generated_data(trained_small):
+    result = trained_small
+    assert result.channel_model is not None
+    for key in ("channel.engagement_auc", "channel.engagement_ece", "send_time.matched_difference"):
+        assert np.isfinite(result.metrics[key]), key
+    assert result.metrics["channel.engagement_auc"] > 0.55
+    assert {"send_time/heatmaps.png", "channel/lift.png"} <= set(result.artifacts)
+    ranked = result.channel_model.rank_channels()
+    assert ranked[c.RANK].min() == 1 and ranked["probability"].between(0, 1).all()
+
+
+def test_registration_in_mlflow(trained_small, tracking_uri):
+    import mlflow
+
+    from training.channel_training import log_channel_and_send_time
+    from training.tracking import setup_tracking
+
+    client = setup_tracking(tracking_uri)
+    with mlflow.start_run(run_name="test-channel"):
+        versions = log_channel_and_send_time(trained_small, "test-omni-channel", "test-omni-send-time")
+    for name, version in versions.items():
+        client.set_registered_model_alias(name, "champion", version)
+    model = mlflow.pyfunc.load_model("models:/test-omni-channel@champion")
+    ids = trained_small.channel_model.customer_ids_[:5].tolist()
+    out = model.predict(pd.DataFrame({c.CUSTOMER_ID: ids}))
+    assert {c.CUSTOMER_ID, c.CHANNEL, c.RANK, "probability", "fallback"} <= set(out.columns)
+    send = mlflow.pyfunc.load_model("models:/test-omni-send-time@champion")
+    plan = send.predict(
+        pd.DataFrame({c.CUSTOMER_ID: ids}), params={"channel": "email", "after": "2026-07-01T09:00:00+00:00"}
+    )
+    assert len(plan) == 5 and plan["best_hour_local"].between(8, 20).all()

@@ -1,0 +1,217 @@
+"""Send-time model: known answers on hand-made histories, time zones and daylight saving, quiet
+hours across midnight, customers without history, transaction-log-only data, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import columns as c
+from models.send_time import HOURS, SLOTS, SendTimeModel, is_quiet, parse_quiet_hours
+
+NY = "America/New_York"
+
+
+def _local(day: str, hour: float, tz: str) -> pd.Timestamp:
+    return (pd.Timestamp(day) + pd.Timedelta(hours=hour)).tz_localize(tz).tz_convert("UTC")
+
+
+def _events(rows: list[tuple[str, pd.Timestamp]], channel: str = "web") -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            c.CUSTOMER_ID: [r[0] for r in rows],
+            c.TS: pd.DatetimeIndex([r[1] for r in rows]).as_unit("us"),
+            c.CHANNEL: channel,
+            c.EVENT_TYPE: "purchase",
+        }
+    )
+
+
+def _habit(customer: str, tz: str, hour: float, start: str = "2026-01-05", days: int = 120, every: int = 3):
+    """A customer active every `every` days at `hour` local (across the March DST change)."""
+    dates = pd.date_range(start, periods=days // every, freq=f"{every}D")
+    return [(customer, _local(d.strftime("%Y-%m-%d"), hour, tz)) for d in dates]
+
+
+def _customers(zones: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({c.CUSTOMER_ID: list(zones), c.TIMEZONE: list(zones.values())})
+
+
+@pytest.fixture(scope="module")
+def habits_model() -> SendTimeModel:
+    """Events only: an evening New Yorker, a morning Tokyoite, a night owl and a 02:30 shopper."""
+    rows = (
+        _habit("evening", NY, 19.4)
+        + _habit("morning", "Asia/Tokyo", 8.5)
+        + _habit("owl", NY, 23.3)
+        + _habit("early", NY, 2.5)
+        + [(f"filler{i}", _local("2026-02-02", 7 + i % 15 + 0.5, "UTC")) for i in range(60)]
+    )
+    zones = {"evening": NY, "morning": "Asia/Tokyo", "owl": NY, "early": NY, "nowhere": "Not/AZone"}
+    return SendTimeModel().fit(_events(rows), None, _customers(zones))
+
+
+def test_is_quiet_crosses_midnight():
+    hours = np.arange(HOURS)
+    assert hours[is_quiet(hours, (21, 8))].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 21, 22, 23]
+    assert hours[is_quiet(hours, (1, 5))].tolist() == [1, 2, 3, 4]
+    assert not is_quiet(hours, None).any() and not is_quiet(hours, (8, 8)).any()
+    with pytest.raises(ValueError):
+        is_quiet(hours, (25, 3))
+    assert parse_quiet_hours("21-8") == (21, 8) and parse_quiet_hours("21:00-08:00") == (21, 8)
+    assert parse_quiet_hours("none") is None
+    with pytest.raises(ValueError):
+        parse_quiet_hours("21")
+
+
+def test_known_answers_in_local_time(habits_model):
+    best = habits_model.best_slot(["evening", "morning", "owl"], "email").set_index(c.CUSTOMER_ID)
+    assert best.loc["evening", "best_hour_local"] == 19
+    assert best.loc["morning", "best_hour_local"] == 8  # Tokyo local time, not UTC (23:00)
+    assert best.loc["owl", "best_hour_local"] == 23
+    assert best.loc["morning", c.TIMEZONE] == "Asia/Tokyo"
+    scores = habits_model.scores("evening", "email")
+    assert scores.shape == (SLOTS,) and np.all((scores > 0) & (scores < 1))
+    # activity in local time survives the DST change: 19:xx local is 00:xx UTC in winter, 23:xx in summer
+    assert np.argmax(scores) % HOURS == 19
+
+
+def test_transaction_log_only_is_activity_based(habits_model):
+    assert len(habits_model.channels_) == 0
+    assert any("no messages" in note for note in habits_model.notes_)
+    # the same grid for any channel, and the propensity scale is stated
+    np.testing.assert_allclose(
+        habits_model.scores("evening", "email"), habits_model.scores("evening", "push")
+    )
+
+
+def test_quiet_hours_across_midnight(habits_model):
+    after = _local("2026-06-10", 12.0, NY)  # a Wednesday noon in New York
+    unconstrained = habits_model.next_send_time("owl", "email", after, quiet_hours=None, horizon_hours=24)
+    assert unconstrained.tz_convert(NY).hour == 23
+    constrained = habits_model.next_send_time("owl", "email", after, quiet_hours=(21, 8), horizon_hours=24)
+    local = constrained.tz_convert(NY)
+    assert 8 <= local.hour < 21
+    assert local.hour == 20  # the allowed hour closest to the owl's 23:00
+    assert constrained >= after and str(constrained.tz) == "UTC"
+    plan = habits_model.send_plan(["owl"], "email", after, quiet_hours=(21, 8))
+    assert plan.loc[0, "best_hour_local"] == 20
+    assert plan.columns.tolist() == [
+        c.CUSTOMER_ID,
+        c.CHANNEL,
+        c.TIMEZONE,
+        "best_hour_local",
+        "best_weekday",
+        "next_send_utc",
+        "fallback",
+    ]
+
+
+def test_dst_spring_forward_skips_the_missing_hour(habits_model):
+    # New York, Sunday 8 March 2026: 02:00-02:59 local does not exist
+    after = _local("2026-03-07", 12.0, NY)
+    sent = habits_model.next_send_time("early", "email", after, quiet_hours=None, horizon_hours=24)
+    local = sent.tz_convert(NY)
+    assert local.hour in (1, 3)  # the best hour that exists, next to 02:xx
+    assert local.tz_localize(None).tz_localize(NY) == sent  # a real, unambiguous instant
+    # a day later the habit hour exists again
+    sent = habits_model.next_send_time(
+        "early", "email", _local("2026-03-08", 12.0, NY), None, horizon_hours=24
+    )
+    assert sent.tz_convert(NY).hour == 2
+
+
+def test_dst_fall_back_takes_the_first_of_the_repeated_hour():
+    # New York, Sunday 1 November 2026: 01:00-01:59 local happens twice (EDT, then EST)
+    rows = _habit("late", NY, 1.5, start="2026-08-01", days=120)
+    model = SendTimeModel().fit(_events(rows), None, _customers({"late": NY}))
+    after = _local("2026-10-31", 12.0, NY)
+    sent = model.next_send_time("late", "email", after, quiet_hours=None, horizon_hours=24)
+    assert sent == pd.Timestamp("2026-11-01 05:00", tz="UTC")  # 01:00 EDT, not 01:00 EST (06:00 UTC)
+
+
+def test_dst_summer_and_winter_map_to_the_same_local_hour(habits_model):
+    winter = habits_model.next_send_time("evening", "email", _local("2026-01-14", 12.0, NY), None, 24)
+    summer = habits_model.next_send_time("evening", "email", _local("2026-07-15", 12.0, NY), None, 24)
+    assert winter.hour == 0 and summer.hour == 23  # UTC
+    assert winter.tz_convert(NY).hour == summer.tz_convert(NY).hour == 19
+
+
+def test_customer_without_history(habits_model):
+    unknown = habits_model.best_slot(["never-seen"], "email").iloc[0]
+    assert unknown["fallback"] and unknown[c.TIMEZONE] == "UTC"
+    scores = habits_model.scores("never-seen", "email")
+    assert scores.shape == (SLOTS,) and np.isfinite(scores).all()
+    after = pd.Timestamp("2026-06-10 03:00", tz="UTC")
+    sent = habits_model.next_send_time("never-seen", "email", after)
+    assert after <= sent < after + pd.Timedelta(days=7)
+    assert not is_quiet(np.array([sent.hour]), (21, 8))[0]
+    # a customer in the customers table with an invalid zone and no events: UTC, noted
+    assert habits_model.timezone_of(["nowhere"])[0] == "UTC"
+    assert any("unknown time zone" in note for note in habits_model.notes_)
+    assert habits_model.fallback(["nowhere"])[0]
+
+
+def test_naive_after_is_utc(habits_model):
+    naive = habits_model.next_send_time("evening", None, pd.Timestamp("2026-06-10 12:00"), horizon_hours=24)
+    aware = habits_model.next_send_time(
+        "evening", None, pd.Timestamp("2026-06-10 12:00", tz="UTC"), horizon_hours=24
+    )
+    assert naive == aware
+
+
+def _messages(rows) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=[c.MESSAGE_ID, c.CUSTOMER_ID, c.CHANNEL, c.SENT_TS, c.OPENED_TS])
+    for col in (c.SENT_TS, c.OPENED_TS):
+        frame[col] = pd.to_datetime(frame[col], utc=True).dt.as_unit("us")
+    return frame
+
+
+def test_messages_teach_the_hour_of_a_customer_without_activity():
+    """No events at all: opens only ever happen for 18:00 local sends."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        cid = f"m{i}"
+        for j in range(30):
+            hour = int(rng.integers(6, 22))
+            sent = _local("2026-02-01", 24 * j + hour + 0.2, "Europe/Berlin")
+            opened = sent + pd.Timedelta(minutes=10) if abs(hour - 18) <= 1 and rng.random() < 0.8 else pd.NaT
+            rows.append((f"{cid}-{j}", cid, "email" if j % 2 else "sms", sent, opened))
+    zones = {f"m{i}": "Europe/Berlin" for i in range(40)}
+    model = SendTimeModel().fit(None, _messages(rows), _customers(zones))
+    best = model.best_slot(["m0", "m1"], "email")
+    assert best["best_hour_local"].between(17, 19).all()
+    assert set(model.channels_) == {"email", "sms"}
+
+
+def test_save_load_roundtrip(habits_model, tmp_path):
+    folder = habits_model.save(tmp_path / "send_time")
+    loaded = SendTimeModel.load(folder)
+    ids = ["evening", "morning", "owl", "never-seen"]
+    np.testing.assert_allclose(loaded.score_grid(ids, "email"), habits_model.score_grid(ids, "email"))
+    after = pd.Timestamp("2026-06-10 03:00", tz="UTC")
+    pd.testing.assert_series_equal(
+        loaded.next_send_times(ids, "email", after), habits_model.next_send_times(ids, "email", after)
+    )
+    assert loaded.get_params() == habits_model.get_params()
+
+
+def test_generated_data_plan(generated_data):
+    from features.identity import stitch_identities
+    from features.io import load_tables
+
+    tables = stitch_identities(load_tables(generated_data))
+    model = SendTimeModel(n_iter=6).fit(tables.events, tables.messages, tables.customers)
+    ids = model.customer_ids_[:200]
+    after = pd.Timestamp("2026-07-01 09:30", tz="UTC")
+    plan = model.send_plan(ids, "email", after)
+    assert len(plan) == len(ids) and plan["best_hour_local"].between(8, 20).all()
+    local_hours = [t.tz_convert(z).hour for t, z in zip(plan["next_send_utc"], plan[c.TIMEZONE], strict=True)]
+    assert all(8 <= h < 21 for h in local_hours)
+    assert (plan["next_send_utc"] >= after).all() and (
+        plan["next_send_utc"] < after + pd.Timedelta(days=7)
+    ).all()
+    # the learned link from activity to engagement points the right way
+    assert model.coef_[0] > 0
