@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 CUSTOMERS ?= 20000
 export OMNI_WORKDIR ?= $(CURDIR)/work
+export BENTOML_HOME ?= $(OMNI_WORKDIR)/bentoml
 DEMO_DATA := $(OMNI_WORKDIR)/data/demo
 export OPENBLAS_NUM_THREADS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -25,6 +26,7 @@ $(DEMO_DATA)/truth/meta.json: | $(BIN)/.installed
 
 train: $(DEMO_DATA)/truth/meta.json
 	$(BIN)/omni train --data $(DEMO_DATA)
+	$(BIN)/omni build
 
 serve: | $(BIN)/.installed
 	@echo
@@ -47,7 +49,7 @@ format: install
 	$(BIN)/ruff format .
 
 bento: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/bentoml build -f bentofile.yaml .
+	$(BIN)/omni build
 
 clean:
 	rm -rf $(OMNI_WORKDIR)

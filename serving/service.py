@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from training.settings import default_tracking_uri, quiet_libraries
+from training.settings import quiet_libraries
 
 quiet_libraries()
 
@@ -23,12 +23,13 @@ WORKERS = int(os.environ.get("OMNI_WORKERS", "2"))
 @bentoml.service(workers=WORKERS, traffic={"timeout": 30})
 class OmniService:
     def __init__(self) -> None:
-        from training.scoring import load_champion_recommender
+        from models.recommender import ProductRecommender
+        from training.build import load_served_model
 
-        tracking_uri = default_tracking_uri()
         try:
-            self.recommender, version = load_champion_recommender(tracking_uri)
-        except LookupError as exc:
+            folder, version = load_served_model("omni-recommender")
+            self.recommender = ProductRecommender.load(folder)
+        except (LookupError, OSError, ValueError) as exc:
             # Fail start-up loudly rather than serve half a service.
             raise RuntimeError(f"cannot start: {exc}") from exc
         self.model_versions = {"recommender": version}

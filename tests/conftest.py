@@ -15,8 +15,9 @@ quiet_libraries()
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("omni-work")
-    old = {k: os.environ.get(k) for k in ("OMNI_WORKDIR", "OMNI_TRACKING_URI")}
+    old = {k: os.environ.get(k) for k in ("OMNI_WORKDIR", "OMNI_TRACKING_URI", "BENTOML_HOME")}
     os.environ["OMNI_WORKDIR"] = str(path)
+    os.environ["BENTOML_HOME"] = str(path / "bentoml")
     os.environ["OMNI_TRACKING_URI"] = f"sqlite:///{path / 'mlflow.db'}"
     yield path
     for k, v in old.items():

@@ -25,3 +25,29 @@ def test_bento_builds_offline(tmp_path):
     built = bentos[0].parent / "src"
     assert (built / "serving" / "service.py").exists()
     assert not (built / "tests").exists()
+
+
+def test_omni_build_imports_champions_into_the_bentoml_store(trained, tracking_uri):
+    import bentoml
+    from click.testing import CliRunner
+
+    from training.build import load_served_model
+    from training.cli import main
+
+    result = CliRunner().invoke(main, ["build", "--no-bento", "--tracking-uri", tracking_uri])
+    assert result.exit_code == 0, result.output
+    folder, version = load_served_model("omni-recommender")
+    assert (folder / "recommender.json").exists()
+    model = bentoml.models.get("omni-recommender:latest")
+    assert model.info.labels["alias"] == "champion"
+    assert version == model.info.labels["mlflow_version"]
+
+
+def test_omni_build_on_an_empty_store_exits_2(tmp_path):
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    result = CliRunner().invoke(main, ["build", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert result.exit_code == 2
+    assert "omni train" in result.output

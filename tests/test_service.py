@@ -15,13 +15,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(trained, workdir):
+def server(trained, workdir, tracking_uri):
     import shutil
 
     import bentoml
 
-    # start from an empty model cache, so the workers really download the champion from the registry
+    from training.build import import_champions
+
+    # start from an empty download cache, so the champion really comes from the registry
     shutil.rmtree(workdir / "cache", ignore_errors=True)
+    import_champions(tracking_uri)
     # MLflow exports the tracking URI to the environment of this process; a real deployment only has
     # OMNI_TRACKING_URI, so the server must not inherit MLflow's variables.
     saved = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if k in os.environ}

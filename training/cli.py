@@ -272,6 +272,28 @@ def import_command(
     click.echo(f"imported {', '.join(f'{n}={len(f)}' for n, f in frames.items())} into {out_dir}")
 
 
+@main.command()
+@tracking_option
+@click.option("--no-bento", is_flag=True, help="Only import the models; skip `bentoml build`.")
+def build(tracking_uri, no_bento) -> None:
+    """Import the champion models into the BentoML model store and build the Bento (offline)."""
+    from training.build import build_bento, import_champions
+
+    try:
+        imported = import_champions(tracking_uri or default_tracking_uri())
+    except LookupError as exc:
+        fail(str(exc))
+    for m in imported:
+        click.echo(f"imported {m.name} version {m.mlflow_version} as {m.bento_tag}")
+    if not no_bento:
+        try:
+            out = build_bento()
+        except RuntimeError as exc:
+            fail(str(exc))
+        tag = next((line for line in out.splitlines() if "Successfully built Bento" in line), "").strip()
+        click.echo(tag or "built the Bento")
+
+
 model_name_option = click.option(
     "--model",
     "model_name",
