@@ -67,10 +67,10 @@ def test_train_promote_and_rollback_over_http(mlflow_server, generated_data):
     base = ["train", "--data", str(generated_data), "--tracking-uri", mlflow_server, "--iterations", "3"]
     first = runner.invoke(main, base + ["--factors", "16"])
     assert first.exit_code == 0, first.output
-    assert "promoted to champion: no current champion" in first.output
+    assert "omni-recommender v1 promoted to champion: no current champion" in first.output
     worse = runner.invoke(main, base + ["--factors", "2", "--iterations", "1"])
     assert worse.exit_code == 0, worse.output
-    assert "NOT promoted" in worse.output
+    assert "omni-recommender v2 NOT promoted" in worse.output
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     champion = client.get_model_version_by_alias(REGISTERED_RECOMMENDER, CHAMPION)

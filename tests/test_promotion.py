@@ -34,7 +34,8 @@ def test_worse_challenger_is_not_promoted_then_promote_and_rollback(trained, gen
     assert _alias(client, CHALLENGER) == worse.model_version
     run = client.get_run(worse.run_id)
     assert run.data.tags["promoted"] == "False"
-    assert "champion.ndcg_at_10" in run.data.metrics
+    assert "champion.omni-recommender.als.ndcg_at_10" in run.data.metrics
+    assert run.data.tags["promoted.omni-channel"] == "True"  # same configuration: as good, promoted
 
     runner = CliRunner()
     result = runner.invoke(main, ["promote", "--tracking-uri", tracking_uri])

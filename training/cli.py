@@ -161,10 +161,7 @@ def recommend(data_dir, tracking_uri, all_customers, customer_ids, k, out_file) 
     from features.io import write_table_atomic
     from training.scoring import load_champion_recommender, recommendations_frame
 
-    if not all_customers and not customer_ids:
-        fail("give --all or at least one --customer")
-    if all_customers and not out_file:
-        fail("--all needs --out FILE (a Parquet file)")
+    _ids_or_fail(all_customers, customer_ids, out_file)
     try:
         rec, version = load_champion_recommender(tracking_uri or default_tracking_uri())
     except LookupError as exc:
@@ -178,6 +175,100 @@ def recommend(data_dir, tracking_uri, all_customers, customer_ids, k, out_file) 
         )
     else:
         click.echo(frame.to_string(index=False))
+
+
+def _ids_or_fail(all_customers: bool, customer_ids: tuple[str, ...], out_file) -> None:
+    if not all_customers and not customer_ids:
+        fail("give --all or at least one --customer")
+    if all_customers and not out_file:
+        fail("--all needs --out FILE (a Parquet file)")
+
+
+def _emit(frame, out_file, what: str, version: str) -> None:
+    from features.io import write_table_atomic
+
+    if out_file:
+        write_table_atomic(frame, out_file)
+        click.echo(f"wrote {len(frame)} {what} rows to {out_file} (model version {version})")
+    else:
+        click.echo(frame.to_string(index=False))
+
+
+@main.command()
+@tracking_option
+@click.option("--all", "all_customers", is_flag=True, help="Every customer the model knows.")
+@click.option("--customer", "customer_ids", multiple=True, help="A customer id (repeatable).")
+@click.option(
+    "--out", "out_file", type=click.Path(path_type=Path), default=None, help="Parquet file to write."
+)
+@click.option(
+    "--reasons-out", type=click.Path(path_type=Path), default=None, help="Why some have no channel."
+)
+def channel(tracking_uri, all_customers, customer_ids, out_file, reasons_out) -> None:
+    """Each customer's consented channels, ranked by calibrated engagement probability.
+
+    Parquet columns: customer_id, channel, rank, probability, conversion_probability, fallback
+    (fallback = too little message history: the estimate comes from similar customers).
+    """
+    from training.channel_training import load_champion_channel_model
+
+    _ids_or_fail(all_customers, customer_ids, out_file)
+    try:
+        model, version = load_champion_channel_model(tracking_uri or default_tracking_uri())
+    except LookupError as exc:
+        fail(f"{exc} (a data set without a messages table trains no channel model)")
+    ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
+    ranked = model.rank_channels(ids)
+    reasons = model.no_channel_reasons(ids)
+    _emit(ranked, out_file, "channel", version)
+    click.echo(f"{len(reasons)} of {len(ids)} customers have no channel to be reached on", err=True)
+    if reasons_out:
+        from features.io import write_table_atomic
+
+        write_table_atomic(reasons, reasons_out)
+
+
+@main.command(name="send-time")
+@tracking_option
+@click.option("--all", "all_customers", is_flag=True, help="Every customer the model knows.")
+@click.option("--customer", "customer_ids", multiple=True, help="A customer id (repeatable).")
+@click.option(
+    "--channel", "channel_name", required=True, help="Channel the message goes out on (e.g. email)."
+)
+@click.option("--after", default=None, help="Earliest send time, ISO 8601 (default: now, UTC).")
+@click.option(
+    "--quiet-hours", default="21-8", show_default=True, help="Local quiet hours START-END, or none."
+)
+@click.option("--horizon-hours", type=click.IntRange(1, 24 * 28), default=168, show_default=True)
+@click.option(
+    "--out", "out_file", type=click.Path(path_type=Path), default=None, help="Parquet file to write."
+)
+def send_time(
+    tracking_uri, all_customers, customer_ids, channel_name, after, quiet_hours, horizon_hours, out_file
+):
+    """Best local hour and weekday per customer, and the next send moment in UTC outside quiet hours.
+
+    Parquet columns: customer_id, channel, timezone, best_hour_local, best_weekday, next_send_utc, fallback.
+    """
+    import pandas as pd
+
+    from models.send_time import parse_quiet_hours
+    from training.channel_training import load_champion_send_time_model
+
+    _ids_or_fail(all_customers, customer_ids, out_file)
+    try:
+        quiet = parse_quiet_hours(quiet_hours)
+        after_ts = pd.Timestamp(after) if after else pd.Timestamp.now(tz="UTC")
+    except ValueError as exc:
+        fail(f"--quiet-hours/--after: {exc}")
+    after_ts = after_ts.tz_localize("UTC") if after_ts.tzinfo is None else after_ts.tz_convert("UTC")
+    try:
+        model, version = load_champion_send_time_model(tracking_uri or default_tracking_uri())
+    except LookupError as exc:
+        fail(str(exc))
+    ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
+    plan = model.send_plan(ids, channel_name, after_ts, quiet, horizon_hours)
+    _emit(plan, out_file, "send-time", version)
 
 
 @main.command(name="import")

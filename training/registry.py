@@ -116,3 +116,41 @@ def rollback(client: MlflowClient, name: str) -> str:
     history = history[:-1]
     _move_champion(client, name, history[-1], history)
     return history[-1]
+
+
+PARAMS_TAG = "params"
+
+
+def gate(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    params: dict,
+    metric: str,
+    challenger_score: float,
+    reevaluate=None,
+    margin: float = 0.0,
+) -> PromotionDecision:
+    """Score the champion on this run's window, decide, and move the aliases.
+
+    The champion's own metric came from another window, and the champion model may have been
+    fitted on part of this run's test window, so neither is a fair comparison. Instead the
+    champion's *configuration* (stored on its version as the `params` tag) is re-evaluated here
+    by `reevaluate(params) -> score`, on the same split as the challenger; the same configuration
+    gives the same score without refitting.
+    """
+    client.set_model_version_tag(name, version, PARAMS_TAG, json.dumps(params, sort_keys=True, default=str))
+    champion = current_version(client, name)
+    champion_score = None
+    if champion is not None:
+        raw = client.get_model_version(name, champion).tags.get(PARAMS_TAG)
+        champion_params = json.loads(raw) if raw else None
+        if champion_params == json.loads(json.dumps(params, sort_keys=True, default=str)):
+            champion_score = challenger_score
+        elif champion_params is not None and reevaluate is not None:
+            champion_score = float(reevaluate(champion_params))
+    decision = decide_promotion(name, version, champion, metric, challenger_score, champion_score, margin)
+    if champion is not None and champion_score is None:
+        decision.reason = "the champion's configuration is unknown, so it cannot be re-scored; promoted"
+    apply_decision(client, decision)
+    return decision

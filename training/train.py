@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from features.io import Tables, load_tables
 from models.recommender import ProductRecommender
 from training.evaluation import ranking_metrics
 from training.profiling import StageTimer
-from training.registry import PromotionDecision, apply_decision, current_version, decide_promotion
+from training.registry import PromotionDecision, gate
 from training.report import build_report, hash_inputs, metrics_table
 from training.scoring import recommendations_frame
 from training.settings import CHAMPION, REGISTERED_RECOMMENDER
@@ -52,17 +52,6 @@ class TrainConfig:
     promotion_metric: str = "ndcg@10"  # compared between challenger and champion on the same window
     promotion_margin: float = 0.0  # the challenger must reach champion + margin
 
-    @classmethod
-    def from_logged_params(cls, params: dict[str, str]) -> TrainConfig:
-        """Rebuild a config from a run's `recommender.*` params (to re-evaluate a champion)."""
-        out = cls()
-        for f in fields(cls):
-            raw = params.get(f"recommender.{f.name}")
-            if raw is not None:
-                default = getattr(out, f.name)
-                setattr(out, f.name, raw == "True" if isinstance(default, bool) else type(default)(raw))
-        return out
-
     def als_params(self) -> dict:
         return {
             "factors": self.factors,
@@ -78,7 +67,8 @@ class TrainResult:
     run_id: str
     model_version: str
     metrics: dict[str, float]
-    decision: PromotionDecision | None = None
+    decision: PromotionDecision | None = None  # the recommender's
+    decisions: list[PromotionDecision] = field(default_factory=list)  # every registered family's
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # seconds and peak RSS per stage
@@ -163,27 +153,16 @@ def evaluate_recommenders(tables: Tables, config: TrainConfig, progress) -> tupl
 
 SERVED_MODEL = "als"  # which evaluated model is the one registered and served
 
+# What each registered family is judged on when a new version challenges the champion.
+CHANNEL_PROMOTION_METRIC = "channel.engagement_auc"
+SEND_TIME_PROMOTION_METRICS = ("send_time.heldout_auc", "send_time.activity_hit_rate")
 
-def champion_score_on_window(client, tables: Tables, config: TrainConfig, challenger_metrics: dict, progress):
-    """The current champion's configuration scored on this run's window: (version, score) or (None, None).
 
-    The champion's stored metric came from another data window, so it is not comparable; and the
-    champion model itself may have been fitted on part of this test window. Refitting the
-    champion's configuration on this run's training window is the comparison that is both fair
-    and leak-free. Same configuration → same score, no refit needed.
-    """
-    version = current_version(client, config.registered_name)
-    if version is None:
-        return None, None
-    run_id = client.get_model_version(config.registered_name, version).run_id
-    champion_config = TrainConfig.from_logged_params(client.get_run(run_id).data.params)
-    key = f"{SERVED_MODEL}.{config.promotion_metric}"
-    if champion_config.als_params() == config.als_params() and champion_config.test_days == config.test_days:
-        return version, challenger_metrics[key]
-    champion_config.test_days = config.test_days
-    champion_config.max_eval_customers = config.max_eval_customers
-    metrics, _ = evaluate_recommenders(tables, champion_config, progress)
-    return version, metrics[key]
+def recommender_params(config: TrainConfig) -> dict:
+    """What defines the served recommender (not how it is judged): stored with each version."""
+    return {
+        k: v for k, v in asdict(config).items() if not k.startswith("promotion_") and k != "registered_name"
+    }
 
 
 def data_summary(tables: Tables) -> dict:
@@ -209,10 +188,17 @@ def run_training(
 ) -> TrainResult:
     import mlflow
 
+    from training.channel_training import (
+        ChannelTrainingConfig,
+        evaluate_channel_and_send_time,
+        log_channel_and_send_time,
+        train_channel_and_send_time,
+    )
+
     config = config or TrainConfig()
     timer = timer or StageTimer()
     started = time.perf_counter()
-    progress = tqdm(total=6, desc="train", unit="stage", disable=not show_progress)
+    progress = tqdm(total=7, desc="train", unit="stage", disable=not show_progress)
 
     def step(name: str):
         progress.set_postfix_str(name)
@@ -233,19 +219,18 @@ def run_training(
         summary["data_dir"] = Path(data_dir).name  # the folder's name only: paths can be personal
         mlflow.log_dict(summary, "data_summary.json")
         mlflow.set_tag("input_hash", summary["input_hash"])
-        mlflow.log_dict({"notes": tables.notes}, "data_notes.json")
+        notes = list(tables.notes)
 
         with step("features"):
             features = build_customer_features(tables.events, tables.customers, tables.products)
         progress.update()
 
-        with step("evaluate"):
+        with step("evaluate_recommender"):
             metrics, eval_info = evaluate_recommenders(tables, config, progress)
-            mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
             mlflow.log_dict(eval_info, "evaluation/split.json")
         progress.update()
 
-        with step("refit"):
+        with step("refit_recommender"):
             product_ids, inactive = catalogue(tables)
             full = build_interactions(
                 tables.events, product_ids=product_ids, half_life_days=config.half_life_days
@@ -253,41 +238,103 @@ def run_training(
             rec = ProductRecommender(**config.als_params()).fit(full, inactive, show_progress=False)
         progress.update()
 
-        with step("compare_champion"):
-            champion_version, champion_score = champion_score_on_window(
-                client, tables, config, metrics, progress
+        with step("channel_send_time"):
+            channel_config = ChannelTrainingConfig(
+                test_days=config.test_days, random_state=config.random_state
             )
-            challenger_score = metrics[f"{SERVED_MODEL}.{config.promotion_metric}"]
+            channels = train_channel_and_send_time(
+                tables, random_state=config.random_state, config=channel_config
+            )
+            metrics.update(channels.metrics)
+            notes += channels.notes
         progress.update()
+        mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items() if np.isfinite(v)})
 
         with step("register"), tempfile.TemporaryDirectory(prefix="omni-train-") as tmp:
-            model_dir = rec.save(Path(tmp) / "recommender")
             feat_path = Path(tmp) / "customer_features.parquet"
             features.to_parquet(feat_path, index=False)
             mlflow.log_artifact(str(feat_path), artifact_path="features")
-            version = log_recommender_model(model_dir, config.registered_name)
-            decision = decide_promotion(
-                config.registered_name,
-                version,
-                champion_version,
-                config.promotion_metric,
-                challenger_score,
-                champion_score,
-                config.promotion_margin,
+            decisions = []
+
+            version = log_recommender_model(rec.save(Path(tmp) / "recommender"), config.registered_name)
+            key = f"{SERVED_MODEL}.{config.promotion_metric}"
+
+            def rescore_recommender(params: dict) -> float:
+                champion = TrainConfig(
+                    **{k: v for k, v in params.items() if k in TrainConfig.__dataclass_fields__}
+                )
+                champion.test_days, champion.max_eval_customers = config.test_days, config.max_eval_customers
+                return evaluate_recommenders(tables, champion, progress)[0][key]
+
+            decisions.append(
+                gate(
+                    client,
+                    config.registered_name,
+                    version,
+                    recommender_params(config),
+                    key,
+                    metrics[key],
+                    rescore_recommender,
+                    config.promotion_margin,
+                )
             )
-            apply_decision(client, decision)
-            mlflow.log_dict(decision.as_dict(), "promotion.json")
-            mlflow.set_tags({"promoted": str(decision.promoted), "promotion_reason": decision.reason})
-            if champion_score is not None:
-                mlflow.log_metric(f"champion.{config.promotion_metric}".replace("@", "_at_"), champion_score)
+
+            versions = log_channel_and_send_time(channels)
+            channel_params = asdict(channel_config)
+
+            def rescore_channels(metric: str):
+                def rescore(params: dict) -> float:
+                    champion_config = ChannelTrainingConfig(**params)
+                    return evaluate_channel_and_send_time(tables, champion_config)[0].get(
+                        metric, float("nan")
+                    )
+
+                return rescore
+
+            for name, family_version in versions.items():
+                if name.endswith("channel"):
+                    metric = CHANNEL_PROMOTION_METRIC
+                else:
+                    metric = next(
+                        (m for m in SEND_TIME_PROMOTION_METRICS if m in metrics),
+                        SEND_TIME_PROMOTION_METRICS[0],
+                    )
+                score = metrics.get(metric, float("nan"))
+                decisions.append(
+                    gate(
+                        client, name, family_version, channel_params, metric, score, rescore_channels(metric)
+                    )
+                )
+            for d in decisions:
+                mlflow.log_dict(d.as_dict(), f"promotion/{d.model_name}.json")
+                mlflow.set_tag(f"promoted.{d.model_name}", str(d.promoted))
+                if d.champion_score is not None:
+                    mlflow.log_metric(
+                        f"champion.{d.model_name}.{d.metric}".replace("@", "_at_"), d.champion_score
+                    )
+            recommender_decision = decisions[0]
+            mlflow.set_tags(
+                {
+                    "promoted": str(recommender_decision.promoted),
+                    "promotion_reason": recommender_decision.reason,
+                }
+            )
+            channel_rows = {k: v for k, v in metrics.items() if k.startswith(("channel.", "send_time."))}
             sections = [
                 (
                     "Product recommendations (held-out window)",
                     f"Split at {eval_info['split_time']}; {eval_info['eval_customers']:,} customers evaluated.\n\n"
                     + metrics_table(metrics, ["popularity", SERVED_MODEL], "popularity"),
-                )
+                ),
+                (
+                    "Channel and send time (held-out messages)",
+                    "\n".join(f"- {k}: {v:.4f}" for k, v in sorted(channel_rows.items())) or "not evaluated",
+                ),
             ]
-            mlflow.log_text(build_report(summary, sections, [decision.as_dict()], tables.notes), "report.md")
+            mlflow.log_text(
+                build_report(summary, sections, [d.as_dict() for d in decisions], notes), "report.md"
+            )
+            mlflow.log_dict({"notes": notes}, "data_notes.json")
         progress.update()
         progress.close()
         mlflow.log_dict(timer.stages, "stage_timings.json")
@@ -295,22 +342,26 @@ def run_training(
             run_id=run.info.run_id,
             model_version=version,
             metrics=metrics,
-            decision=decision,
-            notes=list(tables.notes),
+            decision=recommender_decision,
+            decisions=decisions,
+            notes=notes,
             seconds=time.perf_counter() - started,
             stages=dict(timer.stages),
         )
 
 
 def format_result(result: TrainResult) -> str:
-    names = sorted({k.split(".", 1)[1] for k in result.metrics})
+    names = sorted({k.split(".", 1)[1] for k in result.metrics if k.startswith(("popularity.", "als."))})
     lines = [f"{'metric':<22}{'popularity':>12}{'als':>12}"]
     for n in names:
         pop, als = result.metrics.get(f"popularity.{n}"), result.metrics.get(f"als.{n}")
         lines.append(f"{n:<22}{pop:>12.4f}{als:>12.4f}")
     lines.append(f"run {result.run_id}, registered version {result.model_version} (alias challenger)")
-    if result.decision is not None:
-        verdict = "promoted to" if result.decision.promoted else "NOT promoted to"
-        lines.append(f"{verdict} {CHAMPION}: {result.decision.reason}")
+    for d in result.decisions:
+        verdict = "promoted to" if d.promoted else "NOT promoted to"
+        lines.append(f"{d.model_name} v{d.challenger_version} {verdict} {CHAMPION}: {d.reason}")
+    for key in (CHANNEL_PROMOTION_METRIC, *SEND_TIME_PROMOTION_METRICS, "send_time.matched_lift"):
+        if key in result.metrics:
+            lines.append(f"{key}: {result.metrics[key]:.4f}")
     lines.append(f"took {result.seconds:.1f} s")
     return "\n".join(lines + [json.dumps({"notes": result.notes})] if result.notes else lines)
