@@ -1,0 +1,178 @@
+"""The event context store: one SQLite file in WAL mode shared by worker processes, bounded, surviving restarts."""
+
+import multiprocessing as mp
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from features.context_store import EVENT_TYPES, ContextStore
+
+T0 = 1_750_000_000.0  # a fixed "now" in epoch seconds
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ContextStore(tmp_path / "context.db")
+    yield s
+    s.close()
+
+
+def _writer(path: str, worker: int, n: int, start, out) -> None:
+    start.wait(30)
+    store = ContextStore(path, max_events_per_customer=1000)
+    for i in range(n):
+        # both workers write the shared customer and one of their own, interleaved
+        store.add("shared", "view", "web", f"W{worker}-P{i}", ts=T0 + i)
+        store.add(f"own-{worker}", "add_to_cart", "app", f"P{i}", ts=T0 + i)
+    out.put((worker, store.count("shared"), store.session_items(f"own-{1 - worker}", now=T0 + n)))
+    store.close()
+
+
+def test_two_processes_write_and_read_the_same_file(tmp_path):
+    path = str(tmp_path / "context.db")
+    ContextStore(path).close()  # created up front, as the service does at start-up
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    n = 200
+    procs = [ctx.Process(target=_writer, args=(path, w, n, start, out)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    with ContextStore(path, max_events_per_customer=1000) as store:
+        assert store.count("shared") == 2 * n  # no write lost to a lock
+        assert len(store.session_items("own-0", now=T0 + n)) == n
+        assert len(store.session_items("own-1", now=T0 + n)) == n
+        assert store.session_items("own-1", now=T0 + n)[0] == f"P{n - 1}"  # most recent first
+    # each process could read the other's writes while running (at least the ones committed by then)
+    assert all(count >= n for _, count, _ in results)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_survives_reopen(tmp_path):
+    path = tmp_path / "context.db"
+    with ContextStore(path) as store:
+        store.add("C1", "add_to_cart", "app", "P1", ts=T0)
+        store.add("C1", "view", "web", "P2", ts=T0 + 1)
+    with ContextStore(path) as again:
+        assert again.session_items("C1", now=T0 + 2) == ["P2", "P1"]
+        assert [e["product_id"] for e in again.recent("C1", 10)] == ["P2", "P1"]
+
+
+def test_bound_per_customer_keeps_the_newest(tmp_path):
+    with ContextStore(tmp_path / "context.db", max_events_per_customer=5) as store:
+        for i in range(20):
+            store.add("C1", "view", "web", f"P{i}", ts=T0 + i)
+        store.add("C2", "view", "web", "Q", ts=T0)
+        assert store.count("C1") == 5
+        assert store.count("C2") == 1  # other customers untouched
+        assert [e["product_id"] for e in store.recent("C1", 100)] == [f"P{i}" for i in range(19, 14, -1)]
+        # an event arriving late (older than the 5 newest) is dropped, not the newest ones
+        store.add("C1", "view", "web", "late", ts=T0 - 100)
+        assert "late" not in [e["product_id"] for e in store.recent("C1", 100)]
+        assert store.count("C1") == 5
+
+
+def test_bound_by_age(tmp_path):
+    with ContextStore(tmp_path / "context.db", max_age_days=30) as store:
+        store.add("C1", "add_to_cart", "app", "old", ts=T0)
+        store.add("C1", "add_to_cart", "app", "new", ts=T0 + 31 * 86400)
+        assert [e["product_id"] for e in store.recent("C1", 10)] == ["new"]
+        store.add("C2", "view", "web", "P", ts=T0)
+        assert store.prune(now=T0 + 31 * 86400) == 1
+        assert store.count() == 1
+
+
+def test_carted_then_purchased_leaves_session_and_enters_purchased_since(store):
+    cutoff = T0 - 10
+    store.add("C1", "view", "web", "P-view", ts=T0)
+    store.add("C1", "add_to_cart", "app", "P-cart", ts=T0 + 1)
+    store.add("C1", "add_to_cart", "app", "P-bought", ts=T0 + 2)
+    assert store.session_items("C1", now=T0 + 3) == ["P-bought", "P-cart", "P-view"]
+    store.add("C1", "purchase", "store", "P-bought", ts=T0 + 3)
+    assert store.session_items("C1", now=T0 + 4) == ["P-cart", "P-view"]
+    assert store.purchased_since("C1", since=cutoff) == ["P-bought"]
+    assert store.purchased_since("C1", since=T0 + 4) == []  # bought before the cut-off: the model knows it
+    store.add("C1", "remove_from_cart", "web", "P-cart", ts=T0 + 5)
+    assert store.session_items("C1", now=T0 + 6) == ["P-view"]
+    # viewed again after the purchase: back in the session
+    store.add("C1", "view", "web", "P-bought", ts=T0 + 7)
+    assert store.session_items("C1", now=T0 + 8) == ["P-bought", "P-view"]
+
+
+def test_views_expire_but_carts_stay(store):
+    store.add("C1", "add_to_cart", "app", "P-cart", ts=T0)
+    store.add("C1", "view", "web", "P-view", ts=T0)
+    store.add("C1", "view", "web", "P-view", ts=T0 + 1)  # duplicates collapse
+    assert store.session_items("C1", now=T0 + 3600) == ["P-view", "P-cart"]
+    assert store.session_items("C1", now=T0 + 2 * 86400) == ["P-cart"]
+    assert store.session_items("nobody", now=T0) == []
+
+
+def test_timestamps_accept_datetimes_and_iso_strings(store):
+    when = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    store.add("C1", "purchase", "store", "P1", ts=when)
+    store.add("C1", "purchase", "store", "P2", ts=(when + timedelta(hours=1)).isoformat())
+    assert store.purchased_since("C1", since="2025-06-01T12:30:00Z") == ["P2"]
+    assert store.purchased_since("C1", since=when) == ["P2", "P1"]
+    store.add("C2", "message_open", "email")  # no ts: now; no product needed
+    assert store.recent("C2", 1)[0]["event_type"] == "message_open"
+    assert abs(store.recent("C2", 1)[0]["ts"] - time.time()) < 60
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"event_type": "teleport"}, "event_type"),
+        ({"event_type": ""}, "event_type"),
+        ({"customer_id": ""}, "customer_id"),
+        ({"customer_id": None}, "customer_id"),
+        ({"channel": ""}, "channel"),
+        ({"product_id": None}, "product_id"),
+        ({"ts": "yesterday"}, "ts"),
+        ({"ts": datetime(2025, 1, 1)}, "ts"),  # naive
+        ({"ts": float("nan")}, "ts"),
+    ],
+)
+def test_invalid_events_raise_value_error_naming_the_field(store, kwargs, field):
+    event = {
+        "customer_id": "C1",
+        "event_type": "view",
+        "channel": "web",
+        "product_id": "P1",
+        "ts": T0,
+    } | kwargs
+    with pytest.raises(ValueError, match=field):
+        store.add(**event)
+    assert store.count() == 0
+
+
+def test_known_channels_can_be_enforced(tmp_path):
+    with ContextStore(tmp_path / "c.db", channels=("web", "app")) as store:
+        store.add("C1", "view", "web", "P1")
+        with pytest.raises(ValueError, match="channel"):
+            store.add("C1", "view", "fax", "P1")
+
+
+def test_every_event_type_is_accepted(store):
+    for i, event_type in enumerate(EVENT_TYPES):
+        store.add("C1", event_type, "web", "P1", ts=T0 + i)
+    assert store.count("C1") == len(EVENT_TYPES)
+
+
+def test_add_and_session_items_are_fast_with_thousands_of_customers(store):
+    for i in range(20_000):
+        store.add(f"C{i % 4000}", "view", "web", f"P{i % 997}", ts=T0 + i)
+    start = time.perf_counter()
+    n = 500
+    for i in range(n):
+        store.add(f"C{i * 7 % 4000}", "add_to_cart", "app", "P-new", ts=T0 + 20_000 + i)
+        store.session_items(f"C{i * 7 % 4000}", now=T0 + 20_000 + i)
+    per_call_ms = (time.perf_counter() - start) / n * 1000
+    assert per_call_ms < 1.0, per_call_ms
