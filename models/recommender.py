@@ -145,12 +145,6 @@ class ProductRecommender:
                 j = self.product_index_.get(pid)
                 if j is not None:
                     mask[r, j] = True
-        # context items are what the customer is looking at right now: show what goes with them
-        for r, items in enumerate(context_items or []):
-            for pid in items or ():
-                j = self.product_index_.get(pid)
-                if j is not None:
-                    mask[r, j] = True
         top_idx, top_scores = top_k(scores, k, mask)
         out = []
         for r in range(len(customer_ids)):

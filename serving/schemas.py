@@ -1,31 +1,46 @@
-"""Typed requests and responses of the HTTP API (pydantic): what channel systems send and get back."""
+"""Typed requests and responses of the HTTP API (pydantic): what channel systems send and get back.
+
+Validation lives here, not in the service: an invalid request never reaches a model, and BentoML
+answers it with HTTP 400 and pydantic's error list, which names the field.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from datetime import datetime
+from typing import Literal
 
-from features.contract import DEFAULT_CHANNELS
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-Id = Field(min_length=1, max_length=128)
+from features.context_store import EVENT_TYPES, PRODUCT_EVENTS
+
+ChannelName = Literal["store", "web", "app", "email", "sms", "push", "social", "call_center"]
+MessageChannel = Literal["email", "sms", "push", "social"]
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+CustomerId = Field(min_length=1, max_length=128, description="Canonical customer id.")
+ProductIds = list[str]
 
 
-class RecommendRequest(BaseModel):
+class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str = Field(min_length=1, max_length=128, description="Canonical customer id.")
-    channel: str = Field(description=f"Channel asking: one of {', '.join(DEFAULT_CHANNELS)}.")
+
+class Filters(_Request):
+    categories: list[str] | None = Field(None, max_length=100, description="Only these categories.")
+    exclude_categories: list[str] = Field(default_factory=list, max_length=100)
+    price_min: float | None = Field(None, ge=0)
+    price_max: float | None = Field(None, ge=0)
+    max_per_category: int | None = Field(None, ge=1, le=100, description="Diversity cap.")
+
+
+class RecommendRequest(_Request):
+    customer_id: str = CustomerId
+    channel: ChannelName = Field(description="Channel asking.")
     k: int = Field(10, ge=1, le=100, description="How many products.")
     context_items: list[str] = Field(
         default_factory=list, max_length=100, description="Products viewed or carted in the current session."
     )
     exclude: list[str] = Field(default_factory=list, max_length=1000, description="Products never to return.")
-
-    @field_validator("channel")
-    @classmethod
-    def known_channel(cls, value: str) -> str:
-        if value not in DEFAULT_CHANNELS:
-            raise ValueError(f"unknown channel {value!r}; expected one of {', '.join(DEFAULT_CHANNELS)}")
-        return value
+    filters: Filters | None = None
 
 
 class RecommendedItem(BaseModel):
@@ -41,3 +56,82 @@ class RecommendResponse(BaseModel):
     cold_start: bool = Field(description="True when the customer has no history: popular items are returned.")
     items: list[RecommendedItem]
     model_versions: dict[str, str]
+
+
+class RecommendBatchRequest(_Request):
+    customer_ids: list[str] = Field(min_length=1, max_length=1000)
+    channel: ChannelName
+    k: int = Field(10, ge=1, le=100)
+
+
+class RecommendBatchResponse(BaseModel):
+    request_id: str
+    results: list[RecommendResponse]
+    model_versions: dict[str, str]
+
+
+class ChannelRequest(_Request):
+    customer_id: str = CustomerId
+
+
+class RankedChannel(BaseModel):
+    channel: str
+    rank: int
+    probability: float = Field(description="Calibrated probability that a message is opened or clicked.")
+    conversion_probability: float
+
+
+class ChannelResponse(BaseModel):
+    request_id: str
+    customer_id: str
+    channels: list[RankedChannel]
+    fallback: bool = Field(description="Too little message history: estimates come from similar customers.")
+    no_channel_reason: str | None = Field(None, description="Why no channel may be used, when none may.")
+    model_versions: dict[str, str]
+
+
+class SendTimeRequest(_Request):
+    customer_id: str = CustomerId
+    channel: MessageChannel
+    after: AwareDatetime | None = Field(None, description="Earliest send moment (default: now).")
+    quiet_hours: str = Field(
+        "21-8", pattern=r"^(none|\d{1,2}-\d{1,2})$", description="Local START-END or none."
+    )
+
+
+class SendTimeResponse(BaseModel):
+    request_id: str
+    customer_id: str
+    channel: str
+    timezone: str
+    best_weekday: int = Field(description="0 = Monday, local time.")
+    best_hour_local: int
+    next_send_utc: datetime
+    scores: list[float] = Field(description="168 scores, index = local weekday * 24 + hour.")
+    fallback: bool
+    model_versions: dict[str, str]
+
+
+class EventRequest(_Request):
+    customer_id: str = CustomerId
+    event_type: EventType
+    channel: ChannelName
+    product_id: str | None = Field(None, min_length=1, max_length=128)
+    ts: AwareDatetime | None = Field(None, description="When it happened (default: now).")
+
+    @model_validator(mode="after")
+    def product_events_name_a_product(self) -> EventRequest:
+        if self.event_type in PRODUCT_EVENTS and self.product_id is None:
+            raise ValueError(f"product_id: a {self.event_type} event must name the product")
+        return self
+
+
+class EventResponse(BaseModel):
+    request_id: str
+    accepted: bool
+    customer_id: str
+    session_items: list[str] = Field(description="The customer's session items after this event.")
+
+
+class PingResponse(BaseModel):
+    ok: bool = True

@@ -1,7 +1,10 @@
 """The BentoML service: loads the champion models once per worker and answers over HTTP.
 
 No business logic lives here: requests are validated by the pydantic schemas and passed to
-`models/`. BentoML adds /healthz, /livez, /readyz, /metrics and the OpenAPI page (/docs.json).
+`models/` (and the event context to `features/context_store.py`). Models come from the BentoML
+model store, imported from the MLflow registry's champions by `omni build`; a required model that
+is missing or broken stops start-up with the reason. BentoML adds /healthz, /livez, /readyz,
+/metrics and the OpenAPI page (/docs.json). Set OMNI_API_KEY to require an API key.
 """
 
 from __future__ import annotations
@@ -15,35 +18,81 @@ quiet_libraries()
 
 import bentoml  # noqa: E402
 
-from serving.schemas import RecommendedItem, RecommendRequest, RecommendResponse  # noqa: E402
+from serving.auth import ApiKeyMiddleware, MediaTypeMiddleware  # noqa: E402
+from serving.schemas import (  # noqa: E402
+    ChannelRequest,
+    ChannelResponse,
+    EventRequest,
+    EventResponse,
+    PingResponse,
+    RankedChannel,
+    RecommendBatchRequest,
+    RecommendBatchResponse,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    SendTimeRequest,
+    SendTimeResponse,
+)
 
-WORKERS = int(os.environ.get("OMNI_WORKERS", "2"))
+WORKERS = int(os.environ.get("OMNI_WORKERS", str(max(2, min(4, os.cpu_count() or 2)))))
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex
 
 
 @bentoml.service(workers=WORKERS, traffic={"timeout": 30})
 class OmniService:
     def __init__(self) -> None:
+        from features.context_store import ContextStore, default_context_path
+        from models.channel import ChannelModel
         from models.recommender import ProductRecommender
+        from models.send_time import SendTimeModel
         from training.build import load_served_model
 
-        try:
-            folder, version = load_served_model("omni-recommender")
-            self.recommender = ProductRecommender.load(folder)
-        except (LookupError, OSError, ValueError) as exc:
-            # Fail start-up loudly rather than serve half a service.
-            raise RuntimeError(f"cannot start: {exc}") from exc
-        self.model_versions = {"recommender": version}
+        def load(name: str, loader, required: bool):
+            try:
+                folder, version = load_served_model(name)
+            except LookupError:
+                if required:
+                    raise
+                return None, None
+            try:
+                return loader(folder), version
+            except Exception as exc:  # a broken artefact must stop start-up, whatever broke
+                raise RuntimeError(f"cannot start: model '{name}' v{version} does not load: {exc}") from exc
 
-    @bentoml.api(route="/v1/recommend", input_spec=RecommendRequest)
-    def recommend(self, **req) -> RecommendResponse:
-        request = RecommendRequest(**req)
+        try:
+            self.recommender, rec_version = load("omni-recommender", ProductRecommender.load, required=True)
+        except LookupError as exc:
+            raise RuntimeError(f"cannot start: {exc}") from exc
+        self.channel_model, channel_version = load("omni-channel", ChannelModel.load, required=False)
+        self.send_time_model, send_time_version = load("omni-send-time", SendTimeModel.load, required=False)
+        self.model_versions = {"recommender": rec_version}
+        if channel_version:
+            self.model_versions["channel"] = channel_version
+        if send_time_version:
+            self.model_versions["send_time"] = send_time_version
+        self.context = ContextStore(os.environ.get("OMNI_CONTEXT_DB") or default_context_path())
+
+    # ------------------------------------------------------------------ recommendations
+    def _recommend(
+        self, customer_id: str, channel: str, k: int, context_items=(), exclude=()
+    ) -> RecommendResponse:
+        # what the customer did on any channel since the model was trained counts at once
+        session = self.context.session_items(customer_id)
+        bought = self.context.purchased_since(customer_id, since=0)
         rec = self.recommender.recommend(
-            request.customer_id, request.k, exclude=request.exclude, context_items=request.context_items
+            customer_id,
+            k,
+            exclude=[*exclude, *bought],
+            context_items=[*context_items, *session][:100],
         )
         return RecommendResponse(
-            request_id=uuid.uuid4().hex,
-            customer_id=request.customer_id,
-            channel=request.channel,
+            request_id=_request_id(),
+            customer_id=customer_id,
+            channel=channel,
             cold_start=rec.cold_start,
             items=[
                 RecommendedItem(product_id=p, score=s, reason=r)
@@ -51,3 +100,96 @@ class OmniService:
             ],
             model_versions=self.model_versions,
         )
+
+    @bentoml.api(route="/v1/recommend", input_spec=RecommendRequest)
+    def recommend(self, **req) -> RecommendResponse:
+        r = RecommendRequest(**req)
+        return self._recommend(r.customer_id, r.channel, r.k, r.context_items, r.exclude)
+
+    @bentoml.api(route="/v1/recommend_batch", input_spec=RecommendBatchRequest)
+    def recommend_batch(self, **req) -> RecommendBatchResponse:
+        r = RecommendBatchRequest(**req)
+        results = [self._recommend(cid, r.channel, r.k) for cid in r.customer_ids]
+        return RecommendBatchResponse(
+            request_id=_request_id(), results=results, model_versions=self.model_versions
+        )
+
+    # ------------------------------------------------------------------ channel and send time
+    @bentoml.api(route="/v1/channel", input_spec=ChannelRequest)
+    def channel(self, **req) -> ChannelResponse:
+        r = ChannelRequest(**req)
+        if self.channel_model is None:
+            return ChannelResponse(
+                request_id=_request_id(),
+                customer_id=r.customer_id,
+                channels=[],
+                fallback=True,
+                no_channel_reason="no channel model: it was trained without a messages table",
+                model_versions=self.model_versions,
+            )
+        ranked = self.channel_model.rank_channels([r.customer_id])
+        return ChannelResponse(
+            request_id=_request_id(),
+            customer_id=r.customer_id,
+            channels=[
+                RankedChannel(
+                    channel=row.channel,
+                    rank=int(row.rank),
+                    probability=round(float(row.probability), 6),
+                    conversion_probability=round(float(row.conversion_probability), 6),
+                )
+                for row in ranked.itertuples(index=False)
+            ],
+            fallback=bool(self.channel_model.fallback([r.customer_id])[0]),
+            no_channel_reason=self.channel_model.no_channel_reason(r.customer_id) if ranked.empty else None,
+            model_versions=self.model_versions,
+        )
+
+    @bentoml.api(route="/v1/send_time", input_spec=SendTimeRequest)
+    def send_time(self, **req) -> SendTimeResponse:
+        import pandas as pd
+
+        from models.send_time import parse_quiet_hours
+
+        r = SendTimeRequest(**req)
+        if self.send_time_model is None:
+            raise bentoml.exceptions.ServiceUnavailable(
+                "no send-time model has been imported: run `omni build`"
+            )
+        quiet = parse_quiet_hours(r.quiet_hours)
+        after = pd.Timestamp(r.after) if r.after else pd.Timestamp.now(tz="UTC")
+        best = self.send_time_model.best_slot([r.customer_id], r.channel, quiet).iloc[0]
+        nxt = self.send_time_model.next_send_time(r.customer_id, r.channel, after.tz_convert("UTC"), quiet)
+        return SendTimeResponse(
+            request_id=_request_id(),
+            customer_id=r.customer_id,
+            channel=r.channel,
+            timezone=str(best["timezone"]),
+            best_weekday=int(best["best_weekday"]),
+            best_hour_local=int(best["best_hour_local"]),
+            next_send_utc=nxt.to_pydatetime(),
+            scores=[round(float(x), 6) for x in self.send_time_model.scores(r.customer_id, r.channel)],
+            fallback=bool(best["fallback"]),
+            model_versions=self.model_versions,
+        )
+
+    # ------------------------------------------------------------------ real-time events
+    @bentoml.api(route="/v1/events", input_spec=EventRequest)
+    def events(self, **req) -> EventResponse:
+        r = EventRequest(**req)
+        self.context.add(r.customer_id, r.event_type, r.channel, r.product_id, r.ts)
+        return EventResponse(
+            request_id=_request_id(),
+            accepted=True,
+            customer_id=r.customer_id,
+            session_items=self.context.session_items(r.customer_id),
+        )
+
+    @bentoml.api(route="/v1/ping")
+    def ping(self) -> PingResponse:
+        """The trivial endpoint: the framework's own cost, for load-test baselines."""
+        return PingResponse()
+
+
+OmniService.add_asgi_middleware(ApiKeyMiddleware)
+OmniService.add_asgi_middleware(MediaTypeMiddleware)

@@ -108,3 +108,113 @@ def test_not_json_is_a_4xx(server):
     url, _ = server
     r = httpx.post(f"{url}/v1/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500
+
+
+def _items(body):
+    return [i["product_id"] for i in body["items"]]
+
+
+def test_cross_channel_events_change_the_next_answer_at_once(server, generated_data):
+    import pandas as pd
+
+    url, _ = server
+    customer = "C0000002"
+    web = _post(url, {"customer_id": customer, "channel": "web", "k": 10}).json()
+    top = _items(web)[0]
+    # bought in the store → gone from the next e-mail list
+    r = httpx.post(
+        f"{url}/v1/events",
+        json={"customer_id": customer, "event_type": "purchase", "channel": "store", "product_id": top},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    email = _post(url, {"customer_id": customer, "channel": "email", "k": 10}).json()
+    assert top not in _items(email)
+    # carted in the app → shows up in the next web call
+    products = pd.read_parquet(generated_data / "products.parquet")
+    far = [p for p in products["product_id"] if p not in _items(web) and p != top][-1]
+    r = httpx.post(
+        f"{url}/v1/events",
+        json={"customer_id": customer, "event_type": "add_to_cart", "channel": "app", "product_id": far},
+        timeout=10,
+    )
+    assert r.status_code == 200 and far in r.json()["session_items"]
+    again = _post(url, {"customer_id": customer, "channel": "web", "k": 10}).json()
+    assert _items(again) != _items(email)
+
+
+def test_event_validation_names_the_field(server):
+    url, _ = server
+    bad = [
+        ({"customer_id": "x", "event_type": "teleport", "channel": "web", "product_id": "p"}, "event_type"),
+        ({"customer_id": "x", "event_type": "purchase", "channel": "web"}, "product_id"),
+        (
+            {
+                "customer_id": "x",
+                "event_type": "view",
+                "channel": "web",
+                "product_id": "p",
+                "ts": "2026-01-01T10:00",
+            },
+            "ts",
+        ),
+    ]
+    for body, field in bad:
+        r = httpx.post(f"{url}/v1/events", json=body, timeout=10)
+        assert r.status_code == 400, r.text
+        assert field in r.text
+
+
+def test_channel_send_time_batch_and_ping(server, generated_data):
+    import pandas as pd
+
+    url, _ = server
+    consent = pd.read_parquet(generated_data / "consent.parquet")
+    reachable = consent.loc[consent["opted_in"], "customer_id"].iloc[0]
+    r = httpx.post(f"{url}/v1/channel", json={"customer_id": reachable}, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["channels"] and body["channels"][0]["rank"] == 1
+    assert 0 <= body["channels"][0]["probability"] <= 1
+    unknown = httpx.post(f"{url}/v1/channel", json={"customer_id": "nobody-at-all"}, timeout=10).json()
+    assert unknown["channels"] == [] and unknown["no_channel_reason"]
+
+    r = httpx.post(
+        f"{url}/v1/send_time",
+        json={"customer_id": reachable, "channel": "email", "after": "2026-07-01T12:00:00+00:00"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    st = r.json()
+    assert len(st["scores"]) == 168 and 0 <= st["best_hour_local"] <= 23
+    assert st["next_send_utc"] >= "2026-07-01T12:00:00"
+    assert (
+        httpx.post(
+            f"{url}/v1/send_time", json={"customer_id": "x", "channel": "store"}, timeout=10
+        ).status_code
+        == 400
+    )
+
+    r = httpx.post(
+        f"{url}/v1/recommend_batch",
+        json={"customer_ids": ["C0000001", "new-one"], "channel": "web", "k": 3},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["cold_start"] for x in results] == [False, True]
+    assert httpx.post(f"{url}/v1/ping", json={}, timeout=10).json() == {"ok": True}
+
+
+def test_openapi_lists_every_route(server):
+    url, _ = server
+    paths = httpx.get(f"{url}/docs.json", timeout=10).json()["paths"]
+    for route in (
+        "/v1/recommend",
+        "/v1/recommend_batch",
+        "/v1/channel",
+        "/v1/send_time",
+        "/v1/events",
+        "/v1/ping",
+    ):
+        assert route in paths
