@@ -1,0 +1,1153 @@
+"""Two-stage product recommendations: candidate sources, a LambdaRank ranker, then the business rules.
+
+Stage 1 (`models.candidates`): ALS on the cross-channel interaction matrix, EASE item-item
+neighbours, "bought together" co-occurrence, popular and trending products per segment and
+channel, replenishment items whose cycle is due, and content-based scores for products without
+history each propose their best products among those the rules allow.
+Stage 2 (`models.ranker`): a LightGBM LambdaRank model orders the union from the sources' scores
+and ranks plus customer × product features.
+Then `models.rules`: channel eligibility, the per-category cap and a reserved slot for a new product;
+every returned product carries a reason (`personal`, `similar_to:<id>`, `bought_together:<id>`,
+`replenish`, `popular`).
+
+No leakage: `fit(..., as_of=T)` learns the ranker from candidates built on events before
+T - label_days and labels (purchases) in [T - label_days, T), then refits the sources on all events
+before T, which is what is served. Evaluating on [T, end) therefore never sees the test window.
+
+One request is numpy only: per-item arrays and CSR rows prepared at fit time, a few dense vectors
+over the catalogue, LightGBM's `Booster.predict` on a few hundred rows. Requests and batch scoring
+run the same code (a request is a batch of one), so they cannot disagree.
+
+Context items (viewed or carted in the current session) change the list at once: ALS folds the
+customer in again with them (like a cart add), the item-item sources read them with extra weight,
+and, because the ranker never saw a session while training, candidates that go with the session
+items are moved up explicitly after ranking (`context_rank_boost`). Context items are not returned.
+
+Channels: the request channel filters (channel eligibility, after ranking) and never reorders, so
+the same customer and context get the same order everywhere; the customer's own main channel is
+what the sources and features use. The one exception is a customer we know nothing about (no
+history, no context): they get popular products for their segment (the customers table's optional
+`segment` column, else none) and for the channel they are on.
+
+New products: the content source proposes products without history in the customer's favourite
+categories and price band, and `new_product_slots` places in each list are kept for the best of
+them, so they can be shown before anyone has bought them.
+
+Determinism: ties everywhere break on the lower catalogue index.
+
+Saved to a plain folder (json, npy, npz, LightGBM text), never pickle.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from features import columns as c
+from features.contract import DEFAULT_CHANNELS
+from features.interactions import build_interactions
+from features.io import Tables
+from models import rules
+from models.als import ALSScorer
+from models.candidates import (
+    CoOccurrenceScorer,
+    EASENeighbours,
+    NewProductScorer,
+    PurchaseHistory,
+    SegmentChannelPopularity,
+    basket_matrix,
+    estimate_cycle_days,
+    replenishment_scores,
+)
+from models.ranker import (
+    FEATURE_NAMES,
+    SOURCES,
+    CandidatePairs,
+    LambdaRankModel,
+    build_features,
+    gather,
+    row_profiles,
+)
+from models.recommender import Recommendation
+
+FORMAT_VERSION = 1
+# The optional customers column naming a marketing segment (belongs in features/columns.py).
+SEGMENT = getattr(c, "SEGMENT", "segment")
+UNKNOWN_CATEGORY = "unknown"
+# A session item counts like a cart add when ALS folds the customer in (DEFAULT_EVENT_WEIGHTS).
+CONTEXT_WEIGHT = 3.0
+# A candidate at least this close to the session items (0..1) is explained by them.
+CONTEXT_REASON_MIN = 0.5
+# Reciprocal-rank fusion constant, for the fallback order when there was nothing to train a ranker on.
+RRF_K = 60.0
+# Which source explains an item best when several rank it equally well (first wins).
+REASON_PRIORITY: tuple[str, ...] = ("replenish", "cooc", "ease", "als", "content", "popular", "trending")
+
+MODELS = ("ranker", "als", "popularity")
+# Rows scored together: a batch holds several rows × catalogue arrays (256 × 20,000 floats = 41 MB each).
+BATCH_ROWS = 256
+
+
+def take_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows of a CSR (a row index of -1 gives an empty row), without scipy's fancy-indexing overhead.
+
+    Column order inside each row is kept, so rows of a matrix with sorted indices stay sorted.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    known = rows >= 0
+    safe = np.where(known, rows, 0)
+    starts = np.where(known, matrix.indptr[safe], 0)
+    lengths = np.where(known, matrix.indptr[safe + 1], 0) - starts
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    pos = np.arange(indptr[-1]) - np.repeat(indptr[:-1] - starts, lengths)
+    return sp.csr_matrix(
+        (matrix.data[pos], matrix.indices[pos], indptr), shape=(len(rows), matrix.shape[1]), copy=False
+    )
+
+
+@dataclass
+class _Batch:
+    """One batch of requests, prepared once and shared by the sources, the features and the rules."""
+
+    idx: np.ndarray  # the customer's row in the model, -1 for an unknown customer
+    history: sp.csr_matrix  # stored interaction weights
+    context: sp.csr_matrix  # 1 for each session item
+    weights: sp.csr_matrix  # history + CONTEXT_WEIGHT · context: ALS fold-in, profiles, anchors
+    item_item: sp.csr_matrix  # binarised history + context_boost · context: EASE and co-occurrence
+    ages: sp.csr_matrix  # days since the last purchase of each bought product, at request time
+    counts: sp.csr_matrix  # purchases per bought product
+    block: np.ndarray  # rows × items, True = a rule keeps the item out before ranking
+    replenish: sp.csr_matrix  # how due each bought replenishable product is (due ones only)
+    has_context: np.ndarray
+    cold: np.ndarray  # no history and no session: popular items
+    segment: np.ndarray
+    main_channel: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> _Batch:
+        return _Batch(
+            **{
+                name: take_rows(value, rows) if sp.issparse(value) else value[rows]
+                for name, value in vars(self).items()
+            }
+        )
+
+
+class TwoStageRecommender:
+    """Candidates from several sources, ranked by LambdaRank, filtered by the business rules.
+
+    Parameters (fitted attributes end in `_`):
+    - `half_life_days`: recency half-life of the interaction weights (features.interactions);
+    - `label_days`: length of the label window the ranker learns from, just before `as_of`;
+    - `n_candidates`: candidates per personal source (ALS, EASE, co-occurrence); `n_popular`,
+      `n_trending`, `n_replenish`, `n_content`: per other source;
+    - `factors`, `regularization`, `alpha`, `iterations`: ALS (models.als.ALSScorer);
+    - `ease_l2`, `ease_max_items`, `ease_neighbours`: EASE (models.candidates.EASENeighbours);
+      `ease_max_items=0` turns EASE off;
+    - `cooc_neighbours`, `cooc_shrinkage`: co-occurrence (models.candidates.CoOccurrenceScorer);
+    - `popularity_days`, `trend_days`: popularity windows;
+    - `replenish_due_from`: a bought replenishable product may come back from this share of its cycle;
+    - `context_boost`: weight of a session item, relative to a past item, in the item-item sources;
+    - `context_rank_boost`: after ranking, a candidate that goes with the session items moves up by
+      up to this many standard deviations of the list's scores (the ranker never saw sessions);
+    - `new_product_slots`: places in every list reserved for products without history, when the
+      content source finds one that suits the customer (0 = none);
+    - `max_train_customers`: customers sampled for the ranker's training set;
+    - `n_estimators`, `learning_rate`, `num_leaves`, `min_child_samples`: the LambdaRank model;
+    - `random_state`, `num_threads` (0 = all cores).
+    """
+
+    def __init__(
+        self,
+        half_life_days: float = 90.0,
+        label_days: int = 28,
+        n_candidates: int = 100,
+        n_popular: int = 50,
+        n_trending: int = 20,
+        n_replenish: int = 50,
+        n_content: int = 20,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 2.0,
+        iterations: int = 15,
+        ease_l2: float = 500.0,
+        ease_max_items: int = 10_000,
+        ease_neighbours: int = 200,
+        cooc_neighbours: int = 100,
+        cooc_shrinkage: float = 5.0,
+        popularity_days: float = 90.0,
+        trend_days: float = 14.0,
+        replenish_due_from: float = 0.8,
+        context_boost: float = 5.0,
+        context_rank_boost: float = 2.0,
+        new_product_slots: int = 1,
+        max_train_customers: int = 5_000,
+        n_estimators: int = 200,
+        learning_rate: float = 0.05,
+        num_leaves: int = 15,
+        min_child_samples: int = 100,
+        random_state: int = 0,
+        num_threads: int = 0,
+    ):
+        self.half_life_days = half_life_days
+        self.label_days = label_days
+        self.n_candidates = n_candidates
+        self.n_popular = n_popular
+        self.n_trending = n_trending
+        self.n_replenish = n_replenish
+        self.n_content = n_content
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.ease_l2 = ease_l2
+        self.ease_max_items = ease_max_items
+        self.ease_neighbours = ease_neighbours
+        self.cooc_neighbours = cooc_neighbours
+        self.cooc_shrinkage = cooc_shrinkage
+        self.popularity_days = popularity_days
+        self.trend_days = trend_days
+        self.replenish_due_from = replenish_due_from
+        self.context_boost = context_boost
+        self.context_rank_boost = context_rank_boost
+        self.new_product_slots = new_product_slots
+        self.max_train_customers = max_train_customers
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.random_state = random_state
+        self.num_threads = num_threads
+
+    def get_params(self) -> dict:
+        return {name: getattr(self, name) for name in _PARAM_NAMES}
+
+    # ================================================================== fitting
+    def fit(
+        self,
+        tables: Tables | pd.DataFrame,
+        products: pd.DataFrame | None = None,
+        customers: pd.DataFrame | None = None,
+        as_of: pd.Timestamp | None = None,
+        show_progress: bool = False,
+        warm_stage: TwoStageRecommender | None = None,
+    ) -> TwoStageRecommender:
+        """Learn from events before `as_of` (default: after the last event).
+
+        `tables`: a `Tables` after `features.identity.stitch_identities`, or an events frame with
+        optional `products` / `customers` frames. The ranker is trained on candidates as of
+        `as_of - label_days` against the purchases of the following `label_days`; the sources
+        are then refitted on everything before `as_of`. `warm_stage`: a recommender with the same
+        parameters already fitted as of `as_of - label_days` on the same data (e.g. the model of
+        a time-split evaluation); its sources are reused for the ranker's training set.
+        """
+        started = time.perf_counter()
+        events, products, customers = _parts(tables, products, customers)
+        if events is None or events.empty:
+            raise ValueError("no events: nothing to learn from")
+        if as_of is None:
+            as_of = events[c.TS].max() + pd.Timedelta(microseconds=1)
+        as_of = pd.Timestamp(as_of)
+        label_start = as_of - pd.Timedelta(days=self.label_days)
+        steps = tqdm(total=3, desc="two-stage", unit="step", disable=not show_progress)
+
+        steps.set_postfix_str("sources before the label window")
+        info: dict = {"as_of": as_of.isoformat(), "label_start": label_start.isoformat()}
+        self.ranker_ = None
+        if (events[c.TS] < label_start).any():
+            if warm_stage is not None:
+                if warm_stage.as_of_ != label_start or warm_stage.get_params() != self.get_params():
+                    raise ValueError(
+                        "warm_stage must share the parameters and be fitted as of as_of - label_days"
+                    )
+                stage = warm_stage
+            else:
+                stage = TwoStageRecommender(**self.get_params())._fit_sources(
+                    events, products, customers, label_start
+                )
+            steps.update()
+            steps.set_postfix_str("ranker")
+            window = events[(events[c.TS] >= label_start) & (events[c.TS] < as_of)]
+            features, labels, groups, example_info = stage._training_examples(window)
+            info.update(example_info)
+            if len(groups):
+                self.ranker_ = LambdaRankModel(
+                    n_estimators=self.n_estimators,
+                    learning_rate=self.learning_rate,
+                    num_leaves=self.num_leaves,
+                    min_child_samples=self.min_child_samples,
+                    random_state=self.random_state,
+                    num_threads=self.num_threads,
+                ).fit(features, labels, groups)
+                info["ranker_best_iteration"] = self.ranker_.best_iteration_
+                info["ranker_validation_ndcg@10"] = round(self.ranker_.validation_ndcg_, 6)
+                info["feature_gain"] = self.ranker_.feature_importance()
+        else:
+            steps.update()
+        if self.ranker_ is None:
+            info["ranker"] = (
+                "no customer with history bought a candidate in the label window: the sources are "
+                "combined by reciprocal-rank fusion instead of a learned ranker"
+            )
+        steps.update()
+        steps.set_postfix_str("sources on all history")
+        self._fit_sources(events, products, customers, as_of)
+        steps.update()
+        steps.close()
+        info["seconds"] = round(time.perf_counter() - started, 3)
+        self.training_info_ = info
+        return self
+
+    def _fit_sources(
+        self,
+        events: pd.DataFrame,
+        products: pd.DataFrame | None,
+        customers: pd.DataFrame | None,
+        as_of: pd.Timestamp,
+    ) -> TwoStageRecommender:
+        """Everything but the ranker, from events strictly before `as_of`."""
+        self.as_of_ = pd.Timestamp(as_of)
+        ev = events[events[c.TS] < as_of]
+        self._fit_catalogue(ev, products)
+        interactions = build_interactions(
+            ev, product_ids=self.product_ids_, as_of=as_of, half_life_days=self.half_life_days
+        )
+        # customers of the customers table without events get (empty) rows too: they are known,
+        # with a segment, but cold. One sorted id order (a pandas set operation: numpy's setdiff1d
+        # on unicode arrays takes seconds at this size).
+        event_ids = pd.Index(np.asarray(interactions.customer_ids, dtype=str))
+        if customers is not None:
+            all_ids = event_ids.union(pd.Index(customers[c.CUSTOMER_ID].dropna().astype(str).unique()))
+        else:
+            all_ids = event_ids
+        self.customer_ids_ = np.asarray(all_ids.sort_values(), dtype=str)
+        position = pd.Index(self.customer_ids_).get_indexer(event_ids)
+        place = sp.csr_matrix(
+            (np.ones(len(position), np.float32), (position, np.arange(len(position)))),
+            shape=(len(self.customer_ids_), len(position)),
+        )
+        self.user_items_ = (place @ interactions.matrix.astype(np.float32)).tocsr()
+        self.user_items_.sort_indices()
+        self.purchased_ = (place.astype(bool) @ interactions.purchased).tocsr()
+        history = PurchaseHistory().fit(ev, self.customer_ids_, self.product_ids_, as_of)
+        self.last_age_days_ = history.last_age_days_
+        self.n_purchases_ = history.n_purchases_
+        if np.isnan(self.item_cycle_days_).all():
+            self.item_cycle_days_ = estimate_cycle_days(ev, self.product_ids_, as_of)
+            self.cycles_estimated_ = True
+        else:
+            self.cycles_estimated_ = False
+        self._fit_customers(ev, customers)
+        self._index()
+
+        self.als_ = ALSScorer(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
+            random_state=self.random_state,
+            num_threads=self.num_threads,
+        ).fit(self.user_items_)
+        self._serve_single_threaded()
+        self.ease_ = EASENeighbours(
+            l2=self.ease_l2, max_items=self.ease_max_items, n_neighbours=self.ease_neighbours
+        ).fit(self.user_items_)
+        self.cooc_ = CoOccurrenceScorer(n_neighbours=self.cooc_neighbours, shrinkage=self.cooc_shrinkage).fit(
+            basket_matrix(ev, self.product_ids_)
+        )
+        segment_of = pd.Series(self.customer_segment_, index=self.customer_ids_)
+        self.popularity_ = SegmentChannelPopularity(
+            window_days=self.popularity_days, trend_days=self.trend_days
+        ).fit(ev, self.product_ids_, segment_of[segment_of >= 0], len(self.segments_), self.channels_, as_of)
+        seen = np.diff(self.user_items_.tocsc().indptr) > 0
+        self.item_is_new_ = ~seen
+        self.content_ = NewProductScorer().fit(
+            self.item_category_, self.item_log_price_, self.item_is_new_ & self.item_active_
+        )
+        return self
+
+    def _fit_catalogue(self, ev: pd.DataFrame, products: pd.DataFrame | None) -> None:
+        """Per-product arrays over products table ∪ products seen in events, sorted by id."""
+        seen = ev[c.PRODUCT_ID].dropna().astype(str).unique()
+        listed = products[c.PRODUCT_ID].astype(str).to_numpy() if products is not None else np.array([], str)
+        self.product_ids_ = np.union1d(listed, seen).astype(str)
+        n = len(self.product_ids_)
+        table = (
+            products.assign(**{c.PRODUCT_ID: products[c.PRODUCT_ID].astype(str)}).drop_duplicates(
+                c.PRODUCT_ID
+            )
+            if products is not None
+            else pd.DataFrame({c.PRODUCT_ID: pd.Series([], dtype=str)})
+        )
+        table = table.set_index(c.PRODUCT_ID).reindex(self.product_ids_)
+
+        def column(name, default):
+            return table[name] if name in table.columns else pd.Series(default, index=table.index)
+
+        category = (
+            column(c.CATEGORY, UNKNOWN_CATEGORY).astype(object).where(lambda s: s.notna(), UNKNOWN_CATEGORY)
+        )
+        category = category.astype(str)
+        self.categories_ = tuple(sorted(category.unique().tolist()))
+        self.item_category_ = pd.Index(self.categories_).get_indexer(category).astype(np.int64)
+        price = pd.to_numeric(column(c.PRICE, np.nan), errors="coerce").to_numpy(np.float64)
+        self.item_price_ = price
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.item_log_price_ = np.where(price > 0, np.log(np.where(price > 0, price, 1.0)), np.nan)
+        active = column(c.IS_ACTIVE, True).astype(object).where(lambda s: s.notna(), True)
+        self.item_active_ = active.astype(bool).to_numpy()
+        cycles = pd.to_numeric(column(c.REPLENISHMENT_DAYS, np.nan), errors="coerce").to_numpy(np.float64)
+        self.item_cycle_days_ = np.where(cycles > 0, cycles, np.nan)
+        channels = list(DEFAULT_CHANNELS)
+        channels += sorted(set(ev[c.CHANNEL].dropna().astype(str).unique()) - set(channels))
+        self.channels_ = tuple(channels)
+        self.channel_ok_ = rules.channel_eligibility(products, self.product_ids_, self.channels_)
+        assert self.channel_ok_.shape == (n, len(self.channels_) + 1)
+
+    def _fit_customers(self, ev: pd.DataFrame, customers: pd.DataFrame | None) -> None:
+        """Segment (customers table, else favourite category) and main channel of every customer."""
+        n_customers = len(self.customer_ids_)
+        if customers is not None and SEGMENT in customers.columns:
+            named = customers.dropna(subset=[SEGMENT]).drop_duplicates(c.CUSTOMER_ID)
+            seg = pd.Series(named[SEGMENT].astype(str).to_numpy(), index=named[c.CUSTOMER_ID].astype(str))
+            self.segments_ = tuple(sorted(seg.unique().tolist()))
+            self.customer_segment_ = (
+                pd.Index(self.segments_).get_indexer(seg.reindex(self.customer_ids_)).astype(np.int64)
+            )
+            self.segment_source_ = f"customers.{SEGMENT}"
+        else:
+            profiles = row_profiles(
+                self.user_items_, self.item_category_, len(self.categories_), self.item_log_price_
+            )
+            favourite = np.argmax(profiles.affinity, axis=1)  # ties: the first category
+            self.segments_ = tuple(f"category:{name}" for name in self.categories_)
+            self.customer_segment_ = np.where(profiles.weight > 0, favourite, -1).astype(np.int64)
+            self.segment_source_ = "favourite category"
+        # main channel: where the customer has most events (ties: the earlier channel in channels_)
+        n_channels = len(self.channels_)
+        channel = pd.Index(self.channels_).get_indexer(ev[c.CHANNEL].astype(str))
+        customer = pd.Index(self.customer_ids_).get_indexer(ev[c.CUSTOMER_ID].astype(str))
+        ok = (channel >= 0) & (customer >= 0)
+        counts = np.bincount(
+            customer[ok] * n_channels + channel[ok], minlength=n_customers * n_channels
+        ).reshape(n_customers, n_channels)
+        self.customer_main_channel_ = np.where(counts.sum(axis=1) > 0, np.argmax(counts, axis=1), -1).astype(
+            np.int64
+        )
+        assert len(self.customer_main_channel_) == n_customers
+
+    def _serve_single_threaded(self) -> None:
+        # Requests fold one customer in at a time: starting OpenMP threads for that costs about
+        # a hundred times the solve itself (5 ms against 0.05 ms at 64 factors), so one thread.
+        self.als_.model_.num_threads = 1
+
+    def _index(self) -> None:
+        self.customer_index_ = {cid: i for i, cid in enumerate(self.customer_ids_.tolist())}
+        self.product_index_ = {pid: i for i, pid in enumerate(self.product_ids_.tolist())}
+        self.customer_has_history_ = np.diff(self.user_items_.indptr) > 0
+
+    def _training_examples(self, window: pd.DataFrame):
+        """Features, labels and group sizes from this (earlier) state and the purchases in `window`."""
+        buys = window[(window[c.EVENT_TYPE] == "purchase") & window[c.PRODUCT_ID].notna()]
+        row = buys[c.CUSTOMER_ID].astype(str).map(self.customer_index_)
+        col = buys[c.PRODUCT_ID].astype(str).map(self.product_index_)
+        ok = row.notna() & col.notna()
+        row, col = row[ok].astype(np.int64).to_numpy(), col[ok].astype(np.int64).to_numpy()
+        n_items = len(self.product_ids_)
+        label_codes = np.unique(row * n_items + col)
+        customers = np.unique(row)
+        customers = customers[self.customer_has_history_[customers]]
+        rng = np.random.default_rng(self.random_state)
+        if len(customers) > self.max_train_customers:
+            customers = np.sort(rng.choice(customers, self.max_train_customers, replace=False))
+        feats, labels, groups = [], [], []
+        found = 0
+        wanted = int(np.isin(label_codes // n_items, customers).sum())
+        for start in range(0, len(customers), 512):
+            idx = customers[start : start + 512]
+            pairs, features = self._candidates(self._prepare(idx, None, None, rules.Filters(), 0.0))
+            customer_of_pair = idx[pairs.row]
+            y = np.isin(customer_of_pair * n_items + pairs.item, label_codes).astype(np.float64)
+            sizes = np.bincount(pairs.row, minlength=len(idx))
+            positives = np.bincount(pairs.row, weights=y, minlength=len(idx))
+            found += int(positives.sum())
+            keep_rows = positives > 0  # a group without a positive teaches LambdaRank nothing
+            keep_pairs = keep_rows[pairs.row]
+            feats.append(features[keep_pairs])
+            labels.append(y[keep_pairs])
+            groups.append(sizes[keep_rows])
+        n_features = len(FEATURE_NAMES)
+        features = np.concatenate(feats) if feats else np.zeros((0, n_features), np.float32)
+        labels = np.concatenate(labels) if labels else np.zeros(0)
+        groups = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+        info = {
+            "train_customers": int(len(customers)),
+            "train_groups": int(len(groups)),
+            "train_rows": int(len(labels)),
+            "label_pairs": wanted,
+            # share of the label purchases the candidate sources proposed: the ranker's ceiling
+            "candidate_recall": round(found / wanted, 4) if wanted else float("nan"),
+            "mean_candidates": round(float(len(labels) / max(len(groups), 1)), 1),
+        }
+        return features, labels, groups, info
+
+    # ================================================================== recommending
+    def recommend_many(
+        self,
+        customer_ids: list[str],
+        k: int = 10,
+        exclude: list[list[str]] | None = None,
+        context_items: list[list[str]] | None = None,
+        channel: str | None = None,
+        filters: rules.Filters | dict | None = None,
+        model: str = "ranker",
+        now: pd.Timestamp | None = None,
+    ) -> list[Recommendation]:
+        """Top-k products per customer, each with a reason, after every business rule.
+
+        `exclude` / `context_items`: per customer, ids never to return / items of the current
+        session (they shape the list and are not returned themselves). `channel`: the channel
+        asking (None = no channel rule, for batch). `filters`: `models.rules.Filters` or a dict
+        (include_categories / categories, exclude_categories, price_min, price_max,
+        max_per_category). `model`: "ranker", or "als" / "popularity" (one source, same rules) to
+        compare. `now`: the request time for replenishment (default: the end of the training data).
+        """
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
+        filters = rules.Filters.from_dict(filters)
+        customer_ids = [str(cid) for cid in customer_ids]
+        if len(customer_ids) > BATCH_ROWS:
+            # a batch holds a few rows × catalogue arrays: bound its memory by going in chunks
+            out: list[Recommendation] = []
+            for start in range(0, len(customer_ids), BATCH_ROWS):
+                part = slice(start, start + BATCH_ROWS)
+                out += self.recommend_many(
+                    customer_ids[part],
+                    k,
+                    exclude=exclude[part] if exclude else None,
+                    context_items=context_items[part] if context_items else None,
+                    channel=channel,
+                    filters=filters,
+                    model=model,
+                    now=now,
+                )
+            return out
+        idx = np.array([self.customer_index_.get(cid, -1) for cid in customer_ids], dtype=np.int64)
+        extra_days = 0.0
+        if now is not None:
+            extra_days = max(0.0, (pd.Timestamp(now) - self.as_of_).total_seconds() / 86400.0)
+        batch = self._prepare(idx, context_items, exclude, filters, extra_days)
+        channel_col = rules.channel_column(self.channels_, channel)
+        lists: list[Recommendation | None] = [None] * len(idx)
+        simple = batch.cold | (model != "ranker")
+        for r in np.flatnonzero(simple):
+            lists[r] = self._single_score_list(batch, r, k, channel, channel_col, filters, model)
+        ranked = np.flatnonzero(~simple)
+        if len(ranked):
+            subset = batch if len(ranked) == len(idx) else batch.subset(ranked)
+            ranked_lists = self._ranked_lists(subset, k, channel_col, filters)
+            for r, rec in zip(ranked, ranked_lists, strict=True):
+                lists[r] = rec
+        return lists  # type: ignore[return-value]
+
+    def recommend(
+        self,
+        customer_id: str,
+        k: int = 10,
+        exclude: list[str] | None = None,
+        context_items: list[str] | None = None,
+        channel: str | None = None,
+        filters: rules.Filters | dict | None = None,
+        now: pd.Timestamp | None = None,
+    ) -> Recommendation:
+        return self.recommend_many(
+            [customer_id],
+            k,
+            exclude=[list(exclude or [])],
+            context_items=[list(context_items or [])],
+            channel=channel,
+            filters=filters,
+            now=now,
+        )[0]
+
+    def recommendations_frame(
+        self,
+        customer_ids: list[str] | None = None,
+        k: int = 10,
+        channel: str | None = None,
+        filters: rules.Filters | dict | None = None,
+        model: str = "ranker",
+        chunk: int = BATCH_ROWS,
+        show_progress: bool = False,
+    ) -> pd.DataFrame:
+        """customer_id, rank, product_id, score, reason for every customer (default: all known ones)."""
+        ids = self.customer_ids_.tolist() if customer_ids is None else [str(x) for x in customer_ids]
+        parts = []
+        for start in tqdm(
+            range(0, len(ids), chunk), desc="recommend", unit="chunk", disable=not show_progress
+        ):
+            batch = ids[start : start + chunk]
+            recs = self.recommend_many(batch, k, channel=channel, filters=filters, model=model)
+            lengths = [len(r.product_ids) for r in recs]
+            parts.append(
+                pd.DataFrame(
+                    {
+                        c.CUSTOMER_ID: np.repeat(np.asarray(batch, dtype=object), lengths),
+                        c.RANK: np.concatenate([np.arange(1, n + 1) for n in lengths]) if batch else [],
+                        c.PRODUCT_ID: [p for r in recs for p in r.product_ids],
+                        c.SCORE: [s for r in recs for s in r.scores],
+                        c.REASON: [x for r in recs for x in r.reasons],
+                    }
+                )
+            )
+        columns = [c.CUSTOMER_ID, c.RANK, c.PRODUCT_ID, c.SCORE, c.REASON]
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+        return frame.astype(
+            {
+                c.CUSTOMER_ID: "string",
+                c.RANK: "int32",
+                c.PRODUCT_ID: "string",
+                c.SCORE: "float64",
+                c.REASON: "string",
+            }
+        )
+
+    # ------------------------------------------------------------------ batch internals
+    def _prepare(self, idx, context_items, exclude, filters: rules.Filters, extra_days: float) -> _Batch:
+        """Rows, masks and purchase history of a batch: everything the sources and rules share."""
+        n_rows, n_items = len(idx), len(self.product_ids_)
+        history = take_rows(self.user_items_, idx)
+        ages = take_rows(self.last_age_days_, idx)
+        if extra_days:
+            ages.data = ages.data + np.float32(extra_days)
+        counts = take_rows(self.n_purchases_, idx)
+        context = self._id_rows(context_items, n_rows)
+        has_context = np.diff(context.indptr) > 0
+        has_history = np.diff(history.indptr) > 0
+        binary = history.copy()
+        binary.data[:] = 1.0
+        if context.nnz:
+            weights = (history + CONTEXT_WEIGHT * context).tocsr()
+            item_item = (binary + self.context_boost * context).tocsr()
+        else:
+            weights, item_item = history, binary
+
+        # the rules before ranking: inactive, filtered, bought (unless due), excluded, in the session
+        allowed = self.item_active_
+        if filters.restricts_items():
+            allowed = allowed & rules.filter_mask(
+                self.item_category_, self.item_price_, self.categories_, filters
+            )
+        block = np.repeat(~allowed[np.newaxis, :], n_rows, axis=0)
+        age_rows = np.repeat(np.arange(n_rows), np.diff(ages.indptr))
+        bought = ages.indices
+        ratio = rules.replenishment_ratio(ages.data, self.item_cycle_days_[bought])
+        due = rules.is_due(ratio, self.replenish_due_from)
+        if not filters.allow_due_repurchase:
+            due = np.zeros_like(due)
+        block[age_rows[~due], bought[~due]] = True
+        for r, items in enumerate(exclude or []):
+            for pid in items or ():
+                j = self.product_index_.get(str(pid))
+                if j is not None:
+                    block[r, j] = True
+        if context.nnz:
+            block[np.repeat(np.arange(n_rows), np.diff(context.indptr)), context.indices] = True
+        replenish = sp.csr_matrix(
+            (replenishment_scores(ratio[due], self.replenish_due_from), (age_rows[due], bought[due])),
+            shape=(n_rows, n_items),
+        )
+        replenish.sort_indices()
+
+        known = idx >= 0
+        safe = np.where(known, idx, 0)
+        return _Batch(
+            idx=idx,
+            history=history,
+            context=context,
+            weights=weights,
+            item_item=item_item,
+            ages=ages,
+            counts=counts,
+            block=block,
+            replenish=replenish,
+            has_context=has_context,
+            cold=~(has_history | has_context),
+            segment=np.where(known, self.customer_segment_[safe], -1),
+            main_channel=np.where(known & has_history, self.customer_main_channel_[safe], -1),
+        )
+
+    def _id_rows(self, id_lists, n_rows: int) -> sp.csr_matrix:
+        """A 0/1 CSR (rows × catalogue) of per-row product id lists (unknown ids are ignored)."""
+        if not any(id_lists or []):
+            return sp.csr_matrix((n_rows, len(self.product_ids_)), dtype=np.float32)
+        rows, cols = [], []
+        for r, items in enumerate(id_lists or []):
+            for pid in items or ():
+                j = self.product_index_.get(str(pid))
+                if j is not None:
+                    rows.append(r)
+                    cols.append(j)
+        matrix = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, cols)), shape=(n_rows, len(self.product_ids_))
+        )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
+
+    def _als_scores(self, batch: _Batch) -> np.ndarray:
+        model = self.als_.model_
+        vectors = np.zeros((len(batch.idx), model.item_factors.shape[1]), dtype=np.float32)
+        stored = (batch.idx >= 0) & ~batch.has_context
+        vectors[stored] = model.user_factors[batch.idx[stored]]
+        refold = np.flatnonzero(~stored & (np.diff(batch.weights.indptr) > 0))
+        if len(refold):
+            # a new customer, or a known one with session items: one least-squares solve each
+            vectors[refold] = model.recalculate_user(np.arange(len(refold)), take_rows(batch.weights, refold))
+        return vectors @ model.item_factors.T
+
+    def _popularity(
+        self, batch: _Batch, channel_code: np.ndarray, trending: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Popular (or trending) scores for each row's segment and channel, as (key of each row,
+        one score vector per key): a batch has few distinct (segment, channel) pairs."""
+        keys: dict[tuple[int, int], int] = {}
+        key_of_row = np.empty(len(batch.idx), dtype=np.int64)
+        vectors = []
+        for r, key in enumerate(zip(batch.segment.tolist(), np.asarray(channel_code).tolist(), strict=True)):
+            if key not in keys:
+                keys[key] = len(vectors)
+                vectors.append(
+                    self.popularity_.trending(*key) if trending else self.popularity_.popular(*key)
+                )
+            key_of_row[r] = keys[key]
+        return key_of_row, np.asarray(vectors).reshape(len(vectors), len(self.product_ids_))
+
+    def _top_shared(
+        self, key_of_row: np.ndarray, vectors: np.ndarray, block: np.ndarray, n: int
+    ) -> np.ndarray:
+        """`top_n` of positive, unblocked scores for rows that share score vectors.
+
+        Each vector is sorted once, over a pool of its best 4n + 256 items; a row then takes its
+        first n unblocked pool items. When the pool cannot prove the answer (too many blocked, or a
+        tie at the pool's edge) the row falls back to the whole catalogue, so the result is always
+        exactly `top_n`'s.
+        """
+        out = np.full((len(key_of_row), n), -1, dtype=np.int64)
+        for q, vec in enumerate(vectors):
+            rows = np.flatnonzero(key_of_row == q)
+            positive = np.flatnonzero(vec > 0)
+            size = min(len(positive), 4 * n + 256)
+            if size == 0 or not len(rows):
+                continue
+            pool = positive
+            if size < len(positive):
+                pool = positive[np.argpartition(-vec[positive], size - 1)[:size]]
+            pool = pool[np.lexsort((pool, -vec[pool]))]
+            whole = size == len(positive)
+            allowed = ~block[np.ix_(rows, pool)]
+            for j, r in enumerate(rows.tolist()):
+                chosen = pool[allowed[j]][:n]
+                if len(chosen) == n or whole:
+                    if whole or vec[chosen[-1]] > vec[pool[-1]]:
+                        out[r, : len(chosen)] = chosen
+                        continue
+                masked = np.where(block[r] | (vec <= 0), -np.inf, vec)
+                out[r] = top_n(masked[np.newaxis, :], n)[0][0]
+        return out
+
+    def _candidates(self, batch: _Batch) -> tuple[CandidatePairs, np.ndarray]:
+        """Candidate pairs of every row of `batch` (pairs.row = batch row) and their features."""
+        n_rows, n_items = len(batch.idx), len(self.product_ids_)
+        profiles = row_profiles(
+            batch.weights, self.item_category_, len(self.categories_), self.item_log_price_
+        )
+        # dense sources score the whole catalogue; sparse ones only what is near the customer
+        dense = {"als": self._als_scores(batch)}
+        shared = {
+            "popular": self._popularity(batch, batch.main_channel, trending=False),
+            "trending": self._popularity(batch, batch.main_channel, trending=True),
+        }
+        sparse = {
+            "ease": self.ease_.score_sparse(batch.item_item),
+            "cooc": self.cooc_.score_sparse(batch.item_item),
+            "replenish": batch.replenish,
+            "content": self._content_scores(profiles, n_rows),
+        }
+        sizes = {
+            "als": self.n_candidates,
+            "ease": self.n_candidates,
+            "cooc": self.n_candidates,
+            "popular": self.n_popular,
+            "trending": self.n_trending,
+            "replenish": self.n_replenish,
+            "content": self.n_content,
+        }
+        tops = {}
+        tops["als"] = top_n(np.where(batch.block, -np.inf, dense["als"]), sizes["als"])[0]
+        for s, (key_of_row, vectors) in shared.items():  # a zero popularity means "never seen"
+            tops[s] = self._top_shared(key_of_row, vectors, batch.block, sizes[s])
+        for s, scores in sparse.items():
+            tops[s] = top_n_sparse(scores, batch.block, sizes[s])
+        row_base = np.arange(n_rows)[:, None] * n_items
+        codes = np.unique(np.concatenate([(row_base + t)[t >= 0] for t in tops.values()]))
+        pair_row, pair_item = codes // n_items, codes % n_items
+        scores, ranks = {}, {}
+        for s in SOURCES:
+            top = tops[s]
+            ok = top >= 0
+            rank = np.full(len(codes), np.nan)
+            rank[np.searchsorted(codes, (row_base + top)[ok])] = np.broadcast_to(
+                np.arange(1, top.shape[1] + 1), top.shape
+            )[ok]
+            ranks[s] = rank
+            if s in dense:
+                scores[s] = dense[s][pair_row, pair_item].astype(np.float64)
+            elif s in shared:
+                key_of_row, vectors = shared[s]
+                scores[s] = vectors[key_of_row[pair_row], pair_item].astype(np.float64)
+            else:
+                scores[s] = gather(sparse[s], pair_row, pair_item)
+        pairs = CandidatePairs(row=pair_row, item=pair_item, scores=scores, ranks=ranks)
+        features = build_features(
+            pairs,
+            profiles,
+            batch.weights,
+            batch.ages,
+            batch.counts,
+            batch.segment,
+            batch.main_channel,
+            self.item_category_,
+            self.item_log_price_,
+            self.item_cycle_days_,
+            self.item_is_new_,
+            self.popularity_.global_,
+            self.popularity_.trend_,
+            self.popularity_.by_segment_,
+            self.popularity_.by_channel_,
+        )
+        return pairs, features
+
+    def _content_scores(self, profiles, n_rows: int) -> sp.csr_matrix:
+        """Content-based scores of the products without history, as a rows × catalogue CSR."""
+        new_items = self.content_.new_items_
+        n_items = len(self.product_ids_)
+        if not len(new_items) or not n_rows:
+            return sp.csr_matrix((n_rows, n_items), dtype=np.float64)
+        scores = self.content_.score(profiles.affinity, profiles.price_mu, profiles.price_sigma)
+        positive = scores > 0
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(positive.sum(axis=1), out=indptr[1:])
+        # new_items_ is sorted, so each row's columns come out sorted
+        columns = np.broadcast_to(new_items, scores.shape)[positive]
+        return sp.csr_matrix((scores[positive], columns, indptr), shape=(n_rows, n_items))
+
+    def _context_similarity(self, batch: _Batch, pairs: CandidatePairs) -> tuple[np.ndarray, np.ndarray]:
+        """How strongly each candidate goes with the session items alone (0..1), and whether
+        "bought together" (rather than EASE's "similar to") says it more strongly."""
+        sim = np.zeros(len(pairs.row))
+        from_cooc = np.zeros(len(pairs.row), dtype=bool)
+        if not batch.context.nnz:
+            return sim, from_cooc
+        with_context = batch.has_context[pairs.row]
+        parts = []
+        for scorer in (self.cooc_, self.ease_):
+            scores = scorer.score_sparse(batch.context)
+            top = scores.max(axis=1).toarray().ravel()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                parts.append(np.nan_to_num(gather(scores, pairs.row, pairs.item) / top[pairs.row]))
+        sim = np.where(with_context, np.maximum(parts[0], parts[1]), 0.0)
+        from_cooc = parts[0] >= parts[1]
+        return sim, from_cooc
+
+    def _ranked_lists(
+        self, batch: _Batch, k: int, channel_col, filters: rules.Filters
+    ) -> list[Recommendation]:
+        pairs, features = self._candidates(batch)
+        if self.ranker_ is not None:
+            order_score = self.ranker_.predict(features)
+        else:
+            order_score = np.sum(
+                [1.0 / (RRF_K + np.nan_to_num(pairs.ranks[s], nan=np.inf)) for s in SOURCES], axis=0
+            )
+        bounds = np.searchsorted(pairs.row, np.arange(len(batch.idx) + 1))
+        context_sim, context_cooc = self._context_similarity(batch, pairs)
+        if batch.context.nnz:
+            # The ranker never saw a session (training rows have none), so the session's pull is
+            # added explicitly: up to `context_rank_boost` standard deviations of the row's scores.
+            spread = np.array(
+                [
+                    order_score[lo:hi].std() if hi > lo else 0.0
+                    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+                ]
+            )
+            order_score = order_score + self.context_rank_boost * spread[pairs.row] * context_sim
+        out = []
+        for q in range(len(batch.idx)):
+            lo, hi = bounds[q], bounds[q + 1]
+            items, sc = pairs.item[lo:hi], order_score[lo:hi]
+            order = np.lexsort((items, -sc))
+            local = np.arange(lo, hi)[order]
+            items, sc = items[order], sc[order]
+            if channel_col is not None:
+                ok = self.channel_ok_[items, channel_col]
+                items, sc, local = items[ok], sc[ok], local[ok]
+            reserved = None
+            if self.new_product_slots > 0:
+                reserved = self.item_is_new_[items] & ~np.isnan(pairs.ranks["content"][local])
+            chosen = rules.select_positions(
+                self.item_category_[items], k, filters.max_per_category, reserved, self.new_product_slots
+            )
+            items, sc, local = items[chosen], sc[chosen], local[chosen]
+            reasons = self._reasons(batch, q, pairs, local, items, context_sim, context_cooc)
+            out.append(
+                Recommendation(
+                    product_ids=self.product_ids_[items].tolist(),
+                    scores=[round(float(s), 6) for s in sc],
+                    cold_start=False,
+                    reasons=reasons,
+                )
+            )
+        return out
+
+    def _reasons(self, batch, q, pairs, local, items, context_sim, context_cooc) -> list[str]:
+        """Why each item is there: the session item it goes with, else the source that ranks it best.
+
+        Item-item sources name their anchor (the customer's item that contributes most), so the
+        reason reads "bought_together:<id>" or "similar_to:<id>".
+        """
+        ranks = np.stack([np.nan_to_num(pairs.ranks[s][local], nan=np.inf) for s in REASON_PRIORITY], axis=1)
+        source = np.asarray(REASON_PRIORITY)[np.argmin(ranks, axis=1)] if len(local) else np.array([], str)
+        by_context = context_sim[local] >= CONTEXT_REASON_MIN
+        source = np.where(by_context & context_cooc[local], "context_cooc", source)
+        source = np.where(by_context & ~context_cooc[local], "context_ease", source)
+        anchors = np.full(len(items), -1, dtype=np.int64)
+        for name, scorer, matrix in (
+            ("cooc", self.cooc_, batch.weights),
+            ("ease", self.ease_, batch.weights),
+            ("context_cooc", self.cooc_, batch.context),
+            ("context_ease", self.ease_, batch.context),
+        ):
+            wanted = np.flatnonzero(source == name)
+            if len(wanted):
+                lo, hi = matrix.indptr[q], matrix.indptr[q + 1]
+                anchors[wanted] = scorer.anchors(matrix.indices[lo:hi], matrix.data[lo:hi], items[wanted])
+        reasons = []
+        for s, anchor in zip(source.tolist(), anchors.tolist(), strict=True):
+            if s == "replenish":
+                reasons.append("replenish")
+            elif s in ("cooc", "context_cooc") and anchor >= 0:
+                reasons.append(f"bought_together:{self.product_ids_[anchor]}")
+            elif s in ("ease", "context_ease") and anchor >= 0:
+                reasons.append(f"similar_to:{self.product_ids_[anchor]}")
+            elif s in ("popular", "trending"):
+                reasons.append("popular")
+            else:
+                reasons.append("personal")
+        return reasons
+
+    def _single_score_list(
+        self, batch: _Batch, r: int, k, channel, channel_col, filters, model
+    ) -> Recommendation:
+        """Lists from one score: cold start (popular for segment and request channel), or the als/popularity baselines."""
+        one = batch.subset(np.array([r]))
+        cold = bool(one.cold[0])
+        if model == "als" and not cold:
+            score, reason = self._als_scores(one)[0].astype(np.float64), "personal"
+        else:
+            # a known customer's popularity uses their own main channel (the same on every channel);
+            # a customer we know nothing about gets the channel they are on
+            ch = rules.channel_column(self.channels_, channel) if cold else int(one.main_channel[0])
+            ch = -1 if ch is None or ch >= len(self.channels_) else ch
+            key_of_row, vectors = self._popularity(one, np.array([ch]), trending=False)
+            score, reason = vectors[key_of_row[0]], "popular"
+        block = one.block[0].copy()
+        if channel_col is not None:
+            # one score orders the list, so filtering the channel first cannot change the order
+            block |= ~self.channel_ok_[:, channel_col]
+        wanted = len(self.product_ids_) if filters.max_per_category else min(len(self.product_ids_), k)
+        top_idx, top_sc = top_n(np.where(block, -np.inf, score)[np.newaxis, :], wanted)
+        valid = top_idx[0] >= 0
+        items, sc = top_idx[0][valid], top_sc[0][valid]
+        chosen = rules.select_positions(self.item_category_[items], k, filters.max_per_category)
+        items, sc = items[chosen], sc[chosen]
+        return Recommendation(
+            product_ids=self.product_ids_[items].tolist(),
+            scores=[round(float(s), 6) for s in sc],
+            cold_start=cold,
+            reasons=[reason] * len(items),
+        )
+
+    # ================================================================== persistence
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "product_ids": self.product_ids_.astype(str),
+            "customer_ids": self.customer_ids_.astype(str),
+            "item_category": self.item_category_,
+            "item_price": self.item_price_,
+            "item_log_price": self.item_log_price_,
+            "item_active": self.item_active_,
+            "item_cycle_days": self.item_cycle_days_,
+            "item_is_new": self.item_is_new_,
+            "channel_ok": self.channel_ok_,
+            "customer_segment": self.customer_segment_,
+            "customer_main_channel": self.customer_main_channel_,
+            "ease_items": self.ease_.items_,
+            "content_new_items": self.content_.new_items_,
+            **self.popularity_.arrays(),
+        }
+        np.savez(folder / "arrays.npz", **arrays)
+        for name in ("user_items", "purchased", "last_age_days", "n_purchases"):
+            sp.save_npz(folder / f"{name}.npz", getattr(self, f"{name}_"))
+        sp.save_npz(folder / "ease_neighbours.npz", self.ease_.neighbours_)
+        sp.save_npz(folder / "cooc_neighbours.npz", self.cooc_.neighbours_)
+        self.als_.save(folder / "als.npz")
+        if self.ranker_ is not None:
+            self.ranker_.save(folder)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "params": self.get_params(),
+            "as_of": self.as_of_.isoformat(),
+            "categories": list(self.categories_),
+            "channels": list(self.channels_),
+            "segments": list(self.segments_),
+            "segment_source": self.segment_source_,
+            "cycles_estimated": bool(self.cycles_estimated_),
+            "has_ranker": self.ranker_ is not None,
+            "training_info": getattr(self, "training_info_", {}),
+        }
+        (folder / "two_stage.json").write_text(json.dumps(meta, indent=2, default=str))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TwoStageRecommender:
+        folder = Path(folder)
+        meta_path = folder / "two_stage.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"not a two-stage recommender folder (no two_stage.json): {folder}")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"two-stage format {meta.get('format_version')} != {FORMAT_VERSION}: retrain")
+        rec = cls(**meta["params"])
+        with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+            rec.product_ids_ = arrays["product_ids"]
+            rec.customer_ids_ = arrays["customer_ids"]
+            rec.item_category_ = arrays["item_category"]
+            rec.item_price_ = arrays["item_price"]
+            rec.item_log_price_ = arrays["item_log_price"]
+            rec.item_active_ = arrays["item_active"]
+            rec.item_cycle_days_ = arrays["item_cycle_days"]
+            rec.item_is_new_ = arrays["item_is_new"]
+            rec.channel_ok_ = arrays["channel_ok"]
+            rec.customer_segment_ = arrays["customer_segment"]
+            rec.customer_main_channel_ = arrays["customer_main_channel"]
+            rec.popularity_ = SegmentChannelPopularity.from_arrays(
+                arrays, window_days=rec.popularity_days, trend_days=rec.trend_days
+            )
+            ease_items, new_items = arrays["ease_items"], arrays["content_new_items"]
+        for name in ("user_items", "purchased", "last_age_days", "n_purchases"):
+            matrix = sp.load_npz(folder / f"{name}.npz").tocsr()
+            matrix.sort_indices()
+            setattr(rec, f"{name}_", matrix)
+        rec.ease_ = EASENeighbours(
+            l2=rec.ease_l2, max_items=rec.ease_max_items, n_neighbours=rec.ease_neighbours
+        )
+        rec.ease_._finish(sp.load_npz(folder / "ease_neighbours.npz"))
+        rec.ease_.items_ = ease_items
+        rec.cooc_ = CoOccurrenceScorer(n_neighbours=rec.cooc_neighbours, shrinkage=rec.cooc_shrinkage)
+        rec.cooc_._finish(sp.load_npz(folder / "cooc_neighbours.npz"))
+        rec.als_ = ALSScorer.load(
+            folder / "als.npz",
+            factors=rec.factors,
+            regularization=rec.regularization,
+            alpha=rec.alpha,
+            iterations=rec.iterations,
+            random_state=rec.random_state,
+            num_threads=rec.num_threads,
+        )
+        rec._serve_single_threaded()
+        rec.content_ = NewProductScorer().fit(
+            rec.item_category_, rec.item_log_price_, np.zeros(0, dtype=bool)
+        )
+        rec.content_.new_items_ = new_items
+        rec.content_.new_category_ = rec.item_category_[new_items]
+        rec.content_.new_log_price_ = rec.item_log_price_[new_items]
+        rec.ranker_ = LambdaRankModel.load(folder) if meta["has_ranker"] else None
+        rec.as_of_ = pd.Timestamp(meta["as_of"])
+        rec.categories_ = tuple(meta["categories"])
+        rec.channels_ = tuple(meta["channels"])
+        rec.segments_ = tuple(meta["segments"])
+        rec.segment_source_ = meta["segment_source"]
+        rec.cycles_estimated_ = bool(meta["cycles_estimated"])
+        rec.training_info_ = meta.get("training_info", {})
+        rec._index()
+        return rec
+
+
+_PARAM_NAMES: tuple[str, ...] = tuple(inspect.signature(TwoStageRecommender.__init__).parameters)[1:]
+
+
+def _parts(tables, products, customers):
+    if isinstance(tables, Tables):
+        return (
+            tables.events,
+            tables.products if products is None else products,
+            (tables.customers if customers is None else customers),
+        )
+    return tables, products, customers
+
+
+def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n finite entries per row, best first, ties by the lower index; -1 / -inf pad short rows.
+
+    Like `models.base.top_k`, but a row with fewer than n finite scores only sorts those, so the
+    many "no opinion" items of a sparse source cost nothing.
+    """
+    scores = np.atleast_2d(scores)
+    n_rows, n_items = scores.shape
+    n = max(0, min(n, n_items))
+    out_idx = np.full((n_rows, n), -1, dtype=np.int64)
+    out_scores = np.full((n_rows, n), -np.inf)
+    if n == 0:
+        return out_idx, out_scores
+    kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1]
+    for r in range(n_rows):
+        row = scores[r]
+        cand = np.flatnonzero(row >= kth[r]) if np.isfinite(kth[r]) else np.flatnonzero(np.isfinite(row))
+        cand_scores = row[cand]
+        order = np.lexsort((cand, -cand_scores))[:n]
+        out_idx[r, : len(order)] = cand[order]
+        out_scores[r, : len(order)] = cand_scores[order]
+    return out_idx, out_scores
+
+
+def top_n_sparse(scores: sp.csr_matrix, block: np.ndarray, n: int) -> np.ndarray:
+    """Top-n item indices per row among the stored positive, unblocked entries of a CSR; -1 pads.
+
+    Same order as `top_n` (score descending, ties by the lower index), but the work is proportional
+    to the stored entries, not to the catalogue.
+    """
+    n_rows = scores.shape[0]
+    out = np.full((n_rows, max(n, 0)), -1, dtype=np.int64)
+    if n <= 0 or scores.nnz == 0:
+        return out
+    rows = np.repeat(np.arange(n_rows), np.diff(scores.indptr))
+    cols, values = scores.indices, scores.data
+    keep = (values > 0) & ~block[rows, cols]
+    rows, cols, values = rows[keep], cols[keep], values[keep]
+    order = np.lexsort((cols, -values, rows))
+    rows, cols = rows[order], cols[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    chosen = rank < n
+    out[rows[chosen], rank[chosen]] = cols[chosen]
+    return out
