@@ -1,0 +1,312 @@
+"""Tests of the contact policy: the TOML file, the pure rules with hand-computed answers, the
+ledger, and a batch of 100,000 decisions on generated data that must break no rule."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import columns as c
+from models.contact_policy import (
+    DEFAULT_POLICY_FILE,
+    NAT_US,
+    Caps,
+    ContactLedger,
+    ContactPolicy,
+    OfferRule,
+    _to_us,
+    audit_sends,
+    control_hash,
+    in_control_group,
+    is_quiet_hour,
+    latest_consent_matrix,
+    load_contact_policy,
+    next_send_times,
+    offer_eligibility,
+    policy_from_toml_dict,
+)
+
+HOUR = 3_600_000_000
+
+
+def us(text: str) -> int:
+    return int(_to_us(pd.Timestamp(text, tz="UTC"))[0])
+
+
+def test_default_policy_file_reads_and_round_trips():
+    policy = load_contact_policy()
+    assert DEFAULT_POLICY_FILE.name == "contact_policy.toml"
+    assert policy.control_share == 0.05
+    assert policy.quiet_hours == (21, 8)
+    assert policy.overall_caps == Caps(1, 3)
+    assert policy.caps_for("sms") == Caps(1, 1)
+    assert policy.offer_rules["OF_BOGO"].categories == ("grocery", "beauty", "pet", "baby")
+    assert policy.offer_rules["OF_DISC20"].exclude_segments == ("new",)
+    assert ContactPolicy.from_dict(policy.to_dict()) == policy
+
+
+def test_unknown_keys_and_bad_values_are_errors():
+    with pytest.raises(ValueError, match="unknown key"):
+        policy_from_toml_dict({"chanels": ["email"]})
+    with pytest.raises(ValueError, match="unknown key"):
+        policy_from_toml_dict({"caps": {"per_dya": 1}})
+    with pytest.raises(ValueError, match="unknown segment"):
+        policy_from_toml_dict({"offers": {"X": {"segments": ["vip"]}}})
+    with pytest.raises(ValueError, match="share"):
+        policy_from_toml_dict({"control_group": {"share": 1.5}})
+
+
+def test_control_group_is_a_stable_hash():
+    digest = hashlib.sha256(b"salt:C1").digest()[:8]
+    assert control_hash(["C1"], "salt")[0] == pytest.approx(int.from_bytes(digest, "big") / 2**64)
+    ids = [f"C{i:07d}" for i in range(20_000)]
+    policy = ContactPolicy()
+    members = in_control_group(ids, policy)
+    assert np.array_equal(members, in_control_group(ids, policy))  # same answer every time
+    assert 0.04 < members.mean() < 0.06
+    assert not in_control_group(ids, ContactPolicy(control_share=0.0)).any()
+
+
+def test_quiet_hours_cross_midnight():
+    hours = np.arange(24)
+    assert hours[is_quiet_hour(hours, (21, 8))].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 21, 22, 23]
+    assert hours[is_quiet_hour(hours, (1, 5))].tolist() == [1, 2, 3, 4]
+    assert not is_quiet_hour(hours, None).any()
+
+
+def test_next_send_time_skips_quiet_hours_in_local_time_across_dst():
+    # Berlin moves to summer time at 01:00 UTC on 29 March 2026. 20:30 UTC on the 28th is 21:30
+    # local (quiet); the first allowed hour is 08:00 CEST on the 29th = 06:00 UTC.
+    after = np.array([us("2026-03-28 20:30")])
+    deadline = after + 72 * HOUR
+    got = next_send_times(after, deadline, ["Europe/Berlin"], None, (21, 8))
+    assert got[0] == us("2026-03-29 06:00")
+    # scores preferring 10:00 local on Sundays (weekday 6): 08:00 UTC on the 29th
+    scores = np.zeros((1, 168))
+    scores[0, 6 * 24 + 10] = 1.0
+    assert next_send_times(after, deadline, ["Europe/Berlin"], scores, (21, 8))[0] == us("2026-03-29 08:00")
+    # New York, same instant: 16:30 local is allowed, the next whole hour is 17:00 local = 21:00 UTC
+    assert next_send_times(after, deadline, ["America/New_York"], None, (21, 8))[0] == us("2026-03-28 21:00")
+    # nothing allowed before the deadline → NaT
+    short = next_send_times(after, after + 2 * HOUR, ["Europe/Berlin"], None, (21, 8))
+    assert short[0] == NAT_US
+
+
+def test_ledger_counts_contacts_on_both_sides_and_per_channel():
+    ledger = ContactLedger()
+    ledger.record(
+        ["A", "A", "A", "B"],
+        ["email", "sms", "email", "email"],
+        pd.to_datetime(
+            ["2026-05-01 10:00", "2026-05-03 10:00", "2026-05-09 12:00", "2026-05-03 09:00"], utc=True
+        ),
+    )
+    t = np.full(3, us("2026-05-03 12:00"))
+    ids = ["A", "B", "C"]
+    assert ledger.count_near(ids, t, 24).tolist() == [1, 1, 0]
+    assert ledger.count_near(ids, t, 168).tolist() == [3, 1, 0]  # 9 May 12:00 is 6 days later
+    assert ledger.count_near(ids, t, 168, channel="email").tolist() == [2, 1, 0]
+    assert ledger.count_near(ids, t, 48, channel="sms").tolist() == [1, 0, 0]
+    last = ledger.last_contact_before(ids, t)
+    assert last[0] == us("2026-05-03 10:00") and last[1] == us("2026-05-03 09:00") and last[2] == NAT_US
+
+
+def test_latest_consent_row_wins_and_no_row_means_no():
+    consent = pd.DataFrame(
+        {
+            c.CUSTOMER_ID: ["A", "A", "B"],
+            c.CHANNEL: ["email", "email", "sms"],
+            c.OPTED_IN: [True, False, True],
+            c.UPDATED_TS: pd.to_datetime(["2026-01-01", "2026-02-01", "2026-01-01"], utc=True),
+        }
+    )
+    got = latest_consent_matrix(consent, ["A", "B", "C"], ("email", "sms"))
+    assert got.tolist() == [[False, False], [False, True], [False, False]]
+    before_opt_out = latest_consent_matrix(consent, ["A"], ("email",), pd.Timestamp("2026-01-15", tz="UTC"))
+    assert before_opt_out.tolist() == [[True]]
+    assert latest_consent_matrix(None, ["A"], ("email",)).tolist() == [[True]]
+
+
+def test_offer_eligibility_rules():
+    rules = {
+        "SEG": OfferRule(segments=("loyal", "champion")),
+        "NOTNEW": OfferRule(exclude_segments=("new",)),
+        "TIER": OfferRule(value_tiers=("high",)),
+        "SPEND": OfferRule(min_spend=100.0),
+        "CAT": OfferRule(categories=("pet",)),
+    }
+    offers = ["SEG", "NOTNEW", "TIER", "SPEND", "CAT", "FREE"]
+    got = offer_eligibility(
+        offers,
+        segments=["loyal", "new", "active"],
+        value_tiers=["high", "low", "none"],
+        monetary=[150.0, 20.0, np.nan],
+        bought_categories=[["pet", "books"], ["books"], []],
+        rules=rules,
+    )
+    assert got.tolist() == [
+        [True, True, True, True, True, True],
+        [False, False, False, False, False, True],
+        [False, True, False, False, False, True],
+    ]
+
+
+def test_audit_flags_every_rule():
+    policy = ContactPolicy(
+        channels=("email", "sms"),
+        control_share=0.0,
+        overall_caps=Caps(per_day=2, per_week=10),
+        channel_caps={"sms": Caps(per_day=1, per_week=1)},
+        cooldown_after_message_hours=2.0,
+        cooldown_after_purchase_hours=48.0,
+    )
+    ledger = ContactLedger()
+    ledger.record(
+        ["cap", "cap", "sms", "cool"],
+        ["email", "email", "sms", "email"],
+        pd.to_datetime(
+            ["2026-05-03 08:00", "2026-05-03 09:00", "2026-04-30 12:00", "2026-05-03 11:00"], utc=True
+        ),
+    )
+    ledger.last_purchase_ = pd.Series({"buyer": us("2026-05-02 12:00")})
+    ids = ["ok", "cap", "sms", "cool", "buyer", "quiet", "consent"]
+    channels = ["email", "email", "sms", "email", "email", "email", "email"]
+    send = np.full(len(ids), us("2026-05-03 12:00"))
+    send[5] = us("2026-05-03 22:00")
+    consented = np.array([True] * 6 + [False])
+    audit = audit_sends(ids, channels, send, ["UTC"] * len(ids), consented, ledger, policy)
+    broken = {cid: [col for col in audit.columns if audit.loc[i, col]] for i, cid in enumerate(ids)}
+    assert broken == {
+        "ok": [],
+        "cap": ["over_cap_overall"],
+        "sms": ["over_cap_channel"],
+        "cool": ["cooldown_after_message"],
+        "buyer": ["cooldown_after_purchase"],
+        "quiet": ["quiet_hours"],
+        "consent": ["no_consent"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# 100,000 decisions on generated data
+N_CUSTOMERS = 25_000  # 4 daily batches of every customer = 100,000 decisions (test under ~60 s)
+BATCHES = 4
+
+
+@pytest.fixture(scope="module")
+def batch_engine(tmp_path_factory):
+    from features.identity import stitch_identities
+    from features.io import load_tables
+    from features.synthetic import generate
+    from models.nba import NextBestActionEngine
+    from models.profile import CustomerProfiles
+
+    out = tmp_path_factory.mktemp("policy") / "data"
+    generate(N_CUSTOMERS, seed=11, out_dir=out)
+    tables = stitch_identities(load_tables(out))
+    profiles = CustomerProfiles(forecast=False).fit(tables)
+    # a strict policy that still sends to almost everyone it may: caps and cooldowns must bind
+    policy = ContactPolicy(
+        channels=("email", "sms", "push", "social"),
+        min_expected_gain=-1e9,
+        horizon_hours=48,
+        control_share=0.05,
+        quiet_hours=(21, 8),
+        cooldown_after_purchase_hours=48.0,
+        cooldown_after_message_hours=30.0,
+        overall_caps=Caps(per_day=1, per_week=2),
+        channel_caps={"sms": Caps(per_day=1, per_week=1), "email": Caps(per_day=1, per_week=2)},
+        margin_rate=0.35,
+        message_cost={"email": 0.002, "sms": 0.03, "push": 0.001, "social": 0.01},
+    )
+    engine = NextBestActionEngine(
+        policy=policy, learner="t", guard=False, max_training_messages=40_000, random_state=0
+    ).fit(tables, profiles)
+    return tables, engine
+
+
+def test_100k_decisions_break_no_contact_rule(batch_engine):
+    tables, engine = batch_engine
+    ids = engine.profiles_.frame_[c.CUSTOMER_ID].to_numpy()
+    ledger = engine.ledger_
+    history = ledger.contacts()
+    now = engine.profiles_.as_of_
+    started = time.perf_counter()
+    decisions = []
+    for day in range(BATCHES):
+        batch = engine.decide(ids, now + pd.Timedelta(days=day), ledger=ledger, record=True)
+        decisions.append(batch.assign(_batch=day))
+    seconds = time.perf_counter() - started
+    decisions = pd.concat(decisions, ignore_index=True)
+    assert len(decisions) == BATCHES * len(ids) >= 100_000
+    sends = decisions.loc[decisions["action"] != "no_action"].reset_index(drop=True)
+    assert len(sends) > 20_000, "the strict policy should still send a lot (else the checks prove little)"
+    print(f"{len(decisions)} decisions, {len(sends)} sends in {seconds:.1f} s")
+    policy = engine.policy_
+
+    # independent checks, written without the engine's helpers
+    # 1. control group: sha256("<salt>:<id>") < share
+    digest = sends[c.CUSTOMER_ID].map(
+        lambda cid: (
+            int.from_bytes(hashlib.sha256(f"{policy.control_salt}:{cid}".encode()).digest()[:8], "big")
+            / 2**64
+        )
+    )
+    assert not (digest < policy.control_share).any()
+    # 2. consent: the latest row per (customer, channel) up to now says opted in
+    consent = tables.consent.sort_values(c.UPDATED_TS).drop_duplicates(
+        [c.CUSTOMER_ID, c.CHANNEL], keep="last"
+    )
+    consent = consent.loc[consent[c.UPDATED_TS] < now]
+    opted = set(
+        zip(
+            consent.loc[consent[c.OPTED_IN], c.CUSTOMER_ID],
+            consent.loc[consent[c.OPTED_IN], c.CHANNEL],
+            strict=True,
+        )
+    )
+    assert all((cid, ch) in opted for cid, ch in zip(sends[c.CUSTOMER_ID], sends[c.CHANNEL], strict=True))
+    # 3. quiet hours in the customer's local time, and sends fall in the horizon
+    tz = tables.customers.set_index(c.CUSTOMER_ID)[c.TIMEZONE]
+    local_hour = pd.Series(
+        [t.tz_convert(tz[cid]).hour for cid, t in zip(sends[c.CUSTOMER_ID], sends["send_at"], strict=True)]
+    )
+    assert not ((local_hour >= 21) | (local_hour < 8)).any()
+    batch_now = now + pd.to_timedelta(sends["_batch"], unit="D")
+    assert (sends["send_at"] >= batch_now).all()
+    assert (sends["send_at"] <= batch_now + pd.Timedelta(hours=policy.horizon_hours)).all()
+    # 4. caps: every contact (history and all batches) per customer, windows around each send
+    others = history[[c.CUSTOMER_ID, c.CHANNEL, c.TS]].assign(key=-1)
+    own = sends.rename(columns={"send_at": c.TS})[[c.CUSTOMER_ID, c.CHANNEL, c.TS]].assign(key=sends.index)
+    all_contacts = pd.concat([others, own], ignore_index=True)
+    pairs = (
+        sends[[c.CUSTOMER_ID, c.CHANNEL, "send_at"]]
+        .reset_index()
+        .merge(all_contacts, on=c.CUSTOMER_ID, suffixes=("", "_other"))
+    )
+    pairs = pairs.loc[pairs["key"] != pairs["index"]]  # every contact of the customer but this send
+    gap = (pairs[c.TS] - pairs["send_at"]).abs()
+    near_day = pairs.loc[gap < pd.Timedelta(hours=24)].groupby("index").size()
+    near_week = pairs.loc[gap < pd.Timedelta(days=7)].groupby("index").size()
+    assert (near_day.reindex(sends.index, fill_value=0) < policy.overall_caps.per_day).all()
+    assert (near_week.reindex(sends.index, fill_value=0) < policy.overall_caps.per_week).all()
+    same_channel = pairs.loc[pairs[c.CHANNEL] == pairs[f"{c.CHANNEL}_other"]]
+    gap_ch = (same_channel[c.TS] - same_channel["send_at"]).abs()
+    for ch, caps in policy.channel_caps.items():
+        sel = same_channel[c.CHANNEL] == ch
+        week = same_channel.loc[sel & (gap_ch < pd.Timedelta(days=7))].groupby("index").size()
+        assert (week < caps.per_week).all(), ch
+    # 5. cooldowns: no other contact within 30 h, no send within 48 h after the last purchase
+    assert not (gap < pd.Timedelta(hours=policy.cooldown_after_message_hours)).any()
+    buys = tables.events.loc[(tables.events[c.EVENT_TYPE] == "purchase") & (tables.events[c.TS] < now)]
+    last_buy = buys.groupby(c.CUSTOMER_ID)[c.TS].max()
+    since = sends["send_at"] - sends[c.CUSTOMER_ID].map(last_buy)
+    assert not (since < pd.Timedelta(hours=policy.cooldown_after_purchase_hours)).any()
+    # and the engine's own audit agrees, and the no-actions say why
+    reasons = decisions.loc[decisions["action"] == "no_action", "reasons"].map(lambda r: r[0])
+    assert {"control_group", "no_consent"} <= set(reasons)
+    assert reasons.isin(["cooldown_after_message", "frequency_cap"]).sum() > 0
