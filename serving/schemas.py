@@ -31,6 +31,12 @@ class Filters(_Request):
     price_max: float | None = Field(None, ge=0)
     max_per_category: int | None = Field(None, ge=1, le=100, description="Diversity cap.")
 
+    @model_validator(mode="after")
+    def price_range_is_a_range(self) -> Filters:
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError(f"price_min: {self.price_min} is above price_max {self.price_max}")
+        return self
+
 
 class RecommendRequest(_Request):
     customer_id: str = CustomerId
@@ -135,3 +141,36 @@ class EventResponse(BaseModel):
 
 class PingResponse(BaseModel):
     ok: bool = True
+
+
+class ProfileRequest(_Request):
+    customer_id: str = CustomerId
+
+
+class ProfileResponse(BaseModel):
+    request_id: str
+    customer_id: str
+    known: bool = Field(description="False for a customer the models were not trained on.")
+    profile: dict = Field(description='Each field as {"value": ..., "derived_from": "..."}.')
+    model_versions: dict[str, str]
+
+
+class NextBestActionRequest(_Request):
+    customer_id: str = CustomerId
+    channel: ChannelName | None = Field(None, description="Channel asking (informational).")
+    now: AwareDatetime | None = Field(None, description="Decision time (default: now).")
+
+
+class NextBestActionResponse(BaseModel):
+    request_id: str
+    customer_id: str
+    action: str
+    channel: str | None
+    send_at: str | None = Field(description="UTC, ISO 8601.")
+    offer_id: str | None
+    product_ids: list[str]
+    expected_gain: dict = Field(
+        description="value = uplift × margin − offer cost − contact cost, with its parts."
+    )
+    reasons: list[str]
+    model_versions: dict[str, str]

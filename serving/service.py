@@ -9,6 +9,7 @@ is missing or broken stops start-up with the reason. BentoML adds /healthz, /liv
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
@@ -24,7 +25,11 @@ from serving.schemas import (  # noqa: E402
     ChannelResponse,
     EventRequest,
     EventResponse,
+    NextBestActionRequest,
+    NextBestActionResponse,
     PingResponse,
+    ProfileRequest,
+    ProfileResponse,
     RankedChannel,
     RecommendBatchRequest,
     RecommendBatchResponse,
@@ -47,8 +52,9 @@ class OmniService:
     def __init__(self) -> None:
         from features.context_store import ContextStore, default_context_path
         from models.channel import ChannelModel
-        from models.recommender import ProductRecommender
+        from models.nba import NextBestActionEngine
         from models.send_time import SendTimeModel
+        from models.two_stage import TwoStageRecommender
         from training.build import load_served_model
 
         def load(name: str, loader, required: bool):
@@ -64,12 +70,21 @@ class OmniService:
                 raise RuntimeError(f"cannot start: model '{name}' v{version} does not load: {exc}") from exc
 
         try:
-            self.recommender, rec_version = load("omni-recommender", ProductRecommender.load, required=True)
+            self.recommender, rec_version = load("omni-recommender", TwoStageRecommender.load, required=True)
         except LookupError as exc:
             raise RuntimeError(f"cannot start: {exc}") from exc
         self.channel_model, channel_version = load("omni-channel", ChannelModel.load, required=False)
         self.send_time_model, send_time_version = load("omni-send-time", SendTimeModel.load, required=False)
+        self.engine, nba_version = load(
+            "omni-nba",
+            lambda folder: NextBestActionEngine.load(
+                folder, self.recommender, self.channel_model, self.send_time_model
+            ),
+            required=False,
+        )
         self.model_versions = {"recommender": rec_version}
+        if nba_version:
+            self.model_versions["nba"] = nba_version
         if channel_version:
             self.model_versions["channel"] = channel_version
         if send_time_version:
@@ -78,7 +93,7 @@ class OmniService:
 
     # ------------------------------------------------------------------ recommendations
     def _recommend(
-        self, customer_id: str, channel: str, k: int, context_items=(), exclude=()
+        self, customer_id: str, channel: str, k: int, context_items=(), exclude=(), filters=None
     ) -> RecommendResponse:
         # what the customer did on any channel since the model was trained counts at once
         session = self.context.session_items(customer_id)
@@ -88,6 +103,8 @@ class OmniService:
             k,
             exclude=[*exclude, *bought],
             context_items=[*context_items, *session][:100],
+            channel=channel,
+            filters=None if filters is None else filters.model_dump(exclude_none=True),
         )
         return RecommendResponse(
             request_id=_request_id(),
@@ -104,7 +121,7 @@ class OmniService:
     @bentoml.api(route="/v1/recommend", input_spec=RecommendRequest)
     def recommend(self, **req) -> RecommendResponse:
         r = RecommendRequest(**req)
-        return self._recommend(r.customer_id, r.channel, r.k, r.context_items, r.exclude)
+        return self._recommend(r.customer_id, r.channel, r.k, r.context_items, r.exclude, r.filters)
 
     @bentoml.api(route="/v1/recommend_batch", input_spec=RecommendBatchRequest)
     def recommend_batch(self, **req) -> RecommendBatchResponse:
@@ -183,6 +200,50 @@ class OmniService:
             accepted=True,
             customer_id=r.customer_id,
             session_items=self.context.session_items(r.customer_id),
+        )
+
+    # ------------------------------------------------------------------ profile and next-best-action
+    @bentoml.api(route="/v1/profile", input_spec=ProfileRequest)
+    def profile(self, **req) -> ProfileResponse:
+        r = ProfileRequest(**req)
+        if self.engine is None:
+            raise bentoml.exceptions.ServiceUnavailable(
+                "no next-best-action model has been imported: run `omni build`"
+            )
+        try:
+            profile, known = self.engine.profiles_.profile(r.customer_id), True
+        except KeyError:
+            profile, known = {}, False
+        return ProfileResponse(
+            request_id=_request_id(),
+            customer_id=r.customer_id,
+            known=known,
+            profile=json.loads(json.dumps(profile, default=str)),
+            model_versions=self.model_versions,
+        )
+
+    @bentoml.api(route="/v1/next_best_action", input_spec=NextBestActionRequest)
+    def next_best_action(self, **req) -> NextBestActionResponse:
+        import pandas as pd
+
+        r = NextBestActionRequest(**req)
+        if self.engine is None:
+            raise bentoml.exceptions.ServiceUnavailable(
+                "no next-best-action model has been imported: run `omni build`"
+            )
+        now = pd.Timestamp(r.now) if r.now else pd.Timestamp.now(tz="UTC")
+        d = self.engine.decide_one(r.customer_id, now)
+        return NextBestActionResponse(
+            request_id=_request_id(),
+            customer_id=r.customer_id,
+            action=str(d["action"]),
+            channel=None if d["channel"] is None or pd.isna(d["channel"]) else str(d["channel"]),
+            send_at=d["send_at"],
+            offer_id=None if d["offer_id"] is None or pd.isna(d["offer_id"]) else str(d["offer_id"]),
+            product_ids=[str(p) for p in d["product_ids"]],
+            expected_gain=json.loads(json.dumps(d["expected_gain"], default=float)),
+            reasons=[str(x) for x in d["reasons"]],
+            model_versions=self.model_versions,
         )
 
     @bentoml.api(route="/v1/ping")

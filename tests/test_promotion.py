@@ -24,17 +24,17 @@ def test_decision_rule():
 def test_worse_challenger_is_not_promoted_then_promote_and_rollback(trained, generated_data, tracking_uri):
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     champion_before = _alias(client, CHAMPION)
-    # a deliberately crippled configuration: two factors, one iteration
-    worse = run_training(
-        generated_data, tracking_uri, TrainConfig(factors=2, iterations=1), show_progress=False
-    )
+    # a deliberately crippled configuration: one candidate per source, no EASE, a one-tree ranker
+    one = {f"n_{source}": 1 for source in ("candidates", "popular", "trending", "replenish", "content")}
+    crippled = TrainConfig(two_stage={**one, "n_estimators": 1, "ease_max_items": 0})
+    worse = run_training(generated_data, tracking_uri, crippled, show_progress=False)
     assert worse.decision is not None and not worse.decision.promoted
     assert worse.decision.champion_score > worse.decision.challenger_score
     assert _alias(client, CHAMPION) == champion_before
     assert _alias(client, CHALLENGER) == worse.model_version
     run = client.get_run(worse.run_id)
     assert run.data.tags["promoted"] == "False"
-    assert "champion.omni-recommender.als.ndcg_at_10" in run.data.metrics
+    assert "champion.omni-recommender.ranker.ndcg_at_10" in run.data.metrics
     assert run.data.tags["promoted.omni-channel"] == "True"  # same configuration: as good, promoted
 
     runner = CliRunner()

@@ -218,3 +218,29 @@ def test_openapi_lists_every_route(server):
         "/v1/ping",
     ):
         assert route in paths
+
+
+def test_profile_and_next_best_action(server):
+    url, _ = server
+    r = httpx.post(f"{url}/v1/profile", json={"customer_id": "C0000001"}, timeout=20)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["known"] is True
+    fields = {k: v for k, v in body["profile"].items() if k not in ("customer_id", "as_of")}
+    assert fields and all("derived_from" in field for field in fields.values())
+    assert (
+        httpx.post(f"{url}/v1/profile", json={"customer_id": "nobody"}, timeout=20).json()["known"] is False
+    )
+
+    r = httpx.post(
+        f"{url}/v1/next_best_action",
+        json={"customer_id": "C0000001", "channel": "email", "now": "2026-07-01T09:00:00+00:00"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["action"] and d["reasons"]
+    assert "value" in d["expected_gain"]
+    assert d["model_versions"]["nba"]
+    unknown = httpx.post(f"{url}/v1/next_best_action", json={"customer_id": "nobody"}, timeout=30)
+    assert unknown.status_code == 200, unknown.text

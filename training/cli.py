@@ -271,6 +271,95 @@ def send_time(
     _emit(plan, out_file, "send-time", version)
 
 
+@main.command()
+@click.argument("customer_id")
+@tracking_option
+def profile(customer_id, tracking_uri) -> None:
+    """The unified profile of one customer as JSON; every field says how it was derived."""
+    import json
+
+    from training.scoring import load_champion_engine
+
+    try:
+        engine, _ = load_champion_engine(tracking_uri or default_tracking_uri(), warn=lambda m: None)
+        click.echo(json.dumps(engine.profiles_.profile(customer_id), indent=2, default=str))
+    except LookupError as exc:
+        fail(str(exc))
+    except KeyError:
+        fail(f"unknown customer {customer_id!r}: not in the data the champion models were trained on")
+
+
+@main.command()
+@tracking_option
+@data_option
+@click.option("--customer", "customer_ids", multiple=True, help="Decide for these only (default: everyone).")
+@click.option("--now", default=None, help="Decision time, ISO 8601 (default: the end of the training data).")
+@click.option(
+    "--policy", type=click.Path(path_type=Path, exists=True), default=None, help="Contact policy TOML."
+)
+@click.option(
+    "--out", "out_file", type=click.Path(path_type=Path), required=True, help="Parquet file to write."
+)
+def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
+    """Next-best-action for every customer (Parquet), respecting consent, caps, cooldowns, quiet hours
+    and the control group across the whole batch.
+
+    Columns: customer_id, action, channel, send_at (UTC), offer_id, product_ids, expected_gain,
+    reasons (+ the parts of the expected gain). With --data, consent and contact history are
+    refreshed from that folder first (a later opt-out counts without retraining).
+    """
+    import time as _time
+
+    import pandas as pd
+
+    from features.io import write_table_atomic
+    from models.nba import DECISION_COLUMNS
+    from training.scoring import load_champion_engine
+
+    started = _time.perf_counter()
+    try:
+        engine, versions = load_champion_engine(
+            tracking_uri or default_tracking_uri(), warn=lambda m: click.echo(m, err=True)
+        )
+    except LookupError as exc:
+        fail(str(exc))
+    if policy:
+        from models.contact_policy import load_contact_policy
+
+        try:
+            engine.policy_ = load_contact_policy(policy)
+        except (ValueError, KeyError) as exc:
+            fail(f"--policy {policy}: {exc}")
+    if data_dir:
+        from features.identity import stitch_identities
+        from features.io import load_tables
+        from features.validation import DataValidationError
+        from models.contact_policy import ContactLedger
+
+        try:
+            tables = stitch_identities(load_tables(data_dir))
+        except DataValidationError as exc:
+            fail(f"{data_dir} does not meet the data contract\n{exc}")
+        if tables.consent is not None:
+            engine.profiles_.refresh_consent(tables.consent)
+        engine.ledger_ = ContactLedger.from_history(tables.messages, tables.events)
+    try:
+        when = pd.Timestamp(now) if now else None
+    except ValueError as exc:
+        fail(f"--now: {exc}")
+    if when is not None and when.tzinfo is None:
+        fail("--now: give a time zone, e.g. 2026-07-01T09:00:00+00:00")
+    ids = list(customer_ids) or engine.profiles_.frame_["customer_id"].astype(str).tolist()
+    decisions = engine.decide(ids, when, record=True)
+    write_table_atomic(decisions[list(DECISION_COLUMNS)], out_file)
+    counts = decisions["action"].value_counts().to_dict()
+    click.echo(
+        f"wrote {len(decisions)} decisions to {out_file} in {_time.perf_counter() - started:.1f} s: "
+        + ", ".join(f"{a}={n}" for a, n in sorted(counts.items()))
+        + f"; expected gain {decisions['expected_gain'].sum():.2f} (models {versions})"
+    )
+
+
 @main.command(name="import")
 @click.option("--events", type=click.Path(path_type=Path), help="Events / transaction log (CSV or Parquet).")
 @click.option("--messages", type=click.Path(path_type=Path))

@@ -1,4 +1,4 @@
-"""MLflow pyfunc wrapper of `ProductRecommender`, logged as a code-based model (no pickling).
+"""MLflow pyfunc wrapper of `TwoStageRecommender`, logged as a code-based model (no pickling).
 
 `mlflow.pyfunc.load_model("models:/omni-recommender@champion")` gives a model whose `predict`
 takes a DataFrame with a `customer_id` column (and optional `k` in params) and returns one row
@@ -14,9 +14,9 @@ from mlflow.pyfunc import PythonModel
 
 class RecommenderPyfunc(PythonModel):
     def load_context(self, context):
-        from models.recommender import ProductRecommender
+        from models.two_stage import TwoStageRecommender
 
-        self.recommender = ProductRecommender.load(context.artifacts["recommender"])
+        self.recommender = TwoStageRecommender.load(context.artifacts["recommender"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         k = int((params or {}).get("k", 10))

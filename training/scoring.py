@@ -6,25 +6,25 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from features import columns as c
-from models.recommender import ProductRecommender
+from models.two_stage import TwoStageRecommender
 from training.settings import CHAMPION, REGISTERED_RECOMMENDER
 
 
 def load_champion_recommender(
     tracking_uri: str, name: str = REGISTERED_RECOMMENDER
-) -> tuple[ProductRecommender, str]:
+) -> tuple[TwoStageRecommender, str]:
     """The champion recommender and its registry version; LookupError with the reason if there is none."""
     from training.tracking import download_model_folder
 
     folder, version = download_model_folder(tracking_uri, name, CHAMPION)
-    return ProductRecommender.load(folder), version
+    return TwoStageRecommender.load(folder), version
 
 
 def recommendations_frame(
-    rec: ProductRecommender,
+    rec,
     customer_ids: list[str],
     k: int,
-    model: str = "als",
+    model: str = "ranker",
     chunk: int = 2000,
     show_progress: bool = False,
 ) -> pd.DataFrame:
@@ -43,3 +43,28 @@ def recommendations_frame(
     return frame.astype(
         {c.CUSTOMER_ID: "string", c.RANK: "int32", c.PRODUCT_ID: "string", c.SCORE: "float64"}
     )
+
+
+def load_champion_engine(tracking_uri: str, warn=print):
+    """The champion next-best-action engine wired to the champion recommender, channel and send-time
+    models (those missing are replaced by the engine's fallbacks, with a warning); returns
+    (engine, versions)."""
+    from models.nba import NextBestActionEngine
+    from training.channel_training import load_champion_channel_model, load_champion_send_time_model
+    from training.tracking import download_model_folder
+
+    folder, nba_version = download_model_folder(tracking_uri, "omni-nba", CHAMPION, artifact="nba")
+    versions = {"nba": nba_version}
+    rec, versions["recommender"] = load_champion_recommender(tracking_uri)
+    loaded = {}
+    for key, loader in (
+        ("channel", load_champion_channel_model),
+        ("send_time", load_champion_send_time_model),
+    ):
+        try:
+            loaded[key], versions[key] = loader(tracking_uri)
+        except LookupError as exc:
+            loaded[key] = None
+            warn(f"warning: {exc}; using the engine's fallback for {key}")
+    engine = NextBestActionEngine.load(folder, rec, loaded["channel"], loaded["send_time"])
+    return engine, versions

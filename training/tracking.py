@@ -86,6 +86,27 @@ def _log_pyfunc(model_dir: Path, registered_name: str, signature):
     )
 
 
+def log_nba_model(model_dir: Path, registered_name: str) -> str:
+    """Log the next-best-action engine folder as a pyfunc model and register it; returns the version."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="An input example was not provided")
+        info = mlflow.pyfunc.log_model(
+            name="nba",
+            python_model=str(Path(__file__).with_name("mlflow_nba.py")),
+            artifacts={"nba": str(model_dir)},
+            code_paths=[str(_PACKAGE_ROOT / "models"), str(_PACKAGE_ROOT / "features")],
+            pip_requirements=_pinned_requirements() + [f"lightgbm=={_version('lightgbm')}"],
+            registered_model_name=registered_name,
+        )
+    return str(info.registered_model_version)
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
 def _pinned_requirements() -> list[str]:
     from importlib.metadata import version
 

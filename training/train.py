@@ -14,23 +14,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from features import columns as c
 from features.contract import ContractConfig
 from features.customer_features import build_customer_features
 from features.identity import stitch_identities
-from features.interactions import build_interactions
 from features.io import Tables, load_tables
-from models.recommender import ProductRecommender
-from training.evaluation import ranking_metrics
+from training.nba_training import NBAConfig, log_nba_run, train_nba
 from training.profiling import StageTimer
+from training.recs_training import RecsConfig, train_two_stage
 from training.registry import PromotionDecision, gate
 from training.report import build_report, hash_inputs, metrics_table
-from training.scoring import recommendations_frame
 from training.settings import CHAMPION, REGISTERED_RECOMMENDER
-from training.tracking import log_recommender_model, setup_tracking
+from training.tracking import log_nba_model, log_recommender_model, setup_tracking
 
 # The evaluation sample must not depend on any model setting, so challenger and champion are
 # scored on exactly the same customers.
@@ -47,6 +44,7 @@ class TrainConfig:
     regularization: float = 0.05
     alpha: float = 2.0
     iterations: int = 15
+    two_stage: dict = field(default_factory=dict)  # any other TwoStageRecommender parameter
     random_state: int = 42
     registered_name: str = REGISTERED_RECOMMENDER
     promotion_metric: str = "ndcg@10"  # compared between challenger and champion on the same window
@@ -74,88 +72,30 @@ class TrainResult:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # seconds and peak RSS per stage
 
 
-def time_split(events: pd.DataFrame, test_days: int) -> tuple[pd.Timestamp, pd.DataFrame, pd.DataFrame]:
-    """Everything before `split_time` trains, everything from it on tests; split_time = last event − test_days."""
-    split_time = events[c.TS].max() - pd.Timedelta(days=test_days)
-    before = events[c.TS] < split_time
-    return split_time, events[before], events[~before]
-
-
-def relevant_purchases(train_rec: ProductRecommender, test_events: pd.DataFrame) -> pd.DataFrame:
-    """Products bought in the test window by customers known at split time, not already bought before.
-
-    Already-bought products are filtered out of every list, so counting them as relevant would
-    only measure what no list may show.
-    """
-    buys = test_events[(test_events[c.EVENT_TYPE] == "purchase") & test_events[c.PRODUCT_ID].notna()]
-    buys = buys[[c.CUSTOMER_ID, c.PRODUCT_ID]].drop_duplicates()
-    row = buys[c.CUSTOMER_ID].map(train_rec.customer_index_)
-    col = buys[c.PRODUCT_ID].map(train_rec.product_index_)
-    buys = buys[row.notna() & col.notna()]
-    row, col = row[buys.index].astype(int).to_numpy(), col[buys.index].astype(int).to_numpy()
-    already = np.asarray(train_rec.purchased_[row, col]).ravel().astype(bool)
-    return buys[~already].reset_index(drop=True)
-
-
-def catalogue(tables: Tables) -> tuple[np.ndarray, np.ndarray]:
-    """All product ids (products table ∪ events) and the inactive ones."""
-    seen = tables.events[c.PRODUCT_ID].dropna().astype(str).unique()
-    if tables.products is None:
-        return np.sort(seen), np.array([], dtype=str)
-    listed = tables.products[c.PRODUCT_ID].astype(str).to_numpy()
-    inactive = (
-        tables.products.loc[~tables.products[c.IS_ACTIVE].astype(bool), c.PRODUCT_ID].astype(str).to_numpy()
-    )
-    return np.union1d(listed, seen), inactive
-
-
-def evaluate_recommenders(tables: Tables, config: TrainConfig, progress) -> tuple[dict[str, float], dict]:
-    """Fit on the history before the split, score popularity and ALS on the held-out purchases."""
-    events = tables.events
-    split_time, train_ev, test_ev = time_split(events, config.test_days)
-    if train_ev.empty or test_ev.empty:
-        raise ValueError(
-            f"events span too short for a {config.test_days}-day test window "
-            f"({events[c.TS].min()} .. {events[c.TS].max()}): use --test-days"
-        )
-    product_ids, inactive = catalogue(tables)
-    train_matrix = build_interactions(
-        train_ev, product_ids=product_ids, as_of=split_time, half_life_days=config.half_life_days
-    )
-    progress.set_postfix_str("fit on train window")
-    rec = ProductRecommender(**config.als_params()).fit(train_matrix, inactive)
-    relevant = relevant_purchases(rec, test_ev)
-    if relevant.empty:
-        raise ValueError("no purchases of new products in the test window: nothing to evaluate")
-    customers = np.sort(relevant[c.CUSTOMER_ID].unique())
-    if len(customers) > config.max_eval_customers:
-        customers = np.sort(
-            np.random.default_rng(config.random_state).choice(
-                customers, config.max_eval_customers, replace=False
-            )
-        )
-        relevant = relevant[relevant[c.CUSTOMER_ID].isin(customers)]
-    metrics: dict[str, float] = {}
-    for model in ("popularity", "als"):
-        progress.set_postfix_str(f"evaluate {model}")
-        recs = recommendations_frame(rec, customers.tolist(), config.k, model)
-        for name, value in ranking_metrics(recs, relevant, config.k, catalogue_size=len(product_ids)).items():
-            metrics[f"{model}.{name}"] = value
-    info = {
-        "split_time": split_time.isoformat(),
-        "train_events": int(len(train_ev)),
-        "test_events": int(len(test_ev)),
-        "eval_customers": int(len(customers)),
-        "relevant_pairs": int(len(relevant)),
-    }
-    return metrics, info
-
-
-SERVED_MODEL = "als"  # which evaluated model is the one registered and served
+SERVED_MODEL = "ranker"  # which evaluated model is the one registered and served
 
 # What each registered family is judged on when a new version challenges the champion.
 CHANNEL_PROMOTION_METRIC = "channel.engagement_auc"
 SEND_TIME_PROMOTION_METRICS = ("send_time.heldout_auc", "send_time.activity_hit_rate")
+NBA_PROMOTION_METRICS = ("nba.guard.lower_bound", "nba.churn_auc")
+REGISTERED_NBA = "omni-nba"
+
+
+def recs_config(config: TrainConfig, refit: bool = True) -> RecsConfig:
+    """The recommender part of a training configuration."""
+    return RecsConfig(
+        test_days=config.test_days,
+        k=config.k,
+        max_eval_customers=config.max_eval_customers,
+        half_life_days=config.half_life_days,
+        factors=config.factors,
+        regularization=config.regularization,
+        alpha=config.alpha,
+        iterations=config.iterations,
+        random_state=config.random_state,
+        refit=refit,
+        two_stage={"factors": config.factors, "iterations": config.iterations, **config.two_stage},
+    )
 
 
 def recommender_params(config: TrainConfig) -> dict:
@@ -198,7 +138,7 @@ def run_training(
     config = config or TrainConfig()
     timer = timer or StageTimer()
     started = time.perf_counter()
-    progress = tqdm(total=7, desc="train", unit="stage", disable=not show_progress)
+    progress = tqdm(total=8, desc="train", unit="stage", disable=not show_progress)
 
     def step(name: str):
         progress.set_postfix_str(name)
@@ -225,17 +165,15 @@ def run_training(
             features = build_customer_features(tables.events, tables.customers, tables.products)
         progress.update()
 
-        with step("evaluate_recommender"):
-            metrics, eval_info = evaluate_recommenders(tables, config, progress)
-            mlflow.log_dict(eval_info, "evaluation/split.json")
-        progress.update()
-
-        with step("refit_recommender"):
-            product_ids, inactive = catalogue(tables)
-            full = build_interactions(
-                tables.events, product_ids=product_ids, half_life_days=config.half_life_days
-            )
-            rec = ProductRecommender(**config.als_params()).fit(full, inactive, show_progress=False)
+        with step("recommender"):
+            rec, recs_metrics, eval_info = train_two_stage(tables, recs_config(config))
+            metrics = {
+                f"{model}.{name}": float(value)
+                for model, values in recs_metrics.items()
+                for name, value in values.items()
+                if isinstance(value, int | float)
+            }
+            mlflow.log_dict(eval_info, "evaluation/recommender.json")
         progress.update()
 
         with step("channel_send_time"):
@@ -247,6 +185,14 @@ def run_training(
             )
             metrics.update(channels.metrics)
             notes += channels.notes
+        progress.update()
+        with step("next_best_action"):
+            nba_config = NBAConfig(random_state=config.random_state)
+            _, nba_engine, nba_metrics, nba_notes = train_nba(
+                tables, rec, channels.channel_model, channels.send_time_model, nba_config
+            )
+            metrics.update(nba_metrics)
+            notes += nba_notes
         progress.update()
         mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items() if np.isfinite(v)})
 
@@ -264,7 +210,9 @@ def run_training(
                     **{k: v for k, v in params.items() if k in TrainConfig.__dataclass_fields__}
                 )
                 champion.test_days, champion.max_eval_customers = config.test_days, config.max_eval_customers
-                return evaluate_recommenders(tables, champion, progress)[0][key]
+                return train_two_stage(tables, recs_config(champion, refit=False))[1][SERVED_MODEL][
+                    config.promotion_metric
+                ]
 
             decisions.append(
                 gate(
@@ -305,6 +253,19 @@ def run_training(
                         client, name, family_version, channel_params, metric, score, rescore_channels(metric)
                     )
                 )
+            log_nba_run(nba_engine, {}, nba_notes, nba_config)
+            nba_version = log_nba_model(nba_engine.save(Path(tmp) / "nba"), REGISTERED_NBA)
+            nba_metric = next((m for m in NBA_PROMOTION_METRICS if m in metrics), NBA_PROMOTION_METRICS[0])
+            decisions.append(
+                gate(
+                    client,
+                    REGISTERED_NBA,
+                    nba_version,
+                    {k: v for k, v in asdict(nba_config).items() if k != "uplift_customers"},
+                    nba_metric,
+                    metrics.get(nba_metric, float("nan")),
+                )
+            )
             for d in decisions:
                 mlflow.log_dict(d.as_dict(), f"promotion/{d.model_name}.json")
                 mlflow.set_tag(f"promoted.{d.model_name}", str(d.promoted))
@@ -323,8 +284,8 @@ def run_training(
             sections = [
                 (
                     "Product recommendations (held-out window)",
-                    f"Split at {eval_info['split_time']}; {eval_info['eval_customers']:,} customers evaluated.\n\n"
-                    + metrics_table(metrics, ["popularity", SERVED_MODEL], "popularity"),
+                    f"Split at {eval_info['split_time']}; {eval_info['protocol']}.\n\n"
+                    + metrics_table(metrics, ["popularity", "als", SERVED_MODEL], "popularity"),
                 ),
                 (
                     "Channel and send time (held-out messages)",
@@ -351,11 +312,15 @@ def run_training(
 
 
 def format_result(result: TrainResult) -> str:
-    names = sorted({k.split(".", 1)[1] for k in result.metrics if k.startswith(("popularity.", "als."))})
-    lines = [f"{'metric':<22}{'popularity':>12}{'als':>12}"]
+    models = ("popularity", "als", SERVED_MODEL)
+    names = sorted(
+        {k.split(".", 1)[1] for k in result.metrics if k.startswith(tuple(f"{m}." for m in models))}
+    )
+    lines = [f"{'metric':<22}" + "".join(f"{m:>12}" for m in models)]
     for n in names:
-        pop, als = result.metrics.get(f"popularity.{n}"), result.metrics.get(f"als.{n}")
-        lines.append(f"{n:<22}{pop:>12.4f}{als:>12.4f}")
+        lines.append(
+            f"{n:<22}" + "".join(f"{result.metrics.get(f'{m}.{n}', float('nan')):>12.4f}" for m in models)
+        )
     lines.append(f"run {result.run_id}, registered version {result.model_version} (alias challenger)")
     for d in result.decisions:
         verdict = "promoted to" if d.promoted else "NOT promoted to"
