@@ -56,3 +56,11 @@ SCORE = "score"
 REASON = "reason"
 LOCAL_HOUR = "local_hour"
 LOCAL_WEEKDAY = "local_weekday"
+
+# optional products columns: where a product may be offered
+CHANNELS = "channels"  # comma-separated channels the product is sold on
+STORE_ONLY = "store_only"
+ONLINE_ONLY = "online_only"
+
+# derived customer attributes
+SEGMENT = "segment"

@@ -64,8 +64,9 @@ def build_interactions(
         customer_ids = np.sort(events[c.CUSTOMER_ID].astype(str).unique())
     else:
         customer_ids = np.asarray(customer_ids, dtype=str)
-        extra = np.setdiff1d(events[c.CUSTOMER_ID].astype(str).unique(), customer_ids)
-        customer_ids = np.concatenate([customer_ids, np.sort(extra)])
+        # pd.Index.difference hashes; np.setdiff1d on strings sorts and is ~100x slower here
+        extra = pd.Index(events[c.CUSTOMER_ID].astype(str).unique()).difference(pd.Index(customer_ids))
+        customer_ids = np.concatenate([customer_ids, np.sort(extra.to_numpy(dtype=str))])
 
     col = pd.Index(product_ids).get_indexer(ev[c.PRODUCT_ID].astype(str))
     row = pd.Index(customer_ids).get_indexer(ev[c.CUSTOMER_ID].astype(str))

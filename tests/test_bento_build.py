@@ -37,7 +37,7 @@ def test_omni_build_imports_champions_into_the_bentoml_store(trained, tracking_u
     result = CliRunner().invoke(main, ["build", "--no-bento", "--tracking-uri", tracking_uri])
     assert result.exit_code == 0, result.output
     folder, version = load_served_model("omni-recommender")
-    assert (folder / "recommender.json").exists()
+    assert (folder / "two_stage.json").exists()
     model = bentoml.models.get("omni-recommender:latest")
     assert model.info.labels["alias"] == "champion"
     assert version == model.info.labels["mlflow_version"]
