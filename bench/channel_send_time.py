@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> dict:
     text = json.dumps(result, indent=2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
+    from training.tracking import log_benchmark
+
+    log_benchmark("channel_send_time", result)
     print(text)
     return result
 

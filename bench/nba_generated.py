@@ -487,24 +487,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
     log(json.dumps(policies, indent=2))
     if not args.no_mlflow:
-        log_to_mlflow(out, args.tracking_uri)
+        from training.tracking import log_benchmark
+
+        log_benchmark("nba_generated", out, args.tracking_uri)
     return out
-
-
-def log_to_mlflow(out: dict, tracking_uri: str | None) -> None:
-    import mlflow
-
-    from training.settings import default_tracking_uri
-    from training.tracking import setup_tracking
-
-    setup_tracking(tracking_uri or default_tracking_uri(), experiment="omni-bench")
-    with mlflow.start_run(run_name="nba_generated"):
-        mlflow.log_params({"data": out["data"]["folder"], "customers": out["data"]["customers"]})
-        for policy, shares in out["policies"].items():
-            for name, value in shares.items():
-                mlflow.log_metric(f"{policy}.{name}", value)
-        mlflow.log_metric("seconds", out["seconds"])
-        mlflow.log_dict(out, "nba_generated.json")
 
 
 if __name__ == "__main__":

@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(text + "\n")
     tmp.replace(args.out)
+    from training.tracking import log_benchmark
+
+    log_benchmark("recs_generated", result)
     return result
 
 

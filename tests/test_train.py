@@ -89,3 +89,47 @@ def test_run_logs_a_readable_report_and_input_hash(trained, tracking_uri):
     assert "# Training run report" in text
     assert "| ndcg@10 |" in text and "best vs popularity" in text
     assert "Champion decisions" in text
+
+
+def test_decide_and_profile_commands(trained, tracking_uri, tmp_path):
+    out = tmp_path / "decisions.parquet"
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        ["decide", "--out", str(out), "--tracking-uri", tracking_uri, "--now", "2026-07-01T09:00:00+00:00"],
+    )
+    assert result.exit_code == 0, result.output
+    decisions = pd.read_parquet(out)
+    for column in (
+        "customer_id",
+        "action",
+        "channel",
+        "send_at",
+        "offer_id",
+        "product_ids",
+        "expected_gain",
+        "reasons",
+    ):
+        assert column in decisions.columns
+    assert decisions["customer_id"].is_unique and len(decisions) > 100
+    assert (
+        runner.invoke(
+            main, ["decide", "--out", str(out), "--tracking-uri", tracking_uri, "--now", "tomorrow"]
+        ).exit_code
+        == 2
+    )
+
+    result = runner.invoke(main, ["profile", "C0000001", "--tracking-uri", tracking_uri])
+    assert result.exit_code == 0, result.output
+    assert '"derived_from"' in result.output
+    assert runner.invoke(main, ["profile", "nobody", "--tracking-uri", tracking_uri]).exit_code == 2
+
+
+def test_benchmarks_are_logged_to_mlflow(tracking_uri):
+    import mlflow
+
+    from training.tracking import log_benchmark
+
+    log_benchmark("unit", {"models": {"ranker": {"ndcg@10": 0.5, "name": "x"}}, "seconds": 3}, tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["omni-bench"], filter_string="attributes.run_name = 'unit'")
+    assert runs["metrics.models.ranker.ndcg_at_10"].iloc[0] == 0.5

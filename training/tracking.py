@@ -154,3 +154,35 @@ def download_model_folder(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder, str(mv.version)
+
+
+def log_benchmark(
+    run_name: str, result: dict, tracking_uri: str | None = None, max_metrics: int = 500
+) -> None:
+    """Log a benchmark's JSON to the `omni-bench` experiment: every numeric leaf as a metric
+    (nested keys joined by '.'), the whole result as an artefact. Never raises: a benchmark's
+    figures are already on disk, MLflow is the second copy."""
+    import re
+
+    from training.settings import default_tracking_uri
+
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, bool):
+            return
+        elif isinstance(value, int | float) and len(flat) < max_metrics:
+            name = re.sub(r"[^0-9A-Za-z_\-. /]", "_", prefix.replace("@", "_at_"))
+            flat[name] = float(value)
+
+    walk("", result)
+    try:
+        setup_tracking(tracking_uri or default_tracking_uri(), experiment="omni-bench")
+        with mlflow.start_run(run_name=run_name):
+            mlflow.log_metrics({k: v for k, v in flat.items() if v == v})
+            mlflow.log_dict(result, f"{run_name}.json")
+    except Exception as exc:  # noqa: BLE001 - report, never lose the benchmark over it
+        print(f"warning: could not log {run_name} to MLflow: {exc}")
