@@ -240,7 +240,8 @@ def schemathesis_phase(
                     max_examples=args.max_examples if has_inputs else 1,
                     seed_value=args.seed * 7919 + round_no * 31 + (mode == GenerationMode.NEGATIVE),
                 )
-            except Exception as exc:  # noqa: BLE001 (Unsatisfiable and the like: note, go on)
+            # schemathesis reports response-schema violations as a BaseExceptionGroup: note them, go on
+            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 (Unsatisfiable and the like)
                 notes.append(
                     f"{op.label} {mode.value} round {round_no}: {type(exc).__name__}: {str(exc)[:200]}"
                 )

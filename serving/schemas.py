@@ -165,9 +165,9 @@ class NextBestActionResponse(BaseModel):
     request_id: str
     customer_id: str
     action: str
-    channel: str | None
-    send_at: str | None = Field(description="UTC, ISO 8601.")
-    offer_id: str | None
+    channel: str | None = None
+    send_at: str | None = Field(None, description="UTC, ISO 8601.")
+    offer_id: str | None = None
     product_ids: list[str]
     expected_gain: dict = Field(
         description="value = uplift × margin − offer cost − contact cost, with its parts."
