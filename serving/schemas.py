@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from features.context_store import EVENT_TYPES, PRODUCT_EVENTS
 
@@ -18,6 +18,13 @@ MessageChannel = Literal["email", "sms", "push", "social"]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 CustomerId = Field(min_length=1, max_length=128, description="Canonical customer id.")
 ProductIds = list[str]
+
+
+def plausible_time(value: datetime | None, name: str) -> datetime | None:
+    """Times outside 1970-2200 are client bugs (and overflow pandas' nanosecond timestamps)."""
+    if value is not None and not (1970 <= value.year <= 2200):
+        raise ValueError(f"{name}: {value.isoformat()} is outside the years 1970-2200")
+    return value
 
 
 class _Request(BaseModel):
@@ -104,6 +111,19 @@ class SendTimeRequest(_Request):
         "21-8", pattern=r"^(none|\d{1,2}-\d{1,2})$", description="Local START-END or none."
     )
 
+    @field_validator("quiet_hours")
+    @classmethod
+    def quiet_hours_are_hours(cls, value: str) -> str:
+        from models.send_time import parse_quiet_hours
+
+        parse_quiet_hours(value)  # ValueError (→ HTTP 400) unless both ends are hours 0-23
+        return value
+
+    @field_validator("after")
+    @classmethod
+    def after_is_plausible(cls, value: datetime | None) -> datetime | None:
+        return plausible_time(value, "after")
+
 
 class SendTimeResponse(BaseModel):
     request_id: str
@@ -124,6 +144,11 @@ class EventRequest(_Request):
     channel: ChannelName
     product_id: str | None = Field(None, min_length=1, max_length=128)
     ts: AwareDatetime | None = Field(None, description="When it happened (default: now).")
+
+    @field_validator("ts")
+    @classmethod
+    def ts_is_plausible(cls, value: datetime | None) -> datetime | None:
+        return plausible_time(value, "ts")
 
     @model_validator(mode="after")
     def product_events_name_a_product(self) -> EventRequest:
@@ -159,6 +184,11 @@ class NextBestActionRequest(_Request):
     customer_id: str = CustomerId
     channel: ChannelName | None = Field(None, description="Channel asking (informational).")
     now: AwareDatetime | None = Field(None, description="Decision time (default: now).")
+
+    @field_validator("now")
+    @classmethod
+    def now_is_plausible(cls, value: datetime | None) -> datetime | None:
+        return plausible_time(value, "now")
 
 
 class NextBestActionResponse(BaseModel):

@@ -244,3 +244,18 @@ def test_profile_and_next_best_action(server):
     assert d["model_versions"]["nba"]
     unknown = httpx.post(f"{url}/v1/next_best_action", json={"customer_id": "nobody"}, timeout=30)
     assert unknown.status_code == 200, unknown.text
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"customer_id": "x", "channel": "email", "quiet_hours": "5-55"}, "quiet_hours"),
+        ({"customer_id": "x", "channel": "email", "after": "9999-12-31T00:00:00+00:00"}, "after"),
+    ],
+)
+def test_send_time_rejects_impossible_hours_and_times_with_400(server, body, field):
+    # found by bench/fuzz.py: these used to reach the model and answer 500
+    url, _ = server
+    r = httpx.post(f"{url}/v1/send_time", json=body, timeout=10)
+    assert r.status_code == 400, r.text
+    assert field in r.text
