@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -37,26 +36,17 @@ from pathlib import Path
 
 import httpx
 
-try:  # run as `python bench/fuzz.py` (the script's folder is on sys.path) or as a module
-    from serve_load import (
-        SERVICE,
-        ServerProcess,
-        auth_headers,
-        check_local,
-        default_workdir,
-        load_customers,
-        machine_info,
-    )
-except ModuleNotFoundError:  # pragma: no cover
-    from bench.serve_load import (
-        SERVICE,
-        ServerProcess,
-        auth_headers,
-        check_local,
-        default_workdir,
-        load_customers,
-        machine_info,
-    )
+# the script's folder on sys.path: `python bench/X.py` and `python -m bench.X` both find serve_load
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import (  # noqa: E402
+    ServerProcess,
+    auth_headers,
+    check_local,
+    default_workdir,
+    load_customers,
+    machine_info,
+    server_arguments,
+)
 
 KNOWN_CHANNELS = ("store", "web", "app", "email", "sms", "push", "social", "call_center")
 MESSAGE_KEYS = ("error", "detail", "message")
@@ -614,18 +604,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--out", type=Path, help="write the JSON report here")
-    p.add_argument(
-        "--workdir", help="OMNI_WORKDIR of the server (a trained store); default $OMNI_WORKDIR or ./work"
-    )
-    p.add_argument("--data", help="data folder with customers.parquet; default <workdir>/data/demo")
-    p.add_argument("--customers-file", type=Path, help="customer ids, one a line")
-    p.add_argument("--url", help="fuzz this running server instead of starting one (127.0.0.1 only)")
-    p.add_argument("--workers", type=int, help="OMNI_WORKERS for the started server")
-    p.add_argument("--service", default=SERVICE, help=f"BentoML service to start (default {SERVICE})")
+    p = server_arguments(__doc__, "fuzz")
     p.add_argument(
         "--min-requests", type=int, default=1200, help="keep going in rounds until this many (default 1200)"
     )
@@ -634,10 +613,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--max-seconds", type=float, default=300.0, help="time bound of the fuzzing (default 300)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
-    p.add_argument(
-        "--api-key", default=os.environ.get("OMNI_API_KEY"), help="sent as x-api-key (default $OMNI_API_KEY)"
-    )
-    p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     check_local(args.url)
     try:

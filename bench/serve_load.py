@@ -544,21 +544,31 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def server_arguments(doc: str, verb: str, data_help: str = "customers.parquet") -> argparse.ArgumentParser:
+    """The options every server benchmark shares (where the server and its data are, how to reach it)."""
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument(
         "--workdir", help="OMNI_WORKDIR of the server (a trained store); default $OMNI_WORKDIR or ./work"
     )
-    p.add_argument("--data", help="data folder with customers.parquet; default <workdir>/data/demo")
+    p.add_argument("--data", help=f"data folder with {data_help}; default <workdir>/data/demo")
     p.add_argument("--customers-file", type=Path, help="customer ids to ask for, one a line")
-    p.add_argument("--url", help="measure this running server instead of starting one (127.0.0.1 only)")
+    p.add_argument("--url", help=f"{verb} this running server instead of starting one (127.0.0.1 only)")
     p.add_argument(
         "--workers", type=int, help="OMNI_WORKERS for the started server (service default otherwise)"
     )
     p.add_argument("--service", default=SERVICE, help=f"BentoML service to start (default {SERVICE})")
+    p.add_argument(
+        "--api-key", default=os.environ.get("OMNI_API_KEY"), help="sent as x-api-key (default $OMNI_API_KEY)"
+    )
+    p.add_argument("--seed", type=int, default=42)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = server_arguments(__doc__, "measure")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per cell (default 10)")
     p.add_argument("--max-requests", type=int, default=100_000, help="request cap per cell")
     p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
@@ -573,10 +583,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--client", choices=CLIENTS, default="aiohttp", help="load generator's HTTP client (default aiohttp)"
     )
-    p.add_argument(
-        "--api-key", default=os.environ.get("OMNI_API_KEY"), help="sent as x-api-key (default $OMNI_API_KEY)"
-    )
-    p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     check_local(args.url)
     report = run(args)

@@ -32,40 +32,24 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-try:  # run as `python bench/soak.py` (the script's folder is on sys.path) or as a module
-    from serve_load import (
-        SERVICE,
-        Endpoint,
-        LoadClient,
-        ServerProcess,
-        auth_headers,
-        check_local,
-        default_workdir,
-        load_customers,
-        load_products,
-        machine_info,
-        openapi_paths,
-        percentile,
-        probe,
-        worker_pids,
-    )
-except ModuleNotFoundError:  # pragma: no cover
-    from bench.serve_load import (
-        SERVICE,
-        Endpoint,
-        LoadClient,
-        ServerProcess,
-        auth_headers,
-        check_local,
-        default_workdir,
-        load_customers,
-        load_products,
-        machine_info,
-        openapi_paths,
-        percentile,
-        probe,
-        worker_pids,
-    )
+# the script's folder on sys.path: `python bench/X.py` and `python -m bench.X` both find serve_load
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import (  # noqa: E402
+    Endpoint,
+    LoadClient,
+    ServerProcess,
+    auth_headers,
+    check_local,
+    default_workdir,
+    load_customers,
+    load_products,
+    machine_info,
+    openapi_paths,
+    percentile,
+    probe,
+    server_arguments,
+    worker_pids,
+)
 
 MIX = (("recommend", 0.7), ("events", 0.2), ("trivial", 0.1))
 EVENT_TYPES = (
@@ -345,23 +329,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--out", type=Path, help="write the JSON report here")
-    p.add_argument(
-        "--workdir", help="OMNI_WORKDIR of the server (a trained store); default $OMNI_WORKDIR or ./work"
-    )
-    p.add_argument(
-        "--data", help="data folder with customers.parquet and products.parquet; default <workdir>/data/demo"
-    )
-    p.add_argument("--customers-file", type=Path, help="customer ids to ask for, one a line")
-    p.add_argument("--url", help="soak this running server instead of starting one (127.0.0.1 only)")
+    p = server_arguments(__doc__, "soak", data_help="customers.parquet and products.parquet")
     p.add_argument(
         "--server-pid", type=int, help="with --url: pid of its `bentoml serve`, to sample worker memory"
     )
-    p.add_argument("--workers", type=int, help="OMNI_WORKERS for the started server")
-    p.add_argument("--service", default=SERVICE, help=f"BentoML service to start (default {SERVICE})")
     p.add_argument("--rps", type=float, default=50.0, help="steady request rate (default 50)")
     p.add_argument("--duration", type=float, default=300.0, help="seconds (default 300)")
     p.add_argument(
@@ -373,10 +344,6 @@ def main(argv: list[str] | None = None) -> None:
         "--client", choices=("aiohttp", "httpx"), default="aiohttp", help="HTTP client (default aiohttp)"
     )
     p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout in seconds")
-    p.add_argument(
-        "--api-key", default=os.environ.get("OMNI_API_KEY"), help="sent as x-api-key (default $OMNI_API_KEY)"
-    )
-    p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     check_local(args.url)
     if args.rps <= 0 or args.duration <= 0:
