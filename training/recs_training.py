@@ -118,23 +118,66 @@ def lists_frame(recommender, customer_ids: list[str], k: int, chunk: int = 256, 
 
     Works with any recommender whose `recommend_many(ids, k, **kwargs)` returns `Recommendation`s.
     """
-    rows, cold = [], 0
+    frame, cold = _lists(recommender, customer_ids, k, chunk, **kwargs)
+    return frame, float(cold.mean()) if len(cold) else 0.0
+
+
+def _lists(recommender, customer_ids: list[str], k: int, chunk: int = 256, **kwargs):
+    """The lists frame and a cold-start flag per customer (in `customer_ids` order)."""
+    rows, cold = [], np.zeros(len(customer_ids), dtype=bool)
     for start in range(0, len(customer_ids), chunk):
         batch = customer_ids[start : start + chunk]
-        for cid, rec in zip(batch, recommender.recommend_many(batch, k, **kwargs), strict=True):
-            cold += bool(rec.cold_start)
+        for i, (cid, rec) in enumerate(
+            zip(batch, recommender.recommend_many(batch, k, **kwargs), strict=True), start
+        ):
+            cold[i] = bool(rec.cold_start)
             for rank, (pid, score, reason) in enumerate(
                 zip(rec.product_ids, rec.scores, rec.reasons, strict=True), 1
             ):
                 rows.append((cid, rank, pid, score, reason))
     frame = pd.DataFrame(rows, columns=[c.CUSTOMER_ID, c.RANK, c.PRODUCT_ID, c.SCORE, c.REASON])
-    return frame, cold / max(len(customer_ids), 1)
+    return frame, cold
+
+
+class ListsCache:
+    """Lists already computed per (model name, recommend keyword arguments), reused by the second
+    evaluation protocol: the same customers mostly appear in both, and a recommender's list does
+    not depend on which protocol scores it."""
+
+    def __init__(self):
+        self._frames: dict[str, list[pd.DataFrame]] = {}
+        self._cold: dict[str, dict[str, bool]] = {}
+
+    def lists(self, name: str, recommender, customer_ids: list[str], k: int, **kwargs):
+        key = f"{name}|{k}|{sorted(kwargs.items())!r}"
+        frames = self._frames.setdefault(key, [])
+        cold = self._cold.setdefault(key, {})
+        missing = [cid for cid in customer_ids if cid not in cold]
+        if missing:
+            frame, flags = _lists(recommender, missing, k, **kwargs)
+            frames.append(frame)
+            cold.update(zip(missing, flags.tolist(), strict=True))
+        if not frames:
+            return _lists(recommender, [], k, **kwargs)[0], 0.0
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        wanted = frame[frame[c.CUSTOMER_ID].isin(pd.Index(customer_ids))].reset_index(drop=True)
+        share = float(np.mean([cold[cid] for cid in customer_ids])) if customer_ids else 0.0
+        return wanted, share
 
 
 def evaluate_models(
-    models: dict, relevant: pd.DataFrame, k: int, catalogue_size: int, random_state: int, max_customers: int
+    models: dict,
+    relevant: pd.DataFrame,
+    k: int,
+    catalogue_size: int,
+    random_state: int,
+    max_customers: int,
+    cache: ListsCache | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics per model name; `models` maps a name to (recommender, recommend_many keyword arguments)."""
+    """Metrics per model name; `models` maps a name to (recommender, recommend_many keyword arguments).
+
+    `cache`: lists computed by an earlier call (another protocol) are reused."""
+    cache = cache or ListsCache()
     customers = np.sort(relevant[c.CUSTOMER_ID].unique())
     if len(customers) > max_customers:
         rng = np.random.default_rng(random_state)
@@ -143,7 +186,7 @@ def evaluate_models(
     out = {}
     for name, (recommender, kwargs) in models.items():
         started = time.perf_counter()
-        frame, cold_share = lists_frame(recommender, customers.tolist(), k, **kwargs)
+        frame, cold_share = cache.lists(name, recommender, customers.tolist(), k, **kwargs)
         metrics = ranking_metrics(frame, relevant, k, catalogue_size=catalogue_size)
         metrics["cold_start_share"] = cold_share
         metrics["reasons"] = (
@@ -202,6 +245,7 @@ def train_two_stage(
         catalogue_size=len(product_ids),
         random_state=config.random_state,
         max_customers=config.max_eval_customers,
+        cache=ListsCache(),
     )
     tick = time.perf_counter()
     metrics = evaluate_models(models, relevant, **evaluate)
