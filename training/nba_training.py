@@ -39,7 +39,7 @@ class NBAConfig:
     guard: bool = True
     guard_folds: int = 3
     guard_confidence: float = 0.8
-    max_training_messages: int | None = 200_000  # random sample of messages to learn from (cost is linear in it)
+    max_training_messages: int | None = 200_000  # random sample to learn from (cost grows with it)
     min_arm_rows: int = 200
     conversion_window_days: float = 14.0
     forecast_horizon_days: int = 90
