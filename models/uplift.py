@@ -45,6 +45,8 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from models.fitting import fit_estimator  # LightGBM fits: on the Dask cluster when one is active
+
 # Uplift signal is a few percentage points on a base rate of ~10-20%: the models must be small and
 # heavily regularised, or they fit noise that then decides who gets which action.
 DEFAULT_OUTCOME_PARAMS: dict[str, Any] = {
@@ -181,7 +183,7 @@ class MultiArmUpliftLearner(BaseEstimator):
         for k in range(self.n_arms_):
             rows = arm == k
             model = self._outcome_model(offset + k, int(rows.sum()))
-            model.fit(X[rows], y[rows])
+            fit_estimator(model, X[rows], y[rows])
             models.append(model)
         return models
 
@@ -207,9 +209,9 @@ class MultiArmUpliftLearner(BaseEstimator):
         out = np.empty(n)
         folds = StratifiedKFold(self.n_crossfit, shuffle=True, random_state=_seed(self.random_state, 900))
         for i, (tr, te) in enumerate(folds.split(X, arm)):
-            model = self._propensity_model(901 + i, len(tr)).fit(X[tr], arm[tr])
+            model = fit_estimator(self._propensity_model(901 + i, len(tr)), X[tr], arm[tr])
             out[te] = model.predict_proba(X[te])[np.arange(len(te)), arm[te]]
-        self.propensity_model_ = self._propensity_model(950, n).fit(X, arm)
+        self.propensity_model_ = fit_estimator(self._propensity_model(950, n), X, arm)
         return np.clip(out, self.propensity_clip, 1.0)
 
     def _propensity_model(self, offset: int, n_rows: int) -> LGBMClassifier:
@@ -263,9 +265,9 @@ class MultiArmUpliftLearner(BaseEstimator):
         for k in range(1, self.n_arms_):
             treated = arm == k
             on_treated = self._effect_model(100 + 2 * k, int(treated.sum()))
-            on_treated.fit(X[treated], y[treated] - mu[0][treated])
+            fit_estimator(on_treated, X[treated], y[treated] - mu[0][treated])
             on_control = self._effect_model(101 + 2 * k, int(control.sum()))
-            on_control.fit(X[control], mu[k][control] - y[control])
+            fit_estimator(on_control, X[control], mu[k][control] - y[control])
             self.effect_models_.append((on_control, on_treated))
 
     def _fit_dr(self, X, arm, y, logged_p) -> None:
@@ -281,7 +283,7 @@ class MultiArmUpliftLearner(BaseEstimator):
         rows = np.arange(n)
         gamma[rows, arm] += (y - mu_oof[rows, arm]) / logged_p
         self.effect_models_ = [
-            self._effect_model(500 + k, n).fit(X, gamma[:, k] - gamma[:, 0]) for k in range(1, K)
+            fit_estimator(self._effect_model(500 + k, n), X, gamma[:, k] - gamma[:, 0]) for k in range(1, K)
         ]
 
     def predict_uplift(self, X) -> np.ndarray:

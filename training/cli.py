@@ -119,13 +119,23 @@ def validate(data_dir: Path, channels: str | None) -> None:
     show_default=True,
     help="The new model becomes champion only if its nDCG@10 ≥ the champion's (same window) + this margin.",
 )
-def train(data_dir, tracking_uri, channels, test_days, factors, iterations, seed, promotion_margin) -> None:
+@click.option(
+    "--dask-scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Run the feature build and the LightGBM fits on this Dask cluster (e.g. tcp://10.0.0.5:8786); "
+    "ALS/EASE stay on this machine. Default: one process.",
+)
+def train(
+    data_dir, tracking_uri, channels, test_days, factors, iterations, seed, promotion_margin, dask_scheduler
+) -> None:
     """Validate, build features, evaluate on a time split, refit on all data, register.
 
     The new version is aliased `challenger`, and `champion` moves to it only when it is at least as
     good as the current champion on the same evaluation window.
     """
     from features.validation import DataValidationError
+    from training.distributed import SchedulerUnreachable
     from training.train import TrainConfig, format_result, run_training
 
     data_dir = data_dir or default_data_dir()
@@ -138,8 +148,14 @@ def train(data_dir, tracking_uri, channels, test_days, factors, iterations, seed
     )
     try:
         result = run_training(
-            data_dir, tracking_uri or default_tracking_uri(), config, contract_from(channels)
+            data_dir,
+            tracking_uri or default_tracking_uri(),
+            config,
+            contract_from(channels),
+            dask_scheduler=dask_scheduler,
         )
+    except SchedulerUnreachable as exc:
+        fail(f"{exc}; nothing was trained or registered")
     except DataValidationError as exc:
         fail(f"{data_dir} does not meet the data contract; nothing was trained or registered\n{exc}")
     except ValueError as exc:
