@@ -40,7 +40,10 @@ Oracle: the truly best hour of that day. Policies:
 Extra keys: `send_time_weekly` (the policy also chooses the weekday: ours the best of 168 slots,
 hour-only policies send on a random weekday; oracle the best of 168), `send_time_outside_quiet_hours`
 (every policy and the oracle restricted to 08:00-20:59), `modal_activity_hour` (the most frequent
-hour of any activity, a stronger heuristic than the literal one), and breakdowns by history size.
+hour of any activity, a stronger heuristic than the literal one), breakdowns by history size, and
+`send_time_ceiling`: for pairs with neither messages nor activity the best single hour chosen with
+the truth (an exact ceiling: nothing observed tells them apart), and the oracle's share held by
+pairs without activity.
 Thin history (`*_thin_history`): customers with fewer than 3 messages before the end of history.
 
 Without truth (`held_out`): the models are refitted before the last 28 days of messages and
@@ -214,6 +217,30 @@ def send_time_scores(
     return {"within_day": within, "weekly": weekly}
 
 
+def send_time_ceiling(
+    truth: np.ndarray, within: dict[str, np.ndarray], pair_messages: np.ndarray, n_active: np.ndarray
+) -> dict[str, float]:
+    """What no policy can beat where nothing about the customer is observed (truth used to score only).
+
+    A pair with neither messages nor activity carries no information about the customer's hour, so
+    the best any policy can do there is one hour for all of them; the best such hour, chosen with
+    the truth, is its exact ceiling. Also: how much of the oracle's engagement sits with pairs
+    without activity (their only evidence is message outcomes)."""
+    truth3 = truth.reshape(len(truth), DAYS, HOURS)
+    oracle = within["oracle"]
+    no_signal = (pair_messages == 0) & (n_active == 0)
+    no_activity = n_active == 0
+    by_hour = truth3[no_signal].sum(axis=(0, 1))
+    return {
+        "no_signal_pairs": int(no_signal.sum()),
+        "no_signal_oracle_share": share(oracle[no_signal], oracle),
+        "no_signal_best_constant_hour": share(by_hour.max(), oracle[no_signal]) if no_signal.any() else None,
+        "no_signal_ours": share(within["ours"][no_signal], oracle[no_signal]) if no_signal.any() else None,
+        "no_activity_pairs": int(no_activity.sum()),
+        "no_activity_oracle_share": share(oracle[no_activity], oracle),
+    }
+
+
 def summarise(scores: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
     mask = np.ones(len(scores["oracle"]), dtype=bool) if mask is None else mask
     keys = ["ours", "modal_hour", "global_best_hour", "random_hour", "modal_activity_hour"]
@@ -230,7 +257,9 @@ def run(data_dir: Path) -> dict:
     t0 = time.perf_counter()
     send_time = SendTimeModel().fit(tables.events, messages, tables.customers)
     t1 = time.perf_counter()
-    channel = ChannelModel().fit(messages, tables.events, tables.consent, tables.customers)
+    channel = ChannelModel().fit(
+        messages, tables.events, tables.consent, tables.customers, identities=tables.identities
+    )
     t2 = time.perf_counter()
     log(f"fitted send time in {t1 - t0:.1f} s, channel in {t2 - t1:.1f} s")
     as_of = channel.as_of_
@@ -324,6 +353,7 @@ def run(data_dir: Path) -> dict:
         "activity_10_29": summarise(within, (n_active >= 10) & (n_active < 30)),
         "activity_30_plus": summarise(within, n_active >= 30),
     }
+    ceiling = send_time_ceiling(truth_grid, within, pair_messages, n_active)
     main_keys = ("ours", "modal_hour", "global_best_hour", "random_hour")
     send_time_main = {k: v for k, v in summarise(within).items() if k in main_keys}
     send_time_thin = {k: v for k, v in summarise(within, pair_thin).items() if k in main_keys}
@@ -340,6 +370,7 @@ def run(data_dir: Path) -> dict:
             "global_best_hour_local": results["all_hours"]["global_hour"],
             "by_history": by_history,
         },
+        "send_time_ceiling": ceiling,
         "send_time_weekly": summarise(results["all_hours"]["weekly"]),
         "send_time_weekly_thin_history": summarise(results["all_hours"]["weekly"], pair_thin),
         "send_time_outside_quiet_hours": summarise(results["outside_quiet_hours"]["within_day"])

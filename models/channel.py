@@ -10,17 +10,35 @@ what was known at `as_of`:
 - cross-channel activity: events per channel (store, web, app, ...) and their shares, purchases,
   days since the first and last event, days since signup. This is what lets a customer without
   message history be placed: someone who shops in the app is likely to read push.
-- the channel of the message, its own sent / engaged counts and smoothed rate.
+- the channel of the message, its own sent / engaged counts and smoothed rate;
+- consent (`consent_<channel>`: the latest row before then opted in) and, when an identities
+  table is given, the source systems that know the customer (`known_<system>`: a loyalty card,
+  an app device, ...). Consent to SMS or social and an app device say something about a person.
 
-Two LightGBM classifiers (engagement, conversion) are trained on past messages. The most recent
-`calibration_share` of them (by send time) is held out of the trees: it stops boosting early and
-fits an isotonic map from raw scores to probabilities, so the probabilities are calibrated on
-later data than the trees were grown on, as they will be used.
+Engagement: a hierarchical logistic regression. Its profile part is one logistic regression per
+channel on the customer's cross-channel profile (whether and how much they are active, their mix
+of event channels smoothed with `ACTIVITY_PRIOR_HOURS` pseudo hours at the population's mix,
+purchases, recency, tenure, consent and identity flags; each input clipped to the range seen in
+training), shrunk by a ridge towards one model pooled over the channels (so a channel with few
+messages borrows from the rest):
+
+    logit p(i, ch) = x_i · beta_ch  +  r_ich / (info_ich + tau)
+
+The second term is the customer's own evidence on that channel, an empirical-Bayes effect:
+r = engaged - sent * p and info = sent * p (1 - p) from their messages on the channel, and
+tau = 1 / sigma^2 with sigma^2, the spread of customer × channel effects, estimated by the method
+of moments (a customer with three messages moves a little, one with thirty a lot). Cross-channel
+activity is what places a customer without messages (an app shopper reads push); the profile part
+is fitted on every message, so that estimate rests on all customers, not on a few thin ones.
+
+Conversion: a LightGBM classifier on all the features above. For both, the most recent
+`calibration_share` of training messages (by send time) is held out of the fit (it also stops
+the boosting early) and fits an isotonic map from raw scores to probabilities, so the
+probabilities are calibrated on later data than the models were fitted on, as they will be used.
 
 Thin history. Customers with fewer than `min_history` past messages are flagged `fallback`:
-their probabilities come from the same model but rest on their segment's evidence (customers
-with the same cross-channel activity profile and no or little message history; the model was
-trained on such rows, every customer's first messages are), not on their own responses.
+their probabilities come from the same model but rest on the profile part (customers with the
+same cross-channel activity profile, consent and identities), hardly on their own responses.
 
 Consent. The latest consent row (by updated_ts, up to `as_of`) of each customer and channel wins;
 only opted-in channels are ranked. A customer opted in nowhere gets no rows, and
@@ -28,7 +46,8 @@ only opted-in channels are ranked. A customer opted in nowhere gets no rows, and
 taken as allowed for everyone (the loader already notes that consent filtering is skipped), and
 `notes_` says so.
 
-Saved to a folder: LightGBM text models, npz arrays (read with `allow_pickle=False`) and json.
+Saved to a folder: the LightGBM text model, npz arrays (read with `allow_pickle=False`) and json.
+Format 1 folders (a LightGBM engagement model) still load and score as before.
 """
 
 from __future__ import annotations
@@ -43,8 +62,10 @@ from sklearn.base import BaseEstimator
 from sklearn.isotonic import IsotonicRegression
 
 from features import columns as c
+from models.fitting import train_booster
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_FORMATS = (1, 2)  # format 1: a LightGBM engagement model (scored as before)
 TARGETS: tuple[str, ...] = ("engagement", "conversion")
 FALLBACK = "fallback"
 PROBABILITY = "probability"
@@ -52,6 +73,16 @@ CONVERSION_PROBABILITY = "conversion_probability"
 RATE_PRIOR_MESSAGES = 2.0  # pseudo messages at the channel's population rate in smoothed rates
 _DAY = pd.Timedelta(days=1)
 _MAX_JOBS = 2  # the reference machine has 2 cores
+MAX_IDENTITY_SYSTEMS = 8  # `known_<system>` features for at most this many identity source systems
+# engagement model: hierarchical logistic regression + empirical-Bayes customer × channel effect
+ACTIVITY_PRIOR_HOURS = 3.0  # pseudo active hours at the population's mix in smoothed activity shares
+POOLED_RIDGE = 1.0  # ridge of the pooled model (standardised inputs)
+# pull of each channel's coefficients towards the pooled ones: a prior sd of 0.1 per standard
+# deviation of an input, which a few thousand messages on the channel overrule
+GLM_RIDGE = 100.0
+_GLM_ITER = 25
+_MIN_SIGMA2, _MAX_SIGMA2 = 1e-4, 4.0
+_NO_EVENT_DAYS = 3650.0  # "days since the last event" of a customer without events
 
 
 def latest_consent(consent: pd.DataFrame, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
@@ -116,8 +147,16 @@ def history_features(
     message_channels: list[str],
     event_channels: list[str],
     channel_rates: dict[str, float],
+    consent: pd.DataFrame | None = None,
+    identities: pd.DataFrame | None = None,
+    identity_systems: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Customer-level features for each query (customer_id, _t), from data strictly before _t."""
+    """Customer-level features for each query (customer_id, _t), from data strictly before _t.
+
+    With `consent`: `consent_<channel>`, 1 where the customer's latest consent row for that
+    message channel before _t opted in. With `identities`: `known_<system>`, 1 where the customer
+    has an id in that source system (a loyalty card, an app device, ...; the table has no times,
+    so this is the current state)."""
     t = queries["_t"]
     out = pd.DataFrame(index=queries.index)
 
@@ -204,6 +243,34 @@ def history_features(
             t - pd.to_datetime(counts["_first"], utc=True)
         ).dt.total_seconds() / 86400.0
 
+    if consent is not None:
+        rows = consent.dropna(subset=[c.CUSTOMER_ID, c.CHANNEL, c.UPDATED_TS])
+        rows = rows.loc[rows[c.CHANNEL].astype(str).isin(message_channels)]
+        rows = rows.assign(
+            **{c.CUSTOMER_ID: rows[c.CUSTOMER_ID].astype(str), c.CHANNEL: rows[c.CHANNEL].astype(str)}
+        ).sort_values([c.CUSTOMER_ID, c.CHANNEL, c.UPDATED_TS], kind="stable")
+        state = rows[c.OPTED_IN].astype(float)
+        # each row's change of state, so that a running sum is the latest state
+        change = state - state.groupby([rows[c.CUSTOMER_ID], rows[c.CHANNEL]], sort=False).shift(
+            fill_value=0.0
+        )
+        stream = pd.DataFrame({c.CUSTOMER_ID: rows[c.CUSTOMER_ID], "_t": rows[c.UPDATED_TS]})
+        cols = [f"consent_{ch}" for ch in message_channels]
+        for ch, col in zip(message_channels, cols, strict=True):
+            stream[col] = np.where(rows[c.CHANNEL] == ch, change, 0.0)
+        counts = _as_of_counts(queries, stream.astype({"_t": queries["_t"].dtype}), cols)
+        for col in cols:
+            out[col] = counts[col].clip(0.0, 1.0)
+
+    if identities is not None and identity_systems:
+        known = identities.dropna(subset=[c.CUSTOMER_ID, c.SOURCE_SYSTEM])
+        systems = known[c.SOURCE_SYSTEM].astype(str).to_numpy(dtype=object)
+        holders = known[c.CUSTOMER_ID].astype(str).to_numpy(dtype=object)
+        ids = queries[c.CUSTOMER_ID].astype(str).to_numpy(dtype=object)
+        for system in identity_systems:
+            index = pd.Index(pd.unique(holders[systems == system]))
+            out[f"known_{system}"] = (index.get_indexer(ids) >= 0).astype(np.float64)
+
     if customers is not None and c.SIGNUP_TS in customers.columns:
         signup = customers.drop_duplicates(c.CUSTOMER_ID, keep="last")
         signup = signup.set_index(signup[c.CUSTOMER_ID].astype(str))[c.SIGNUP_TS]
@@ -219,10 +286,10 @@ class ChannelModel(BaseEstimator):
     Parameters
     ----------
     min_history : customers with fewer past messages are flagged `fallback` (segment-level estimate).
-    n_estimators, learning_rate, num_leaves, min_child_samples : LightGBM settings (boosting stops
-        early on the calibration slice).
+    n_estimators, learning_rate, num_leaves, min_child_samples : settings of the conversion
+        LightGBM (boosting stops early on the calibration slice).
     calibration_share : the most recent share of training messages used for early stopping and
-        for the isotonic calibration instead of for growing trees.
+        for the isotonic calibration instead of for fitting.
     open_window_days, conversion_window_days : messages sent less than this before `as_of` are
         left out of the engagement / conversion training rows (their outcome may still come).
     random_state, n_jobs : LightGBM's seed and threads (at most 2; one by default: the boosters
@@ -262,10 +329,12 @@ class ChannelModel(BaseEstimator):
         consent: pd.DataFrame | None = None,
         customers: pd.DataFrame | None = None,
         as_of: pd.Timestamp | None = None,
+        identities: pd.DataFrame | None = None,
     ) -> ChannelModel:
         """Learn from messages sent before `as_of` (default: just after the last message or event),
-        with features from events and messages before each message; snapshot the features and
-        the consent state at `as_of` for ranking."""
+        with features from events, messages and consent before each message (and the source
+        systems of `identities` that know the customer); snapshot the features and the consent
+        state at `as_of` for ranking."""
         if messages is None or len(messages) == 0:
             raise ValueError("the channel model needs a messages table with at least one message")
         self.notes_: list[str] = []
@@ -286,9 +355,12 @@ class ChannelModel(BaseEstimator):
         rates = pd.Series(engaged).groupby(messages[c.CHANNEL].astype(str).to_numpy()).mean()
         self.channel_rates_ = {ch: float(rates.get(ch, 0.0)) for ch in self.channels_}
 
+        self.identity_systems_ = _identity_systems(identities)
+        self._context = {"consent": consent, "identities": identities}  # for history_features
         rows = self._training_rows(messages, events, customers, as_of)
         self.feature_names_ = [col for col in rows.columns if not col.startswith("_")]
         self.boosters_: dict[str, lgb.Booster] = {}
+        self.glm_coef_: np.ndarray | None = None
         self.calibrators_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.training_info_: dict[str, dict] = {}
         for target, window in (
@@ -299,6 +371,7 @@ class ChannelModel(BaseEstimator):
             self._fit_target(target, usable)
 
         self._snapshot(messages, events, customers, consent, as_of)
+        del self._context
         return self
 
     @staticmethod
@@ -313,7 +386,7 @@ class ChannelModel(BaseEstimator):
 
     def _training_rows(self, messages, events, customers, as_of) -> pd.DataFrame:
         queries = pd.DataFrame(
-            {c.CUSTOMER_ID: messages[c.CUSTOMER_ID].to_numpy(), "_t": messages[c.SENT_TS].to_numpy()}
+            {c.CUSTOMER_ID: messages[c.CUSTOMER_ID].to_numpy(), "_t": messages[c.SENT_TS].array}
         )
         features = history_features(
             queries,
@@ -323,9 +396,13 @@ class ChannelModel(BaseEstimator):
             list(self.channels_),
             list(self.event_channels_),
             self.channel_rates_,
+            self._context["consent"],
+            self._context["identities"],
+            self.identity_systems_,
         )
         features = self._add_channel_columns(features, messages[c.CHANNEL].astype(str).to_numpy())
-        features["_sent"] = queries["_t"].to_numpy()
+        features["_sent"] = queries["_t"].array  # tz-aware, not an array of Timestamp objects
+        features["_customer"] = queries[c.CUSTOMER_ID].to_numpy()
         eng = engagement_ts(messages)
         features["_y_engagement"] = (eng.notna() & (eng < as_of)).to_numpy(dtype=float)
         conv = (
@@ -362,10 +439,13 @@ class ChannelModel(BaseEstimator):
                 f"{target}: too few rows or one outcome only; the model predicts the rate {rate:.3f}"
             )
             return
-        order = np.argsort(rows["_sent"].to_numpy(), kind="stable")
+        order = np.argsort(_epoch_us(rows["_sent"]), kind="stable")
         n_cal = int(round(len(rows) * self.calibration_share))
         n_cal = min(max(n_cal, 20), len(rows) // 2)
         fit_idx, cal_idx = order[: len(rows) - n_cal], order[len(rows) - n_cal :]
+        if target == "engagement":
+            self._fit_engagement(rows, fit_idx, cal_idx)
+            return
         x = rows[self.feature_names_].to_numpy(np.float64)
         params = {
             "objective": "binary",
@@ -382,14 +462,14 @@ class ChannelModel(BaseEstimator):
             "verbose": -1,
         }
         categorical = [self.feature_names_.index("channel_code")]
-        train = lgb.Dataset(x[fit_idx], y[fit_idx], categorical_feature=categorical, free_raw_data=True)
-        valid = lgb.Dataset(x[cal_idx], y[cal_idx], categorical_feature=categorical, reference=train)
-        booster = lgb.train(
+        booster = train_booster(  # lgb.train, early-stopped on the calibration rows (Dask when active)
             params,
-            train,
+            x[fit_idx],
+            y[fit_idx],
             num_boost_round=self.n_estimators,
-            valid_sets=[valid],
-            callbacks=[lgb.early_stopping(30, verbose=False)],
+            valid=(x[cal_idx], y[cal_idx]),
+            early_stopping_rounds=30,
+            categorical_feature=categorical,
         )
         raw = booster.predict(x[cal_idx], num_iteration=booster.best_iteration)
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y[cal_idx])
@@ -406,6 +486,92 @@ class ChannelModel(BaseEstimator):
             "trees": int(booster.best_iteration or booster.current_iteration()),
             "constant": False,
         }
+
+    def _fit_engagement(self, rows: pd.DataFrame, fit_idx: np.ndarray, cal_idx: np.ndarray) -> None:
+        """The engagement model (see the module docstring): a logistic regression per channel on
+        the customer's cross-channel profile, ridge-shrunk towards one pooled over the channels,
+        plus an empirical-Bayes customer × channel effect from the customer's own history on the
+        channel; fitted on `fit_idx`, mapped to probabilities by isotonic regression on `cal_idx`."""
+        y = rows["_y_engagement"].to_numpy(np.float64)
+        frame = rows[self.feature_names_]
+        self.glm_features_ = _glm_feature_names(self.feature_names_)
+        self.population_mix_ = {}
+        if "active_hours" in frame:
+            active = frame["active_hours"].fillna(0.0).to_numpy()[fit_idx]
+            for col in (name for name in self.feature_names_ if name.startswith("share_")):
+                share = frame[col].fillna(0.0).to_numpy()[fit_idx]
+                self.population_mix_[col] = float((share * active).sum() / max(active.sum(), 1e-12))
+        raw = _glm_inputs(frame, self.glm_features_, self.population_mix_)
+        # inputs are clipped to the range seen in training: a linear model must not extrapolate
+        self.glm_low_, self.glm_high_ = raw[fit_idx].min(axis=0), raw[fit_idx].max(axis=0)
+        self.glm_mean_ = raw[fit_idx].mean(axis=0)
+        scale = raw[fit_idx].std(axis=0)
+        self.glm_scale_ = np.where(scale > 1e-9, scale, np.inf)  # a constant input is left out (z = 0)
+        design = np.hstack([np.ones((len(raw), 1)), (raw - self.glm_mean_) / self.glm_scale_])
+        code = frame["channel_code"].to_numpy().astype(np.int64)  # training rows: known channels
+        n_ch, n_in = len(self.channels_), design.shape[1] - 1
+        pooled = _ridge_logistic(
+            np.hstack([np.eye(n_ch)[code[fit_idx]], design[fit_idx, 1:]]),
+            y[fit_idx],
+            np.zeros(n_ch + n_in),
+            POOLED_RIDGE,
+        )
+        coef = np.zeros((n_ch + 1, n_in + 1))  # one row per channel, then the pooled row
+        coef[n_ch] = np.concatenate([[pooled[:n_ch].mean()], pooled[n_ch:]])
+        for j in range(n_ch):
+            start = np.concatenate([[pooled[j]], pooled[n_ch:]])
+            sel = fit_idx[code[fit_idx] == j]
+            coef[j] = _ridge_logistic(design[sel], y[sel], start, GLM_RIDGE) if len(sel) else start
+        self.glm_coef_ = coef
+
+        # prior strength of the customer × channel effect: method of moments on each customer and
+        # channel's history as of their last fitting row
+        self.eb_tau_ = float("inf")
+        profile_logit = self._profile_logit(frame)
+        last = (
+            pd.DataFrame({"customer": rows["_customer"].to_numpy()[fit_idx], "code": code[fit_idx]})
+            .assign(_sent=_epoch_us(rows["_sent"])[fit_idx], _row=fit_idx)
+            .sort_values("_sent", kind="stable")
+            .drop_duplicates(["customer", "code"], keep="last")["_row"]
+            .to_numpy()
+        )
+        residual, info = _history_residual(frame.iloc[last], profile_logit[last])
+        self.eb_tau_ = _eb_tau(residual, info)
+        logit = self._engagement_logit(frame)
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(logit[cal_idx], y[cal_idx])
+        self.boosters_.pop("engagement", None)
+        self.calibrators_["engagement"] = (
+            np.asarray(iso.X_thresholds_, float),
+            np.asarray(iso.y_thresholds_, float),
+        )
+        self.training_info_["engagement"] = {
+            "rows": int(len(rows)),
+            "fit_rows": int(len(fit_idx)),
+            "calibration_rows": int(len(cal_idx)),
+            "positive_rate": float(y.mean()),
+            "model": "hierarchical logistic regression + empirical-Bayes customer x channel effect",
+            "inputs": int(n_in),
+            "eb_sigma2": float(1.0 / self.eb_tau_) if np.isfinite(self.eb_tau_) else 0.0,
+            "constant": False,
+        }
+
+    def _profile_logit(self, frame: pd.DataFrame) -> np.ndarray:
+        """Log-odds of engagement from the customer's profile alone (the channel's coefficients;
+        the pooled ones for a channel without its own)."""
+        raw = np.clip(
+            _glm_inputs(frame, self.glm_features_, self.population_mix_), self.glm_low_, self.glm_high_
+        )
+        z = (raw - self.glm_mean_) / self.glm_scale_
+        code = frame["channel_code"].to_numpy(dtype=np.float64)
+        row = np.where(np.isnan(code), len(self.glm_coef_) - 1, np.nan_to_num(code)).astype(np.int64)
+        coef = self.glm_coef_[row]
+        return coef[:, 0] + np.einsum("ij,ij->i", z, coef[:, 1:])
+
+    def _engagement_logit(self, frame: pd.DataFrame) -> np.ndarray:
+        """Profile log-odds plus the shrunk customer × channel effect r / (info + tau)."""
+        logit = self._profile_logit(frame)
+        residual, info = _history_residual(frame, logit)
+        return logit + residual / (info + self.eb_tau_)
 
     def _snapshot(self, messages, events, customers, consent, as_of) -> None:
         """Features of every known customer at `as_of`, their message counts and consent."""
@@ -425,6 +591,9 @@ class ChannelModel(BaseEstimator):
             list(self.channels_),
             list(self.event_channels_),
             self.channel_rates_,
+            self._context["consent"],
+            self._context["identities"],
+            self.identity_systems_,
         )
         self.customer_features_ = base.to_numpy(np.float64)
         self.customer_feature_names_ = list(base.columns)
@@ -447,8 +616,12 @@ class ChannelModel(BaseEstimator):
     # ------------------------------------------------------------------------------------------
     # scoring
     def _predict(self, target: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities and the raw booster scores (which break the isotonic map's ties)."""
+        """Calibrated probabilities and the raw scores (log-odds or booster scores, which break the
+        isotonic map's ties)."""
         thresholds, values = self.calibrators_[target]
+        if target == "engagement" and self.glm_coef_ is not None:
+            raw = self._engagement_logit(pd.DataFrame(x, columns=self.feature_names_))
+            return np.interp(raw, thresholds, values), raw
         booster = self.boosters_.get(target)
         if booster is None:
             return np.full(len(x), values[0]), np.zeros(len(x))
@@ -464,6 +637,7 @@ class ChannelModel(BaseEstimator):
         # an unknown customer has no history at all: counts are zero, times and shares unknown
         counts = [col for col in frame.columns if col.split("_", 1)[0] in ("sent", "engaged", "events")]
         counts += [col for col in ("converted_total", "purchases", "active_hours") if col in frame]
+        counts += [col for col in frame.columns if col.startswith(("consent_", "known_"))]
         frame.loc[~known, counts] = 0.0
         for ch in self.channels_:
             if f"rate_{ch}" in frame:
@@ -596,6 +770,17 @@ class ChannelModel(BaseEstimator):
                 str(folder / f"{target}.lgb.txt"), num_iteration=booster.best_iteration or None
             )
         consent = self.consent_
+        glm = (
+            {
+                "glm_coef": self.glm_coef_,
+                "glm_mean": self.glm_mean_,
+                "glm_scale": self.glm_scale_,
+                "glm_low": self.glm_low_,
+                "glm_high": self.glm_high_,
+            }
+            if self.glm_coef_ is not None
+            else {}
+        )
         np.savez_compressed(
             folder / "channel.npz",
             customer_ids=self.customer_ids_.astype(str),
@@ -607,6 +792,7 @@ class ChannelModel(BaseEstimator):
             consent_updated_us=_epoch_us(consent[c.UPDATED_TS]),
             **{f"calibration_{t}_x": self.calibrators_[t][0] for t in TARGETS},
             **{f"calibration_{t}_y": self.calibrators_[t][1] for t in TARGETS},
+            **glm,
         )
         meta = {
             "format_version": FORMAT_VERSION,
@@ -614,11 +800,19 @@ class ChannelModel(BaseEstimator):
             "as_of": self.as_of_.isoformat(),
             "channels": list(self.channels_),
             "event_channels": list(self.event_channels_),
+            "identity_systems": list(self.identity_systems_),
             "channel_rates": self.channel_rates_,
             "feature_names": self.feature_names_,
             "customer_feature_names": self.customer_feature_names_,
             "has_consent_table": self.has_consent_table_,
             "boosters": sorted(self.boosters_),
+            "engagement_model": None
+            if self.glm_coef_ is None
+            else {
+                "inputs": self.glm_features_,
+                "population_mix": self.population_mix_,
+                "eb_tau": self.eb_tau_ if np.isfinite(self.eb_tau_) else None,
+            },
             "training_info": self.training_info_,
             "notes": self.notes_,
         }
@@ -632,12 +826,15 @@ class ChannelModel(BaseEstimator):
         if not meta_path.is_file():
             raise FileNotFoundError(f"not a channel model folder (no channel.json): {folder}")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"channel model format {meta.get('format_version')} is not {FORMAT_VERSION}")
+        if meta.get("format_version") not in _READABLE_FORMATS:
+            raise ValueError(
+                f"channel model format {meta.get('format_version')} is not one of {_READABLE_FORMATS}"
+            )
         model = cls(**meta["params"])
         model.as_of_ = pd.Timestamp(meta["as_of"])
         model.channels_ = np.asarray(meta["channels"], dtype=str)
         model.event_channels_ = np.asarray(meta["event_channels"], dtype=str)
+        model.identity_systems_ = list(meta.get("identity_systems", []))
         model.channel_rates_ = {k: float(v) for k, v in meta["channel_rates"].items()}
         model.feature_names_ = list(meta["feature_names"])
         model.customer_feature_names_ = list(meta["customer_feature_names"])
@@ -652,6 +849,15 @@ class ChannelModel(BaseEstimator):
             model.calibrators_ = {
                 t: (arrays[f"calibration_{t}_x"], arrays[f"calibration_{t}_y"]) for t in TARGETS
             }
+            model.glm_coef_ = arrays["glm_coef"] if "glm_coef" in arrays else None
+            if model.glm_coef_ is not None:
+                engagement = meta["engagement_model"]
+                model.glm_mean_, model.glm_scale_ = arrays["glm_mean"], arrays["glm_scale"]
+                model.glm_low_, model.glm_high_ = arrays["glm_low"], arrays["glm_high"]
+                model.glm_features_ = list(engagement["inputs"])
+                model.population_mix_ = {k: float(v) for k, v in engagement["population_mix"].items()}
+                tau = engagement["eb_tau"]
+                model.eb_tau_ = float("inf") if tau is None else float(tau)
             model.consent_ = pd.DataFrame(
                 {
                     c.CUSTOMER_ID: arrays["consent_customer"].astype(str),
@@ -662,6 +868,100 @@ class ChannelModel(BaseEstimator):
             )
         model.customer_index_ = {cid: i for i, cid in enumerate(model.customer_ids_)}
         return model
+
+
+def _identity_systems(identities: pd.DataFrame | None, limit: int = MAX_IDENTITY_SYSTEMS) -> list[str]:
+    """The source systems named in `identities` (most customers first, at most `limit`)."""
+    if identities is None or c.SOURCE_SYSTEM not in identities.columns or len(identities) == 0:
+        return []
+    known = identities.dropna(subset=[c.CUSTOMER_ID, c.SOURCE_SYSTEM])
+    per_system = known.groupby(known[c.SOURCE_SYSTEM].astype(str))[c.CUSTOMER_ID].nunique()
+    per_system = per_system.sort_values(ascending=False, kind="stable")
+    return [str(s) for s in per_system.index[:limit]]
+
+
+def _glm_feature_names(feature_names: list[str]) -> list[str]:
+    """Inputs of the engagement model's profile part, from the history features available:
+    activity (whether any, how much, the smoothed mix over event channels), purchases, recency,
+    tenure, consent and identity flags. Message history enters through the customer effect."""
+    names: list[str] = []
+    if "active_hours" in feature_names:
+        names += ["has_activity", "log_active_hours"]
+        names += [f"mix_{col[len('share_') :]}" for col in feature_names if col.startswith("share_")]
+    for col in ("purchases", "days_since_event", "days_since_signup"):
+        if col in feature_names:
+            names.append(f"log_{col}")
+    names += [col for col in feature_names if col.startswith(("consent_", "known_"))]
+    return names
+
+
+def _glm_inputs(frame: pd.DataFrame, names: list[str], population_mix: dict[str, float]) -> np.ndarray:
+    """The inputs `names` (see `_glm_feature_names`) computed from history-feature columns.
+
+    The mix is each event channel's share of the customer's active hours, smoothed with
+    ACTIVITY_PRIOR_HOURS pseudo hours at the population's mix: two active hours are weak evidence."""
+    active = frame["active_hours"].fillna(0.0).to_numpy() if "active_hours" in frame else None
+    columns = []
+    for name in names:
+        if name == "has_activity":
+            value = (active > 0).astype(np.float64)
+        elif name == "log_active_hours":
+            value = np.log1p(active)
+        elif name.startswith("mix_"):
+            col = f"share_{name[len('mix_') :]}"
+            share = frame[col].fillna(0.0).to_numpy()
+            prior = population_mix.get(col, 0.0)
+            value = (share * active + ACTIVITY_PRIOR_HOURS * prior) / (active + ACTIVITY_PRIOR_HOURS)
+        elif name == "log_purchases":
+            value = np.log1p(frame["purchases"].fillna(0.0).clip(lower=0.0).to_numpy())
+        elif name == "log_days_since_event":
+            days = frame["days_since_event"].fillna(_NO_EVENT_DAYS).clip(0.0, _NO_EVENT_DAYS)
+            value = np.log1p(days.to_numpy())
+        elif name == "log_days_since_signup":
+            value = np.log1p(frame["days_since_signup"].fillna(0.0).clip(lower=0.0).to_numpy())
+        else:
+            value = frame[name].fillna(0.0).to_numpy()
+        columns.append(np.asarray(value, dtype=np.float64))
+    return np.column_stack(columns) if columns else np.zeros((len(frame), 0))
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+
+
+def _ridge_logistic(x: np.ndarray, y: np.ndarray, prior: np.ndarray, ridge: float) -> np.ndarray:
+    """Logistic regression coefficients by Newton's method with the penalty ridge/2 |beta - prior|^2
+    (a Gaussian prior centred on `prior`), started at `prior`."""
+    beta = prior.astype(np.float64).copy()
+    penalty = ridge * np.eye(len(beta))
+    for _ in range(_GLM_ITER):
+        p = _sigmoid(x @ beta)
+        grad = x.T @ (y - p) - ridge * (beta - prior)
+        hess = (x * (p * (1.0 - p))[:, None]).T @ x + penalty
+        step = np.linalg.solve(hess, grad)
+        beta += step
+        if np.abs(step).max() < 1e-6:
+            break
+    return beta
+
+
+def _history_residual(frame: pd.DataFrame, logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Own-channel evidence against the profile log-odds: r = engaged - sent * p and
+    info = sent * p (1 - p) (zero without messages on the channel)."""
+    sent = frame["own_sent"].fillna(0.0).to_numpy() if "own_sent" in frame else np.zeros(len(frame))
+    engaged = frame["own_engaged"].fillna(0.0).to_numpy() if "own_engaged" in frame else np.zeros(len(frame))
+    p = _sigmoid(logit)
+    return engaged - sent * p, sent * p * (1.0 - p)
+
+
+def _eb_tau(residual: np.ndarray, info: np.ndarray) -> float:
+    """Prior precision 1/sigma^2 of the customer × channel log-odds effect by the method of moments:
+    for an effect z, r ≈ info * z + noise of variance info, so E[r^2] = info + info^2 sigma^2."""
+    has = info > 0
+    if has.sum() < 10:
+        return float("inf")
+    sigma2 = float((residual[has] ** 2 - info[has]).sum() / (info[has] ** 2).sum())
+    return 1.0 / float(np.clip(sigma2, _MIN_SIGMA2, _MAX_SIGMA2))
 
 
 def _epoch_us(ts: pd.Series) -> np.ndarray:

@@ -9,16 +9,33 @@ Why a mixture. A person's hour-of-day pattern is peaked somewhere (before work, 
 not "the population's pattern plus noise". Shrinking a histogram of five active hours towards the
 population's average histogram keeps the population's modes; asking "which peaked profile explains
 these five hours best, and how sure are we" does not. So the hour part is an empirical-Bayes
-mixture: K hour profiles (peaks at each hour plus one flat profile, their shapes re-estimated by
-EM and smoothed across neighbouring hours) with prior weights per segment learned from the data;
-each customer's hour pattern is the posterior over profiles given their activity hours and their
-message outcomes. Little data leaves the posterior at the segment's weights, a lot of data makes
-it the customer's own; data volume weighs itself in.
+mixture: K habit profiles (a circular Gaussian bump at each of `n_centres` centres per width, plus
+a flat one) with prior weights per segment learned by EM; each customer's habit is the posterior
+over profiles given their activity hours and their message outcomes. Little data leaves the
+posterior at the segment's weights, a lot of data makes it the customer's own; data volume weighs
+itself in.
+
+What activity says about the habit (the observation model, all of it learned by EM):
+
+    P(active in local hour h | profile k, channel group g)
+        ∝ ((1 - beta) phi_k(h) + beta b(h)) * exp(a_g(h))
+
+- phi_k is the habit bump; beta b(h) is off-habit activity (errands, the odd late visit), a
+  population background whose share beta and shape b are re-estimated from the expected
+  off-habit counts. Without it one visit far from a person's habit would overrule ten near it.
+- a_g(h) are channel-group hour offsets (store, other; web and app, open around the clock, are
+  the reference at 0, or the busiest group without online activity): a store is only open 8-22,
+  so a store visit at 8:00 says "8:00 or earlier", while a web visit at 6:00 says 6:00. The
+  offsets are Newton steps on the expected log-likelihood (ridge `OFFSET_RIDGE`); every channel
+  informs one shared habit.
+- Activity is fitted first on its own (`ACTIVITY_ITER` cheap iterations), so the population's
+  habit weights are already in place as the prior of customers without activity when the
+  (weak) evidence of message outcomes joins in.
 
 Engagement of a message sent on channel ch in local slot (d, h) under profile k:
 
     logit p_k = alpha[ch] + u[i, ch]                                    level (customer's own, shrunk)
-              + b_rel * phi_k(h) / max phi_k + b_log * log(24 phi_k(h))  + delta_k(h)    hour
+              + b_rel * phi_k(h) / max phi_k + b_log * log(24 phi_k(h))  + delta_k(h)    habit
               + b_day * log(7 q_i(d)) + v[i, d]                           weekday
               + w[ch, d, h]                                               channel timing
 
@@ -38,8 +55,9 @@ and the grid is the posterior mean sum_k post[i, k] * p_k. Pieces:
   estimated from the spread of the cells (`eb_newton_step`): a cell with little data stays at the
   layer below.
 - Segments (what a thin customer falls back to): the dominant activity channel (store, web, app,
-  other), or `none` for customers without events, whose profile weights are learned from their
-  message responses alone.
+  other), or `none` for customers without events, whose profile weights start at the
+  population's and move with their message responses (`SEGMENT_PRIOR_COUNT` pseudo customers
+  keep a small segment near the population).
 
 With only a transaction log (no messages) the response layers are absent and the coefficients take
 activity-only defaults: the grid is then an engagement propensity centred on `DEFAULT_BASE_RATE`,
@@ -62,7 +80,8 @@ from sklearn.base import BaseEstimator
 from features import columns as c
 from features.customer_features import local_time_parts
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_FORMATS = (1, 2)  # format 1 (learned profile shapes) scores the same way
 HOURS = 24
 DAYS = 7
 SLOTS = DAYS * HOURS
@@ -70,16 +89,23 @@ DEFAULT_QUIET_HOURS: tuple[int, int] = (21, 8)  # no sends from 21:00 to 07:59 l
 SEGMENTS: tuple[str, ...] = ("none", "store", "web", "app", "other")
 # event channels that name a segment of their own; every other channel counts as "other"
 SEGMENT_CHANNELS: tuple[str, ...] = ("store", "web", "app")
+# channel groups open around the clock: their activity hours are the habit's own (hour offsets 0);
+# the others (a store's opening hours, a call centre's) get learned offsets against them
+OPEN_ALL_HOURS: tuple[str, ...] = ("web", "app")
 FEATURES: tuple[str, ...] = ("rel_hour", "log_hour", "log_day")
 # Activity-only coefficients (no messages to learn them from): a full activity peak is worth about
 # as much as a weekend/weekday rate ratio of e; their ratio, not their size, decides the best slot.
 DEFAULT_COEF: dict[str, float] = {"rel_hour": 1.0, "log_hour": 0.0, "log_day": 1.0}
 DEFAULT_BASE_RATE = 0.1
-# pseudo active hours that keep each profile near its starting shape, so profiles stay distinct
-PROFILE_PRIOR_COUNT = 20.0
+# share of activity first assumed to be off-habit (background); EM re-estimates it
+INITIAL_BACKGROUND_SHARE = 0.1
+# ridge on the channel-group hour offsets (log scale): a group's hour with no data stays near 0
+OFFSET_RIDGE = 1.0
+ACTIVITY_ITER = 15  # EM iterations on activity alone before message outcomes join in
+_OFFSET_STEPS = 3  # Newton steps on the offsets per EM iteration
+_MAX_OFFSET_STEP = 2.0  # largest change of an offset in one Newton step (log scale)
 # pseudo customers that pull a small segment's profile weights towards the population's
 SEGMENT_PRIOR_COUNT = 20.0
-_PROFILE_FLOOR = 0.05  # share of a peaked starting profile spread evenly: nobody is never around
 _MAX_LOG_DENSITY = 4.0  # |log density ratio| is clipped here: an empty hour is not infinitely bad
 _MIN_SIGMA2, _MAX_SIGMA2 = 1e-4, 4.0
 _SCORE_CHUNK = 1024  # customers per block when building grids (block = chunk × profiles × 168)
@@ -147,13 +173,24 @@ def circular_kernel(bandwidth_hours: float, size: int = HOURS) -> np.ndarray:
     return weights / weights.sum(axis=1, keepdims=True)
 
 
-def initial_profiles(width: float) -> np.ndarray:
-    """Starting hour profiles (25 × 24): a Gaussian peak at each hour's middle, then a flat one."""
-    centres = np.arange(HOURS) + 0.5
-    dist = np.abs((centres[None, :] - centres[:, None] + HOURS / 2) % HOURS - HOURS / 2)
-    peaks = np.exp(-0.5 * (dist / width) ** 2)
-    peaks = (1 - _PROFILE_FLOOR) * peaks / peaks.sum(axis=1, keepdims=True) + _PROFILE_FLOOR / HOURS
-    return np.vstack([peaks, np.full((1, HOURS), 1.0 / HOURS)])
+def habit_profiles(n_centres: int, widths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Habit profiles over the local hour (K × 24, rows sum to 1): a circular Gaussian bump for each
+    centre ((j + 0.5) * 24 / n_centres) and width, averaged over each clock hour, then one flat
+    profile. Returns (profiles, centres, widths); the flat profile has centre NaN, width inf."""
+    centres = (np.arange(int(n_centres)) + 0.5) * HOURS / int(n_centres)
+    points = np.arange(HOURS)[:, None] + (np.arange(12) + 0.5)[None, :] / 12  # 24 × 12 within-hour points
+    rows, cs, ws = [], [], []
+    for width in widths:
+        for centre in centres:
+            dist = np.abs((points - centre + HOURS / 2) % HOURS - HOURS / 2)
+            density = np.exp(-0.5 * (dist / float(width)) ** 2).mean(axis=1)
+            rows.append(density / density.sum())
+            cs.append(centre)
+            ws.append(float(width))
+    rows.append(np.full(HOURS, 1.0 / HOURS))
+    cs.append(np.nan)
+    ws.append(np.inf)
+    return np.asarray(rows), np.asarray(cs), np.asarray(ws)
 
 
 def dirichlet_prior_strength(counts: np.ndarray, prior: np.ndarray) -> float:
@@ -310,9 +347,12 @@ class SendTimeModel(BaseEstimator):
 
     Parameters
     ----------
-    profile_width : width (hours, Gaussian sd) of the peaked hour-of-day profiles EM starts from.
-    hour_bandwidth : Gaussian kernel width (hours) that smooths profiles and residuals across
-        neighbouring hours.
+    profile_width : width (hours, Gaussian sd) of the narrowest habit profile; the others are
+        2, 4, ... times as wide (`n_widths` in all).
+    n_widths, n_centres : habit profiles: one per width and centre (centres evenly spaced over the
+        day), plus a flat one.
+    hour_bandwidth : Gaussian kernel width (hours) that smooths the background activity and the
+        residuals across neighbouring hours.
     n_iter : EM iterations at most (it stops earlier when the log-likelihood settles).
     induced_minutes : events this soon after one of the customer's opens or clicks are taken as
         caused by the message and left out of the activity counts.
@@ -326,6 +366,8 @@ class SendTimeModel(BaseEstimator):
     def __init__(
         self,
         profile_width: float = 1.5,
+        n_widths: int = 1,
+        n_centres: int = 24,
         hour_bandwidth: float = 1.0,
         n_iter: int = 12,
         induced_minutes: float = 60.0,
@@ -334,6 +376,8 @@ class SendTimeModel(BaseEstimator):
         random_state: int | None = None,
     ):
         self.profile_width = profile_width
+        self.n_widths = n_widths
+        self.n_centres = n_centres
         self.hour_bandwidth = hour_bandwidth
         self.n_iter = n_iter
         self.induced_minutes = induced_minutes
@@ -362,9 +406,9 @@ class SendTimeModel(BaseEstimator):
 
         self._fit_customers(ev, msgs, customers)
         active = self._active_hours(ev, msgs)
-        hour_counts = self._fit_activity(active)
+        group_counts = self._fit_activity(active)
         response = self._response_data(msgs, as_of)
-        self._fit_profiles(hour_counts, response)
+        self._fit_profiles(group_counts, response)
         return self
 
     def _fit_customers(self, events, messages, customers) -> None:
@@ -436,7 +480,8 @@ class SendTimeModel(BaseEstimator):
         return ordered.loc[~induced, [c.CUSTOMER_ID, c.TS, c.CHANNEL]]
 
     def _fit_activity(self, active: pd.DataFrame) -> np.ndarray:
-        """Segments and the weekday distributions; returns the hour-of-day counts (n × 24)."""
+        """Segments and the weekday distributions; returns the hour-of-day counts per channel group
+        (groups × n × 24, groups = SEGMENTS[1:])."""
         n = len(self.customer_ids_)
         rows, slots = active["row"].to_numpy(np.int64), active["slot"].to_numpy(np.int64)
         hour_counts = np.bincount(rows * HOURS + slots % HOURS, minlength=n * HOURS).reshape(n, HOURS)
@@ -449,7 +494,8 @@ class SendTimeModel(BaseEstimator):
         group_counts = np.bincount(rows * groups + group_code, minlength=n * groups).reshape(n, groups)
         self.segment_ = np.where(self.n_active_ > 0, 1 + np.argmax(group_counts, axis=1), 0).astype(np.int64)
         self.segment_day_prob_, self.day_prob_ = weekday_distributions(day_counts, self.segment_)
-        return hour_counts
+        cell = (group_code * n + rows) * HOURS + slots % HOURS
+        return np.bincount(cell, minlength=groups * n * HOURS).reshape(groups, n, HOURS).astype(np.float64)
 
     def _response_data(self, messages: pd.DataFrame | None, as_of: pd.Timestamp) -> dict | None:
         n = len(self.customer_ids_)
@@ -480,21 +526,38 @@ class SendTimeModel(BaseEstimator):
             "y": engaged_before(msgs, as_of).astype(np.float64),
         }
 
-    def _fit_profiles(self, hour_counts: np.ndarray, response: dict | None) -> None:
-        """EM for the hour-profile mixture; the engagement model is fitted in each M-step."""
+    def _fit_profiles(self, group_counts: np.ndarray, response: dict | None) -> None:
+        """EM for the habit-profile mixture; activity background, channel-group hour offsets and
+        the engagement model are re-estimated in each M-step. `group_counts`: active hours per
+        channel group, customer and local hour (groups × n × 24)."""
         n, n_ch = len(self.customer_ids_), len(self.channels_)
+        active = np.flatnonzero(self.n_active_ > 0)
+        group_counts = group_counts[:, active]
         kernel = circular_kernel(self.hour_bandwidth)
-        prior_profiles = initial_profiles(self.profile_width)
-        self.profiles_ = prior_profiles.copy()
-        self.segment_weights_ = np.full((len(SEGMENTS), len(prior_profiles)), 1.0 / len(prior_profiles))
+        widths = float(self.profile_width) * 2.0 ** np.arange(max(1, int(self.n_widths)))
+        self.profiles_, self.profile_centres_, self.profile_widths_ = habit_profiles(self.n_centres, widths)
+        n_profiles = len(self.profiles_)
+        self.segment_weights_ = np.full((len(SEGMENTS), n_profiles), 1.0 / n_profiles)
+        self.background_ = np.full(HOURS, 1.0 / HOURS)
+        self.background_share_ = INITIAL_BACKGROUND_SHARE
+        self.activity_offsets_ = np.zeros((len(group_counts), HOURS))
+        group_totals = group_counts.sum(axis=(1, 2))
+        reference = [g for g in range(len(group_totals)) if SEGMENTS[1 + g] in OPEN_ALL_HOURS]
+        if not any(group_totals[g] > 0 for g in reference):  # no online activity: the busiest group
+            reference = [int(np.argmax(group_totals))]
         self.coef_ = np.array([DEFAULT_COEF[f] for f in FEATURES])
         self.alpha_ = np.full(n_ch, _logit(DEFAULT_BASE_RATE))
-        self.profile_residual_ = np.zeros(prior_profiles.shape)
+        self.profile_residual_ = np.zeros(self.profiles_.shape)
         self.level_ = np.zeros((n, n_ch))
         self.day_residual_ = np.zeros((n, DAYS))
         self.channel_residual_ = np.zeros((n_ch, SLOTS))
         log_day = self._log_day(np.arange(n))
         segment_one_hot = np.eye(len(SEGMENTS))[self.segment_]
+        active_groups = [g for g in range(len(group_counts)) if group_totals[g] > 0]
+        # one sparse (active customers × groups·24) matrix: one product per E-step and per M-step
+        active_counts = sparse.csr_matrix(
+            group_counts[active_groups].transpose(1, 0, 2).reshape(len(active), len(active_groups) * HOURS)
+        )
 
         if response is not None and len(np.unique(response["y"])) < 2:
             self.notes_.append("every message has the same outcome: timing is learned from activity alone")
@@ -509,17 +572,31 @@ class SendTimeModel(BaseEstimator):
                 shape=(HOURS, len(rows)),
             )
             response["log_day"] = log_day[rows, response["day"]]
-            counts = np.bincount(response["channel"], minlength=n_ch)
-            rate = np.bincount(response["channel"], weights=y, minlength=n_ch) / np.maximum(counts, 1)
+            sent = np.bincount(response["channel"], minlength=n_ch)
+            rate = np.bincount(response["channel"], weights=y, minlength=n_ch) / np.maximum(sent, 1)
             rate = np.clip(rate, 1e-3, 1 - 1e-3)
             self.alpha_ = np.log(rate / (1 - rate))
+
+        # activity first (cheap: customers × profiles × 24): the population's habit weights, the
+        # background and the channel offsets settle on the customers whose hours are observed;
+        # they are the starting prior of customers without activity, whose weak message evidence
+        # would otherwise move EM away from the uniform start only very slowly
+        if active_groups:
+            for _ in range(ACTIVITY_ITER):
+                log_post = np.log(self.segment_weights_[self.segment_[active]])
+                log_post += active_counts @ self._activity_log_likelihood(active_groups)
+                posterior = np.exp(log_post - _logsumexp(log_post)[:, None])
+                self._m_step_activity(active_counts, posterior, active_groups, reference, kernel)
+                self._m_step_segments(posterior, segment_one_hot[active])
 
         previous = None
         self.n_iter_ = 0
         for _ in range(max(1, int(self.n_iter))):
             self.n_iter_ += 1
             # E-step: posterior over profiles given activity hours and message outcomes
-            log_post = np.log(self.segment_weights_[self.segment_]) + hour_counts @ np.log(self.profiles_).T
+            log_post = np.log(self.segment_weights_[self.segment_])
+            if active_groups:
+                log_post[active] += active_counts @ self._activity_log_likelihood(active_groups)
             if response is not None:
                 eta = (
                     self._message_base(response)[:, None] + self._profile_lift()[:, response["hour"]].T
@@ -535,13 +612,9 @@ class SendTimeModel(BaseEstimator):
             converged = previous is not None and abs(log_likelihood - previous) < 1e-6 * abs(log_likelihood)
             previous = log_likelihood
 
-            # M-step: profiles (smoothed across hours), segment weights, engagement model
-            counts = (posterior.T @ hour_counts + PROFILE_PRIOR_COUNT * prior_profiles) @ kernel.T
-            self.profiles_ = counts / counts.sum(axis=1, keepdims=True)
-            population = posterior.sum(axis=0) + 1.0
-            population /= population.sum()
-            by_segment = segment_one_hot.T @ posterior + SEGMENT_PRIOR_COUNT * population
-            self.segment_weights_ = by_segment / by_segment.sum(axis=1, keepdims=True)
+            # M-step: segment weights, activity background and offsets, engagement model
+            self._m_step_activity(active_counts, posterior[active], active_groups, reference, kernel)
+            self._m_step_segments(posterior, segment_one_hot)
             if response is not None:
                 self._m_step_engagement(
                     response, posterior[response["row"]].astype(np.float32), p_open, kernel
@@ -549,6 +622,62 @@ class SendTimeModel(BaseEstimator):
             if converged:
                 break
         self.posterior_ = posterior.astype(np.float32)
+
+    def _m_step_segments(self, posterior: np.ndarray, segment_one_hot: np.ndarray) -> None:
+        """Profile weights per segment: the segment's posterior counts plus SEGMENT_PRIOR_COUNT
+        pseudo customers at the population's weights (a segment without customers in `posterior`
+        takes the population's weights)."""
+        population = posterior.sum(axis=0) + 1.0
+        population /= population.sum()
+        by_segment = segment_one_hot.T @ posterior + SEGMENT_PRIOR_COUNT * population
+        self.segment_weights_ = by_segment / by_segment.sum(axis=1, keepdims=True)
+
+    def _activity_mixture(self) -> np.ndarray:
+        """Hour distribution of each profile's activity before channel offsets (profiles × 24):
+        the habit, mixed with the background share of off-habit activity."""
+        share = self.background_share_
+        return (1.0 - share) * self.profiles_ + share * self.background_[None, :]
+
+    def _activity_log_likelihood(self, groups: list[int]) -> np.ndarray:
+        """log P(active in local hour h | profile k, channel group g), stacked as (groups·24) ×
+        profiles: the activity mixture tilted by each group's hour offsets (e.g. a store's
+        opening hours), renormalised per profile and group."""
+        tilted = self._activity_mixture()[None, :, :] * np.exp(self.activity_offsets_[groups])[:, None, :]
+        tilted = np.maximum(tilted, 1e-300)
+        log_lik = np.log(tilted) - np.log(tilted.sum(axis=2, keepdims=True))  # groups × profiles × 24
+        return log_lik.transpose(0, 2, 1).reshape(len(groups) * HOURS, -1)
+
+    def _m_step_activity(self, counts, posterior, groups: list[int], reference: list[int], kernel) -> None:
+        """Background share and shape (expected off-habit counts, smoothed), then Newton steps on
+        each channel group's hour offsets (the reference groups' stay 0; ridge OFFSET_RIDGE).
+        `counts`: active customers × (groups·24) (sparse), the groups' hour counts side by side."""
+        mixture = self._activity_mixture()
+        weighted = np.asarray(counts.T @ posterior).T.reshape(posterior.shape[1], len(groups), HOURS)
+        by_profile = {g: weighted[:, j] for j, g in enumerate(groups)}  # profiles × 24
+        total = sum(m.sum() for m in by_profile.values())
+        if total <= 0:
+            return
+        off_habit = self.background_share_ * self.background_[None, :] / np.maximum(mixture, 1e-300)
+        background = sum((m * off_habit).sum(axis=0) for m in by_profile.values())
+        self.background_share_ = float(np.clip(background.sum() / total, 1e-3, 0.9))
+        smoothed = kernel @ (background + 1e-3 * total / HOURS)
+        self.background_ = smoothed / smoothed.sum()
+        mixture = self._activity_mixture()
+        for g in groups:
+            if g in reference:
+                continue
+            n_k = by_profile[g].sum(axis=1)
+            observed = by_profile[g].sum(axis=0)
+            offsets = self.activity_offsets_[g].copy()
+            for _ in range(_OFFSET_STEPS):
+                tilted = mixture * np.exp(offsets)[None, :]
+                prob = tilted / tilted.sum(axis=1, keepdims=True)
+                expected = n_k @ prob
+                grad = observed - expected - OFFSET_RIDGE * offsets
+                hess = (prob * n_k[:, None]).T @ prob - np.diag(expected) - OFFSET_RIDGE * np.eye(HOURS)
+                step = np.linalg.solve(hess - 1e-9 * np.eye(HOURS), -grad)
+                offsets = offsets + np.clip(step, -_MAX_OFFSET_STEP, _MAX_OFFSET_STEP)
+            self.activity_offsets_[g] = offsets - offsets.mean()
 
     def _log_day(self, rows: np.ndarray, unknown: np.ndarray | None = None) -> np.ndarray:
         day = self.day_prob_[np.maximum(rows, 0)].copy()
@@ -796,11 +925,15 @@ class SendTimeModel(BaseEstimator):
         "segment_day_prob_", "channels_", "profiles_", "segment_weights_", "posterior_", "coef_",
         "alpha_", "profile_residual_", "level_", "day_residual_", "channel_residual_",
     )  # fmt: skip
+    # format 2: the activity observation model (not needed to score; absent from format 1)
+    _ACTIVITY_ARRAYS: tuple[str, ...] = (
+        "profile_centres_", "profile_widths_", "background_", "activity_offsets_",
+    )  # fmt: skip
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {name.rstrip("_"): getattr(self, name) for name in self._ARRAYS}
+        arrays = {name.rstrip("_"): getattr(self, name) for name in self._ARRAYS + self._ACTIVITY_ARRAYS}
         for name in ("customer_ids", "timezones", "channels"):
             arrays[name] = np.asarray(arrays[name]).astype(str)  # unicode arrays, no objects
         np.savez_compressed(folder / "send_time.npz", **arrays)
@@ -809,6 +942,7 @@ class SendTimeModel(BaseEstimator):
             "params": self.get_params(),
             "as_of": self.as_of_.isoformat(),
             "n_iter": self.n_iter_,
+            "background_share": self.background_share_,
             "segments": list(SEGMENTS),
             "features": list(FEATURES),
             "notes": self.notes_,
@@ -823,12 +957,17 @@ class SendTimeModel(BaseEstimator):
         if not meta_path.is_file():
             raise FileNotFoundError(f"not a send-time model folder (no send_time.json): {folder}")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"send-time model format {meta.get('format_version')} is not {FORMAT_VERSION}")
+        if meta.get("format_version") not in _READABLE_FORMATS:
+            raise ValueError(
+                f"send-time model format {meta.get('format_version')} is not one of {_READABLE_FORMATS}"
+            )
         model = cls(**meta["params"])
         with np.load(folder / "send_time.npz", allow_pickle=False) as arrays:
             for name in cls._ARRAYS:
                 setattr(model, name, arrays[name.rstrip("_")])
+            for name in cls._ACTIVITY_ARRAYS:
+                setattr(model, name, arrays[name.rstrip("_")] if name.rstrip("_") in arrays else None)
+        model.background_share_ = float(meta.get("background_share", float("nan")))
         model.customer_index_ = {cid: i for i, cid in enumerate(model.customer_ids_)}
         model.as_of_ = pd.Timestamp(meta["as_of"])
         model.n_iter_ = int(meta["n_iter"])

@@ -137,12 +137,63 @@ def test_features_are_strictly_before_the_query_time(hand_made):
     assert feats["events_app"].iloc[0] == 6.0
 
 
+def test_consent_features_are_the_latest_row_before_the_query_time(hand_made):
+    consent = hand_made["consent"]
+    queries = pd.DataFrame(
+        {
+            c.CUSTOMER_ID: ["out1", "out1", "c003", "none1"],
+            "_t": _ts(
+                [T0 + pd.Timedelta(days=10), T0 + pd.Timedelta(days=30)] + [T0 + pd.Timedelta(days=120)] * 2
+            ),
+        }
+    )
+    feats = history_features(queries, None, None, None, ["email", "push", "sms"], [], {}, consent)
+    assert feats["consent_email"].tolist() == [1.0, 0.0, 1.0, 0.0]  # out1 opted out on day 20
+    assert feats["consent_push"].tolist() == [0.0, 0.0, 1.0, 0.0]  # c003's day-500 opt-out is not known
+
+
+def test_identities_and_consent_place_a_customer_without_any_history(hand_made):
+    """Nobody has activity or messages but `dev1` (an app device) and `card1` (a loyalty card):
+    app shoppers have an app device, store shoppers a loyalty card, so push and SMS."""
+    ids = [f"c{i:03d}" for i in range(240)]
+    identities = pd.DataFrame(
+        {
+            c.SOURCE_SYSTEM: ["app_device" if int(cid[1:]) % 2 == 0 else "pos_loyalty" for cid in ids]
+            + ["app_device", "pos_loyalty"],
+            c.SOURCE_ID: [f"x{cid}" for cid in ids] + ["xdev1", "xcard1"],
+            c.CUSTOMER_ID: ids + ["dev1", "card1"],
+        }
+    )
+    extra = pd.DataFrame(
+        [(cid, ch, True, T0) for cid in ("dev1", "card1") for ch in ("email", "sms", "push")],
+        columns=[c.CUSTOMER_ID, c.CHANNEL, c.OPTED_IN, c.UPDATED_TS],
+    ).assign(**{c.UPDATED_TS: _ts([T0] * 6)})
+    consent = pd.concat([hand_made["consent"], extra], ignore_index=True)
+    model = ChannelModel(n_estimators=20, min_child_samples=20).fit(
+        hand_made["messages"],
+        hand_made["events"],
+        consent,
+        hand_made["customers"],
+        as_of=T0 + pd.Timedelta(days=120),
+        identities=identities,
+    )
+    assert {"known_app_device", "known_pos_loyalty"} <= set(model.feature_names_)
+    ranked = model.rank_channels(["dev1", "card1"])
+    top = ranked.loc[ranked[c.RANK] == 1].set_index(c.CUSTOMER_ID)[c.CHANNEL]
+    assert top["dev1"] == "push" and top["card1"] == "sms"
+    assert ranked["fallback"].all()
+
+
 def test_save_load_roundtrip(model, tmp_path):
     loaded = ChannelModel.load(model.save(tmp_path / "channel"))
     ids = ["c010", "c011", "new1", "out1", "none1"]
     pd.testing.assert_frame_equal(loaded.rank_channels(ids), model.rank_channels(ids))
     assert loaded.no_channel_reason("out1") == model.no_channel_reason("out1")
-    assert (tmp_path / "channel" / "engagement.lgb.txt").is_file()
+    assert (tmp_path / "channel" / "conversion.lgb.txt").is_file()  # engagement: arrays in channel.npz
+    np.testing.assert_allclose(loaded.glm_coef_, model.glm_coef_)
+    pd.testing.assert_frame_equal(
+        loaded.predict_proba(ids, ["push"] * len(ids)), model.predict_proba(ids, ["push"] * len(ids))
+    )
 
 
 def test_needs_messages():

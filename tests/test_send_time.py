@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from features import columns as c
-from models.send_time import HOURS, SLOTS, SendTimeModel, is_quiet, parse_quiet_hours
+from models.send_time import HOURS, SEGMENTS, SLOTS, SendTimeModel, is_quiet, parse_quiet_hours
 
 NY = "America/New_York"
 
@@ -184,6 +184,54 @@ def test_messages_teach_the_hour_of_a_customer_without_activity():
     best = model.best_slot(["m0", "m1"], "email")
     assert best["best_hour_local"].between(17, 19).all()
     assert set(model.channels_) == {"email", "sms"}
+
+
+def test_store_opening_hours_do_not_move_an_early_habit():
+    """Early birds browse online at 6:xx and shop in the store when it opens at 8:00. The store's
+    hours are learned as an hour offset of the store channel against the always-open web, so two
+    web visits at 6:00 outweigh five store visits at opening time; a noon shopper stays at noon."""
+    rows = []
+    for i in range(200):
+        habit = [6, 7, 12, 19][i % 4] + 0.3
+        for k in range(10):
+            day = (pd.Timestamp("2026-02-02") + pd.Timedelta(days=3 * k)).strftime("%Y-%m-%d")
+            store = k % 2 == 1
+            rows.append((f"p{i}", _local(day, max(habit, 8.1) if store else habit, "UTC"), store))
+    for k in range(7):
+        day = (pd.Timestamp("2026-02-03") + pd.Timedelta(days=3 * k)).strftime("%Y-%m-%d")
+        rows.append(("early", _local(day, 6.3 if k < 2 else 8.1, "UTC"), k >= 2))
+        rows.append(("noon", _local(day, 12.3, "UTC"), k >= 2))
+    events = pd.DataFrame(
+        {
+            c.CUSTOMER_ID: [r[0] for r in rows],
+            c.TS: pd.DatetimeIndex([r[1] for r in rows]).as_unit("us"),
+            c.CHANNEL: ["store" if r[2] else "web" for r in rows],
+            c.EVENT_TYPE: "purchase",
+        }
+    )
+    model = SendTimeModel().fit(events, None, _customers({r[0]: "UTC" for r in rows}))
+    best = model.best_slot(["early", "noon"], None).set_index(c.CUSTOMER_ID)["best_hour_local"]
+    assert best["early"] == 6 and best["noon"] == 12
+    store, web = SEGMENTS.index("store") - 1, SEGMENTS.index("web") - 1  # groups are SEGMENTS[1:]
+    assert model.activity_offsets_[store, 8] > 0.5 > model.activity_offsets_[store, 6]
+    assert np.all(model.activity_offsets_[web] == 0)  # the reference: open around the clock
+
+
+def test_format_1_folder_still_loads(habits_model, tmp_path):
+    """A folder written before the activity observation model (format 1) scores as before."""
+    import json
+
+    folder = habits_model.save(tmp_path / "v1")
+    meta = json.loads((folder / "send_time.json").read_text())
+    meta["format_version"] = 1
+    meta.pop("background_share")
+    (folder / "send_time.json").write_text(json.dumps(meta))
+    with np.load(folder / "send_time.npz") as arrays:
+        kept = {k: arrays[k] for k in arrays.files if k.rstrip("_") + "_" in SendTimeModel._ARRAYS}
+    np.savez_compressed(folder / "send_time.npz", **kept)
+    loaded = SendTimeModel.load(folder)
+    ids = ["evening", "owl", "never-seen"]
+    np.testing.assert_allclose(loaded.score_grid(ids, "email"), habits_model.score_grid(ids, "email"))
 
 
 def test_save_load_roundtrip(habits_model, tmp_path):

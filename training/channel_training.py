@@ -278,7 +278,7 @@ def evaluate_channel_and_send_time(
         notes.append("channel: no messages before the split; not evaluated")
         return metrics, data, notes
     channel = ChannelModel(random_state=config.random_state).fit(
-        train_messages, before, tables.consent, tables.customers, as_of=split
+        train_messages, before, tables.consent, tables.customers, as_of=split, identities=tables.identities
     )
     for target, window in (
         ("engagement", channel.open_window_days),
@@ -363,7 +363,12 @@ def train_channel_and_send_time(
     channel = None
     if has_messages:
         channel = ChannelModel(random_state=config.random_state).fit(
-            tables.messages, tables.events, tables.consent, tables.customers, as_of=as_of
+            tables.messages,
+            tables.events,
+            tables.consent,
+            tables.customers,
+            as_of=as_of,
+            identities=tables.identities,
         )
         notes += [f"channel: {note}" for note in channel.notes_]
         unreachable = len(channel.no_channel_reasons())
