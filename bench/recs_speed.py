@@ -2,6 +2,7 @@
 latency of one customer's recommendation in-process at 20,000 products.
 
     python bench/recs_speed.py --out FILE [--customers 200000] [--products 20000] [--seed 42]
+                               [--data DIR] [--model DIR] [--requests 1000]
 
 1. `features.synthetic.generate(customers, seed, n_products=products)` into work/bench-data-200k
    (reused when it already holds that size and seed; about a minute for 200,000 customers).
@@ -11,8 +12,14 @@ latency of one customer's recommendation in-process at 20,000 products.
    Reported: seconds per stage and the child's peak RSS (`getrusage` ru_maxrss).
 3. Latency in this process, after loading the saved model: `recommend(customer, k=10,
    channel="web")` one request at a time for sampled known customers, for the same customers with
-   two session items (ALS fold-in), and for unknown customers (cold start); median and p99 in ms.
-   Plus batch throughput (`recommendations_frame`, 256 customers per chunk).
+   two session items (ALS fold-in), and for unknown customers (cold start); median and p99 in ms,
+   wall clock and CPU time of this thread. `recommend` takes the single-request path; the same
+   requests through the batch path (`recommend_many([customer], ...)`, the path a request took
+   before the single-request path) are timed beside it ("..._batch_path"). Plus batch throughput (`recommendations_frame`,
+   256 customers per chunk).
+
+`--data DIR` uses an existing data folder instead of generating one (e.g. the 20,000-customer demo
+data); `--model DIR` times a saved model folder and skips training ("training": null).
 
 The machine is shared (see "load_average"): timings are wall-clock and include what other work
 ran at the same time.
@@ -76,11 +83,12 @@ def _train(data_dir: str, model_dir: str, params: dict, queue) -> None:
     )
 
 
-def _percentiles(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000.0
+def _percentiles(seconds: list[float], cpu_seconds: list[float]) -> dict:
+    ms, cpu_ms = np.asarray(seconds) * 1000.0, np.asarray(cpu_seconds) * 1000.0
     return {
         "median_ms": round(float(np.median(ms)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "cpu_median_ms": round(float(np.median(cpu_ms)), 2),
         "n": len(ms),
     }
 
@@ -93,18 +101,29 @@ def latency(model, n_requests: int, seed: int) -> dict:
     contexts = [model.product_ids_[rng.choice(sold, 2, replace=False)].tolist() for _ in customers]
     for cid in customers[:20]:  # warm up caches and lazy imports
         model.recommend(cid, k=10, channel="web")
+        model.recommend_many([cid], k=10, channel="web")
+
+    def batch_path(customer_id, context_items=()):
+        return model.recommend_many([customer_id], 10, context_items=[list(context_items)], channel="web")
+
     out = {}
     for name, calls in (
         ("known_customer", [dict(customer_id=cid) for cid in customers]),
         ("known_customer_with_2_session_items", [dict(customer_id=cid, context_items=ctx) for cid, ctx in zip(customers, contexts, strict=True)]),
         ("unknown_customer_cold_start", [dict(customer_id=f"new-{i}") for i in range(len(customers))]),
     ):  # fmt: skip
-        times = []
-        for kwargs in calls:
-            tick = time.perf_counter()
-            model.recommend(k=10, channel="web", **kwargs)
-            times.append(time.perf_counter() - tick)
-        out[name] = _percentiles(times)
+        times = {"single": ([], []), "batch": ([], [])}
+        for kwargs in calls:  # the two paths alternate, so both see the same machine
+            for path in ("single", "batch"):
+                tick, cpu = time.perf_counter(), time.thread_time()
+                if path == "single":
+                    model.recommend(k=10, channel="web", **kwargs)
+                else:
+                    batch_path(**kwargs)
+                times[path][1].append(time.thread_time() - cpu)
+                times[path][0].append(time.perf_counter() - tick)
+        out[name] = _percentiles(*times["single"])
+        out[f"{name}_batch_path"] = _percentiles(*times["batch"])
     batch = customers[: min(5000, len(customers))]
     tick = time.perf_counter()
     model.recommendations_frame(batch, k=10)
@@ -123,13 +142,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--data", type=Path, default=None, help="an existing data folder instead of generating"
     )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a saved model folder to time (skips training)"
+    )
     parser.add_argument("--requests", type=int, default=1000, help="requests per latency scenario")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     load_average = os.getloadavg()[0]
 
     tick = time.perf_counter()
-    if args.data is None:
+    if args.model is not None:
+        data_dir, dataset = None, f"model folder {args.model}"
+    elif args.data is None:
         data_dir = ensure_generated(DEFAULT_DATA, args.customers, args.seed, n_products=args.products)
         dataset = (
             f"features.synthetic.generate({args.customers}, seed={args.seed}, n_products={args.products})"
@@ -142,18 +166,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     params = TwoStageRecommender().get_params()
     with tempfile.TemporaryDirectory(prefix="recs-speed-") as tmp:
-        model_dir = Path(tmp) / "model"
-        log("training in a child process")
-        queue = mp.get_context("spawn").Queue()
-        child = mp.get_context("spawn").Process(
-            target=_train, args=(str(data_dir), str(model_dir), params, queue)
-        )
-        child.start()
-        training = queue.get()
-        child.join()
-        if child.exitcode != 0:
-            raise SystemExit(f"training failed (exit {child.exitcode})")
-        log(f"training: {training}")
+        training = None
+        if args.model is not None:
+            model_dir = args.model
+        else:
+            model_dir = Path(tmp) / "model"
+            log("training in a child process")
+            queue = mp.get_context("spawn").Queue()
+            child = mp.get_context("spawn").Process(
+                target=_train, args=(str(data_dir), str(model_dir), params, queue)
+            )
+            child.start()
+            training = queue.get()
+            child.join()
+            if child.exitcode != 0:
+                raise SystemExit(f"training failed (exit {child.exitcode})")
+            log(f"training: {training}")
         tick = time.perf_counter()
         model = TwoStageRecommender.load(model_dir)
         load_seconds = time.perf_counter() - tick
@@ -164,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "dataset": dataset,
         "data_generation_seconds": round(generate_seconds, 1),
-        "training": training | {"params": params},
+        "training": None if training is None else training | {"params": params},
         "model_folder_mb": round(size_mb, 1),
         "model_load_seconds": round(load_seconds, 2),
         "latency": {"k": 10, "channel": "web", "products": int(len(model.product_ids_))} | lat,

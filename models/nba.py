@@ -71,6 +71,10 @@ Batch. `decide(customer_ids, now)` is vectorised (numpy over customers × channe
 on the whole batch, sorted-array ledger look-ups); one decision per distinct customer. Every send
 is re-checked by `audit_sends` before it is returned (a breach becomes no action with the rule as
 reason), and with `record=True` the sends go into the ledger, so caps hold across batches.
+`decide_one` (the HTTP route) runs the same `_decide_arrays` for one customer without the DataFrame
+around it: dict look-ups in the ledger and the profiles instead of pandas indexes, the channel
+model's probabilities scored once per channel (`ChannelModelChooser`), the recommender's
+single-request path; it decides exactly as `decide` (tests/test_nba_fast.py).
 
 Saved to a folder: LightGBM text models, Parquet, json, and the profiles' folder. Never pickle.
 """
@@ -78,6 +82,7 @@ Saved to a folder: LightGBM text models, Parquet, json, and the profiles' folder
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -100,6 +105,7 @@ from models.contact_policy import (
     next_send_times,
     offer_eligibility,
 )
+from models.fitting import fit_estimator  # on the Dask cluster of `omni train` when one is active
 from models.profile import CustomerHistory, CustomerProfiles, _us
 from models.uplift import (
     MultiArmUpliftLearner,
@@ -117,6 +123,8 @@ REPLENISHMENT = "replenishment"
 WIN_BACK = "win_back"
 SERVICE_CONTENT = "service_content"
 ACTIONS: tuple[str, ...] = (NO_ACTION, PRODUCT_MESSAGE, OFFER, REPLENISHMENT, WIN_BACK, SERVICE_CONTENT)
+# Actions whose message shows recommended products (replenishment shows the due items instead).
+ITEM_ACTIONS: tuple[str, ...] = (PRODUCT_MESSAGE, OFFER, WIN_BACK, SERVICE_CONTENT)
 DECISION_COLUMNS: tuple[str, ...] = (
     c.CUSTOMER_ID,
     "action",
@@ -138,6 +146,7 @@ ORDER_VALUE_PRIOR_ORDERS = 1.0  # a customer's order value is shrunk towards the
 _BATCH = 200_000  # customers per block inside decide (bounds the customers × channels × arms arrays)
 _RECOMMEND_BATCH = 2_000
 _MAX_JOBS = 2
+_FEW = 16  # questions about at most this many customers (a request) use dict look-ups
 MISSING = -1e9  # sentinel for unknown feature values (see `_model_matrix`)
 
 
@@ -186,11 +195,48 @@ class ChannelModelChooser:
 
     def __init__(self, model):
         self.model = model
+        self._tables: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        ids = getattr(model, "customer_ids_", None)
+        self._row_of = (
+            None if ids is None else {str(cid): i for i, cid in enumerate(np.asarray(ids).tolist())}
+        )
+
+    def _score(self, ids: np.ndarray, channel: str) -> np.ndarray:
+        scored = self.model.predict_proba(ids, np.full(len(ids), channel, dtype=object))
+        return scored["probability"].to_numpy(np.float64)
+
+    def _table(self, channel: str) -> np.ndarray:
+        """The probability of every customer the model knows, scored once per channel: the model's
+        per-call cost (building a feature frame) is paid once, not on every decision."""
+        table = self._tables.get(channel)
+        if table is None:
+            with self._lock:
+                table = self._tables.get(channel)
+                if table is None:
+                    ids = np.asarray(self.model.customer_ids_, dtype=object)
+                    table = self._score(ids, channel)
+                    table.flags.writeable = False
+                    self._tables[channel] = table
+        return table
+
+    def warm(self, channels) -> None:
+        """Scores the tables of `channels` now (e.g. at service start-up)."""
+        if self._row_of is not None:
+            for ch in channels:
+                self._table(str(ch))
 
     def open_probability(self, customer_ids, channel: str) -> np.ndarray:
         ids = np.asarray(customer_ids, dtype=object)
-        scored = self.model.predict_proba(ids, np.full(len(ids), channel, dtype=object))
-        return scored["probability"].to_numpy(np.float64)
+        if self._row_of is None or len(ids) == 0:
+            return self._score(ids, channel)
+        rows = np.fromiter((self._row_of.get(str(cid), -1) for cid in ids.tolist()), np.int64, len(ids))
+        out = np.empty(len(ids))
+        known = rows >= 0
+        out[known] = self._table(channel)[rows[known]]
+        if not known.all():
+            out[~known] = self._score(ids[~known], channel)
+        return out
 
 
 class ActivityHoursChooser:
@@ -227,6 +273,36 @@ class SendTimeModelChooser:
 
     def slot_scores(self, customer_ids, channel: str) -> np.ndarray:
         return self.model.score_grid(np.asarray(customer_ids, dtype=object), channel)
+
+
+class _DecisionLedger(ContactLedger):
+    """The engine's `ContactLedger`: the same contacts, index and answers, but a question about a
+    few customers (one decision asks about ten) finds them with a dict look-up instead of building
+    a pandas Index per question (about 0.5 ms each). Bigger questions use the base class as is."""
+
+    def _codes(self, customer_ids) -> np.ndarray:
+        ids = np.asarray(customer_ids, dtype=object)
+        if len(ids) > _FEW:
+            return super()._codes(ids)
+        self._build_index()
+        cached = getattr(self, "_code_of", None)
+        if cached is None or cached[0] is not self._customer_index:
+            index = self._customer_index
+            cached = (index, {cid: i for i, cid in enumerate(index.astype(str).tolist())})
+            self._code_of = cached
+        return np.array([cached[1].get(str(cid), -1) for cid in ids.tolist()], dtype=np.int64)
+
+    def last_purchase(self, customer_ids) -> np.ndarray:
+        ids = np.asarray(customer_ids, dtype=object)
+        if len(ids) > _FEW:
+            return super().last_purchase(ids)
+        last = self.last_purchase_
+        cached = getattr(self, "_last_purchase_of", None)
+        if cached is None or cached[0] is not last or cached[1] != len(last):
+            values = dict(zip(last.index.astype(str).tolist(), last.to_numpy(np.int64).tolist(), strict=True))
+            cached = (last, len(last), values)
+            self._last_purchase_of = cached
+        return np.array([cached[2].get(str(cid), NAT_US) for cid in ids.tolist()], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,7 +574,7 @@ class NextBestActionEngine(BaseEstimator):
             if send_time_model is not None
             else ActivityHoursChooser(profiles)
         )
-        self.ledger_ = ContactLedger.from_history(tables.messages, tables.events, as_of)
+        self.ledger_ = _DecisionLedger.from_history(tables.messages, tables.events, as_of)
         self.guard_ = None
         self.uplift_ = None
         self.learner_ = None
@@ -671,7 +747,7 @@ class NextBestActionEngine(BaseEstimator):
             "verbose": -1,
         }
         for tr, te in folds.split(X, opened):
-            model = lgb.LGBMClassifier(objective="binary", **params).fit(X[tr], opened[tr])
+            model = fit_estimator(lgb.LGBMClassifier(objective="binary", **params), X[tr], opened[tr])
             p_open[te] = model.predict_proba(X[te])[:, 1]
         p_open = np.clip(p_open, 0.01, 0.99)
         share_opened = np.bincount(arm[opened], minlength=n_arms)[1:] / max(int(opened.sum()), 1)
@@ -732,16 +808,19 @@ class NextBestActionEngine(BaseEstimator):
         offer_costs = [self.offer_cost_table_[o] for o in self.offer_ids_]
         return np.array([0.0] * base + offer_costs)
 
-    def _order_value(self, features: pd.DataFrame) -> np.ndarray:
-        """Expected value of an order: the customer's mean order value shrunk towards everyone's."""
-        freq = np.nan_to_num(features["frequency"].to_numpy(np.float64))
-        aov = np.nan_to_num(features["avg_order_value"].to_numpy(np.float64))
+    def _order_value(self, features) -> np.ndarray:
+        """Expected value of an order: the customer's mean order value shrunk towards everyone's.
+
+        `features`: a frame of `CustomerProfiles.model_features` or a dict of its columns."""
+        freq = np.nan_to_num(np.asarray(features["frequency"], dtype=np.float64))
+        aov = np.nan_to_num(np.asarray(features["avg_order_value"], dtype=np.float64))
         k = ORDER_VALUE_PRIOR_ORDERS
         return (aov * freq + k * self.mean_order_value_) / (freq + k)
 
     # ------------------------------------------------------------------------------------------
     # predictions per arm (the engine's arm order: none, plain, offers)
-    def _arm_outcomes(self, features: pd.DataFrame, rules_kind: np.ndarray | None = None) -> np.ndarray:
+    def _arm_outcomes(self, features, rules_kind: np.ndarray | None = None) -> np.ndarray:
+        """Conversion probability per arm; `features` as in `_order_value`."""
         X = _model_matrix(features, self.feature_names_)
         if self.mode_ == "uplift":
             return self.uplift_.predict_outcomes(X)
@@ -749,9 +828,9 @@ class NextBestActionEngine(BaseEstimator):
             learned = self.uplift_.predict_outcomes(X)  # plain, offers
             return np.column_stack([learned[:, 0], learned])  # no action = plain (assumed no effect)
         # rules: purchase probability in the window from the churn model (or recent orders)
-        churn = features["_churn_risk"].to_numpy(np.float64)
+        churn = np.asarray(features["_churn_risk"], dtype=np.float64)
         p90 = 1.0 - churn
-        recent = np.clip(np.nan_to_num(features["orders_90d"].to_numpy()) / 3.0, 0.0, 0.95)
+        recent = np.clip(np.nan_to_num(np.asarray(features["orders_90d"])) / 3.0, 0.0, 0.95)
         p90 = np.where(np.isfinite(p90), p90, recent)
         mu0 = 1.0 - (1.0 - np.clip(p90, 0.0, 0.999)) ** (self.conversion_window_days / 90.0)
         priors = self._priors()
@@ -831,7 +910,7 @@ class NextBestActionEngine(BaseEstimator):
             "after": after,
             "deadline": np.full(n, deadline, dtype=np.int64),
             "p_open": p_open,
-            "timezone": np.where(known, frame[c.TIMEZONE].to_numpy(dtype=object)[safe], "UTC"),
+            "timezone": np.where(known, frame[c.TIMEZONE].iloc[safe].to_numpy(dtype=object), "UTC"),
         }
 
     def _send_times(self, ids, channel_names, after, deadline, timezone) -> np.ndarray:
@@ -901,32 +980,52 @@ class NextBestActionEngine(BaseEstimator):
             ledger.record(sends[c.CUSTOMER_ID], sends[c.CHANNEL], sends["send_at"])
         return out
 
+    def warm(self) -> None:
+        """Scores the channel model's tables and takes one decision (nothing recorded), so a service
+        worker's first decision costs what the next ones do."""
+        warm = getattr(self.channel_chooser_, "warm", None)
+        if warm is not None:
+            warm(self.policy_.channels)
+        ids = self.profiles_.frame_[c.CUSTOMER_ID]
+        if len(ids):
+            self.decide_one(str(ids.iloc[0]))
+
     def decide_one(
         self, customer_id: str, now=None, ledger: ContactLedger | None = None, record: bool = False
     ) -> dict:
-        """The decision for one customer as a dict; expected_gain holds its parts."""
-        row = self.decide([customer_id], now, ledger, record).iloc[0]
-        send_at = row["send_at"]
-        return {
-            c.CUSTOMER_ID: row[c.CUSTOMER_ID],
-            "action": row["action"],
-            c.CHANNEL: row[c.CHANNEL],
-            "send_at": None if pd.isna(send_at) else send_at.isoformat(),
-            c.OFFER_ID: row[c.OFFER_ID],
-            "product_ids": list(row["product_ids"]),
-            "expected_gain": {
-                "value": float(row["expected_gain"]),
-                "uplift": float(row["uplift"]),
-                "incremental_margin": float(row["incremental_margin"]),
-                "offer_cost": float(row["offer_cost"]),
-                "contact_cost": float(row["contact_cost"]),
-                "p_open": float(row["p_open"]),
-                "p_convert": None if pd.isna(row["p_convert"]) else float(row["p_convert"]),
-            },
-            "reasons": list(row["reasons"]),
-        }
+        """The decision for one customer as a dict; expected_gain holds its parts.
+
+        The same decision as `decide([customer_id], now, ledger, record)`: the same `_decide_arrays`,
+        without the DataFrame around it (and the recommender's single-request path for the items).
+        Recording and per-day channel capacity (which counts the whole ledger) take `decide`.
+        """
+        if record or self.policy_.capacity_per_day:
+            return _decision_dict(self.decide([customer_id], now, ledger, record).iloc[0])
+        now = self._now(now)
+        ledger = ledger if ledger is not None else self.ledger_
+        ids = np.array([str(customer_id)], dtype=object)
+        cols = self._decide_arrays(ids, now, ledger)
+        row = {name: values[0] for name, values in cols.items()}
+        if row["action"] in ITEM_ACTIONS and self.recommender_ is not None:
+            row["product_ids"] = self._items_one(str(ids[0]))
+        row["send_at"] = (
+            None if row["send_at"] == NAT_US else pd.Timestamp(int(row["send_at"]), unit="us", tz="UTC")
+        )
+        return _decision_dict(row)
+
+    def _items_one(self, customer_id: str) -> list[str]:
+        """`_attach_items` for one customer."""
+        k = self.policy_.items_per_message
+        if hasattr(self.recommender_, "_recommend_one"):  # TwoStageRecommender: single-request path
+            return list(self.recommender_.recommend(customer_id, k=k).product_ids)
+        return list(self.recommender_.recommend_many([customer_id], k=k)[0].product_ids)
 
     def _decide_block(self, ids: np.ndarray, now: pd.Timestamp, ledger: ContactLedger) -> pd.DataFrame:
+        return _decisions_frame(self._decide_arrays(ids, now, ledger))
+
+    def _decide_arrays(self, ids: np.ndarray, now: pd.Timestamp, ledger: ContactLedger) -> dict:
+        """The decisions of distinct `ids` as columns (`DECISION_COLUMNS`; send_at in int64 µs),
+        before the batch-wide channel capacity and the recommended items."""
         policy = self.policy_
         profiles = self.profiles_
         n = len(ids)
@@ -934,14 +1033,15 @@ class NextBestActionEngine(BaseEstimator):
         rows, live = plan["rows"], plan["live"]
         frame = profiles.frame_
         K = len(self.arm_names_)
-        out = _empty_decisions(ids)
+        out = _empty_columns(ids)
         reasons: list[list[str]] = [[r] if r is not None else [] for r in plan["reason"]]
         live_idx = np.flatnonzero(live)
         segment = np.full(n, None, dtype=object)
         tier = np.full(n, None, dtype=object)
-        safe = np.where(rows >= 0, rows, 0)
-        segment[rows >= 0] = frame["segment"].to_numpy(dtype=object)[safe[rows >= 0]]
-        tier[rows >= 0] = frame["value_tier"].to_numpy(dtype=object)[safe[rows >= 0]]
+        known = rows >= 0
+        # gather the rows, then convert: a request converts one value, not a whole column
+        segment[known] = frame["segment"].iloc[rows[known]].to_numpy(dtype=object)
+        tier[known] = frame["value_tier"].iloc[rows[known]].to_numpy(dtype=object)
         due = (
             profiles.due_replenishments(ids[live_idx], now, k=policy.items_per_message)
             if len(live_idx)
@@ -954,11 +1054,15 @@ class NextBestActionEngine(BaseEstimator):
             has_due[i] = bool(items)
 
         if len(live_idx):
-            feats = profiles.model_features(rows[live_idx], now)
+            feats = (
+                profiles.model_feature_arrays(rows[live_idx], now)
+                if len(live_idx) <= _FEW
+                else profiles.model_features(rows[live_idx], now)
+            )
             rules_kind = None
             arm_ok = np.ones((len(live_idx), K), dtype=bool)
             if self.mode_ == "rules":
-                feats["_churn_risk"] = frame["churn_risk"].to_numpy(np.float64)[rows[live_idx]]
+                feats["_churn_risk"] = frame["churn_risk"].iloc[rows[live_idx]].to_numpy(np.float64)
                 dormant = segment[live_idx] == "dormant"
                 rules_kind = np.where(
                     has_due[live_idx], "replenishment", np.where(dormant, "win_back", "product_message")
@@ -968,8 +1072,8 @@ class NextBestActionEngine(BaseEstimator):
                     self.offer_ids_,
                     segment[live_idx],
                     tier[live_idx],
-                    frame["monetary"].to_numpy()[rows[live_idx]],
-                    frame["bought_categories"].to_numpy(dtype=object)[rows[live_idx]],
+                    frame["monetary"].iloc[rows[live_idx]].to_numpy(),
+                    frame["bought_categories"].iloc[rows[live_idx]].to_numpy(dtype=object),
                     policy.offer_rules,
                 )
                 arm_ok[:, 2:] = eligible
@@ -1042,15 +1146,15 @@ class NextBestActionEngine(BaseEstimator):
                 [WIN_BACK, SERVICE_CONTENT, REPLENISHMENT, PRODUCT_MESSAGE],
                 OFFER,
             ).astype(object)
-            out.loc[final, "action"] = actions
-            out.loc[final, c.CHANNEL] = chosen_channel[ok]
-            out.loc[final, "send_at"] = _datetimes(send_at[ok]).to_numpy()
-            out.loc[final, c.OFFER_ID] = np.array([None, None, *self.offer_ids_], dtype=object)[arms]
+            out["action"][final] = actions
+            out[c.CHANNEL][final] = chosen_channel[ok]
+            out["send_at"][final] = send_at[ok]
+            out[c.OFFER_ID][final] = np.array([None, None, *self.offer_ids_], dtype=object)[arms]
             for col in ("uplift", "incremental_margin", "offer_cost", "contact_cost", "p_open", "p_convert"):
-                out.loc[final, col] = result[col][res_pos]
-            out.loc[final, "expected_gain"] = result["gain"][res_pos]
+                out[col][final] = result[col][res_pos]
+            out["expected_gain"][final] = result["gain"][res_pos]
             # customers who were weighed but got no action keep their baseline conversion probability
-            out.loc[live_idx[~send], "p_convert"] = result["p_convert"][~send]
+            out["p_convert"][live_idx[~send]] = result["p_convert"][~send]
             if self.mode_ == "rules":
                 base_reason = "prior_uplift_no_model"
             elif forced is not None:
@@ -1069,8 +1173,8 @@ class NextBestActionEngine(BaseEstimator):
                     else ["positive_expected_gain", base_reason]
                 )
             for i in final[replenish]:
-                out.at[i, "product_ids"] = list(due_items[i])
-        out["reasons"] = reasons
+                out["product_ids"][i] = list(due_items[i])
+        out["reasons"] = _object_array(reasons)
         return out
 
     def _apply_capacity(self, out: pd.DataFrame, ledger: ContactLedger) -> pd.DataFrame:
@@ -1107,7 +1211,7 @@ class NextBestActionEngine(BaseEstimator):
 
     def _attach_items(self, out: pd.DataFrame, now: pd.Timestamp) -> None:
         """Recommended products for sends that show products (replenishment already has its items)."""
-        need = out.index[out["action"].isin([PRODUCT_MESSAGE, OFFER, WIN_BACK, SERVICE_CONTENT])]
+        need = out.index[out["action"].isin(list(ITEM_ACTIONS))]
         if self.recommender_ is None or len(need) == 0:
             return
         k = self.policy_.items_per_message
@@ -1214,7 +1318,7 @@ class NextBestActionEngine(BaseEstimator):
             guard.validation_gain_ = g["validation_gain"]
             guard.personalised_share_ = g["personalised_share"]
             engine.guard_ = guard
-        ledger = ContactLedger()
+        ledger = _DecisionLedger()
         contacts = pd.read_parquet(folder / "ledger_contacts.parquet")
         ledger.record(contacts[c.CUSTOMER_ID], contacts[c.CHANNEL], contacts[c.TS])
         purchases = pd.read_parquet(folder / "ledger_purchases.parquet")
@@ -1237,13 +1341,17 @@ class NextBestActionEngine(BaseEstimator):
 
 
 # ----------------------------------------------------------------------------------------------
-def _model_matrix(features: pd.DataFrame, names: list[str]) -> np.ndarray:
+def _model_matrix(features, names: list[str]) -> np.ndarray:
     """Features as the uplift learner takes them: float64, unknown values as a sentinel.
 
     (The learner's input check refuses NaN; a value below every real one lets LightGBM put
     "unknown" on its own side of a split, e.g. the recency of a customer who never bought.)
+    `features`: a frame, or a dict of columns (`CustomerProfiles.model_feature_arrays`).
     """
-    X = features[names].to_numpy(np.float64)
+    if isinstance(features, pd.DataFrame):
+        X = features[names].to_numpy(np.float64)
+    else:
+        X = np.column_stack([np.asarray(features[name], dtype=np.float64) for name in names])
     return np.where(np.isfinite(X), X, MISSING)
 
 
@@ -1257,28 +1365,74 @@ def _datetimes(us) -> pd.Series:
     return pd.Series(pd.DatetimeIndex(values.astype("datetime64[us]")).tz_localize("UTC"))
 
 
-def _empty_decisions(ids: np.ndarray) -> pd.DataFrame:
+def _object_array(values: list) -> np.ndarray:
+    """A 1-d object array of the given objects (lists stay lists, not a second axis)."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def _empty_columns(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """`DECISION_COLUMNS` for no action, send_at as int64 µs (NaT = int64 min)."""
     n = len(ids)
-    return pd.DataFrame(
-        {
-            c.CUSTOMER_ID: ids,
-            "action": np.full(n, NO_ACTION, dtype=object),
-            c.CHANNEL: np.full(n, None, dtype=object),
-            "send_at": pd.Series(
-                pd.DatetimeIndex(np.full(n, NAT_US).astype("datetime64[us]")).tz_localize("UTC")
-            ),
-            c.OFFER_ID: np.full(n, None, dtype=object),
-            "product_ids": pd.Series([[] for _ in range(n)], dtype=object),
-            "expected_gain": np.zeros(n),
-            "reasons": pd.Series([[] for _ in range(n)], dtype=object),
-            "uplift": np.zeros(n),
-            "incremental_margin": np.zeros(n),
-            "offer_cost": np.zeros(n),
-            "contact_cost": np.zeros(n),
-            "p_open": np.zeros(n),
-            "p_convert": np.full(n, np.nan),
-        }
-    )
+    return {
+        c.CUSTOMER_ID: np.asarray(ids, dtype=object),
+        "action": np.full(n, NO_ACTION, dtype=object),
+        c.CHANNEL: np.full(n, None, dtype=object),
+        "send_at": np.full(n, NAT_US, dtype=np.int64),
+        c.OFFER_ID: np.full(n, None, dtype=object),
+        "product_ids": _object_array([[] for _ in range(n)]),
+        "expected_gain": np.zeros(n),
+        "reasons": _object_array([[] for _ in range(n)]),
+        "uplift": np.zeros(n),
+        "incremental_margin": np.zeros(n),
+        "offer_cost": np.zeros(n),
+        "contact_cost": np.zeros(n),
+        "p_open": np.zeros(n),
+        "p_convert": np.full(n, np.nan),
+    }
+
+
+def _decisions_frame(cols: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The decisions table of `_empty_columns`-shaped columns (send_at as UTC datetimes)."""
+    out = {}
+    for name in DECISION_COLUMNS:
+        values = cols[name]
+        if name == "send_at":
+            out[name] = _datetimes(values)
+        elif name in (c.CHANNEL, c.OFFER_ID, "product_ids", "reasons"):
+            out[name] = pd.Series(values, dtype=object)  # None stays None; lists stay lists
+        else:
+            out[name] = values
+    return pd.DataFrame(out)
+
+
+def _empty_decisions(ids: np.ndarray) -> pd.DataFrame:
+    return _decisions_frame(_empty_columns(ids))
+
+
+def _decision_dict(row) -> dict:
+    """One decision (a row of the decisions table, or a dict of its values) as `decide_one` returns it."""
+    send_at = row["send_at"]
+    return {
+        c.CUSTOMER_ID: row[c.CUSTOMER_ID],
+        "action": row["action"],
+        c.CHANNEL: row[c.CHANNEL],
+        "send_at": None if send_at is None or pd.isna(send_at) else send_at.isoformat(),
+        c.OFFER_ID: row[c.OFFER_ID],
+        "product_ids": list(row["product_ids"]),
+        "expected_gain": {
+            "value": float(row["expected_gain"]),
+            "uplift": float(row["uplift"]),
+            "incremental_margin": float(row["incremental_margin"]),
+            "offer_cost": float(row["offer_cost"]),
+            "contact_cost": float(row["contact_cost"]),
+            "p_open": float(row["p_open"]),
+            "p_convert": None if pd.isna(row["p_convert"]) else float(row["p_convert"]),
+        },
+        "reasons": list(row["reasons"]),
+    }
 
 
 def _json_default(value):

@@ -53,8 +53,10 @@ from sklearn.metrics import mean_absolute_error, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from features import columns as c
-from features.customer_features import build_customer_features
 from features.io import Tables
+
+# the feature build and the LightGBM fits run on the Dask cluster of `omni train --dask-scheduler`, if any
+from models.fitting import build_customer_features, fit_estimator
 
 FORMAT_VERSION = 1
 MONETARY_OFFER_KINDS: tuple[str, ...] = ("discount", "bogo", "free_shipping")
@@ -99,6 +101,9 @@ TIME_RELATIVE = {
     "days_since_first_purchase": "first_purchase_us",
     "days_since_last_message": "last_message_us",
 }
+
+# Queries about at most this many customers (a request) use dict look-ups instead of pandas.
+_FEW = 16
 
 # Descriptions returned with every profile field.
 DERIVED_FROM: dict[str, str] = {
@@ -804,8 +809,12 @@ class CustomerProfiles(BaseEstimator):
         tr, te = train_test_split(
             np.arange(len(train_ids)), test_size=0.2, random_state=self.random_state, stratify=churned
         )
-        spend_model = lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()).fit(x[tr], spend[tr])
-        churn_model = lgb.LGBMClassifier(objective="binary", **self._lgbm_params()).fit(x[tr], churned[tr])
+        spend_model = fit_estimator(
+            lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()), x[tr], spend[tr]
+        )
+        churn_model = fit_estimator(
+            lgb.LGBMClassifier(objective="binary", **self._lgbm_params()), x[tr], churned[tr]
+        )
         spend_pred = spend_model.predict(x[te])
         churn_pred = churn_model.predict_proba(x[te])[:, 1]
         naive_spend = x_t["spend_90d"].to_numpy()[te]  # "the last 90 days repeat"
@@ -825,8 +834,8 @@ class CustomerProfiles(BaseEstimator):
             "spend_mean_predicted": float(spend_pred.mean()),
         }
         # refit on every customer of the window, then look forward from as_of
-        spend_model = lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()).fit(x, spend)
-        churn_model = lgb.LGBMClassifier(objective="binary", **self._lgbm_params()).fit(x, churned)
+        spend_model = fit_estimator(lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()), x, spend)
+        churn_model = fit_estimator(lgb.LGBMClassifier(objective="binary", **self._lgbm_params()), x, churned)
         now = self.features_.to_numpy(np.float64)
         self.frame_["predicted_spend_90d"] = spend_model.predict(now)
         self.frame_["churn_risk"] = churn_model.predict_proba(now)[:, 1]
@@ -861,8 +870,20 @@ class CustomerProfiles(BaseEstimator):
     # queries
     def rows(self, customer_ids) -> np.ndarray:
         """Row of each customer in `frame_` (-1 when unknown)."""
-        ids = pd.Index(pd.Series(np.asarray(customer_ids, dtype=object)).astype(str))
-        return self.customer_index_.get_indexer(ids)
+        ids = np.asarray(customer_ids, dtype=object)
+        if len(ids) <= _FEW:
+            # a request asks for one customer: a dict look-up, not a pandas index per call
+            row_of = self._row_of()
+            return np.array([row_of.get(str(cid), -1) for cid in ids.tolist()], dtype=np.intp)
+        return self.customer_index_.get_indexer(pd.Index(pd.Series(ids).astype(str)))
+
+    def _row_of(self) -> dict[str, int]:
+        """{customer_id: row}, rebuilt when `customer_index_` is replaced (fit, load)."""
+        cached = getattr(self, "_row_of_cache", None)
+        if cached is None or cached[0] is not self.customer_index_:
+            cached = (self.customer_index_, {cid: i for i, cid in enumerate(self.customer_index_.tolist())})
+            self._row_of_cache = cached
+        return cached[1]
 
     def refresh_consent(self, consent: pd.DataFrame | None, as_of: pd.Timestamp | None = None) -> None:
         """Re-reads consent from a (newer) consent table, latest row up to `as_of` (default: all rows).
@@ -887,12 +908,30 @@ class CustomerProfiles(BaseEstimator):
                 feats[name] = _days(np.full(len(rows), now_us), self.frame_[col].to_numpy()[rows])
         return feats
 
+    def model_feature_arrays(self, rows: np.ndarray, now: pd.Timestamp) -> dict[str, np.ndarray]:
+        """`model_features(rows, now)` as {column: values} without building a frame (a request)."""
+        cached = getattr(self, "_feature_columns", None)
+        if cached is None or cached[0] is not self.features_:
+            cached = (
+                self.features_,
+                {name: self.features_[name].to_numpy() for name in self.features_.columns},
+            )
+            self._feature_columns = cached
+        feats = {name: values[rows] for name, values in cached[1].items()}
+        now_us = int(_us(now)[0])
+        for name, col in TIME_RELATIVE.items():
+            if name in feats:
+                feats[name] = _days(np.full(len(rows), now_us), self.frame_[col].to_numpy()[rows])
+        return feats
+
     def due_replenishments(self, customer_ids, now: pd.Timestamp, k: int = 3) -> list[list[str]]:
         """Per customer, up to k products whose replenishment cycle is due at `now`, most due first.
 
         Due: now is between (last purchase + cycle - lead days) and (last purchase + 1.5 cycles).
         """
         ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
+        if len(ids) <= _FEW:
+            return [self._due_of(cid, now, k) for cid in ids.tolist()]
         unique = pd.Index(ids.unique())
         found: list[list[str]] = [[] for _ in range(len(unique))]
         table = self.replenishment_
@@ -914,6 +953,36 @@ class CustomerProfiles(BaseEstimator):
                 for first, chunk in zip(position[starts], np.split(products, starts[1:]), strict=True):
                     found[int(first)] = chunk.tolist()
         return [list(found[i]) for i in unique.get_indexer(ids)]
+
+    def _due_of(self, customer_id: str, now: pd.Timestamp, k: int) -> list[str]:
+        """`due_replenishments([customer_id], now, k)[0]` from the customer's own rows only."""
+        table = self.replenishment_
+        cached = getattr(self, "_replenishment_rows", None)
+        if cached is None or cached[0] is not table:
+            groups = table.groupby(table[c.CUSTOMER_ID].astype(str), sort=False).indices if len(table) else {}
+            columns = (
+                table["cycle_days"].to_numpy(),
+                table["last_purchase_us"].to_numpy(),
+                table[c.PRODUCT_ID].astype(str).to_numpy(),
+            )
+            cached = (table, dict(groups), columns)
+            self._replenishment_rows = cached
+        positions = cached[1].get(customer_id)
+        if positions is None:
+            return []
+        cycle_days, last_purchase_us, product_ids = (values[positions] for values in cached[2])
+        now_us = int(_us(now)[0])
+        cycle_us = (cycle_days * US_PER_DAY).astype(np.int64)
+        due_at = last_purchase_us + cycle_us
+        lead = int(self.replenishment_lead_days * US_PER_DAY)
+        due = (now_us >= due_at - lead) & (now_us <= due_at + cycle_us // 2)
+        if not due.any():
+            return []
+        products = product_ids[due]
+        overdue = now_us - due_at[due]
+        # most overdue first, then by product id (stable, as the batch's sort)
+        order = np.lexsort((products, -overdue))
+        return products[order][:k].tolist()
 
     def profiles_frame(self) -> pd.DataFrame:
         """The profile fields of every customer as one table (timestamps as UTC datetimes)."""

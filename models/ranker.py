@@ -58,6 +58,31 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+class CSRRow:
+    """One CSR row as plain arrays: what `gather`, `row_profiles` and `build_features` read of a
+    one-row `csr_matrix` (indptr, indices, data, shape, nnz), without building a scipy matrix.
+
+    `indices` must be sorted and unique, as in a canonical CSR. The single-request path of
+    `models.two_stage` passes these, so a request costs no scipy construction.
+    """
+
+    __slots__ = ("indices", "data", "indptr", "shape", "nnz")
+
+    def __init__(self, indices: np.ndarray, data: np.ndarray, n_cols: int):
+        self.indices = indices
+        self.data = data
+        self.nnz = len(indices)
+        self.indptr = np.array([0, self.nnz], dtype=np.int64)
+        self.shape = (1, n_cols)
+
+
+def as_csr(matrix):
+    """`matrix` as a CSR: CSR matrices and `CSRRow`s as they are, anything else converted."""
+    if isinstance(matrix, CSRRow) or (sp.issparse(matrix) and matrix.format == "csr"):
+        return matrix
+    return sp.csr_matrix(matrix)
+
+
 @dataclass
 class RowProfiles:
     """What the batch rows (customers, with their session items) look like, one entry per row.
@@ -78,7 +103,7 @@ def row_profiles(
     rows: sp.csr_matrix, item_category: np.ndarray, n_categories: int, item_log_price: np.ndarray
 ):
     """`RowProfiles` from interaction rows (bincounts over the stored entries: no per-row loop)."""
-    rows = sp.csr_matrix(rows)
+    rows = as_csr(rows)
     n_rows, n_cat = rows.shape[0], max(n_categories, 1)
     row = np.repeat(np.arange(n_rows), np.diff(rows.indptr))
     w = rows.data.astype(np.float64)
@@ -114,11 +139,14 @@ def gather(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndar
     if len(rows) == 0 or matrix.nnz == 0:
         return out
     n_cols = matrix.shape[1]
-    keys = (
-        np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr)) * n_cols
-        + matrix.indices
-    )
-    wanted = np.asarray(rows, dtype=np.int64) * n_cols + np.asarray(cols, dtype=np.int64)
+    if matrix.shape[0] == 1:  # one row (a request): its column indices are the keys
+        keys, wanted = matrix.indices, np.asarray(cols, dtype=np.int64)
+    else:
+        keys = (
+            np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr)) * n_cols
+            + matrix.indices
+        )
+        wanted = np.asarray(rows, dtype=np.int64) * n_cols + np.asarray(cols, dtype=np.int64)
     pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
     hit = keys[pos] == wanted
     out[hit] = matrix.data[pos[hit]]
@@ -193,10 +221,10 @@ def build_features(
     cols["customer_weight"] = np.log1p(profiles.weight[r])
     cols["customer_items"] = profiles.n_items[r]
     cols["n_sources"] = np.sum([~np.isnan(pairs.ranks[s]) for s in SOURCES], axis=0).astype(np.float64)
-    out = np.empty((len(r), len(FEATURE_NAMES)), dtype=np.float32)
-    for q, name in enumerate(FEATURE_NAMES):
-        out[:, q] = cols[name]
-    return out
+    # float64 columns side by side, then one cast (the same rounding as filling a float32 matrix)
+    return np.stack([np.asarray(cols[name], dtype=np.float64) for name in FEATURE_NAMES], axis=1).astype(
+        np.float32
+    )
 
 
 def _indexed(table: np.ndarray, group: np.ndarray, item: np.ndarray) -> np.ndarray:
@@ -211,7 +239,7 @@ def _days_since_category(
     last_age_days: sp.csr_matrix, item_category: np.ndarray, pair_row: np.ndarray, pair_cat: np.ndarray
 ) -> np.ndarray:
     """Days since the row's most recent purchase in the pair's category (NaN: never)."""
-    ages = sp.csr_matrix(last_age_days)
+    ages = as_csr(last_age_days)
     n_rows = ages.shape[0]
     n_cat = int(item_category.max()) + 1 if len(item_category) else 1
     best = np.full(n_rows * n_cat, np.inf)
@@ -280,7 +308,7 @@ class LambdaRankModel:
 
     def fit(self, features: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray) -> LambdaRankModel:
         """Rows grouped contiguously by customer; `group_sizes` the rows per group, in order."""
-        import lightgbm as lgb
+        from models.fitting import train_booster
 
         group_sizes = np.asarray(group_sizes, dtype=np.int64)
         if group_sizes.sum() != len(features) or len(features) != len(labels):
@@ -294,23 +322,16 @@ class LambdaRankModel:
         is_valid[rng.choice(n_groups, n_valid, replace=False)] = True
         row_valid = np.repeat(is_valid, group_sizes)
         names = list(FEATURE_NAMES)
-        train = lgb.Dataset(
-            features[~row_valid], labels[~row_valid], group=group_sizes[~is_valid], feature_name=names,
-            free_raw_data=True,
-        )  # fmt: skip
-        valid_sets, callbacks = [], []
-        if n_valid:
-            valid = lgb.Dataset(
-                features[row_valid], labels[row_valid], group=group_sizes[is_valid], reference=train
-            )
-            valid_sets = [valid]
-            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
-        booster = lgb.train(
+        # lgb.train with early stopping on the held-out groups (on the Dask cluster when one is active)
+        booster = train_booster(
             self._params(),
-            train,
+            features[~row_valid],
+            labels[~row_valid],
+            group=group_sizes[~is_valid],
             num_boost_round=self.n_estimators,
-            valid_sets=valid_sets,
-            callbacks=callbacks,
+            valid=(features[row_valid], labels[row_valid], group_sizes[is_valid]) if n_valid else None,
+            early_stopping_rounds=self.early_stopping_rounds,
+            feature_name=names,
         )
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.booster_ = booster

@@ -144,8 +144,12 @@ def replenishment_ratio(age_days: np.ndarray, cycle_days: np.ndarray) -> np.ndar
 
 def is_due(ratio: np.ndarray, due_from: float) -> np.ndarray:
     """A bought replenishable product is due again once `ratio` reaches `due_from` (NaN: never)."""
+    ratio = np.asarray(ratio, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        return np.nan_to_num(np.asarray(ratio, dtype=np.float64), nan=-1.0) >= due_from
+        out = ratio >= due_from  # NaN compares False: never due (as NaN read as -1 would be)
+    if due_from <= -1.0:
+        out |= np.isnan(ratio)
+    return out
 
 
 def blocked_purchases(bought_items: np.ndarray, due: np.ndarray, allow_due_repurchase: bool) -> np.ndarray:

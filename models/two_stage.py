@@ -14,9 +14,13 @@ No leakage: `fit(..., as_of=T)` learns the ranker from candidates built on event
 T - label_days and labels (purchases) in [T - label_days, T), then refits the sources on all events
 before T, which is what is served. Evaluating on [T, end) therefore never sees the test window.
 
-One request is numpy only: per-item arrays and CSR rows prepared at fit time, a few dense vectors
-over the catalogue, LightGBM's `Booster.predict` on a few hundred rows. Requests and batch scoring
-run the same code (a request is a batch of one), so they cannot disagree.
+One request (`recommend`, what the HTTP service calls) takes the single-request path: numpy over
+slices of the customer's CSR rows (the arrays prepared at fit time, never rebuilt as scipy matrices),
+a few dense vectors over the catalogue, popularity orders cached per segment and channel, and
+LightGBM's `Booster.predict` on a few hundred candidates with one thread. Batch scoring
+(`recommend_many`, `recommendations_frame`) runs the same steps on scipy matrices of up to 256
+customers. Both do the same floating-point operations in the same order, so they cannot disagree:
+tests/test_two_stage_fast.py checks that lists, scores and reasons are identical.
 
 Context items (viewed or carted in the current session) change the list at once: ALS folds the
 customer in again with them (like a cart add), the item-item sources read them with extra weight,
@@ -71,6 +75,7 @@ from models.ranker import (
     FEATURE_NAMES,
     SOURCES,
     CandidatePairs,
+    CSRRow,
     LambdaRankModel,
     build_features,
     gather,
@@ -94,6 +99,8 @@ REASON_PRIORITY: tuple[str, ...] = ("replenish", "cooc", "ease", "als", "content
 MODELS = ("ranker", "als", "popularity")
 # Rows scored together: a batch holds several rows × catalogue arrays (256 × 20,000 floats = 41 MB each).
 BATCH_ROWS = 256
+# (segment, channel, popular/trending) score vectors kept sorted for single requests.
+POPULAR_CACHE_SIZE = 512
 
 
 def take_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
@@ -568,15 +575,13 @@ class TwoStageRecommender:
         filters: rules.Filters | dict | None = None,
         now: pd.Timestamp | None = None,
     ) -> Recommendation:
-        return self.recommend_many(
-            [customer_id],
-            k,
-            exclude=[list(exclude or [])],
-            context_items=[list(context_items or [])],
-            channel=channel,
-            filters=filters,
-            now=now,
-        )[0]
+        """One customer's list: the same answer as `recommend_many([customer_id], ...)[0]`, by the
+        single-request path (`_recommend_one`: numpy over one CSR row, no scipy matrices)."""
+        filters = rules.Filters.from_dict(filters)
+        extra_days = 0.0
+        if now is not None:
+            extra_days = max(0.0, (pd.Timestamp(now) - self.as_of_).total_seconds() / 86400.0)
+        return self._recommend_one(str(customer_id), k, exclude, context_items, channel, filters, extra_days)
 
     def recommendations_frame(
         self,
@@ -907,7 +912,9 @@ class TwoStageRecommender:
                 self.item_category_[items], k, filters.max_per_category, reserved, self.new_product_slots
             )
             items, sc, local = items[chosen], sc[chosen], local[chosen]
-            reasons = self._reasons(batch, q, pairs, local, items, context_sim, context_cooc)
+            reasons = self._reasons(
+                batch.weights, batch.context, q, pairs, local, items, context_sim, context_cooc
+            )
             out.append(
                 Recommendation(
                     product_ids=self.product_ids_[items].tolist(),
@@ -918,30 +925,44 @@ class TwoStageRecommender:
             )
         return out
 
-    def _reasons(self, batch, q, pairs, local, items, context_sim, context_cooc) -> list[str]:
+    def _reasons(self, weights, context, q, pairs, local, items, context_sim, context_cooc) -> list[str]:
         """Why each item is there: the session item it goes with, else the source that ranks it best.
 
         Item-item sources name their anchor (the customer's item that contributes most), so the
-        reason reads "bought_together:<id>" or "similar_to:<id>".
+        reason reads "bought_together:<id>" or "similar_to:<id>". `weights` / `context`: the
+        batch's CSR rows (or one `CSRRow` each, q = 0).
         """
-        ranks = np.stack([np.nan_to_num(pairs.ranks[s][local], nan=np.inf) for s in REASON_PRIORITY], axis=1)
-        source = np.asarray(REASON_PRIORITY)[np.argmin(ranks, axis=1)] if len(local) else np.array([], str)
-        by_context = context_sim[local] >= CONTEXT_REASON_MIN
-        source = np.where(by_context & context_cooc[local], "context_cooc", source)
-        source = np.where(by_context & ~context_cooc[local], "context_ease", source)
-        anchors = np.full(len(items), -1, dtype=np.int64)
+        if len(local) == 0:
+            return []
+        # a list holds k items: plain Python per item is cheaper here than numpy string arrays
+        ranks = np.stack([pairs.ranks[s][local] for s in REASON_PRIORITY], axis=1)
+        ranks[np.isnan(ranks)] = np.inf  # not proposed by the source
+        source = [
+            ("context_cooc" if cooc else "context_ease")
+            if sim >= CONTEXT_REASON_MIN
+            else REASON_PRIORITY[best]
+            for best, sim, cooc in zip(
+                np.argmin(ranks, axis=1).tolist(),
+                context_sim[local].tolist(),
+                context_cooc[local].tolist(),
+                strict=True,
+            )
+        ]
+        anchors = [-1] * len(source)
         for name, scorer, matrix in (
-            ("cooc", self.cooc_, batch.weights),
-            ("ease", self.ease_, batch.weights),
-            ("context_cooc", self.cooc_, batch.context),
-            ("context_ease", self.ease_, batch.context),
+            ("cooc", self.cooc_, weights),
+            ("ease", self.ease_, weights),
+            ("context_cooc", self.cooc_, context),
+            ("context_ease", self.ease_, context),
         ):
-            wanted = np.flatnonzero(source == name)
-            if len(wanted):
+            wanted = [i for i, s in enumerate(source) if s == name]
+            if wanted:
                 lo, hi = matrix.indptr[q], matrix.indptr[q + 1]
-                anchors[wanted] = scorer.anchors(matrix.indices[lo:hi], matrix.data[lo:hi], items[wanted])
+                found = scorer.anchors(matrix.indices[lo:hi], matrix.data[lo:hi], items[wanted])
+                for i, anchor in zip(wanted, found.tolist(), strict=True):
+                    anchors[i] = anchor
         reasons = []
-        for s, anchor in zip(source.tolist(), anchors.tolist(), strict=True):
+        for s, anchor in zip(source, anchors, strict=True):
             if s == "replenish":
                 reasons.append("replenish")
             elif s in ("cooc", "context_cooc") and anchor >= 0:
@@ -985,6 +1006,251 @@ class TwoStageRecommender:
             cold_start=cold,
             reasons=[reason] * len(items),
         )
+
+    # ------------------------------------------------------------------ single-request path
+    # An HTTP request is one customer. At that size the batch path's scipy matrices and
+    # rows × catalogue arrays cost far more than the arithmetic, so `recommend` takes this path:
+    # the batch path step by step on plain arrays of the customer's CSR rows (`CSRRow`), with the
+    # same floating-point operations in the same order, hence exactly the answer of
+    # `recommend_many([customer], ...)[0]` (tests/test_two_stage_fast.py compares the two).
+    # Popularity vectors and their order are cached per (segment, channel).
+
+    def _recommend_one(
+        self,
+        customer_id: str,
+        k: int,
+        exclude,
+        context_items,
+        channel: str | None,
+        filters: rules.Filters,
+        extra_days: float,
+    ) -> Recommendation:
+        n_items = len(self.product_ids_)
+        idx = self.customer_index_.get(customer_id, -1)
+        ctx = self._id_positions(context_items)
+        hist_idx, hist_val = _csr_row(self.user_items_, idx)
+        has_history, has_context = len(hist_idx) > 0, len(ctx) > 0
+        if has_context:
+            # history + CONTEXT_WEIGHT · context, and binarised history + context_boost · context
+            # (scipy's CSR sum: float32, sorted union of the columns, zeros dropped)
+            weights_idx, weights_val = _add_context(hist_idx, hist_val, ctx, CONTEXT_WEIGHT)
+            item_idx, item_val = _add_context(
+                hist_idx, np.ones(len(hist_idx), np.float32), ctx, self.context_boost
+            )
+        else:
+            weights_idx, weights_val = hist_idx, hist_val
+            item_idx, item_val = hist_idx, np.ones(len(hist_idx), dtype=np.float32)
+
+        # the rules before ranking (as in `_prepare`)
+        allowed = self.item_active_
+        if filters.restricts_items():
+            allowed = allowed & rules.filter_mask(
+                self.item_category_, self.item_price_, self.categories_, filters
+            )
+        block = ~allowed
+        age_idx, age_val = _csr_row(self.last_age_days_, idx)
+        if extra_days:
+            age_val = age_val + np.float32(extra_days)
+        ratio = rules.replenishment_ratio(age_val, self.item_cycle_days_[age_idx])
+        due = rules.is_due(ratio, self.replenish_due_from)
+        if not filters.allow_due_repurchase:
+            due = np.zeros_like(due)
+        block[age_idx[~due]] = True
+        for pid in exclude or ():
+            j = self.product_index_.get(str(pid))
+            if j is not None:
+                block[j] = True
+        block[ctx] = True
+        known = idx >= 0
+        segment = int(self.customer_segment_[idx]) if known else -1
+        if not (has_history or has_context):
+            return self._cold_one(segment, block, k, channel, filters)
+        main_channel = int(self.customer_main_channel_[idx]) if known and has_history else -1
+
+        # stage 1: each source's top candidates among the unblocked items
+        weights = CSRRow(weights_idx, weights_val, n_items)
+        profiles = row_profiles(weights, self.item_category_, len(self.categories_), self.item_log_price_)
+        als = self._als_one(idx, has_context, weights)
+        shared = {
+            "popular": self._popular_order(segment, main_channel, trending=False),
+            "trending": self._popular_order(segment, main_channel, trending=True),
+        }
+        dense = {
+            "ease": _item_item_scores(self.ease_, item_idx, item_val, n_items),
+            "cooc": _item_item_scores(self.cooc_, item_idx, item_val, n_items),
+        }
+        rep_idx = age_idx[due]
+        rep_val = replenishment_scores(ratio[due], self.replenish_due_from)
+        sparse = {"replenish": (rep_idx, rep_val), "content": self._content_one(profiles)}
+        als_top = top_n(np.where(block, -np.inf, als), self.n_candidates)[0][0]
+        tops = {"als": als_top[als_top >= 0]}  # every other top is exactly as long as it is
+        sizes = {"popular": self.n_popular, "trending": self.n_trending}
+        for s, (_, order, n_positive) in shared.items():
+            pool = order[:n_positive]
+            tops[s] = pool[~block[pool]][: sizes[s]]
+        for s, scores in dense.items():
+            tops[s] = _top_dense(scores, block, self.n_candidates)
+        sizes = {"replenish": self.n_replenish, "content": self.n_content}
+        for s, (cols, values) in sparse.items():
+            tops[s] = _top_arrays(cols, values, block, sizes[s])
+        items = np.unique(np.concatenate(list(tops.values())))
+        scores, ranks = {}, {}
+        for s in SOURCES:
+            top = tops[s]
+            rank = np.full(len(items), np.nan)
+            rank[np.searchsorted(items, top)] = np.arange(1, len(top) + 1)
+            ranks[s] = rank
+            if s == "als":
+                scores[s] = als[0, items].astype(np.float64)
+            elif s in shared:
+                scores[s] = shared[s][0][items].astype(np.float64)
+            elif s in dense:
+                scores[s] = dense[s][items].astype(np.float64)
+            else:
+                scores[s] = _lookup(*sparse[s], items)
+        pairs = CandidatePairs(
+            row=np.zeros(len(items), dtype=np.int64), item=items, scores=scores, ranks=ranks
+        )
+        features = build_features(
+            pairs,
+            profiles,
+            weights,
+            CSRRow(age_idx, age_val, n_items),
+            CSRRow(*_csr_row(self.n_purchases_, idx), n_items),
+            np.array([segment], dtype=np.int64),
+            np.array([main_channel], dtype=np.int64),
+            self.item_category_,
+            self.item_log_price_,
+            self.item_cycle_days_,
+            self.item_is_new_,
+            self.popularity_.global_,
+            self.popularity_.trend_,
+            self.popularity_.by_segment_,
+            self.popularity_.by_channel_,
+        )
+
+        # stage 2 and the rules after ranking (as in `_ranked_lists`)
+        if self.ranker_ is not None:
+            order_score = self.ranker_.predict(features)
+        else:
+            order_score = np.sum(
+                [1.0 / (RRF_K + np.nan_to_num(pairs.ranks[s], nan=np.inf)) for s in SOURCES], axis=0
+            )
+        context = CSRRow(ctx, np.ones(len(ctx), dtype=np.float32), n_items)
+        context_sim, context_cooc = self._context_similarity_one(ctx, items)
+        if has_context:
+            spread = order_score.std() if len(order_score) else 0.0
+            order_score = order_score + self.context_rank_boost * spread * context_sim
+        local = np.lexsort((items, -order_score))
+        items, sc = items[local], order_score[local]
+        channel_col = rules.channel_column(self.channels_, channel)
+        if channel_col is not None:
+            ok = self.channel_ok_[items, channel_col]
+            items, sc, local = items[ok], sc[ok], local[ok]
+        reserved = None
+        if self.new_product_slots > 0:
+            reserved = self.item_is_new_[items] & ~np.isnan(pairs.ranks["content"][local])
+        chosen = rules.select_positions(
+            self.item_category_[items], k, filters.max_per_category, reserved, self.new_product_slots
+        )
+        items, sc, local = items[chosen], sc[chosen], local[chosen]
+        reasons = self._reasons(weights, context, 0, pairs, local, items, context_sim, context_cooc)
+        return Recommendation(
+            product_ids=self.product_ids_[items].tolist(),
+            scores=[round(float(x), 6) for x in sc],
+            cold_start=False,
+            reasons=reasons,
+        )
+
+    def warm(self) -> None:
+        """Builds what the first single request would (popularity orders, the index look-ups), so
+        a service worker answers its first request as fast as the next ones."""
+        known = np.flatnonzero(self.customer_has_history_)
+        if len(known):
+            self.recommend(str(self.customer_ids_[known[0]]), k=10)
+        self.recommend("\x00warm-up: an unknown customer", k=10)
+
+    def _cold_one(self, segment: int, block: np.ndarray, k: int, channel, filters) -> Recommendation:
+        """A customer we know nothing about: popular products for their segment and the request
+        channel (as in `_single_score_list`)."""
+        ch = rules.channel_column(self.channels_, channel)
+        ch = -1 if ch is None or ch >= len(self.channels_) else ch
+        vec, order, _ = self._popular_order(segment, ch, trending=False)
+        channel_col = rules.channel_column(self.channels_, channel)
+        if channel_col is not None:
+            block = block | ~self.channel_ok_[:, channel_col]
+        n_items = len(self.product_ids_)
+        wanted = n_items if filters.max_per_category else min(n_items, k)
+        items = order[~block[order]][:wanted]
+        chosen = rules.select_positions(self.item_category_[items], k, filters.max_per_category)
+        items = items[chosen]
+        return Recommendation(
+            product_ids=self.product_ids_[items].tolist(),
+            scores=[round(float(x), 6) for x in vec[items]],
+            cold_start=True,
+            reasons=["popular"] * len(items),
+        )
+
+    def _id_positions(self, product_ids) -> np.ndarray:
+        """Sorted distinct catalogue positions of the known ids among `product_ids`."""
+        found = [self.product_index_.get(str(pid)) for pid in product_ids or ()]
+        found = [j for j in found if j is not None]
+        return np.unique(np.array(found, dtype=np.int64)) if found else np.zeros(0, dtype=np.int64)
+
+    def _als_one(self, idx: int, has_context: bool, weights: CSRRow) -> np.ndarray:
+        """ALS scores (1 × catalogue) as `_als_scores` computes them for a batch of one."""
+        model = self.als_.model_
+        vectors = np.zeros((1, model.item_factors.shape[1]), dtype=np.float32)
+        if idx >= 0 and not has_context:
+            vectors[0] = model.user_factors[idx]
+        elif weights.nnz:
+            row = sp.csr_matrix((weights.data, weights.indices, weights.indptr), shape=weights.shape)
+            vectors[0] = model.recalculate_user(np.arange(1), row)[0]
+        return vectors @ model.item_factors.T
+
+    def _popular_order(
+        self, segment: int, channel: int, trending: bool
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(popular or trending scores for the segment and channel, the catalogue sorted by score
+        descending with ties by the lower index, how many scores are positive); cached."""
+        cache = getattr(self, "_popular_cache", None)
+        if cache is None or cache[0] is not self.popularity_:
+            cache = (self.popularity_, {})
+            self._popular_cache = cache
+        key = (trending, segment, channel)
+        hit = cache[1].get(key)
+        if hit is None:
+            pop = self.popularity_
+            vec = pop.trending(segment, channel) if trending else pop.popular(segment, channel)
+            order = np.lexsort((np.arange(len(vec)), -vec))
+            vec.flags.writeable = False
+            order.flags.writeable = False
+            hit = (vec, order, int(np.count_nonzero(vec > 0)))
+            if len(cache[1]) >= POPULAR_CACHE_SIZE:
+                cache[1].clear()
+            cache[1][key] = hit
+        return hit
+
+    def _content_one(self, profiles) -> tuple[np.ndarray, np.ndarray]:
+        """Positive content scores of the new products for one row: (columns, scores)."""
+        new_items = self.content_.new_items_
+        if not len(new_items):
+            return new_items.astype(np.int64), np.zeros(0)
+        scores = self.content_.score(profiles.affinity, profiles.price_mu, profiles.price_sigma)[0]
+        positive = scores > 0
+        return new_items[positive], scores[positive]
+
+    def _context_similarity_one(self, ctx: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`_context_similarity` for one row whose session items are `ctx`."""
+        if not len(ctx):
+            return np.zeros(len(items)), np.zeros(len(items), dtype=bool)
+        ones = np.ones(len(ctx), dtype=np.float32)
+        parts = []
+        for scorer in (self.cooc_, self.ease_):
+            scores = _item_item_scores(scorer, ctx, ones, len(self.product_ids_))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                parts.append(np.nan_to_num(scores[items].astype(np.float64) / scores.max()))
+        return np.maximum(parts[0], parts[1]), parts[0] >= parts[1]
 
     # ================================================================== persistence
     def save(self, folder: str | Path) -> Path:
@@ -1141,13 +1407,86 @@ def top_n_sparse(scores: sp.csr_matrix, block: np.ndarray, n: int) -> np.ndarray
     out = np.full((n_rows, max(n, 0)), -1, dtype=np.int64)
     if n <= 0 or scores.nnz == 0:
         return out
+    if not scores.has_sorted_indices:
+        scores = scores.sorted_indices()
     rows = np.repeat(np.arange(n_rows), np.diff(scores.indptr))
     cols, values = scores.indices, scores.data
     keep = (values > 0) & ~block[rows, cols]
     rows, cols, values = rows[keep], cols[keep], values[keep]
-    order = np.lexsort((cols, -values, rows))
+    # lexsort is stable and the columns already ascend within each row, so ties keep the lower
+    # index first without a third sort key (half the time of sorting on the columns too)
+    order = np.lexsort((-values, rows))
     rows, cols = rows[order], cols[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
     chosen = rank < n
     out[rows[chosen], rank[chosen]] = cols[chosen]
+    return out
+
+
+def _csr_row(matrix: sp.csr_matrix, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, values) stored in one row of a CSR (empty for row -1); views, not copies."""
+    if row < 0:
+        return matrix.indices[:0], matrix.data[:0]
+    lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+    return matrix.indices[lo:hi], matrix.data[lo:hi]
+
+
+def _add_context(
+    cols: np.ndarray, values: np.ndarray, context: np.ndarray, weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row `values` + weight · (1 at the `context` columns), as scipy's CSR sum computes it:
+    float32, sorted union of the columns, zero sums dropped."""
+    union = np.union1d(cols, context)
+    out = np.zeros(len(union), dtype=np.float32)
+    out[np.searchsorted(union, cols)] = values
+    add = np.ones(len(context), dtype=np.float32) * weight
+    out[np.searchsorted(union, context)] += add
+    keep = out != 0
+    return union[keep], out[keep]
+
+
+def _item_item_scores(scorer, cols: np.ndarray, values: np.ndarray, n_items: int) -> np.ndarray:
+    """Dense float32 scores Σ_i values_i · neighbours_[cols_i, :], summed in the order scipy's
+    sparse product sums them (row items in order, each neighbour row in order), so every score is
+    bit for bit `scorer.score_sparse` of that row (0 where it stores nothing)."""
+    neighbours = scorer.neighbours_
+    starts = neighbours.indptr[cols].astype(np.int64)
+    lengths = neighbours.indptr[cols + 1].astype(np.int64) - starts
+    out = np.zeros(n_items, dtype=np.float32)
+    total = int(lengths.sum())
+    if total:
+        offsets = np.cumsum(lengths) - lengths
+        pos = np.arange(total) - np.repeat(offsets - starts, lengths)
+        np.add.at(out, neighbours.indices[pos], np.repeat(values, lengths) * neighbours.data[pos])
+    return out
+
+
+def _top_dense(scores: np.ndarray, block: np.ndarray, n: int) -> np.ndarray:
+    """`top_n_sparse` of one row given as a dense vector (0 = not stored)."""
+    cand = np.flatnonzero((scores > 0) & ~block)
+    if n <= 0:
+        return cand[:0]
+    if len(cand) > n:
+        # only what can make the top n is sorted: every score at least the n-th largest (ties kept)
+        values = scores[cand]
+        kth = np.partition(values, len(values) - n)[len(values) - n]
+        cand = cand[values >= kth]
+    return cand[np.lexsort((cand, -scores[cand]))[:n]]
+
+
+def _top_arrays(cols: np.ndarray, values: np.ndarray, block: np.ndarray, n: int) -> np.ndarray:
+    """`top_n_sparse` of one row given as (sorted columns, values)."""
+    keep = (values > 0) & ~block[cols]
+    cols, values = cols[keep], values[keep]
+    return cols[np.lexsort((cols, -values))[: max(n, 0)]].astype(np.int64)
+
+
+def _lookup(cols: np.ndarray, values: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """`gather` of one row given as (sorted columns, values): the value at each item, else 0."""
+    out = np.zeros(len(items))
+    if len(cols) == 0 or len(items) == 0:
+        return out
+    pos = np.minimum(np.searchsorted(cols, items), len(cols) - 1)
+    hit = cols[pos] == items
+    out[hit] = values[pos[hit]]
     return out

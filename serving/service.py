@@ -90,14 +90,23 @@ class OmniService:
         if send_time_version:
             self.model_versions["send_time"] = send_time_version
         self.context = ContextStore(os.environ.get("OMNI_CONTEXT_DB") or default_context_path())
+        # the one-off costs of the first request (look-up tables, the channel model's scores) are
+        # paid here, once per worker, not by a client
+        self.recommender.warm()
+        if self.engine is not None:
+            self.engine.warm()
 
     # ------------------------------------------------------------------ recommendations
     def _recommend(
         self, customer_id: str, channel: str, k: int, context_items=(), exclude=(), filters=None
     ) -> RecommendResponse:
-        # what the customer did on any channel since the model was trained counts at once
-        session = self.context.session_items(customer_id)
-        bought = self.context.purchased_since(customer_id, since=0)
+        # what the customer did on any channel since the model was trained counts at once (one
+        # indexed count first: most customers have no live events, and then nothing else is read)
+        session: list[str] = []
+        bought: list[str] = []
+        if self.context.count(customer_id):
+            session = self.context.session_items(customer_id)
+            bought = self.context.purchased_since(customer_id, since=0)
         rec = self.recommender.recommend(
             customer_id,
             k,
@@ -118,8 +127,12 @@ class OmniService:
             model_versions=self.model_versions,
         )
 
+    # Quick CPU-bound routes are `async def`: they run on the worker's event loop. A plain `def`
+    # route is handed to a thread (BentoML's default), which costs more than these calls themselves
+    # and gains nothing (the GIL). Routes that can take long (batches, pandas-heavy models, SQLite
+    # writes that may wait for a lock) stay on the thread.
     @bentoml.api(route="/v1/recommend", input_spec=RecommendRequest)
-    def recommend(self, **req) -> RecommendResponse:
+    async def recommend(self, **req) -> RecommendResponse:
         r = RecommendRequest(**req)
         return self._recommend(r.customer_id, r.channel, r.k, r.context_items, r.exclude, r.filters)
 
@@ -247,7 +260,7 @@ class OmniService:
         )
 
     @bentoml.api(route="/v1/ping")
-    def ping(self) -> PingResponse:
+    async def ping(self) -> PingResponse:
         """The trivial endpoint: the framework's own cost, for load-test baselines."""
         return PingResponse()
 

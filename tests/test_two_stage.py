@@ -346,3 +346,31 @@ def test_fast_top_n_paths_agree_with_the_plain_one(model):
         assert np.array_equal(fast, top_n(dense, n)[0])
         sparse = sp.csr_matrix(vectors[key_of_row])
         assert np.array_equal(top_n_sparse(sparse, block, n), top_n(dense, n)[0])
+
+
+def _batch_of_one(model, cid, k, exclude=(), context_items=(), **kwargs):
+    """The batch path for one request: what `recommend` answered before its single-request path."""
+    return model.recommend_many(
+        [cid], k, exclude=[list(exclude)], context_items=[list(context_items)], **kwargs
+    )[0]
+
+
+def test_single_request_path_gives_the_batch_answer(model):
+    # every rule and source of the tiny world: segments, store-only and online-only products, the new
+    # product's slot, due soap, the lamp and its bulb, customers without events and unknown ones
+    variants = [
+        dict(k=10),
+        dict(k=4, channel="web"),
+        dict(k=6, channel="store"),
+        dict(k=5, channel="nowhere"),
+        dict(k=8, context_items=["lamp", "toy2"]),
+        dict(k=8, context_items=["not-a-product"]),
+        dict(k=6, exclude=["toy1", "book2", "not-a-product"]),
+        dict(k=10, filters={"categories": ["books", "home"], "max_per_category": 2}),
+        dict(k=10, filters={"price_min": 2.5, "price_max": 12.0}, channel="web"),
+        dict(k=10, filters={"allow_due_repurchase": False}),
+        dict(k=20, now=model.as_of_ + pd.Timedelta(days=9)),
+    ]
+    for cid in [*model.customer_ids_.tolist(), "stranger"]:
+        for kwargs in variants:
+            assert model.recommend(cid, **kwargs) == _batch_of_one(model, cid, **kwargs), (cid, kwargs)

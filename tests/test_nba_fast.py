@@ -1,0 +1,135 @@
+"""The single-decision path of the next-best-action engine (`decide_one`, what /v1/next_best_action
+answers) decides exactly as the batch `decide`, with the models the service loads: the two-stage
+recommender, the channel and send-time models and the engine of the session's trained store.
+
+Also checks the look-ups that path relies on against the ones they stand in for: the engine's ledger
+against `ContactLedger`, the channel chooser's table against the channel model, and the profiles'
+per-request look-ups against their batch versions.
+"""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import columns as c
+from models.contact_policy import ContactLedger
+from models.nba import NO_ACTION, ChannelModelChooser, _decision_dict
+
+
+@pytest.fixture(scope="module")
+def served(trained, tracking_uri):
+    from models.channel import ChannelModel
+    from models.nba import NextBestActionEngine
+    from models.send_time import SendTimeModel
+    from models.two_stage import TwoStageRecommender
+    from training.settings import CHAMPION
+    from training.tracking import download_model_folder
+
+    def folder(name, artifact):
+        return download_model_folder(tracking_uri, name, CHAMPION, artifact=artifact)[0]
+
+    recommender = TwoStageRecommender.load(folder("omni-recommender", "recommender"))
+    channel = ChannelModel.load(folder("omni-channel", "channel"))
+    send_time = SendTimeModel.load(folder("omni-send-time", "send_time"))
+    engine = NextBestActionEngine.load(folder("omni-nba", "nba"), recommender, channel, send_time)
+    return engine, channel
+
+
+def test_decide_one_is_the_batch_decision(served):
+    engine, _ = served
+    ids = engine.profiles_.frame_[c.CUSTOMER_ID].astype(str).tolist() + ["nobody"]
+    rng = np.random.default_rng(0)
+    sample = rng.choice(ids[:-1], 150, replace=False).tolist() + ["nobody"]
+    actions, reasons = set(), set()
+    for now in (engine.profiles_.as_of_ + pd.Timedelta(hours=30), pd.Timestamp("2031-01-02 07:45", tz="UTC")):
+        batch = engine.decide(ids, now).set_index(c.CUSTOMER_ID, drop=False)
+        for cid in sample:
+            one = engine.decide_one(cid, now)
+            assert one == _decision_dict(batch.loc[cid]), cid
+            actions.add(one["action"])
+            if one["action"] == NO_ACTION:
+                reasons.add(one["reasons"][0])
+    # the sample went through sends with items, and through several reasons for no action
+    assert len(actions - {NO_ACTION}) >= 2 and NO_ACTION in actions
+    assert {"unknown_customer", "control_group"} <= reasons and len(reasons) >= 3
+
+
+def test_decide_one_respects_a_given_ledger_and_what_was_recorded(served):
+    engine, _ = served
+    ledger = copy.deepcopy(engine.ledger_)
+    ids = engine.profiles_.frame_[c.CUSTOMER_ID].astype(str).tolist()[:200]
+    now = engine.profiles_.as_of_ + pd.Timedelta(hours=30)
+    first = engine.decide(ids, now, ledger=ledger, record=True)
+    assert (first["action"] != NO_ACTION).any()
+    later = now + pd.Timedelta(hours=2)
+    batch = engine.decide(ids, later, ledger=ledger).set_index(c.CUSTOMER_ID, drop=False)
+    for cid in ids[:60]:
+        assert engine.decide_one(cid, later, ledger=ledger) == _decision_dict(batch.loc[cid])
+
+
+def test_the_engine_ledger_answers_as_the_contact_ledger(served):
+    engine, _ = served
+    contacts = engine.ledger_.contacts()
+    plain = ContactLedger()
+    plain.record(contacts[c.CUSTOMER_ID], contacts[c.CHANNEL], contacts[c.TS])
+    plain.last_purchase_ = engine.ledger_.last_purchase_
+    fast = copy.deepcopy(engine.ledger_)
+    rng = np.random.default_rng(1)
+    known = contacts[c.CUSTOMER_ID].astype(str).unique()
+    for _ in range(2):
+        for size in (1, 3, 40):  # dict look-ups for a few customers, the base class for many
+            ids = np.asarray(rng.choice(known, size).tolist() + ["nobody"], dtype=object)
+            t_us = (
+                contacts[c.TS].sample(len(ids), random_state=size).dt.as_unit("us").astype("int64").to_numpy()
+            )
+            t_us = t_us + rng.integers(-48, 48, len(ids)) * 3_600_000_000
+            assert np.array_equal(fast.last_purchase(ids), plain.last_purchase(ids))
+            assert np.array_equal(fast.last_contact_before(ids, t_us), plain.last_contact_before(ids, t_us))
+            for hours in (24, 168):
+                assert np.array_equal(fast.count_near(ids, t_us, hours), plain.count_near(ids, t_us, hours))
+                for ch in ("email", "sms"):
+                    assert np.array_equal(
+                        fast.count_near(ids, t_us, hours, ch), plain.count_near(ids, t_us, hours, ch)
+                    )
+        # new contacts count at once
+        when = pd.Series(pd.to_datetime(t_us[:2], unit="us", utc=True))
+        for ledger in (fast, plain):
+            ledger.record(ids[:2], ["email", "email"], when)
+
+
+def test_the_channel_table_is_the_channel_model(served):
+    engine, channel = served
+    chooser = ChannelModelChooser(channel)
+    ids = np.asarray(
+        engine.profiles_.frame_[c.CUSTOMER_ID].astype(str).tolist()[:300] + ["nobody"], dtype=object
+    )
+    for ch in ("email", "push", "not-a-channel"):
+        direct = channel.predict_proba(ids, np.full(len(ids), ch, dtype=object))["probability"].to_numpy()
+        assert np.array_equal(chooser.open_probability(ids, ch), direct)
+        assert np.array_equal(chooser.open_probability(ids[:1], ch), direct[:1])
+        assert np.array_equal(chooser.open_probability(ids[-1:], ch), direct[-1:])
+
+
+def test_profile_lookups_for_one_customer_equal_the_batch_ones(served):
+    engine, _ = served
+    profiles = engine.profiles_
+    ids = profiles.frame_[c.CUSTOMER_ID].astype(str).tolist()
+    many = ids + ["nobody"]
+    rows = profiles.rows(many)  # more than a few: pandas
+    one_by_one = [profiles.rows([cid])[0] for cid in many]
+    assert one_by_one == rows.tolist() and one_by_one[-1] == -1
+    with_items = profiles.replenishment_[c.CUSTOMER_ID].astype(str).unique().tolist()[:80]
+    due_somewhere = False
+    for days in (0, 10, 40):
+        now = profiles.as_of_ + pd.Timedelta(days=days)
+        batch = profiles.due_replenishments(with_items + ids[:40], now, k=3)  # more than a few: pandas
+        assert [profiles.due_replenishments([cid], now, k=3)[0] for cid in with_items + ids[:40]] == batch
+        due_somewhere |= any(batch)
+        frame = profiles.model_features(rows[:30], now)
+        arrays = profiles.model_feature_arrays(rows[:30], now)
+        assert list(arrays) == list(frame.columns)
+        for name in frame.columns:
+            assert np.array_equal(arrays[name], frame[name].to_numpy(), equal_nan=True), name
+    assert due_somewhere
