@@ -59,3 +59,18 @@ def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tupl
         out_idx[row, :n_valid] = chosen[valid]
         out_scores[row, :n_valid] = chosen_scores[valid]
     return out_idx, out_scores
+
+
+def index_rows(index: dict, ids, small: int = 256) -> np.ndarray:
+    """Row of each id in `index` (id string → row), -1 for an unknown id.
+
+    A request asks for one or a few customers: looking them up in the dict directly costs
+    microseconds, while `Series.map(dict)` first turns the whole dict (every customer) into a
+    Series, several milliseconds per call. Large batches still go through pandas.
+    """
+    ids = np.asarray(ids, dtype=object).ravel()
+    if len(ids) <= small:
+        return np.fromiter((index.get(str(i), -1) for i in ids), dtype=np.int64, count=len(ids))
+    import pandas as pd
+
+    return pd.Series(ids).astype(str).map(index).fillna(-1).astype(np.int64).to_numpy()

@@ -62,6 +62,7 @@ from sklearn.base import BaseEstimator
 from sklearn.isotonic import IsotonicRegression
 
 from features import columns as c
+from models.base import index_rows
 from models.fitting import train_booster
 
 FORMAT_VERSION = 2
@@ -629,10 +630,10 @@ class ChannelModel(BaseEstimator):
         return np.interp(raw, thresholds, values), raw
 
     def _feature_rows(self, customer_ids: np.ndarray, channels: np.ndarray) -> np.ndarray:
-        rows = pd.Series(customer_ids).map(self.customer_index_)
-        known = rows.notna().to_numpy()
+        rows = index_rows(self.customer_index_, customer_ids)
+        known = rows >= 0
         base = np.full((len(customer_ids), len(self.customer_feature_names_)), np.nan)
-        base[known] = self.customer_features_[rows[known].astype(int).to_numpy()]
+        base[known] = self.customer_features_[rows[known]]
         frame = pd.DataFrame(base, columns=self.customer_feature_names_)
         # an unknown customer has no history at all: counts are zero, times and shares unknown
         counts = [col for col in frame.columns if col.split("_", 1)[0] in ("sent", "engaged", "events")]
@@ -668,10 +669,10 @@ class ChannelModel(BaseEstimator):
 
     def fallback(self, customer_ids) -> np.ndarray:
         """True where the customer has fewer than `min_history` messages before `as_of` (or is unknown)."""
-        rows = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str).map(self.customer_index_)
+        rows = index_rows(self.customer_index_, customer_ids)
         out = np.ones(len(rows), dtype=bool)
-        known = rows.notna().to_numpy()
-        out[known] = self.n_messages_[rows[known].astype(int).to_numpy()] < self.min_history
+        known = rows >= 0
+        out[known] = self.n_messages_[rows[known]] < self.min_history
         return out
 
     def allowed_channels(self, customer_ids) -> pd.DataFrame:

@@ -79,6 +79,7 @@ from sklearn.base import BaseEstimator
 
 from features import columns as c
 from features.customer_features import local_time_parts
+from models.base import index_rows
 
 FORMAT_VERSION = 2
 _READABLE_FORMATS = (1, 2)  # format 1 (learned profile shapes) scores the same way
@@ -756,9 +757,8 @@ class SendTimeModel(BaseEstimator):
     # scoring
     def _rows(self, customer_ids) -> tuple[pd.Series, np.ndarray, np.ndarray]:
         ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
-        rows = ids.map(self.customer_index_)
-        unknown = rows.isna().to_numpy()
-        return ids, rows.fillna(-1).astype(np.int64).to_numpy(), unknown
+        rows = index_rows(self.customer_index_, ids.to_numpy())
+        return ids, rows, rows < 0
 
     def _channel_code(self, channel: str | None) -> int:
         """Index of `channel`, or -1 for a channel without message history (channel-agnostic grid)."""
