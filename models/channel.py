@@ -293,6 +293,9 @@ class ChannelModel(BaseEstimator):
         for the isotonic calibration instead of for fitting.
     open_window_days, conversion_window_days : messages sent less than this before `as_of` are
         left out of the engagement / conversion training rows (their outcome may still come).
+    max_training_rows : the conversion LightGBM learns from a random sample of at most this many
+        messages (None = all); calibration still uses every calibration message. Its cost grows
+        with the rows, its accuracy hardly beyond a few hundred thousand.
     random_state, n_jobs : LightGBM's seed and threads (at most 2; one by default: the boosters
         are small, and OpenMP threads contend badly on a busy 2-core machine).
     """
@@ -307,6 +310,7 @@ class ChannelModel(BaseEstimator):
         calibration_share: float = 0.2,
         open_window_days: float = 3.0,
         conversion_window_days: float = 14.0,
+        max_training_rows: int | None = 300_000,
         random_state: int | None = 0,
         n_jobs: int = 1,
     ):
@@ -318,6 +322,7 @@ class ChannelModel(BaseEstimator):
         self.calibration_share = calibration_share
         self.open_window_days = open_window_days
         self.conversion_window_days = conversion_window_days
+        self.max_training_rows = max_training_rows
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -447,6 +452,9 @@ class ChannelModel(BaseEstimator):
         if target == "engagement":
             self._fit_engagement(rows, fit_idx, cal_idx)
             return
+        if self.max_training_rows is not None and len(fit_idx) > self.max_training_rows:
+            rng = np.random.default_rng(self.random_state)
+            fit_idx = np.sort(rng.choice(fit_idx, self.max_training_rows, replace=False))
         x = rows[self.feature_names_].to_numpy(np.float64)
         params = {
             "objective": "binary",
@@ -733,33 +741,40 @@ class ChannelModel(BaseEstimator):
         if missing.empty:
             return pd.DataFrame({c.CUSTOMER_ID: pd.Series([], dtype=str), c.REASON: pd.Series([], dtype=str)})
         consent = self.consent_.loc[self.consent_[c.CUSTOMER_ID].isin(missing)]
-        by_customer = {cid: rows for cid, rows in consent.groupby(c.CUSTOMER_ID, sort=False)}
-        reasons = [self._reason(cid, by_customer.get(cid)) for cid in missing]
+        # texts built per consent group, not by filtering the consent table per customer (16k
+        # customers without a channel took 20 s that way at 100k customers; now 0.3 s at 20k)
+        consent = consent.sort_values([c.CUSTOMER_ID, c.CHANNEL], kind="stable")
+        channel = consent[c.CHANNEL].astype(str)
+        since = pd.to_datetime(consent[c.UPDATED_TS]).dt.date.astype(str)
+        outs = (channel + " (since " + since + ")").groupby(consent[c.CUSTOMER_ID].to_numpy()).agg(", ".join)
+        opted = consent[c.OPTED_IN].astype(bool).to_numpy()
+        opted_in = (
+            channel[opted]
+            .groupby(consent[c.CUSTOMER_ID].to_numpy()[opted])
+            .agg(lambda chans: ", ".join(sorted(chans)))
+        )
+        in_outs = outs.reindex(missing).to_numpy(dtype=object)
+        in_opted = opted_in.reindex(missing).to_numpy(dtype=object)
+        reasons = np.empty(len(missing), dtype=object)
+        for i, (cid, out_text, in_text) in enumerate(zip(missing, in_outs, in_opted, strict=True)):
+            if cid not in self.customer_index_:
+                reasons[i] = "unknown customer: no consent and no history on record"
+            elif not self.has_consent_table_:
+                reasons[i] = "no message channel is known (no messages were sent on any channel)"
+            elif pd.isna(out_text):
+                reasons[i] = "no consent on record: the customer has not opted in to any channel"
+            elif not pd.isna(in_text):
+                reasons[i] = (
+                    f"opted in only to channels without message history ({in_text}): they cannot be ranked"
+                )
+            else:
+                reasons[i] = f"opted out of every channel: {out_text}"
         return pd.DataFrame({c.CUSTOMER_ID: missing.to_numpy(), c.REASON: reasons})
 
     def no_channel_reason(self, customer_id) -> str | None:
         """Why the customer has no channel to be messaged on; None when they have one."""
         reasons = self.no_channel_reasons([customer_id])
         return None if reasons.empty else str(reasons[c.REASON].iloc[0])
-
-    def _reason(self, customer_id: str, consent: pd.DataFrame | None) -> str:
-        if customer_id not in self.customer_index_:
-            return "unknown customer: no consent and no history on record"
-        if not self.has_consent_table_:
-            return "no message channel is known (no messages were sent on any channel)"
-        if consent is None or consent.empty:
-            return "no consent on record: the customer has not opted in to any channel"
-        opted_in = consent.loc[consent[c.OPTED_IN], c.CHANNEL].tolist()
-        if opted_in:
-            return (
-                f"opted in only to channels without message history ({', '.join(sorted(opted_in))}): "
-                "they cannot be ranked"
-            )
-        outs = ", ".join(
-            f"{row[c.CHANNEL]} (since {pd.Timestamp(row[c.UPDATED_TS]).date().isoformat()})"
-            for _, row in consent.sort_values(c.CHANNEL).iterrows()
-        )
-        return f"opted out of every channel: {outs}"
 
     # ------------------------------------------------------------------------------------------
     # persistence
