@@ -113,7 +113,7 @@ def fit_optional_models(tables, use_models: bool) -> tuple[object, object, dict]
 
         t0 = time.perf_counter()
         channel_model = ChannelModel(random_state=0, n_jobs=1).fit(
-            tables.messages, tables.events, tables.consent, tables.customers
+            tables.messages, tables.events, tables.consent, tables.customers, identities=tables.identities
         )
         info["channel_model"] = f"fitted in {time.perf_counter() - t0:.1f} s"
     except Exception as exc:  # the bench must run while that module is still being written
@@ -132,7 +132,7 @@ def fit_optional_models(tables, use_models: bool) -> tuple[object, object, dict]
 def fit_recommender(tables):
     from features.interactions import build_interactions
     from models.recommender import ProductRecommender
-    from training.train import catalogue
+    from training.recs_training import catalogue
 
     product_ids, inactive = catalogue(tables)
     matrix = build_interactions(tables.events, product_ids=product_ids, half_life_days=90.0)
