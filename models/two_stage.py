@@ -902,16 +902,7 @@ class TwoStageRecommender:
             order = np.lexsort((items, -sc))
             local = np.arange(lo, hi)[order]
             items, sc = items[order], sc[order]
-            if channel_col is not None:
-                ok = self.channel_ok_[items, channel_col]
-                items, sc, local = items[ok], sc[ok], local[ok]
-            reserved = None
-            if self.new_product_slots > 0:
-                reserved = self.item_is_new_[items] & ~np.isnan(pairs.ranks["content"][local])
-            chosen = rules.select_positions(
-                self.item_category_[items], k, filters.max_per_category, reserved, self.new_product_slots
-            )
-            items, sc, local = items[chosen], sc[chosen], local[chosen]
+            items, sc, local = self._select(items, sc, local, channel_col, pairs, k, filters)
             reasons = self._reasons(
                 batch.weights, batch.context, q, pairs, local, items, context_sim, context_cooc
             )
@@ -924,6 +915,20 @@ class TwoStageRecommender:
                 )
             )
         return out
+
+    def _select(self, items, sc, local, channel_col, pairs, k: int, filters: rules.Filters):
+        """The final list from ranked candidates (best first), shared by the batch and the
+        single-request paths: channel eligibility, reserved new-product places, per-category cap."""
+        if channel_col is not None:
+            ok = self.channel_ok_[items, channel_col]
+            items, sc, local = items[ok], sc[ok], local[ok]
+        reserved = None
+        if self.new_product_slots > 0:
+            reserved = self.item_is_new_[items] & ~np.isnan(pairs.ranks["content"][local])
+        chosen = rules.select_positions(
+            self.item_category_[items], k, filters.max_per_category, reserved, self.new_product_slots
+        )
+        return items[chosen], sc[chosen], local[chosen]
 
     def _reasons(self, weights, context, q, pairs, local, items, context_sim, context_cooc) -> list[str]:
         """Why each item is there: the session item it goes with, else the source that ranks it best.
@@ -1144,16 +1149,7 @@ class TwoStageRecommender:
         local = np.lexsort((items, -order_score))
         items, sc = items[local], order_score[local]
         channel_col = rules.channel_column(self.channels_, channel)
-        if channel_col is not None:
-            ok = self.channel_ok_[items, channel_col]
-            items, sc, local = items[ok], sc[ok], local[ok]
-        reserved = None
-        if self.new_product_slots > 0:
-            reserved = self.item_is_new_[items] & ~np.isnan(pairs.ranks["content"][local])
-        chosen = rules.select_positions(
-            self.item_category_[items], k, filters.max_per_category, reserved, self.new_product_slots
-        )
-        items, sc, local = items[chosen], sc[chosen], local[chosen]
+        items, sc, local = self._select(items, sc, local, channel_col, pairs, k, filters)
         reasons = self._reasons(weights, context, 0, pairs, local, items, context_sim, context_cooc)
         return Recommendation(
             product_ids=self.product_ids_[items].tolist(),
