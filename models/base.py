@@ -61,6 +61,10 @@ def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tupl
     return out_idx, out_scores
 
 
+# Questions about at most this many customers (one request) take dict look-ups instead of pandas.
+FEW_IDS = 16
+
+
 def index_rows(index: dict, ids, small: int = 256) -> np.ndarray:
     """Row of each id in `index` (id string → row), -1 for an unknown id.
 

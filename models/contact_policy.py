@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from features import columns as c
+from models.base import FEW_IDS, index_rows
 
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[1] / "configs" / "contact_policy.toml"
 SEGMENTS: tuple[str, ...] = ("new", "active", "loyal", "champion", "at_risk", "dormant")
@@ -425,6 +426,8 @@ class ContactLedger:
         self._channels: list[np.ndarray] = []
         self._ts: list[np.ndarray] = []
         self.last_purchase_ = pd.Series(dtype="int64")  # customer_id -> µs
+        self._last_purchase_of: tuple[pd.Series, dict] | None = None
+        self._code_of: dict[str, int] | None = None
         self._index_ready = False
 
     @classmethod
@@ -484,11 +487,18 @@ class ContactLedger:
         key = (codes.astype(np.int64) << _SECONDS_BITS) | seconds
         self._all_keys = np.sort(key)
         self._channel_keys = {ch: np.sort(key[channels == ch]) for ch in pd.unique(channels)}
+        self._code_of = None  # built on the first small question
         self._index_ready = True
 
     def _codes(self, customer_ids) -> np.ndarray:
         self._build_index()
-        ids = pd.Index(pd.Series(np.asarray(customer_ids, dtype=object)).astype(str))
+        ids = np.asarray(customer_ids, dtype=object)
+        if len(ids) <= FEW_IDS:
+            # a request asks about a few customers: a dict look-up, not a pandas Index per question
+            if self._code_of is None:
+                self._code_of = {cid: i for i, cid in enumerate(self._customer_index.astype(str).tolist())}
+            return index_rows(self._code_of, ids)
+        ids = pd.Index(pd.Series(ids).astype(str))
         return self._customer_index.get_indexer(ids).astype(np.int64)
 
     def count_near(self, customer_ids, ts_us, window_hours: float, channel: str | None = None) -> np.ndarray:
@@ -516,8 +526,18 @@ class ContactLedger:
 
     def last_purchase(self, customer_ids) -> np.ndarray:
         """µs of each customer's last purchase (NaT = int64 min when none)."""
-        ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
-        return ids.map(self.last_purchase_).fillna(NAT_US).astype(np.int64).to_numpy()
+        ids = np.asarray(customer_ids, dtype=object)
+        last = self.last_purchase_
+        if len(ids) <= FEW_IDS:
+            # `last_purchase_` may be replaced (fit, load): the dict is rebuilt when it is
+            if self._last_purchase_of is None or self._last_purchase_of[0] is not last:
+                values = dict(
+                    zip(last.index.astype(str).tolist(), last.to_numpy(np.int64).tolist(), strict=True)
+                )
+                self._last_purchase_of = (last, values)
+            values = self._last_purchase_of[1]
+            return np.array([values.get(str(cid), NAT_US) for cid in ids.tolist()], dtype=np.int64)
+        return pd.Series(ids).astype(str).map(last).fillna(NAT_US).astype(np.int64).to_numpy()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from features import columns as c
 from features.io import Tables
+from models.base import FEW_IDS
 from models.contact_policy import (
     NAT_US,
     US_PER_HOUR,
@@ -146,7 +147,6 @@ ORDER_VALUE_PRIOR_ORDERS = 1.0  # a customer's order value is shrunk towards the
 _BATCH = 200_000  # customers per block inside decide (bounds the customers × channels × arms arrays)
 _RECOMMEND_BATCH = 2_000
 _MAX_JOBS = 2
-_FEW = 16  # questions about at most this many customers (a request) use dict look-ups
 MISSING = -1e9  # sentinel for unknown feature values (see `_model_matrix`)
 
 
@@ -273,36 +273,6 @@ class SendTimeModelChooser:
 
     def slot_scores(self, customer_ids, channel: str) -> np.ndarray:
         return self.model.score_grid(np.asarray(customer_ids, dtype=object), channel)
-
-
-class _DecisionLedger(ContactLedger):
-    """The engine's `ContactLedger`: the same contacts, index and answers, but a question about a
-    few customers (one decision asks about ten) finds them with a dict look-up instead of building
-    a pandas Index per question (about 0.5 ms each). Bigger questions use the base class as is."""
-
-    def _codes(self, customer_ids) -> np.ndarray:
-        ids = np.asarray(customer_ids, dtype=object)
-        if len(ids) > _FEW:
-            return super()._codes(ids)
-        self._build_index()
-        cached = getattr(self, "_code_of", None)
-        if cached is None or cached[0] is not self._customer_index:
-            index = self._customer_index
-            cached = (index, {cid: i for i, cid in enumerate(index.astype(str).tolist())})
-            self._code_of = cached
-        return np.array([cached[1].get(str(cid), -1) for cid in ids.tolist()], dtype=np.int64)
-
-    def last_purchase(self, customer_ids) -> np.ndarray:
-        ids = np.asarray(customer_ids, dtype=object)
-        if len(ids) > _FEW:
-            return super().last_purchase(ids)
-        last = self.last_purchase_
-        cached = getattr(self, "_last_purchase_of", None)
-        if cached is None or cached[0] is not last or cached[1] != len(last):
-            values = dict(zip(last.index.astype(str).tolist(), last.to_numpy(np.int64).tolist(), strict=True))
-            cached = (last, len(last), values)
-            self._last_purchase_of = cached
-        return np.array([cached[2].get(str(cid), NAT_US) for cid in ids.tolist()], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -574,7 +544,7 @@ class NextBestActionEngine(BaseEstimator):
             if send_time_model is not None
             else ActivityHoursChooser(profiles)
         )
-        self.ledger_ = _DecisionLedger.from_history(tables.messages, tables.events, as_of)
+        self.ledger_ = ContactLedger.from_history(tables.messages, tables.events, as_of)
         self.guard_ = None
         self.uplift_ = None
         self.learner_ = None
@@ -1056,7 +1026,7 @@ class NextBestActionEngine(BaseEstimator):
         if len(live_idx):
             feats = (
                 profiles.model_feature_arrays(rows[live_idx], now)
-                if len(live_idx) <= _FEW
+                if len(live_idx) <= FEW_IDS
                 else profiles.model_features(rows[live_idx], now)
             )
             rules_kind = None
@@ -1318,7 +1288,7 @@ class NextBestActionEngine(BaseEstimator):
             guard.validation_gain_ = g["validation_gain"]
             guard.personalised_share_ = g["personalised_share"]
             engine.guard_ = guard
-        ledger = _DecisionLedger()
+        ledger = ContactLedger()
         contacts = pd.read_parquet(folder / "ledger_contacts.parquet")
         ledger.record(contacts[c.CUSTOMER_ID], contacts[c.CHANNEL], contacts[c.TS])
         purchases = pd.read_parquet(folder / "ledger_purchases.parquet")

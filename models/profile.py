@@ -56,6 +56,7 @@ from features import columns as c
 from features.io import Tables
 
 # the feature build and the LightGBM fits run on the Dask cluster of `omni train --dask-scheduler`, if any
+from models.base import FEW_IDS
 from models.fitting import build_customer_features, fit_estimator
 
 FORMAT_VERSION = 1
@@ -101,9 +102,6 @@ TIME_RELATIVE = {
     "days_since_first_purchase": "first_purchase_us",
     "days_since_last_message": "last_message_us",
 }
-
-# Queries about at most this many customers (a request) use dict look-ups instead of pandas.
-_FEW = 16
 
 # Descriptions returned with every profile field.
 DERIVED_FROM: dict[str, str] = {
@@ -871,7 +869,7 @@ class CustomerProfiles(BaseEstimator):
     def rows(self, customer_ids) -> np.ndarray:
         """Row of each customer in `frame_` (-1 when unknown)."""
         ids = np.asarray(customer_ids, dtype=object)
-        if len(ids) <= _FEW:
+        if len(ids) <= FEW_IDS:
             # a request asks for one customer: a dict look-up, not a pandas index per call
             row_of = self._row_of()
             return np.array([row_of.get(str(cid), -1) for cid in ids.tolist()], dtype=np.intp)
@@ -930,7 +928,7 @@ class CustomerProfiles(BaseEstimator):
         Due: now is between (last purchase + cycle - lead days) and (last purchase + 1.5 cycles).
         """
         ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
-        if len(ids) <= _FEW:
+        if len(ids) <= FEW_IDS:
             return [self._due_of(cid, now, k) for cid in ids.tolist()]
         unique = pd.Index(ids.unique())
         found: list[list[str]] = [[] for _ in range(len(unique))]

@@ -2,8 +2,8 @@
 answers) decides exactly as the batch `decide`, with the models the service loads: the two-stage
 recommender, the channel and send-time models and the engine of the session's trained store.
 
-Also checks the look-ups that path relies on against the ones they stand in for: the engine's ledger
-against `ContactLedger`, the channel chooser's table against the channel model, and the profiles'
+Also checks the look-ups that path relies on against the ones they stand in for: the ledger's
+few-customer answers against its bulk ones, the channel chooser's table against the channel model, and the profiles'
 per-request look-ups against their batch versions.
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from features import columns as c
-from models.contact_policy import ContactLedger
+from models.base import FEW_IDS
 from models.nba import NO_ACTION, ChannelModelChooser, _decision_dict
 
 
@@ -69,34 +69,40 @@ def test_decide_one_respects_a_given_ledger_and_what_was_recorded(served):
         assert engine.decide_one(cid, later, ledger=ledger) == _decision_dict(batch.loc[cid])
 
 
-def test_the_engine_ledger_answers_as_the_contact_ledger(served):
+def test_the_ledger_answers_a_few_customers_as_it_answers_many(served):
+    """Questions about at most FEW_IDS customers use dict look-ups; padded past FEW_IDS, the same
+    customers take the pandas path, and the answers must agree."""
     engine, _ = served
     contacts = engine.ledger_.contacts()
-    plain = ContactLedger()
-    plain.record(contacts[c.CUSTOMER_ID], contacts[c.CHANNEL], contacts[c.TS])
-    plain.last_purchase_ = engine.ledger_.last_purchase_
-    fast = copy.deepcopy(engine.ledger_)
+    ledger = copy.deepcopy(engine.ledger_)
     rng = np.random.default_rng(1)
     known = contacts[c.CUSTOMER_ID].astype(str).unique()
+    pad = np.asarray(rng.choice(known, FEW_IDS + 1).tolist(), dtype=object)
+    pad_t = np.full(len(pad), int(contacts[c.TS].max().value // 1000))
     for _ in range(2):
-        for size in (1, 3, 40):  # dict look-ups for a few customers, the base class for many
+        for size in (1, 3, 15):
             ids = np.asarray(rng.choice(known, size).tolist() + ["nobody"], dtype=object)
             t_us = (
                 contacts[c.TS].sample(len(ids), random_state=size).dt.as_unit("us").astype("int64").to_numpy()
             )
             t_us = t_us + rng.integers(-48, 48, len(ids)) * 3_600_000_000
-            assert np.array_equal(fast.last_purchase(ids), plain.last_purchase(ids))
-            assert np.array_equal(fast.last_contact_before(ids, t_us), plain.last_contact_before(ids, t_us))
+            many, many_t, n = np.concatenate([ids, pad]), np.concatenate([t_us, pad_t]), len(ids)
+            assert np.array_equal(ledger.last_purchase(ids), ledger.last_purchase(many)[:n])
+            assert np.array_equal(
+                ledger.last_contact_before(ids, t_us), ledger.last_contact_before(many, many_t)[:n]
+            )
             for hours in (24, 168):
-                assert np.array_equal(fast.count_near(ids, t_us, hours), plain.count_near(ids, t_us, hours))
+                assert np.array_equal(
+                    ledger.count_near(ids, t_us, hours), ledger.count_near(many, many_t, hours)[:n]
+                )
                 for ch in ("email", "sms"):
                     assert np.array_equal(
-                        fast.count_near(ids, t_us, hours, ch), plain.count_near(ids, t_us, hours, ch)
+                        ledger.count_near(ids, t_us, hours, ch),
+                        ledger.count_near(many, many_t, hours, ch)[:n],
                     )
-        # new contacts count at once
-        when = pd.Series(pd.to_datetime(t_us[:2], unit="us", utc=True))
-        for ledger in (fast, plain):
-            ledger.record(ids[:2], ["email", "email"], when)
+        # new contacts count at once, "nobody" included (a new customer: the dict must be rebuilt)
+        when = pd.Series(pd.to_datetime(t_us[-2:], unit="us", utc=True))
+        ledger.record(ids[-2:], ["email", "email"], when)
 
 
 def test_the_channel_table_is_the_channel_model(served):
