@@ -390,11 +390,10 @@ class ChannelModel(BaseEstimator):
             last = max(last, events[c.TS].max())
         return last + pd.Timedelta(seconds=1)
 
-    def _training_rows(self, messages, events, customers, as_of) -> pd.DataFrame:
-        queries = pd.DataFrame(
-            {c.CUSTOMER_ID: messages[c.CUSTOMER_ID].to_numpy(), "_t": messages[c.SENT_TS].array}
-        )
-        features = history_features(
+    def _history_features(self, queries, messages, events, customers) -> pd.DataFrame:
+        """`history_features` with this model's channels, rates, consent and identity systems
+        (the training rows and the snapshot at `as_of` are built alike)."""
+        return history_features(
             queries,
             messages,
             events,
@@ -406,6 +405,12 @@ class ChannelModel(BaseEstimator):
             self._context["identities"],
             self.identity_systems_,
         )
+
+    def _training_rows(self, messages, events, customers, as_of) -> pd.DataFrame:
+        queries = pd.DataFrame(
+            {c.CUSTOMER_ID: messages[c.CUSTOMER_ID].to_numpy(), "_t": messages[c.SENT_TS].array}
+        )
+        features = self._history_features(queries, messages, events, customers)
         features = self._add_channel_columns(features, messages[c.CHANNEL].astype(str).to_numpy())
         features["_sent"] = queries["_t"].array  # tz-aware, not an array of Timestamp objects
         features["_customer"] = queries[c.CUSTOMER_ID].to_numpy()
@@ -592,18 +597,7 @@ class ChannelModel(BaseEstimator):
         self.customer_index_ = {cid: i for i, cid in enumerate(self.customer_ids_)}
         queries = pd.DataFrame({c.CUSTOMER_ID: self.customer_ids_, "_t": as_of})
         queries["_t"] = pd.to_datetime(queries["_t"], utc=True).astype(messages[c.SENT_TS].dtype)
-        base = history_features(
-            queries,
-            messages,
-            events,
-            customers,
-            list(self.channels_),
-            list(self.event_channels_),
-            self.channel_rates_,
-            self._context["consent"],
-            self._context["identities"],
-            self.identity_systems_,
-        )
+        base = self._history_features(queries, messages, events, customers)
         self.customer_features_ = base.to_numpy(np.float64)
         self.customer_feature_names_ = list(base.columns)
         self.n_messages_ = (
