@@ -436,13 +436,9 @@ def main(argv: list[str] | None = None) -> dict:
         "platform": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "seconds": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(result, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    from training.tracking import log_benchmark
+    from training.tracking import save_benchmark
 
-    log_benchmark("channel_send_time", result)
-    print(text)
+    print(save_benchmark("channel_send_time", result, args.out))
     return result
 
 

@@ -32,7 +32,6 @@ the first seed's; "summary" holds mean/std over seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -315,13 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
         "platform": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "seconds": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(result, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    from training.tracking import log_benchmark
+    from training.tracking import save_benchmark
 
-    log_benchmark("hillstrom", result)
-    print(text)
+    print(save_benchmark("hillstrom", result, args.out))
     return result
 
 

@@ -483,13 +483,10 @@ def main(argv: list[str] | None = None) -> dict:
         out["decide_scale"] = decide_scale(engine, args.decide_scale)
         log(f"decide_scale: {out['decide_scale']}")
     out["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    log(json.dumps(policies, indent=2))
-    if not args.no_mlflow:
-        from training.tracking import log_benchmark
+    from training.tracking import save_benchmark
 
-        log_benchmark("nba_generated", out, args.tracking_uri)
+    save_benchmark("nba_generated", out, args.out, args.tracking_uri, to_mlflow=not args.no_mlflow)
+    log(json.dumps(policies, indent=2))
     return out
 
 

@@ -143,15 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     del model
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(args.out)
-    from training.tracking import log_benchmark
+    from training.tracking import save_benchmark
 
-    log_benchmark("recs_generated", result)
+    print(save_benchmark("recs_generated", result, args.out))
     return result
 
 

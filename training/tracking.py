@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -186,3 +187,19 @@ def log_benchmark(
             mlflow.log_dict(result, f"{run_name}.json")
     except Exception as exc:  # noqa: BLE001 - report, never lose the benchmark over it
         print(f"warning: could not log {run_name} to MLflow: {exc}")
+
+
+def save_benchmark(
+    run_name: str, result: dict, out: str | Path, tracking_uri: str | None = None, to_mlflow: bool = True
+) -> str:
+    """A benchmark's result: JSON written to `out` (a temporary file, then moved) and logged to
+    MLflow (`log_benchmark`). Returns the JSON text."""
+    out = Path(out)
+    text = json.dumps(result, indent=2, default=str)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(out)
+    if to_mlflow:
+        log_benchmark(run_name, result, tracking_uri)
+    return text
