@@ -78,3 +78,20 @@ def index_rows(index: dict, ids, small: int = 256) -> np.ndarray:
     import pandas as pd
 
     return pd.Series(ids).astype(str).map(index).fillna(-1).astype(np.int64).to_numpy()
+
+
+def read_model_meta(folder, filename: str, what: str, readable_formats: tuple[int, ...]) -> dict:
+    """The JSON description a model folder opens with (every model class saves one), checked: a
+    folder without it or written in a format this code cannot read is refused with a clear error."""
+    import json
+    from pathlib import Path
+
+    meta_path = Path(folder) / filename
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"not a {what} folder (no {filename}): {folder}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") not in readable_formats:
+        raise ValueError(
+            f"{what} format {meta.get('format_version')} is not one of {readable_formats}: retrain"
+        )
+    return meta

@@ -62,7 +62,7 @@ from sklearn.base import BaseEstimator
 from sklearn.isotonic import IsotonicRegression
 
 from features import columns as c
-from models.base import index_rows
+from models.base import index_rows, read_model_meta
 from models.fitting import train_booster
 
 FORMAT_VERSION = 2
@@ -832,14 +832,7 @@ class ChannelModel(BaseEstimator):
     @classmethod
     def load(cls, folder: str | Path) -> ChannelModel:
         folder = Path(folder)
-        meta_path = folder / "channel.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"not a channel model folder (no channel.json): {folder}")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") not in _READABLE_FORMATS:
-            raise ValueError(
-                f"channel model format {meta.get('format_version')} is not one of {_READABLE_FORMATS}"
-            )
+        meta = read_model_meta(folder, "channel.json", "channel model", _READABLE_FORMATS)
         model = cls(**meta["params"])
         model.as_of_ = pd.Timestamp(meta["as_of"])
         model.channels_ = np.asarray(meta["channels"], dtype=str)

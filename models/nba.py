@@ -94,7 +94,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from features import columns as c
 from features.io import Tables
-from models.base import FEW_IDS
+from models.base import FEW_IDS, read_model_meta
 from models.contact_policy import (
     NAT_US,
     US_PER_HOUR,
@@ -1249,14 +1249,7 @@ class NextBestActionEngine(BaseEstimator):
         """An engine saved by `save`; pass the recommender and the channel / send-time models again
         (they are registered on their own); without them the fallbacks are used."""
         folder = Path(folder)
-        meta_path = folder / "nba.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"not a next-best-action folder (no nba.json): {folder}")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"next-best-action format {meta.get('format_version')} is not {FORMAT_VERSION}: retrain"
-            )
+        meta = read_model_meta(folder, "nba.json", "next-best-action", (FORMAT_VERSION,))
         engine = cls(**{**meta["params"], "policy": ContactPolicy.from_dict(meta["policy"])})
         engine.policy_ = engine.policy
         engine.profiles_ = CustomerProfiles.load(folder / "profiles")

@@ -56,7 +56,7 @@ from features import columns as c
 from features.io import Tables
 
 # the feature build and the LightGBM fits run on the Dask cluster of `omni train --dask-scheduler`, if any
-from models.base import FEW_IDS
+from models.base import FEW_IDS, read_model_meta
 from models.fitting import build_customer_features, fit_estimator
 
 FORMAT_VERSION = 1
@@ -1113,12 +1113,7 @@ class CustomerProfiles(BaseEstimator):
     @classmethod
     def load(cls, folder: str | Path) -> CustomerProfiles:
         folder = Path(folder)
-        meta_path = folder / "profiles.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"not a profiles folder (no profiles.json): {folder}")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"profiles format {meta.get('format_version')} is not {FORMAT_VERSION}: refit")
+        meta = read_model_meta(folder, "profiles.json", "profiles", (FORMAT_VERSION,))
         model = cls(**meta["params"])
         frame = pd.read_parquet(folder / "profiles.parquet")
         for col in ("top_categories", "bought_categories", "preferred_hours"):

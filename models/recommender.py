@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from features.interactions import InteractionMatrix
 from models.als import ALSScorer
-from models.base import top_k
+from models.base import read_model_meta, top_k
 from models.popularity import PopularityScorer
 
 FORMAT_VERSION = 1
@@ -187,12 +187,7 @@ class ProductRecommender:
     @classmethod
     def load(cls, folder: str | Path) -> ProductRecommender:
         folder = Path(folder)
-        meta_path = folder / "recommender.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"not a recommender folder (no recommender.json): {folder}")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"recommender format {meta.get('format_version')} != {FORMAT_VERSION}: retrain")
+        meta = read_model_meta(folder, "recommender.json", "recommender", (FORMAT_VERSION,))
         rec = cls(**meta["params"])
         rec.product_ids_ = np.load(folder / "product_ids.npy", allow_pickle=False)
         rec.customer_ids_ = np.load(folder / "customer_ids.npy", allow_pickle=False)

@@ -79,7 +79,7 @@ from sklearn.base import BaseEstimator
 
 from features import columns as c
 from features.customer_features import local_time_parts
-from models.base import index_rows
+from models.base import index_rows, read_model_meta
 
 FORMAT_VERSION = 2
 _READABLE_FORMATS = (1, 2)  # format 1 (learned profile shapes) scores the same way
@@ -953,14 +953,7 @@ class SendTimeModel(BaseEstimator):
     @classmethod
     def load(cls, folder: str | Path) -> SendTimeModel:
         folder = Path(folder)
-        meta_path = folder / "send_time.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"not a send-time model folder (no send_time.json): {folder}")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") not in _READABLE_FORMATS:
-            raise ValueError(
-                f"send-time model format {meta.get('format_version')} is not one of {_READABLE_FORMATS}"
-            )
+        meta = read_model_meta(folder, "send_time.json", "send-time model", _READABLE_FORMATS)
         model = cls(**meta["params"])
         with np.load(folder / "send_time.npz", allow_pickle=False) as arrays:
             for name in cls._ARRAYS:

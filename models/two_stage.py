@@ -61,6 +61,7 @@ from features.interactions import build_interactions
 from features.io import Tables
 from models import rules
 from models.als import ALSScorer
+from models.base import read_model_meta
 from models.candidates import (
     CoOccurrenceScorer,
     EASENeighbours,
@@ -1294,12 +1295,7 @@ class TwoStageRecommender:
     @classmethod
     def load(cls, folder: str | Path) -> TwoStageRecommender:
         folder = Path(folder)
-        meta_path = folder / "two_stage.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"not a two-stage recommender folder (no two_stage.json): {folder}")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"two-stage format {meta.get('format_version')} != {FORMAT_VERSION}: retrain")
+        meta = read_model_meta(folder, "two_stage.json", "two-stage recommender", (FORMAT_VERSION,))
         rec = cls(**meta["params"])
         with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
             rec.product_ids_ = arrays["product_ids"]
