@@ -13,6 +13,8 @@ import scipy.sparse as sp  # noqa: E402
 
 from models.base import ItemScorer  # noqa: E402
 
+_PARAMS = ("factors", "regularization", "alpha", "iterations", "random_state", "num_threads")
+
 
 class ALSScorer(ItemScorer):
     """implicit ALS on a weighted interaction matrix.
@@ -58,6 +60,17 @@ class ALSScorer(ItemScorer):
         self.model_.fit(interactions, show_progress=show_progress)
         self.n_items_ = interactions.shape[1]
         return self
+
+    def rows_of(self, rows: np.ndarray) -> ALSScorer:
+        """The same fitted model keeping only the customers at `rows` (in that order): the item
+        factors are shared, so a model fitted on a superset of customers serves a subset without
+        a second fit."""
+        scorer = type(self)(**{name: getattr(self, name) for name in _PARAMS})
+        scorer.model_ = scorer._new_model()
+        scorer.model_.user_factors = self.model_.user_factors[np.asarray(rows, dtype=np.int64)]
+        scorer.model_.item_factors = self.model_.item_factors
+        scorer.n_items_ = self.n_items_
+        return scorer
 
     def score(self, user_items: sp.csr_matrix, user_index: np.ndarray | None = None) -> np.ndarray:
         user_items = sp.csr_matrix(user_items, dtype=np.float32)

@@ -16,10 +16,14 @@ are small classes with `fit(...)` returning self and fitted attributes ending in
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
 
 from features import columns as c
 from features.interactions import DEFAULT_EVENT_WEIGHTS
@@ -236,12 +240,16 @@ class EASENeighbours(ItemItemScorer):
         if len(chosen) < 2:
             self._finish(sp.csr_matrix((n_items, n_items), dtype=np.float32))
             return self
-        xs = x[:, chosen]
+        xs = x[:, chosen].astype(np.float32)
         # float32: half the memory and about half the time of the O(n³) inverse; the weights
-        # differ from float64 by ~1e-6 relative and each product keeps the same top neighbours
-        gram = (xs.T @ xs).toarray().astype(np.float32)
+        # differ from float64 by ~1e-6 relative and each product keeps the same top neighbours.
+        # The Gram matrix holds co-occurrence counts, exact in float32 below 2**24.
+        gram = (xs.T @ xs).toarray()
         gram[np.diag_indices_from(gram)] += np.float32(self.l2)
-        p = _spd_inverse(gram)
+        # BLAS is held to one thread for implicit's ALS (models/als.py); the inverse is the one
+        # place where every core pays off (2 cores: half the time)
+        with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
+            p = _spd_inverse(gram)
         p /= -np.diag(p)[np.newaxis, :]  # B_ij = -P_ij / P_jj
         np.fill_diagonal(p, 0.0)
         row, col, weight = _top_dense_per_row(p, self.n_neighbours)
@@ -261,16 +269,22 @@ def _top_dense_per_row(matrix: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
     """(row, column, value) of the n largest entries of each row of a dense matrix, in row chunks."""
     n_rows, n_cols = matrix.shape
     n = min(n, n_cols)
-    rows, cols, values = [], [], []
-    for start in range(0, n_rows, 1024):
+
+    def chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         block = matrix[start : start + 1024]
         if n < n_cols:
             top = np.argpartition(-block, n - 1, axis=1)[:, :n]
         else:
             top = np.tile(np.arange(n_cols), (len(block), 1))
-        rows.append(np.repeat(np.arange(start, start + len(block)), n))
-        cols.append(top.ravel())
-        values.append(np.take_along_axis(block, top, axis=1).ravel())
+        rows = np.repeat(np.arange(start, start + len(block)), n)
+        return rows, top.ravel(), np.take_along_axis(block, top, axis=1).ravel()
+
+    # numpy releases the GIL while partitioning, so chunks run on every core
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        parts = list(pool.map(chunk, range(0, n_rows, 1024)))
+    rows, cols, values = zip(*parts, strict=True) if parts else ((), (), ())
+    if not parts:
+        return np.array([], np.int64), np.array([], np.int64), np.array([], np.float32)
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(values).astype(np.float32)
 
 

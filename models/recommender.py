@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from features.interactions import InteractionMatrix
@@ -66,7 +67,11 @@ class ProductRecommender:
         interactions: InteractionMatrix,
         inactive_product_ids: np.ndarray | None = None,
         show_progress: bool = False,
+        fitted_als: tuple[ALSScorer, np.ndarray] | None = None,
     ) -> ProductRecommender:
+        """`fitted_als`: (an `ALSScorer` with this recommender's parameters, fitted on these same
+        interactions with rows for the given customer ids, a superset of the interactions' own,
+        e.g. with empty rows for customers without events) is reused instead of fitting ALS again."""
         self.product_ids_ = np.asarray(interactions.product_ids, dtype=str)
         self.customer_ids_ = np.asarray(interactions.customer_ids, dtype=str)
         self.user_items_ = interactions.matrix.tocsr().astype(np.float32)
@@ -75,10 +80,27 @@ class ProductRecommender:
             np.asarray(inactive_product_ids if inactive_product_ids is not None else [], dtype=str)
         )
         self.active_ = np.array([pid not in inactive for pid in self.product_ids_.tolist()], dtype=bool)
-        self.als_ = ALSScorer(**self.als_params()).fit(self.user_items_, show_progress=show_progress)
+        if fitted_als is None:
+            self.als_ = ALSScorer(**self.als_params()).fit(self.user_items_, show_progress=show_progress)
+        else:
+            self.als_ = self._shared_als(*fitted_als)
         self.popularity_ = PopularityScorer().fit(self.user_items_)
         self._index()
         return self
+
+    def _shared_als(self, als: ALSScorer, als_customer_ids: np.ndarray) -> ALSScorer:
+        params = {name: getattr(als, name) for name in self.als_params()}
+        if params != self.als_params():
+            raise ValueError(f"fitted_als has parameters {params}, this recommender {self.als_params()}")
+        if als.n_items_ != len(self.product_ids_):
+            raise ValueError(
+                f"fitted_als has {als.n_items_} items, the interactions {len(self.product_ids_)}"
+            )
+        index = pd.Index(np.asarray(als_customer_ids, dtype=str))
+        rows = index.get_indexer(self.customer_ids_)
+        if len(index) != als.model_.user_factors.shape[0] or (rows < 0).any():
+            raise ValueError("fitted_als must have a row for every customer of the interactions")
+        return als.rows_of(rows)
 
     def _index(self) -> None:
         self.customer_index_ = {cid: i for i, cid in enumerate(self.customer_ids_.tolist())}

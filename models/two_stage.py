@@ -1401,13 +1401,20 @@ def top_n_sparse(scores: sp.csr_matrix, block: np.ndarray, n: int) -> np.ndarray
         return out
     if not scores.has_sorted_indices:
         scores = scores.sorted_indices()
-    rows = np.repeat(np.arange(n_rows), np.diff(scores.indptr))
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(scores.indptr))
     cols, values = scores.indices, scores.data
     keep = (values > 0) & ~block[rows, cols]
     rows, cols, values = rows[keep], cols[keep], values[keep]
-    # lexsort is stable and the columns already ascend within each row, so ties keep the lower
-    # index first without a third sort key (half the time of sorting on the columns too)
-    order = np.lexsort((-values, rows))
+    # The sorts are stable and the columns already ascend within each row, so ties keep the
+    # lower index first without a column key.
+    if values.dtype == np.float32:
+        # One int64 key, the row in the high bits and the score descending in the low ones
+        # (positive float32 bit patterns order like the floats): one sort instead of a two-key
+        # lexsort, under half the time on the evaluation's EASE rows.
+        descending = np.uint32(0xFFFFFFFF) - values.view(np.uint32)
+        order = np.argsort((rows << 32) | descending.astype(np.int64), kind="stable")
+    else:
+        order = np.lexsort((-values, rows))
     rows, cols = rows[order], cols[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
     chosen = rank < n

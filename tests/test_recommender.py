@@ -16,8 +16,7 @@ def _events(rows):
     return frame
 
 
-@pytest.fixture(scope="module")
-def two_tribes():
+def _tribe_events() -> pd.DataFrame:
     # customers 0-19 buy from group A (a0..a4), customers 20-39 from group B (b0..b4); each customer
     # skips one item of the group, which must then come first in their list.
     rows = []
@@ -27,10 +26,16 @@ def two_tribes():
             if i != u % 5:
                 rows.append((f"u{u}", f"{group}{i}", "purchase"))
     rows.append(("u0", "z-unpopular", "view"))
-    events = _events(rows)
-    matrix = build_interactions(events, half_life_days=None)
-    rec = ProductRecommender(factors=4, iterations=20, regularization=0.01, random_state=0).fit(matrix)
-    return rec
+    return _events(rows)
+
+
+TRIBE_ALS = dict(factors=4, iterations=20, regularization=0.01, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def two_tribes():
+    matrix = build_interactions(_tribe_events(), half_life_days=None)
+    return ProductRecommender(**TRIBE_ALS).fit(matrix)
 
 
 def test_recommends_the_missing_item_of_the_customers_group(two_tribes):
@@ -97,3 +102,32 @@ def test_returns_cancel_purchases_in_the_matrix():
     dense = m.matrix.toarray()
     assert dense[0, list(m.product_ids).index("p1")] == pytest.approx(1.0)  # 5 - 4
     assert dense[0, list(m.product_ids).index("p2")] == pytest.approx(1.0)
+
+
+def test_a_shared_als_fitted_with_extra_empty_rows_serves_the_same_customers(two_tribes):
+    import scipy.sparse as sp
+
+    from models.als import ALSScorer
+
+    # the ALS of a model that also has rows for customers without events (empty rows), in
+    # another order: the recommender picks each of its customers' rows by id
+    matrix = build_interactions(_tribe_events(), half_life_days=None)
+    ids = np.asarray(matrix.customer_ids, dtype=str)
+    all_ids = np.concatenate([["zz-no-events"], ids[::-1], ["aa-no-events"]])
+    rows = pd.Index(ids).get_indexer(all_ids)
+    place = sp.csr_matrix(
+        (np.ones(len(ids), np.float32), (np.flatnonzero(rows >= 0), rows[rows >= 0])),
+        shape=(len(all_ids), len(ids)),
+    )
+    wide = ALSScorer(**TRIBE_ALS).fit(place @ matrix.matrix)
+    shared = ProductRecommender(**TRIBE_ALS).fit(matrix, fitted_als=(wide, all_ids))
+    for cid in ("u1", "u25"):
+        assert np.array_equal(
+            shared.als_.model_.user_factors[shared.customer_index_[cid]],
+            wide.model_.user_factors[pd.Index(all_ids).get_loc(cid)],
+        )
+    assert shared.recommend("u7", k=1).product_ids == ["a2"]
+    with pytest.raises(ValueError, match="parameters"):
+        ProductRecommender(**{**TRIBE_ALS, "factors": 8}).fit(matrix, fitted_als=(wide, all_ids))
+    with pytest.raises(ValueError, match="a row for every customer"):
+        ProductRecommender(**TRIBE_ALS).fit(matrix, fitted_als=(wide, all_ids[:5]))

@@ -326,6 +326,36 @@ def test_training_helper_reports_three_models_side_by_side(world):
     assert set(info["all_purchases"]) == {"popularity", "als", "ranker"}
     assert model.as_of_ > pd.Timestamp(info["split_time"])  # refitted on everything for serving
     assert "refit" in info["seconds"]
+    assert info["als_baseline"] == "fitted on its own"  # the baseline's ALS settings differ from FAST's
+
+
+def test_the_als_baseline_reuses_the_two_stage_als_when_it_is_the_same_fit(world):
+    from features.interactions import build_interactions
+    from features.io import Tables
+    from models.recommender import ProductRecommender
+    from training.recs_training import catalogue, shared_als, time_split
+
+    events, products, customers = world
+    tables = Tables(events=events, products=products, customers=customers)
+    two_stage = {k: v for k, v in FAST.items() if k not in ("random_state", "factors", "iterations")}
+    config = RecsConfig(test_days=28, factors=8, iterations=10, regularization=0.01, two_stage=two_stage)
+    config.two_stage.update(factors=8, iterations=10)
+    _, _, info = train_two_stage(tables, config)
+    assert info["als_baseline"].startswith("the two-stage model's ALS source")
+
+    # the baseline's customers get exactly the two-stage model's user factors
+    split, train_ev, _ = time_split(events, 28)
+    product_ids, inactive = catalogue(tables)
+    matrix = build_interactions(train_ev, product_ids=product_ids, as_of=split, half_life_days=90.0)
+    model = TwoStageRecommender(**config.two_stage_params()).fit(tables, as_of=split)
+    shared = shared_als(model, matrix, config)
+    assert shared is not None
+    baseline = ProductRecommender(**config.als_params()).fit(matrix, inactive, fitted_als=shared)
+    ids = np.asarray(matrix.customer_ids, dtype=str)[:50].tolist()
+    mine = baseline.als_.model_.user_factors[[baseline.customer_index_[i] for i in ids]]
+    theirs = model.als_.model_.user_factors[pd.Index(model.customer_ids_).get_indexer(ids)]
+    assert np.array_equal(mine, theirs)
+    assert shared_als(model, matrix, RecsConfig(factors=16)) is None  # other settings: not the same fit
 
 
 def test_fast_top_n_paths_agree_with_the_plain_one(model):
@@ -346,6 +376,10 @@ def test_fast_top_n_paths_agree_with_the_plain_one(model):
         assert np.array_equal(fast, top_n(dense, n)[0])
         sparse = sp.csr_matrix(vectors[key_of_row])
         assert np.array_equal(top_n_sparse(sparse, block, n), top_n(dense, n)[0])
+        # float32 scores take the one-key sort: same order, ties to the lower index
+        single = sp.csr_matrix(vectors[key_of_row].astype(np.float32))
+        dense32 = np.where(block | (single.toarray() <= 0), -np.inf, single.toarray())
+        assert np.array_equal(top_n_sparse(single, block, n), top_n(dense32, n)[0])
 
 
 def _batch_of_one(model, cid, k, exclude=(), context_items=(), **kwargs):
