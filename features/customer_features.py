@@ -20,11 +20,19 @@ def local_time_parts(ts: pd.Series, timezones: pd.Series) -> tuple[np.ndarray, n
 
     Converted zone by zone (there are few zones and many rows), so daylight saving is exact.
     """
+    tz_codes, tz_names = pd.factorize(pd.Series(timezones).fillna("UTC").astype(str), sort=True)
+    return local_time_parts_by_code(ts, tz_codes, tz_names)
+
+
+def local_time_parts_by_code(ts: pd.Series, tz_codes: np.ndarray, tz_names) -> tuple[np.ndarray, np.ndarray]:
+    """`local_time_parts` with the zones already as codes into `tz_names`: at tens of millions
+    of events the zone is looked up per customer, not per event."""
     hours = np.zeros(len(ts), dtype=np.int8)
     weekdays = np.zeros(len(ts), dtype=np.int8)
-    tz_codes, tz_names = pd.factorize(pd.Series(timezones).fillna("UTC").astype(str), sort=True)
     for code, tz in enumerate(tz_names):
         mask = tz_codes == code
+        if not mask.any():
+            continue
         local = ts[mask].dt.tz_convert(tz)
         hours[mask] = local.dt.hour.to_numpy()
         weekdays[mask] = local.dt.day_of_week.to_numpy()
@@ -57,17 +65,18 @@ def build_customer_features(
     """
     ev = events if as_of is None else events[events[c.TS] < as_of]
     as_of = as_of if as_of is not None else (ev[c.TS].max() + pd.Timedelta(seconds=1))
-    ev_ids = ev[c.CUSTOMER_ID].astype(str)
-    ids = pd.Index(np.sort(ev_ids.unique()), name=c.CUSTOMER_ID)
+    # customer ids hashed once per distinct id (factorize), not once per event
+    ev_codes, ev_uniques = pd.factorize(ev[c.CUSTOMER_ID].astype(str))
+    ids = pd.Index(np.sort(np.asarray(ev_uniques, dtype=str)), name=c.CUSTOMER_ID)
     if customers is not None:
         ids = ids.union(pd.Index(customers[c.CUSTOMER_ID].astype(str))).rename(c.CUSTOMER_ID)
     n = len(ids)
-    row = ids.get_indexer(ev_ids)
+    row = ids.get_indexer(np.asarray(ev_uniques, dtype=str))[ev_codes]
     out: dict[str, np.ndarray] = {}
 
-    etype = ev[c.EVENT_TYPE].astype(str).to_numpy()
-    is_purchase = etype == "purchase"
-    is_return = etype == "return"
+    # comparisons on the string column itself: no per-event Python strings (gigabytes at 1M customers)
+    is_purchase = (ev[c.EVENT_TYPE] == "purchase").to_numpy(dtype=bool, na_value=False)
+    is_return = (ev[c.EVENT_TYPE] == "return").to_numpy(dtype=bool, na_value=False)
     # seconds since the epoch, from the UTC values (dt.tz_convert(None) drops the zone, not the time)
     ts_s = ev[c.TS].dt.tz_convert(None).to_numpy().astype("datetime64[s]").astype(np.int64)
     as_of_s = int(pd.Timestamp(as_of).timestamp())
@@ -78,11 +87,15 @@ def build_customer_features(
         last_purchase > np.iinfo(np.int64).min, (as_of_s - last_purchase) / 86400.0, np.nan
     )
     if c.ORDER_ID in ev and ev[c.ORDER_ID].notna().any():
-        # a purchase without an order id is its own order (keyed by its time)
-        order = ev[c.ORDER_ID].astype(object).to_numpy()[is_purchase]
-        missing = pd.isna(order)
-        order[missing] = ts_s[is_purchase][missing].astype(str)
-        order_rows = pd.DataFrame({"r": row[is_purchase], "o": order}).drop_duplicates()["r"].to_numpy()
+        # a purchase without an order id is its own order (keyed by its time); orders as integer
+        # codes, the missing ones after the named ones
+        codes, names = pd.factorize(ev[c.ORDER_ID][is_purchase])
+        missing = codes < 0
+        if missing.any():
+            time_codes, _ = pd.factorize(ts_s[is_purchase][missing])
+            codes[missing] = len(names) + time_codes
+        pairs = row[is_purchase].astype(np.int64) * (int(codes.max(initial=0)) + 1) + codes
+        order_rows = np.unique(pairs) // (int(codes.max(initial=0)) + 1)
         out["frequency"] = np.bincount(order_rows, minlength=n).astype(float)
     else:
         out["frequency"] = np.bincount(row[is_purchase], minlength=n).astype(float)
@@ -103,18 +116,25 @@ def build_customer_features(
         j = list(ch_names).index(ch) if ch in ch_names else None
         out[f"events_{ch}"] = ch_share[:, j] if j is not None else np.zeros(n)
 
-    tz = pd.Series("UTC", index=ev.index)
+    # each customer's zone (UTC when unknown), then per event through its customer's row
+    tz_of_customer = pd.Series("UTC", index=ids)
     if customers is not None and c.TIMEZONE in customers:
-        tz_map = customers.set_index(customers[c.CUSTOMER_ID].astype(str))[c.TIMEZONE]
-        tz = ev_ids.map(tz_map).fillna("UTC")
-    hours, _ = local_time_parts(ev[c.TS], tz)
+        known = customers.drop_duplicates(c.CUSTOMER_ID)
+        tz_map = known.set_index(known[c.CUSTOMER_ID].astype(str))[c.TIMEZONE]
+        tz_of_customer = pd.Series(tz_map.reindex(ids).to_numpy(), index=ids).fillna("UTC")
+    tz_codes, tz_names = pd.factorize(tz_of_customer.astype(str), sort=True)
+    hours, _ = local_time_parts_by_code(ev[c.TS], tz_codes[row], tz_names)
     hour_share = _share_matrix(row, hours.astype(np.int64), n, 24)
     for h in range(24):
         out[f"hour_{h:02d}"] = hour_share[:, h]
 
     if products is not None and is_purchase.any():
         cat_of = products.set_index(products[c.PRODUCT_ID].astype(str))[c.CATEGORY].astype(str)
-        cats = ev[c.PRODUCT_ID].astype(str)[is_purchase].map(cat_of).fillna("unknown")
+        cat_of = cat_of[~cat_of.index.duplicated(keep="last")]  # as Series.map does with repeats
+        # categories through product codes: one lookup per distinct product, not per purchase
+        product_codes, product_names = pd.factorize(ev[c.PRODUCT_ID][is_purchase].astype(str))
+        names_cat = pd.Series(product_names).map(cat_of).fillna("unknown").to_numpy(dtype=object)
+        cats = np.where(product_codes >= 0, names_cat[np.maximum(product_codes, 0)], "unknown")
         cat_codes, cat_names = pd.factorize(cats, sort=True)
         qty = ev[c.QUANTITY].fillna(1.0).clip(lower=0).to_numpy(dtype=np.float64)[is_purchase]
         cat_share = _share_matrix(row[is_purchase], cat_codes, n, len(cat_names), weights=qty)
