@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features import columns as c
+from features.codes import mapped, positions
 
 # Why these numbers: a purchase is the strongest implicit signal, a cart a strong intent signal, a
 # view a weak one; a return mostly cancels the purchase it follows. Unknown types weigh nothing.
@@ -68,9 +69,9 @@ def build_interactions(
         extra = pd.Index(events[c.CUSTOMER_ID].astype(str).unique()).difference(pd.Index(customer_ids))
         customer_ids = np.concatenate([customer_ids, np.sort(extra.to_numpy(dtype=str))])
 
-    col = pd.Index(product_ids).get_indexer(ev[c.PRODUCT_ID].astype(str))
-    row = pd.Index(customer_ids).get_indexer(ev[c.CUSTOMER_ID].astype(str))
-    w = ev[c.EVENT_TYPE].map(weights).fillna(0.0).to_numpy(dtype=np.float64)
+    col = positions(pd.Index(product_ids), ev[c.PRODUCT_ID])
+    row = positions(pd.Index(customer_ids), ev[c.CUSTOMER_ID])
+    w = mapped(ev[c.EVENT_TYPE], weights, 0.0)
     if half_life_days and len(ev):
         ref = as_of if as_of is not None else ev[c.TS].max()
         age_days = (ref - ev[c.TS]).dt.total_seconds().to_numpy() / 86400.0

@@ -26,6 +26,7 @@ from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
 from features import columns as c
+from features.codes import mapped, positions
 from features.interactions import DEFAULT_EVENT_WEIGHTS
 from models.base import ItemScorer
 
@@ -136,7 +137,7 @@ def basket_matrix(events: pd.DataFrame, product_ids: np.ndarray) -> sp.csr_matri
     n_items = len(product_ids)
     if ev.empty:
         return sp.csr_matrix((0, n_items), dtype=np.float32)
-    col = pd.Index(np.asarray(product_ids, dtype=str)).get_indexer(ev[c.PRODUCT_ID].astype(str))
+    col = positions(pd.Index(np.asarray(product_ids, dtype=str)), ev[c.PRODUCT_ID])
     has_order = ev[c.ORDER_ID].notna().to_numpy() if c.ORDER_ID in ev else np.zeros(len(ev), dtype=bool)
     basket = np.empty(len(ev), dtype=np.int64)
     n_orders = 0
@@ -344,13 +345,14 @@ class SegmentChannelPopularity:
             (events[c.TS] >= start) & (events[c.TS] < as_of) & events[c.PRODUCT_ID].notna(),
             [c.CUSTOMER_ID, c.TS, c.CHANNEL, c.EVENT_TYPE, c.PRODUCT_ID],
         ]
-        w = ev[c.EVENT_TYPE].map(weights).fillna(0.0).to_numpy(np.float64)
-        item = pd.Index(np.asarray(product_ids, dtype=str)).get_indexer(ev[c.PRODUCT_ID].astype(str))
+        w = mapped(ev[c.EVENT_TYPE], weights, 0.0)
+        item = positions(pd.Index(np.asarray(product_ids, dtype=str)), ev[c.PRODUCT_ID])
         keep = (w > 0) & (item >= 0)
         ev, w, item = ev[keep], w[keep], item[keep]
         cust = pd.factorize(ev[c.CUSTOMER_ID].astype(str))[0] if len(ev) else np.zeros(0, dtype=np.int64)
-        seg = ev[c.CUSTOMER_ID].astype(str).map(customer_segment).fillna(-1).to_numpy(np.int64)
-        chan = pd.Index(list(channels)).get_indexer(ev[c.CHANNEL].astype(str))
+        at = positions(pd.Index(customer_segment.index.astype(str)), ev[c.CUSTOMER_ID])
+        seg = np.where(at >= 0, customer_segment.to_numpy(np.int64)[np.maximum(at, 0)], -1)
+        chan = positions(pd.Index(list(channels)), ev[c.CHANNEL])
         recent = (ev[c.TS] >= as_of - pd.Timedelta(days=self.trend_days)).to_numpy()
 
         def table(mask, group, n_groups):
@@ -450,8 +452,8 @@ class PurchaseHistory:
             [c.CUSTOMER_ID, c.PRODUCT_ID, c.TS],
         ]
         shape = (len(customer_ids), len(product_ids))
-        row = pd.Index(np.asarray(customer_ids, dtype=str)).get_indexer(buys[c.CUSTOMER_ID].astype(str))
-        col = pd.Index(np.asarray(product_ids, dtype=str)).get_indexer(buys[c.PRODUCT_ID].astype(str))
+        row = positions(pd.Index(np.asarray(customer_ids, dtype=str)), buys[c.CUSTOMER_ID])
+        col = positions(pd.Index(np.asarray(product_ids, dtype=str)), buys[c.PRODUCT_ID])
         ok = (row >= 0) & (col >= 0)
         row, col = row[ok], col[ok]
         age = (as_of - buys[c.TS][ok]).dt.total_seconds().to_numpy() / SECONDS_PER_DAY

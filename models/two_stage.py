@@ -56,6 +56,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from features import columns as c
+from features.codes import positions
 from features.contract import DEFAULT_CHANNELS
 from features.interactions import build_interactions
 from features.io import Tables
@@ -441,8 +442,8 @@ class TwoStageRecommender:
             self.segment_source_ = "favourite category"
         # main channel: where the customer has most events (ties: the earlier channel in channels_)
         n_channels = len(self.channels_)
-        channel = pd.Index(self.channels_).get_indexer(ev[c.CHANNEL].astype(str))
-        customer = pd.Index(self.customer_ids_).get_indexer(ev[c.CUSTOMER_ID].astype(str))
+        channel = positions(pd.Index(self.channels_), ev[c.CHANNEL])
+        customer = positions(pd.Index(self.customer_ids_), ev[c.CUSTOMER_ID])
         ok = (channel >= 0) & (customer >= 0)
         counts = np.bincount(
             customer[ok] * n_channels + channel[ok], minlength=n_customers * n_channels
@@ -465,10 +466,10 @@ class TwoStageRecommender:
     def _training_examples(self, window: pd.DataFrame):
         """Features, labels and group sizes from this (earlier) state and the purchases in `window`."""
         buys = window[(window[c.EVENT_TYPE] == "purchase") & window[c.PRODUCT_ID].notna()]
-        row = buys[c.CUSTOMER_ID].astype(str).map(self.customer_index_)
-        col = buys[c.PRODUCT_ID].astype(str).map(self.product_index_)
-        ok = row.notna() & col.notna()
-        row, col = row[ok].astype(np.int64).to_numpy(), col[ok].astype(np.int64).to_numpy()
+        row = positions(pd.Index(self.customer_ids_), buys[c.CUSTOMER_ID])
+        col = positions(pd.Index(self.product_ids_), buys[c.PRODUCT_ID])
+        ok = (row >= 0) & (col >= 0)
+        row, col = row[ok], col[ok]
         n_items = len(self.product_ids_)
         label_codes = np.unique(row * n_items + col)
         customers = np.unique(row)

@@ -70,3 +70,14 @@ def test_local_time_respects_daylight_saving():
     hours, weekdays = local_time_parts(ts, pd.Series(["America/New_York"] * 2))
     assert hours.tolist() == [10, 11]
     assert weekdays.tolist() == [5, 0]  # Saturday, Monday
+
+
+def test_positions_and_mapped_look_up_each_distinct_value_like_pandas():
+    from features.codes import mapped, positions
+
+    values = pd.Series(["b", "a", None, "zz", "b", "a"], dtype="str")
+    index = pd.Index(["a", "b", "c"])
+    assert positions(index, values).tolist() == [1, 0, -1, -1, 1, 0]
+    assert positions(index, pd.Series([], dtype="str")).tolist() == []
+    weights = {"a": 2.0, "b": 0.5}
+    assert mapped(values, weights, 0.0).tolist() == values.map(weights).fillna(0.0).tolist()
