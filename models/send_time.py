@@ -110,6 +110,7 @@ SEGMENT_PRIOR_COUNT = 20.0
 _MAX_LOG_DENSITY = 4.0  # |log density ratio| is clipped here: an empty hour is not infinitely bad
 _MIN_SIGMA2, _MAX_SIGMA2 = 1e-4, 4.0
 _SCORE_CHUNK = 1024  # customers per block when building grids (block = chunk × profiles × 168)
+_MESSAGE_CHUNK = 65536  # messages per block in EM (a block's temporaries: block × profiles)
 
 
 def slot_index(weekdays, hours) -> np.ndarray:
@@ -286,44 +287,39 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(x - top[:, None]).sum(axis=1))
 
 
-def _newton_direction(residual, info, channel, n_channels, features, per_message) -> np.ndarray:
+def _newton_direction(r_row, i_row, channel, n_channels, per_message, sums, grad_f, hess_f) -> np.ndarray:
     """Newton direction for (alpha per channel, one coefficient per feature, one for `per_message`)
-    of a weighted logistic log-likelihood.
+    of a weighted logistic log-likelihood, from sums over (message, profile) cells.
 
-    residual = w (y - p) and info = w p (1 - p) per (message, profile); `features` have that shape,
+    With residual = w (y - p) and info = w p (1 - p) per (message, profile) and features f of the
+    same shape: `r_row`, `i_row` are the residual and info summed over the profiles (one per
+    message), `sums[a]` the sum of info * f_a over the profiles (one per message), `grad_f[a]` the
+    sum of residual * f_a and `hess_f[a, b]` that of info * f_a * f_b over all cells.
     `per_message` is one value per message (the same for every profile); alpha enters through
     each message's channel. A channel without messages keeps its value (unit curvature).
     """
-    r_row, i_row = residual.sum(axis=1, dtype=np.float64), info.sum(axis=1, dtype=np.float64)
-    weighted = [info * f for f in features]
-    columns = [np.bincount(channel, weights=i_row, minlength=n_channels)]  # alpha block diagonal
-    size = n_channels + len(features) + 1
+    n_feat = len(sums)
+    size = n_channels + n_feat + 1
     grad = np.zeros(size)
     hess = np.zeros((size, size))
     grad[:n_channels] = np.bincount(channel, weights=r_row, minlength=n_channels)
-    hess[np.arange(n_channels), np.arange(n_channels)] = columns[0]
-    # rows of (info * feature) summed over profiles: the per-message and per-channel cross terms
-    sums = [wf.sum(axis=1, dtype=np.float64) for wf in weighted] + [i_row * per_message]
-    for a in range(len(features) + 1):
+    hess[np.arange(n_channels), np.arange(n_channels)] = np.bincount(
+        channel, weights=i_row, minlength=n_channels
+    )
+    sums = [*sums, i_row * per_message]
+    for a in range(n_feat + 1):
         j = n_channels + a
-        if a < len(features):
-            grad[j] = float((residual * features[a]).sum(dtype=np.float64))
-        else:
-            grad[j] = float((r_row * per_message).sum())
+        grad[j] = grad_f[a] if a < n_feat else float((r_row * per_message).sum())
         cross = np.bincount(channel, weights=sums[a], minlength=n_channels)
         hess[:n_channels, j] = hess[j, :n_channels] = cross
-        for b in range(a, len(features) + 1):
+        for b in range(a, n_feat + 1):
             k = n_channels + b
-            if b < len(features):
-                value = (
-                    float((weighted[a] * features[b]).sum(dtype=np.float64))
-                    if a < len(features)
-                    else float((sums[b] * per_message).sum())
-                )
+            if b < n_feat:
+                value = hess_f[a, b] if a < n_feat else float((sums[b] * per_message).sum())
             else:
                 value = (
                     float((sums[a] * per_message).sum())
-                    if a < len(features)
+                    if a < n_feat
                     else float((i_row * per_message**2).sum())
                 )
             hess[j, k] = hess[k, j] = value
@@ -436,7 +432,9 @@ class SendTimeModel(BaseEstimator):
         self.timezones_ = tz.astype(str)
 
     def _customer_rows(self, ids: pd.Series) -> np.ndarray:
-        return ids.astype(str).map(self.customer_index_).astype(np.int64).to_numpy()
+        """Rows of ids that are all known (a hash lookup; mapping a Series through the id dict
+        built a Series of every customer on each call)."""
+        return pd.Index(self.customer_ids_).get_indexer(pd.Index(ids).astype(str)).astype(np.int64)
 
     def _active_hours(self, events, messages) -> pd.DataFrame:
         """One row per customer and clock hour with activity in any channel (message-induced events
@@ -573,6 +571,11 @@ class SendTimeModel(BaseEstimator):
                 shape=(HOURS, len(rows)),
             )
             response["log_day"] = log_day[rows, response["day"]]
+            response["y32"] = y[:, None].astype(np.float32)
+            # blocks of messages: the temporaries of a block (block × profiles) stay small
+            response["blocks"] = [
+                (lo, min(lo + _MESSAGE_CHUNK, len(rows))) for lo in range(0, len(rows), _MESSAGE_CHUNK)
+            ]
             sent = np.bincount(response["channel"], minlength=n_ch)
             rate = np.bincount(response["channel"], weights=y, minlength=n_ch) / np.maximum(sent, 1)
             rate = np.clip(rate, 1e-3, 1 - 1e-3)
@@ -599,14 +602,11 @@ class SendTimeModel(BaseEstimator):
             if active_groups:
                 log_post[active] += active_counts @ self._activity_log_likelihood(active_groups)
             if response is not None:
-                eta = (
-                    self._message_base(response)[:, None] + self._profile_lift()[:, response["hour"]].T
-                ).astype(np.float32)
+                eta = self._message_logit(response)
                 softplus = np.logaddexp(np.float32(0), eta)
-                log_post += response["to_customer"] @ (
-                    response["y"][:, None].astype(np.float32) * eta - softplus
-                )
+                log_post += response["to_customer"] @ (response["y32"] * eta - softplus)
                 p_open = np.exp(eta - softplus)
+                del eta, softplus
             total = _logsumexp(log_post)
             posterior = np.exp(log_post - total[:, None])
             log_likelihood = float(total.sum())
@@ -617,8 +617,10 @@ class SendTimeModel(BaseEstimator):
             self._m_step_activity(active_counts, posterior[active], active_groups, reference, kernel)
             self._m_step_segments(posterior, segment_one_hot)
             if response is not None:
+                # (cast, then gathered: the same float32 values as gathering first, n × profiles
+                # casts instead of messages × profiles)
                 self._m_step_engagement(
-                    response, posterior[response["row"]].astype(np.float32), p_open, kernel
+                    response, posterior.astype(np.float32)[response["row"]], p_open, kernel
                 )
             if converged:
                 break
@@ -708,34 +710,72 @@ class SendTimeModel(BaseEstimator):
             + self.channel_residual_[ch, day * HOURS + hour]
         )
 
+    def _message_logit(self, response: dict) -> np.ndarray:
+        """Engagement log-odds per message and profile (float32), block by block: the float64 sum
+        is rounded once, as casting the whole float64 array would, without that array."""
+        base = self._message_base(response)
+        lift = self._profile_lift().T  # 24 × profiles
+        eta = np.empty((len(base), lift.shape[1]), dtype=np.float32)
+        for lo, hi in response["blocks"]:
+            np.add(base[lo:hi, None], lift[response["hour"][lo:hi]], out=eta[lo:hi], casting="unsafe")
+        return eta
+
     def _m_step_engagement(self, response: dict, weights: np.ndarray, p_open: np.ndarray, kernel) -> None:
         """One pass over the engagement parameters, each a Newton step from the E-step's
         probabilities, updated in turn; the residuals carry each step's effect to the next
         (linearised: r -= info * change), so no layer re-absorbs what another just took."""
-        rows, ch, hours, days, y = (response[k] for k in ("row", "channel", "hour", "day", "y"))
+        rows, ch, hours, days = (response[k] for k in ("row", "channel", "hour", "day"))
         n_ch = len(self.alpha_)
-        residual = weights * (y[:, None].astype(np.float32) - p_open)  # messages × profiles
-        info = weights * p_open * (1 - p_open)
-
-        # alpha per channel and the coefficients: a Newton step on the expected log-likelihood
+        residual = weights * (response["y32"] - p_open)  # messages × profiles
+        info = weights * p_open
+        info *= 1 - p_open
+        del weights
+        # alpha per channel and the coefficients: a Newton step on the expected log-likelihood.
+        # Its sums are taken block by block (the products are float32, as the arrays are), so that
+        # no messages × profiles feature array is built
         relative, log_density = self._hour_features()
-        features = [relative[:, hours].T.astype(np.float32), log_density[:, hours].T.astype(np.float32)]
-        step = _newton_direction(residual, info, ch, n_ch, features, response["log_day"])
+        features = [relative.astype(np.float32), log_density.astype(np.float32)]  # profiles × 24
+        by_hour32 = [f.T for f in features]  # 24 × profiles
+        n_feat = len(features)
+        r_row, i_row = np.empty(len(rows)), np.empty(len(rows))
+        sums = [np.empty(len(rows)) for _ in range(n_feat)]
+        grad_f, hess_f = np.zeros(n_feat), np.zeros((n_feat, n_feat))
+        for lo, hi in response["blocks"]:
+            res, inf = residual[lo:hi], info[lo:hi]
+            r_row[lo:hi] = res.sum(axis=1, dtype=np.float64)
+            i_row[lo:hi] = inf.sum(axis=1, dtype=np.float64)
+            feats = [f[hours[lo:hi]] for f in by_hour32]
+            weighted = [inf * f for f in feats]
+            for a in range(n_feat):
+                sums[a][lo:hi] = weighted[a].sum(axis=1, dtype=np.float64)
+                grad_f[a] += float((res * feats[a]).sum(dtype=np.float64))
+                for b in range(a, n_feat):
+                    hess_f[a, b] += float((weighted[a] * feats[b]).sum(dtype=np.float64))
+        hess_f = np.triu(hess_f) + np.triu(hess_f, 1).T
+        step = _newton_direction(r_row, i_row, ch, n_ch, response["log_day"], sums, grad_f, hess_f)
         self.alpha_ = self.alpha_ + step[:n_ch]
         self.coef_ = self.coef_ + step[n_ch:]
-        change = step[:n_ch][ch][:, None] + step[n_ch + 2] * response["log_day"][:, None]
-        change = change + step[n_ch] * features[0] + step[n_ch + 1] * features[1]
-        residual -= info * change.astype(np.float32)
+        # the change of each message's log-odds, in float64 then rounded (in this order)
+        level = step[:n_ch][ch] + step[n_ch + 2] * response["log_day"]
+        by_hour = [(step[n_ch + a] * features[a].astype(np.float64)).T for a in range(2)]  # 24 × profiles
+        for lo, hi in response["blocks"]:
+            h = hours[lo:hi]
+            change = level[lo:hi, None] + by_hour[0][h] + by_hour[1][h]
+            residual[lo:hi] -= info[lo:hi] * change.astype(np.float32)
 
         # what the activity shape does not explain, per profile and hour (shrunk, smoothed)
         r_cell = (response["to_hour"] @ residual).T.astype(np.float64) @ kernel.T  # profiles × 24
         i_cell = (response["to_hour"] @ info).T.astype(np.float64) @ kernel.T
         new = eb_newton_step(r_cell + i_cell * self.profile_residual_, i_cell)[0]
-        residual -= info * (new - self.profile_residual_)[:, hours].T.astype(np.float32)
+        moved = (new - self.profile_residual_).astype(np.float32).T  # 24 × profiles
         self.profile_residual_ = new
+        r_msg, i_msg = np.empty(len(rows)), i_row
+        for lo, hi in response["blocks"]:
+            residual[lo:hi] -= info[lo:hi] * moved[hours[lo:hi]]
+            r_msg[lo:hi] = residual[lo:hi].sum(axis=1, dtype=np.float64)
+        del residual, info
 
         # per-message layers: customer × channel level, customer × weekday, channel × slot
-        r_msg, i_msg = residual.sum(axis=1, dtype=np.float64), info.sum(axis=1, dtype=np.float64)
         for name, cell, shape in (
             ("level_", rows * n_ch + ch, self.level_.shape),
             ("day_residual_", rows * DAYS + days, self.day_residual_.shape),
@@ -757,7 +797,12 @@ class SendTimeModel(BaseEstimator):
     # scoring
     def _rows(self, customer_ids) -> tuple[pd.Series, np.ndarray, np.ndarray]:
         ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
-        rows = index_rows(self.customer_index_, ids.to_numpy())
+        if len(ids) <= 256:  # a request: the dict lookup is microseconds
+            rows = index_rows(self.customer_index_, ids.to_numpy())
+        else:  # a batch: one hash lookup in an index of the customers, kept with them
+            if getattr(self, "_id_lookup", (None,))[0] is not self.customer_ids_:
+                self._id_lookup = (self.customer_ids_, pd.Index(self.customer_ids_))
+            rows = self._id_lookup[1].get_indexer(ids).astype(np.int64)
         return ids, rows, rows < 0
 
     def _channel_code(self, channel: str | None) -> int:
@@ -784,16 +829,18 @@ class SendTimeModel(BaseEstimator):
             day_term[known] += self.day_residual_[rows[known]]
             if ch >= 0:
                 level[known] += self.level_[rows[known], ch]
-        lift = self._profile_lift()  # profiles × 24
+        half_lift = 0.5 * self._profile_lift()  # profiles × 24
         channel_term = self.channel_residual_[ch].reshape(DAYS, HOURS) if ch >= 0 else 0.0
         grid = np.empty((len(rows), SLOTS))
         for lo in range(0, len(rows), _SCORE_CHUNK):
             hi = min(lo + _SCORE_CHUNK, len(rows))
             static = level[lo:hi, None, None] + day_term[lo:hi, :, None] + channel_term  # n × 7 × 24
-            logits = static[:, None, :, :] + lift[None, :, None, :]  # n × profiles × 7 × 24
-            grid[lo:hi] = np.einsum("nk,nkdh->ndh", posterior[lo:hi], _sigmoid(logits)).reshape(
-                hi - lo, SLOTS
-            )
+            # sigmoid(x) = 0.5 (1 + tanh(x / 2)), in place on the n × profiles × 7 × 24 block;
+            # halving is exact, so halving the parts and the sum gives the same numbers
+            tanh = (0.5 * static)[:, None, :, :] + half_lift[None, :, None, :]
+            np.tanh(tanh, out=tanh)
+            tanh += 1.0
+            grid[lo:hi] = 0.5 * np.einsum("nk,nkdh->ndh", posterior[lo:hi], tanh).reshape(hi - lo, SLOTS)
         return grid
 
     @property

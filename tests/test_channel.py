@@ -270,3 +270,48 @@ def test_registration_in_mlflow(trained_small, tracking_uri):
         pd.DataFrame({c.CUSTOMER_ID: ids}), params={"channel": "email", "after": "2026-07-01T09:00:00+00:00"}
     )
     assert len(plan) == 5 and plan["best_hour_local"].between(8, 20).all()
+
+
+def test_history_features_match_a_brute_force_count_with_tied_times():
+    """The as-of join on integer customer codes counts exactly the rows strictly before each
+    query, also where stream rows share a time with each other or with the query."""
+    rng = np.random.default_rng(3)
+    ids = [f"k{i}" for i in range(6)]
+    hours = [T0 + pd.Timedelta(hours=int(h)) for h in rng.integers(0, 12, 80)]
+    messages = pd.DataFrame(
+        {
+            c.MESSAGE_ID: [f"m{i}" for i in range(80)],
+            c.CUSTOMER_ID: rng.choice(ids, 80),
+            c.CHANNEL: rng.choice(["email", "sms"], 80),
+            c.SENT_TS: _ts(hours),
+            c.OPENED_TS: _ts([h + pd.Timedelta(hours=1) if rng.random() < 0.5 else pd.NaT for h in hours]),
+        }
+    )
+    consent = pd.DataFrame(
+        {
+            c.CUSTOMER_ID: rng.choice(ids, 40),
+            c.CHANNEL: rng.choice(["email", "sms"], 40),
+            c.OPTED_IN: rng.random(40) < 0.5,
+            c.UPDATED_TS: _ts([T0 + pd.Timedelta(hours=int(h)) for h in rng.integers(0, 12, 40)]),
+        }
+    )
+    queries = pd.DataFrame(
+        {
+            c.CUSTOMER_ID: rng.choice([*ids, "nobody"], 50),
+            "_t": _ts([T0 + pd.Timedelta(hours=int(h)) for h in rng.integers(0, 14, 50)]),
+        }
+    )
+    rates = {"email": 0.2, "sms": 0.5}
+    feats = history_features(queries, messages, None, None, ["email", "sms"], [], rates, consent)
+    for i, (cid, t) in enumerate(zip(queries[c.CUSTOMER_ID], queries["_t"], strict=True)):
+        own = messages.loc[messages[c.CUSTOMER_ID] == cid]
+        for ch in ("email", "sms"):
+            on_ch = own.loc[own[c.CHANNEL] == ch]
+            assert feats[f"sent_{ch}"].iloc[i] == (on_ch[c.SENT_TS] < t).sum()
+            assert feats[f"engaged_{ch}"].iloc[i] == (on_ch[c.OPENED_TS] < t).sum()
+            rows = consent.loc[(consent[c.CUSTOMER_ID] == cid) & (consent[c.CHANNEL] == ch)]
+            rows = rows.loc[rows[c.UPDATED_TS] < t].sort_values(c.UPDATED_TS, kind="stable")
+            assert feats[f"consent_{ch}"].iloc[i] == (float(rows[c.OPTED_IN].iloc[-1]) if len(rows) else 0.0)
+        sent = own.loc[own[c.SENT_TS] < t, c.SENT_TS]
+        expected = (t - sent.max()).total_seconds() / 86400.0 if len(sent) else np.nan
+        assert np.isclose(feats["days_since_message"].iloc[i], expected, equal_nan=True)

@@ -128,17 +128,50 @@ def matched_sends_estimate(
     """
     if messages is None or len(messages) == 0:
         return {}
+    return _matched_sends(_send_scores(model, messages), messages, outcomes_until, match_hours)
+
+
+class _SendScores(NamedTuple):
+    """Per message: its local send hour, our best hour for its customer, channel and local
+    weekday, and the grid's probability at its local send slot."""
+
+    hour: np.ndarray
+    best_hour: np.ndarray
+    probability: np.ndarray
+
+
+_GRID_CUSTOMERS = 65536  # customers per block of grids (block × 168 floats)
+
+
+def _send_scores(model: SendTimeModel, messages: pd.DataFrame) -> _SendScores:
+    """`_SendScores` of messages, from one grid per customer and channel: a customer's messages
+    share it (the held-out window has several per customer, each scored again before)."""
+    msgs = messages.reset_index(drop=True)
+    ids = msgs[c.CUSTOMER_ID].astype(str).to_numpy()
+    slots = local_slots(msgs[c.SENT_TS], pd.Series(model.timezone_of(ids)))
+    days = slots // HOURS
+    best = np.zeros(len(msgs), dtype=np.int64)
+    probability = np.zeros(len(msgs))
+    chans = msgs[c.CHANNEL].astype(str).to_numpy()
+    for ch in np.unique(chans):
+        sel = np.flatnonzero(chans == ch)
+        customers, inverse = np.unique(ids[sel], return_inverse=True)
+        for lo in range(0, len(customers), _GRID_CUSTOMERS):
+            hi = min(lo + _GRID_CUSTOMERS, len(customers))
+            grid = model.score_grid(customers[lo:hi], ch)
+            part = (inverse >= lo) & (inverse < hi)
+            at, rows = sel[part], inverse[part] - lo
+            best[at] = np.argmax(grid.reshape(-1, 7, HOURS)[rows, days[at]], axis=1)
+            probability[at] = grid[rows, slots[at]]
+    return _SendScores(slots % HOURS, best, probability)
+
+
+def _matched_sends(
+    scores: _SendScores, messages: pd.DataFrame, outcomes_until: pd.Timestamp, match_hours: int
+) -> dict[str, float]:
     msgs = messages.reset_index(drop=True)
     y = engaged_before(msgs, outcomes_until).astype(float)
-    tz = pd.Series(model.timezone_of(msgs[c.CUSTOMER_ID]))
-    slots = local_slots(msgs[c.SENT_TS], tz)
-    days, hours = slots // HOURS, slots % HOURS
-    matched = np.zeros(len(msgs), dtype=bool)
-    for ch in msgs[c.CHANNEL].astype(str).unique():
-        sel = np.flatnonzero((msgs[c.CHANNEL].astype(str) == ch).to_numpy())
-        grid = model.score_grid(msgs[c.CUSTOMER_ID].iloc[sel], ch).reshape(len(sel), 7, HOURS)
-        best = np.argmax(grid[np.arange(len(sel)), days[sel]], axis=1)
-        matched[sel] = circular_hour_distance(hours[sel], best) <= match_hours
+    matched = circular_hour_distance(scores.hour, scores.best_hour) <= match_hours
     out = two_rate_difference(y[matched], y[~matched])
     # channel-stratified difference
     diffs, weights, variances = [], [], []
@@ -246,18 +279,11 @@ def evaluate_channel_and_send_time(
         if held_out.empty:
             notes.append("send time: no held-out messages with observed outcomes; not evaluated")
         else:
-            matched = matched_sends_estimate(send_time, held_out, data_end, config.match_hours)
+            scores = _send_scores(send_time, held_out)  # the matched sends and the fit share them
+            matched = _matched_sends(scores, held_out, data_end, config.match_hours)
             metrics |= {f"send_time.matched_{k}": v for k, v in matched.items()}
             y = engaged_before(held_out, data_end)
-            tz = pd.Series(send_time.timezone_of(held_out[c.CUSTOMER_ID]))
-            slots = local_slots(held_out[c.SENT_TS], tz)
-            p = np.empty(len(held_out))
-            chans = held_out[c.CHANNEL].astype(str).to_numpy()
-            for ch in np.unique(chans):
-                sel = np.flatnonzero(chans == ch)
-                p[sel] = send_time.score_grid(held_out[c.CUSTOMER_ID].iloc[sel], ch)[
-                    np.arange(len(sel)), slots[sel]
-                ]
+            p = scores.probability
             fit = binary_metrics(y, p)
             metrics |= {f"send_time.heldout_{k}": v for k, v in fit.items()}
             data["send_time_reliability"] = reliability_table(y, p).to_dict(orient="list")
