@@ -62,6 +62,7 @@ from sklearn.base import BaseEstimator
 from sklearn.isotonic import IsotonicRegression
 
 from features import columns as c
+from features.codes import positions
 from models.base import index_rows, read_model_meta
 from models.fitting import train_booster
 
@@ -131,7 +132,7 @@ class _Queries:
 
     def codes_of(self, ids) -> np.ndarray:
         """Codes of stream customer ids; -1 for customers that no query asks about."""
-        return self.customers.get_indexer(pd.Index(ids).astype(str)).astype(np.int64)
+        return positions(self.customers, ids)
 
     def per_query(self, per_customer) -> np.ndarray:
         """A value per query from one per customer (in the order of `customers`)."""
