@@ -83,6 +83,9 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -112,8 +115,10 @@ from models.uplift import (
     MultiArmUpliftLearner,
     ValueGuardedPolicy,
     cross_fit_outcomes,
+    fits_locally,
     incremental_value,
     realised_value,
+    run_tasks,
 )
 
 FORMAT_VERSION = 1
@@ -229,6 +234,11 @@ class ChannelModelChooser:
     def open_probability(self, customer_ids, channel: str) -> np.ndarray:
         ids = np.asarray(customer_ids, dtype=object)
         if self._row_of is None or len(ids) == 0:
+            return self._score(ids, channel)
+        if channel not in self._tables and FEW_IDS < len(ids) <= len(self._row_of) // 2:
+            # a batch for a fraction of the customers (e.g. the training summary's sample) is
+            # scored as it is, rows on their own as for unknown customers below: building the
+            # table would score every customer the model knows (millions) for it
             return self._score(ids, channel)
         rows = np.fromiter((self._row_of.get(str(cid), -1) for cid in ids.tolist()), np.int64, len(ids))
         out = np.empty(len(ids))
@@ -472,7 +482,12 @@ class NextBestActionEngine(BaseEstimator):
     max_training_messages : random sample of the training messages (None = all).
     prior_relative_uplift : rule mode only (no messages): assumed relative uplift of the purchase
         probability for product_message / replenishment / win_back.
-    random_state, n_jobs : seeds and LightGBM threads (at most 2).
+    random_state, n_jobs : seeds and LightGBM threads per model (at most 2).
+    fit_workers : independent fits (the main uplift learner, the guard's folds, the open model's
+        folds) run on this many Python threads at once, each with `n_jobs` LightGBM threads
+        (one at a time on the Dask cluster of `omni train --dask-scheduler`).
+        LightGBM releases the GIL, so 2 single-threaded fits use both cores of the reference
+        machine; the fits are seeded and independent, so the models are the same for any value.
 
     Fitted attributes: policy_, profiles_, mode_ ("uplift", "plain_base" or "rules"), offer_ids_,
     offer_kinds_, arm_names_, arm_costs_, uplift_ (predictor), learner_ (the fitted learner, not
@@ -493,6 +508,7 @@ class NextBestActionEngine(BaseEstimator):
         prior_relative_uplift: dict[str, float] | None = None,
         random_state: int | None = 0,
         n_jobs: int = 1,
+        fit_workers: int = 2,
     ):
         self.policy = policy
         self.learner = learner
@@ -505,6 +521,7 @@ class NextBestActionEngine(BaseEstimator):
         self.prior_relative_uplift = prior_relative_uplift
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.fit_workers = fit_workers
 
     # ------------------------------------------------------------------------------------------
     # fitting
@@ -672,11 +689,19 @@ class NextBestActionEngine(BaseEstimator):
                 "too little message history to learn uplift (an arm or an outcome never occurs)"
             )
             return
-        propensity = self._exposure_propensity(X, arm, data["opened"], n_arms, base)
         learner = MultiArmUpliftLearner(
             learner=self.learner, random_state=self.random_state, n_jobs=self.n_jobs
         )
-        learner.fit(X, arm, y, propensity=propensity)
+        workers = int(self.fit_workers or 1) if fits_locally() else 1
+        with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+            propensity = self._exposure_propensity(X, arm, data["opened"], n_arms, base, pool)
+            # the learner and the guard's cross-fitted clones are independent: fit them together
+            fitted = None if pool is None else pool.submit(learner.fit, X, arm, y, propensity=propensity)
+            if fitted is None:
+                learner.fit(X, arm, y, propensity=propensity)
+            oof = self._guard_outcomes(data, propensity, pool) if self.guard else None
+            if fitted is not None:
+                fitted.result()
         self.learner_ = learner
         self.uplift_ = _BoosterUplift.from_learner(learner)
         names = self._learner_arm_names(base)
@@ -690,13 +715,13 @@ class NextBestActionEngine(BaseEstimator):
             }
         )
         if self.guard:
-            self._fit_guard(data, propensity)
+            self._fit_guard(data, propensity, oof)
 
     def _learner_arm_names(self, base: int) -> list[str]:
         head = ["unopened", "opened_plain"] if base == 2 else ["plain"]
         return [*head, *(f"opened_{o}" if base == 2 else o for o in self.offer_ids_)]
 
-    def _exposure_propensity(self, X, arm, opened, n_arms: int, base: int) -> np.ndarray:
+    def _exposure_propensity(self, X, arm, opened, n_arms: int, base: int, pool=None) -> np.ndarray:
         """(n, K) estimated probabilities of each exposure arm given x (never from the truth)."""
         n = len(arm)
         if base == 1:
@@ -716,9 +741,12 @@ class NextBestActionEngine(BaseEstimator):
             "n_jobs": min(max(1, self.n_jobs), _MAX_JOBS),
             "verbose": -1,
         }
-        for tr, te in folds.split(X, opened):
+
+        def fold(tr: np.ndarray, te: np.ndarray) -> None:
             model = fit_estimator(lgb.LGBMClassifier(objective="binary", **params), X[tr], opened[tr])
             p_open[te] = model.predict_proba(X[te])[:, 1]
+
+        run_tasks([partial(fold, tr, te) for tr, te in folds.split(X, opened)], pool)
         p_open = np.clip(p_open, 0.01, 0.99)
         share_opened = np.bincount(arm[opened], minlength=n_arms)[1:] / max(int(opened.sum()), 1)
         out = np.empty((n, n_arms))
@@ -727,7 +755,23 @@ class NextBestActionEngine(BaseEstimator):
         self.metrics_["open_model_mean_p"] = float(p_open.mean())
         return np.maximum(out, 1e-3)
 
-    def _fit_guard(self, data: dict, propensity: np.ndarray) -> None:
+    def _guard_outcomes(self, data: dict, propensity: np.ndarray, pool=None) -> np.ndarray:
+        """Cross-fitted (out-of-fold) outcomes per arm of the training messages, for the guard."""
+        learner = MultiArmUpliftLearner(
+            learner=self.learner, random_state=self.random_state, n_jobs=self.n_jobs
+        )
+        return cross_fit_outcomes(
+            learner,
+            data["X"],
+            data["arm"],
+            data["y"],
+            propensity,
+            n_splits=self.guard_folds,
+            random_state=self.random_state,
+            executor=pool,
+        )
+
+    def _fit_guard(self, data: dict, propensity: np.ndarray, oof: np.ndarray | None = None) -> None:
         """`ValueGuardedPolicy` on cross-fitted values of the training messages (exposure arms).
 
         Reward: the realised profit minus a control variate, the cross-fitted predicted profit of
@@ -736,13 +780,9 @@ class NextBestActionEngine(BaseEstimator):
         baseline conversions of "sure things" no longer add noise): on the generated data the
         gain's confidence interval is about 17 % narrower.
         """
-        X, arm, y, base, order_value = data["X"], data["arm"], data["y"], data["base"], data["order_value"]
-        learner = MultiArmUpliftLearner(
-            learner=self.learner, random_state=self.random_state, n_jobs=self.n_jobs
-        )
-        oof = cross_fit_outcomes(
-            learner, X, arm, y, propensity, n_splits=self.guard_folds, random_state=self.random_state
-        )
+        arm, y, base, order_value = data["arm"], data["y"], data["base"], data["order_value"]
+        if oof is None:
+            oof = self._guard_outcomes(data, propensity)
         costs = self._learner_costs(base)
         margin = self.policy_.margin_rate
         values = incremental_value(oof, margin=margin, redemption_cost=costs) * order_value[:, None]
@@ -929,12 +969,19 @@ class NextBestActionEngine(BaseEstimator):
         return out
 
     def decide(
-        self, customer_ids, now=None, ledger: ContactLedger | None = None, record: bool = False
+        self,
+        customer_ids,
+        now=None,
+        ledger: ContactLedger | None = None,
+        record: bool = False,
+        items: bool = True,
     ) -> pd.DataFrame:
         """One decision per distinct customer (`DECISION_COLUMNS`); send_at in UTC.
 
         `ledger`: contact history to respect (default: the one built at fit time). `record`: add the
-        sends to that ledger, so later batches respect them.
+        sends to that ledger, so later batches respect them. `items=False`: leave product_ids empty
+        except for replenishment (no recommender calls; the decisions are the same otherwise), for
+        summaries that only count actions and gains.
         """
         now = self._now(now)
         ledger = ledger if ledger is not None else self.ledger_
@@ -944,7 +991,8 @@ class NextBestActionEngine(BaseEstimator):
         parts = [self._decide_block(ids[lo : lo + _BATCH], now, ledger) for lo in range(0, len(ids), _BATCH)]
         out = pd.concat(parts, ignore_index=True)
         out = self._apply_capacity(out, ledger)
-        self._attach_items(out, now)
+        if items:
+            self._attach_items(out, now)
         if record:
             sends = out.loc[out["action"] != NO_ACTION]
             ledger.record(sends[c.CUSTOMER_ID], sends[c.CHANNEL], sends["send_at"])

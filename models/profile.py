@@ -43,6 +43,9 @@ Saved to a folder as Parquet tables, npy arrays, LightGBM text models and json (
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import lightgbm as lgb
@@ -58,6 +61,7 @@ from features.io import Tables
 # the feature build and the LightGBM fits run on the Dask cluster of `omni train --dask-scheduler`, if any
 from models.base import FEW_IDS, read_model_meta
 from models.fitting import build_customer_features, fit_estimator
+from models.uplift import fits_locally
 
 FORMAT_VERSION = 1
 MONETARY_OFFER_KINDS: tuple[str, ...] = ("discount", "bogo", "free_shipping")
@@ -300,9 +304,15 @@ class CustomerHistory:
             self._message_streams(messages, tables.offers, as_of_us)
 
     def _codes(self, ids) -> np.ndarray:
-        codes = self.customer_index.get_indexer(
-            pd.Index(pd.Series(np.asarray(ids, dtype=object)).astype(str))
+        # factorize first and convert / look up only the distinct ids: the rows (every event) are
+        # millions, the customers far fewer, and per-row string conversion was the slow part
+        row_codes, uniques = pd.factorize(
+            ids if isinstance(ids, pd.Series) else np.asarray(ids, dtype=object), use_na_sentinel=False
         )
+        unique_codes = self.customer_index.get_indexer(
+            pd.Index(pd.Series(np.asarray(uniques, dtype=object)).astype(str))
+        )
+        codes = unique_codes[row_codes]
         # unknown customers get a code with no rows: every sum is 0, every time unknown
         return np.where(codes >= 0, codes, len(self.customer_index)).astype(np.int64)
 
@@ -557,7 +567,10 @@ class CustomerProfiles(BaseEstimator):
     n_estimators, learning_rate, num_leaves, min_child_samples : LightGBM settings of both models.
     replenishment_lead_days : a replenishable product is "due" from this many days before the end
         of its cycle (last purchase + replenishment_days) to half a cycle after it.
-    random_state, n_jobs : LightGBM's seed and threads (at most 2).
+    random_state, n_jobs : LightGBM's seed and threads per model (at most 2).
+    fit_workers : the forecast models are fitted on this many Python threads at once (LightGBM
+        releases the GIL; the fits are independent and seeded, so the models do not depend on it;
+        one at a time on the Dask cluster of `omni train --dask-scheduler`).
 
     Fitted attributes: as_of_, frame_ (one row per customer: display fields and timestamps),
     features_ (model features at as_of), activity_hours_ (n, 24 local-hour activity shares),
@@ -581,6 +594,7 @@ class CustomerProfiles(BaseEstimator):
         replenishment_lead_days: float = 3.0,
         random_state: int | None = 0,
         n_jobs: int = 1,
+        fit_workers: int = 2,
     ):
         self.horizon_days = horizon_days
         self.new_days = new_days
@@ -596,6 +610,7 @@ class CustomerProfiles(BaseEstimator):
         self.replenishment_lead_days = replenishment_lead_days
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.fit_workers = fit_workers
 
     # ------------------------------------------------------------------------------------------
     def fit(
@@ -794,11 +809,12 @@ class CustomerProfiles(BaseEstimator):
             return
         train_ids = ids[known]
         x_t = history.features_at(train_ids, t)[self.feature_names_]
-        orders_t = history.orders.sums(history._codes(train_ids), np.full(len(train_ids), t_us))
+        codes = history._codes(train_ids)  # once: mapping string ids to codes is the slow part
+        orders_t = history.orders.sums(codes, np.full(len(train_ids), t_us))
         as_of_us = int(_us(self.as_of_)[0])
-        orders_end = history.orders.sums(history._codes(train_ids), np.full(len(train_ids), as_of_us))
-        ret_t = history.returns.sums(history._codes(train_ids), np.full(len(train_ids), t_us))[:, 0]
-        ret_end = history.returns.sums(history._codes(train_ids), np.full(len(train_ids), as_of_us))[:, 0]
+        orders_end = history.orders.sums(codes, np.full(len(train_ids), as_of_us))
+        ret_t = history.returns.sums(codes, np.full(len(train_ids), t_us))[:, 0]
+        ret_end = history.returns.sums(codes, np.full(len(train_ids), as_of_us))[:, 0]
         spend = np.maximum((orders_end[:, 1] - orders_t[:, 1]) - (ret_end - ret_t), 0.0)
         bought = (orders_end[:, 0] - orders_t[:, 0]) > 0
         churned = (~bought).astype(int)
@@ -807,12 +823,19 @@ class CustomerProfiles(BaseEstimator):
         tr, te = train_test_split(
             np.arange(len(train_ids)), test_size=0.2, random_state=self.random_state, stratify=churned
         )
-        spend_model = fit_estimator(
-            lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()), x[tr], spend[tr]
-        )
-        churn_model = fit_estimator(
-            lgb.LGBMClassifier(objective="binary", **self._lgbm_params()), x[tr], churned[tr]
-        )
+        # the four fits (split and refit, spend and churn) are independent and seeded: run them on
+        # `fit_workers` threads (LightGBM releases the GIL), the models are the same
+        fits = [
+            (lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()), tr, spend),
+            (lgb.LGBMClassifier(objective="binary", **self._lgbm_params()), tr, churned),
+            (lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()), slice(None), spend),
+            (lgb.LGBMClassifier(objective="binary", **self._lgbm_params()), slice(None), churned),
+        ]
+        workers = max(1, int(self.fit_workers or 1)) if fits_locally() else 1
+        with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+            tasks = [partial(fit_estimator, model, x[rows], target[rows]) for model, rows, target in fits]
+            run = pool.map if pool is not None else map
+            spend_model, churn_model, spend_full, churn_full = run(lambda task: task(), tasks)
         spend_pred = spend_model.predict(x[te])
         churn_pred = churn_model.predict_proba(x[te])[:, 1]
         naive_spend = x_t["spend_90d"].to_numpy()[te]  # "the last 90 days repeat"
@@ -832,8 +855,7 @@ class CustomerProfiles(BaseEstimator):
             "spend_mean_predicted": float(spend_pred.mean()),
         }
         # refit on every customer of the window, then look forward from as_of
-        spend_model = fit_estimator(lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()), x, spend)
-        churn_model = fit_estimator(lgb.LGBMClassifier(objective="binary", **self._lgbm_params()), x, churned)
+        spend_model, churn_model = spend_full, churn_full
         now = self.features_.to_numpy(np.float64)
         self.frame_["predicted_spend_90d"] = spend_model.predict(now)
         self.frame_["churn_risk"] = churn_model.predict_proba(now)[:, 1]

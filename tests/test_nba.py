@@ -97,6 +97,19 @@ def engine(tables, profiles):
     return NextBestActionEngine(min_arm_rows=30, random_state=0).fit(tables, profiles)
 
 
+def test_fits_on_a_thread_pool_learn_the_same_models(engine, tables, profiles):
+    serial = NextBestActionEngine(min_arm_rows=30, random_state=0, fit_workers=1).fit(tables, profiles)
+    features = profiles.features_
+    np.testing.assert_array_equal(serial._arm_outcomes(features), engine._arm_outcomes(features))
+    assert serial.metrics_ == engine.metrics_
+
+
+def test_decide_without_items_decides_the_same(engine, profiles):
+    ids = profiles.frame_[c.CUSTOMER_ID].to_numpy()[:300]
+    full, bare = engine.decide(ids), engine.decide(ids, items=False)
+    pd.testing.assert_frame_equal(full.drop(columns="product_ids"), bare.drop(columns="product_ids"))
+
+
 def test_engine_learns_every_offer_and_decides_for_everyone(engine, profiles):
     assert engine.mode_ == "uplift"
     assert engine.arm_names_[:2] == ["none", "plain"] and len(engine.arm_names_) == 7

@@ -266,3 +266,8 @@ def test_forecast_models_use_a_time_split(generated_data):
     # customers who bought recently are less likely to churn than the dormant
     by_segment = profiles.frame_.groupby("segment")["churn_risk"].mean()
     assert by_segment["dormant"] > by_segment["champion"]
+    # the four forecast fits run on a thread pool by default: one at a time gives the same models
+    serial = CustomerProfiles(n_estimators=50, fit_workers=1).fit(tables)
+    assert serial.forecast_metrics_ == metrics
+    for col in ("churn_risk", "predicted_spend_90d"):
+        np.testing.assert_array_equal(serial.frame_[col].to_numpy(), profiles.frame_[col].to_numpy())

@@ -11,6 +11,7 @@ from models.uplift import (
     MultiArmUpliftLearner,
     ValueGuardedPolicy,
     cross_fit_outcomes,
+    fit_regressors_on_shared_rows,
     incremental_value,
     ipw_policy_gain,
     ipw_policy_value,
@@ -72,6 +73,43 @@ def test_learner_is_reproducible(experiment):
     a = MultiArmUpliftLearner(random_state=3).fit(X, arm, y, PROPENSITY).predict_uplift(X[:50])
     b = MultiArmUpliftLearner(random_state=3).fit(X, arm, y, PROPENSITY).predict_uplift(X[:50])
     np.testing.assert_array_equal(a, b)
+
+
+def test_cross_fit_on_a_thread_pool_gives_the_same_outcomes(experiment):
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, arm, y = experiment
+    learner = MultiArmUpliftLearner(random_state=1)
+    serial = cross_fit_outcomes(learner, X, arm, y, PROPENSITY, n_splits=3, random_state=0)
+    with ThreadPoolExecutor(2) as pool:
+        threaded = cross_fit_outcomes(
+            learner, X, arm, y, PROPENSITY, n_splits=3, random_state=0, executor=pool
+        )
+    np.testing.assert_array_equal(serial, threaded)
+
+
+def test_regressors_on_shared_rows_are_the_models_fit_gives(experiment):
+    from lightgbm import LGBMRegressor
+
+    X, arm, y = experiment
+    rng = np.random.default_rng(0)
+    targets = [y - 0.3, rng.normal(size=len(y)), X[:, 0] * y]
+
+    def regressors():
+        return [
+            LGBMRegressor(
+                n_estimators=30, num_leaves=4, subsample=0.8, subsample_freq=1, random_state=s, verbose=-1
+            )
+            for s in (1, 2, 3)
+        ]
+
+    shared = fit_regressors_on_shared_rows(regressors(), X, targets)
+    for model, separate, target in zip(shared, regressors(), targets, strict=True):
+        separate.fit(X, target)
+        assert model.booster_.model_to_string() == separate.booster_.model_to_string()
+        np.testing.assert_array_equal(model.predict(X), separate.predict(X))
+        assert model.n_features_in_ == separate.n_features_in_ == X.shape[1]
+        assert sorted(vars(model)) == sorted(vars(separate))
 
 
 def test_incremental_value_charges_redemption_cost_on_every_redemption():
