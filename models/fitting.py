@@ -1,11 +1,16 @@
 """How models/ fit LightGBM and build customer features: in process, or on the Dask cluster of
-`omni train --dask-scheduler` while one is active (`training/distributed.py` does the work).
+`omni train --dask-scheduler` while one is active (`training/distributed.py` does the work); and
+how independent in-process fits share the cores (`fit_pool`, `run_tasks`).
 
 `training` is imported only when a fit runs: MLflow snapshots `models/` and `features/` with each
 registered model, and loading or serving a model must not need the training package.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 
 
 def fit_estimator(estimator, X, y, **kwargs):
@@ -27,3 +32,39 @@ def build_customer_features(events, customers=None, products=None, as_of=None, c
     from training.distributed import build_customer_features as build
 
     return build(events, customers, products, as_of, channels)
+
+
+def fits_locally() -> bool:
+    """False while LightGBM fits go to the Dask cluster of `omni train --dask-scheduler` (one
+    distributed training at a time there: they would share the workers' ports)."""
+    try:
+        from training.distributed import active
+    except ImportError:  # a serving install without the training package fits nothing remotely
+        return True
+    return active() is None
+
+
+@contextmanager
+def fit_pool(workers: int | None) -> Iterator[ThreadPoolExecutor | None]:
+    """A pool of `workers` threads for independent, seeded fits, or None (fit one at a time) for
+    a single worker or while fits go to the Dask cluster. LightGBM releases the GIL, so two
+    single-threaded fits use both cores of the reference machine; the models do not depend on it."""
+    workers = max(1, int(workers or 1)) if fits_locally() else 1
+    if workers == 1:
+        yield None
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield pool
+
+
+def run_tasks(tasks: list, executor: Executor | None = None) -> list:
+    """Call each task (no arguments), on `executor` when given, and return their results in order.
+
+    LightGBM releases the GIL while it builds datasets, trains and predicts, so independent
+    single-threaded fits on a thread pool use both cores of the reference machine without the
+    OpenMP busy-waiting that multi-threaded LightGBM suffers from on a shared machine.
+    """
+    if executor is None:
+        return [task() for task in tasks]
+    futures = [executor.submit(task) for task in tasks]
+    return [future.result() for future in futures]

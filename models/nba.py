@@ -83,8 +83,6 @@ from __future__ import annotations
 
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -109,16 +107,18 @@ from models.contact_policy import (
     next_send_times,
     offer_eligibility,
 )
-from models.fitting import fit_estimator  # on the Dask cluster of `omni train` when one is active
+from models.fitting import (  # on the Dask cluster of `omni train` when one is active
+    fit_estimator,
+    fit_pool,
+    run_tasks,
+)
 from models.profile import CustomerHistory, CustomerProfiles, _us
 from models.uplift import (
     MultiArmUpliftLearner,
     ValueGuardedPolicy,
     cross_fit_outcomes,
-    fits_locally,
     incremental_value,
     realised_value,
-    run_tasks,
 )
 
 FORMAT_VERSION = 1
@@ -692,8 +692,7 @@ class NextBestActionEngine(BaseEstimator):
         learner = MultiArmUpliftLearner(
             learner=self.learner, random_state=self.random_state, n_jobs=self.n_jobs
         )
-        workers = int(self.fit_workers or 1) if fits_locally() else 1
-        with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        with fit_pool(self.fit_workers) as pool:
             propensity = self._exposure_propensity(X, arm, data["opened"], n_arms, base, pool)
             # the learner and the guard's cross-fitted clones are independent: fit them together
             fitted = None if pool is None else pool.submit(learner.fit, X, arm, y, propensity=propensity)

@@ -43,8 +43,6 @@ Saved to a folder as Parquet tables, npy arrays, LightGBM text models and json (
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -56,12 +54,12 @@ from sklearn.metrics import mean_absolute_error, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from features import columns as c
+from features.codes import positions
 from features.io import Tables
 
 # the feature build and the LightGBM fits run on the Dask cluster of `omni train --dask-scheduler`, if any
 from models.base import FEW_IDS, read_model_meta
-from models.fitting import build_customer_features, fit_estimator
-from models.uplift import fits_locally
+from models.fitting import build_customer_features, fit_estimator, fit_pool, run_tasks
 
 FORMAT_VERSION = 1
 MONETARY_OFFER_KINDS: tuple[str, ...] = ("discount", "bogo", "free_shipping")
@@ -304,15 +302,10 @@ class CustomerHistory:
             self._message_streams(messages, tables.offers, as_of_us)
 
     def _codes(self, ids) -> np.ndarray:
-        # factorize first and convert / look up only the distinct ids: the rows (every event) are
-        # millions, the customers far fewer, and per-row string conversion was the slow part
-        row_codes, uniques = pd.factorize(
-            ids if isinstance(ids, pd.Series) else np.asarray(ids, dtype=object), use_na_sentinel=False
+        # each distinct id looked up once: the rows (every event) are millions, the customers fewer
+        codes = positions(
+            self.customer_index, ids if isinstance(ids, pd.Series) else np.asarray(ids, dtype=object)
         )
-        unique_codes = self.customer_index.get_indexer(
-            pd.Index(pd.Series(np.asarray(uniques, dtype=object)).astype(str))
-        )
-        codes = unique_codes[row_codes]
         # unknown customers get a code with no rows: every sum is 0, every time unknown
         return np.where(codes >= 0, codes, len(self.customer_index)).astype(np.int64)
 
@@ -831,11 +824,9 @@ class CustomerProfiles(BaseEstimator):
             (lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()), slice(None), spend),
             (lgb.LGBMClassifier(objective="binary", **self._lgbm_params()), slice(None), churned),
         ]
-        workers = max(1, int(self.fit_workers or 1)) if fits_locally() else 1
-        with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
-            tasks = [partial(fit_estimator, model, x[rows], target[rows]) for model, rows, target in fits]
-            run = pool.map if pool is not None else map
-            spend_model, churn_model, spend_full, churn_full = run(lambda task: task(), tasks)
+        tasks = [partial(fit_estimator, model, x[rows], target[rows]) for model, rows, target in fits]
+        with fit_pool(self.fit_workers) as pool:
+            spend_model, churn_model, spend_full, churn_full = run_tasks(tasks, pool)
         spend_pred = spend_model.predict(x[te])
         churn_pred = churn_model.predict_proba(x[te])[:, 1]
         naive_spend = x_t["spend_90d"].to_numpy()[te]  # "the last 90 days repeat"

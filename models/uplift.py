@@ -48,7 +48,11 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from models.fitting import fit_estimator  # LightGBM fits: on the Dask cluster when one is active
+from models.fitting import (  # LightGBM fits: on the Dask cluster when one is active
+    fit_estimator,
+    fits_locally,
+    run_tasks,
+)
 
 # Uplift signal is a few percentage points on a base rate of ~10-20%: the models must be small and
 # heavily regularised, or they fit noise that then decides who gets which action.
@@ -330,16 +334,6 @@ class MultiArmUpliftLearner(BaseEstimator):
         return out
 
 
-def fits_locally() -> bool:
-    """False while LightGBM fits go to the Dask cluster of `omni train --dask-scheduler` (one
-    distributed training at a time there: they would share the workers' ports)."""
-    try:
-        from training.distributed import active  # imported only when fitting, as models.fitting does
-    except ImportError:  # a serving install without the training package fits nothing remotely
-        return True
-    return active() is None
-
-
 def fit_regressors_on_shared_rows(models: list, X: np.ndarray, targets: list) -> list:
     """Fit LightGBM regressors that learn different targets from the same rows `X`, binning `X` once.
 
@@ -419,19 +413,6 @@ def cross_fit_outcomes(
 
     run_tasks([partial(fold, tr, te) for tr, te in folds.split(X, arm)], executor)
     return out
-
-
-def run_tasks(tasks: list, executor: Executor | None = None) -> list:
-    """Call each task (no arguments), on `executor` when given, and return their results in order.
-
-    LightGBM releases the GIL while it builds datasets, trains and predicts, so independent
-    single-threaded fits on a thread pool use both cores of the reference machine without the
-    OpenMP busy-waiting that multi-threaded LightGBM suffers from on a shared machine.
-    """
-    if executor is None:
-        return [task() for task in tasks]
-    futures = [executor.submit(task) for task in tasks]
-    return [future.result() for future in futures]
 
 
 # --------------------------------------------------------------------------- arbitration values
