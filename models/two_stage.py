@@ -824,14 +824,23 @@ class TwoStageRecommender:
             else:
                 scores[s] = gather(sparse[s], pair_row, pair_item)
         pairs = CandidatePairs(row=pair_row, item=pair_item, scores=scores, ranks=ranks)
-        features = build_features(
+        features = self._features(
+            pairs, profiles, batch.weights, batch.ages, batch.counts, batch.segment, batch.main_channel
+        )
+        return pairs, features
+
+    def _features(self, pairs, profiles, weights, ages, counts, segment, main_channel) -> np.ndarray:
+        """The ranker's features of candidate pairs (`models.ranker.build_features`) from the
+        customers' rows and this model's item and popularity tables; one call for the batch and
+        the single-request paths, so the two cannot drift apart."""
+        return build_features(
             pairs,
             profiles,
-            batch.weights,
-            batch.ages,
-            batch.counts,
-            batch.segment,
-            batch.main_channel,
+            weights,
+            ages,
+            counts,
+            segment,
+            main_channel,
             self.item_category_,
             self.item_log_price_,
             self.item_cycle_days_,
@@ -841,7 +850,6 @@ class TwoStageRecommender:
             self.popularity_.by_segment_,
             self.popularity_.by_channel_,
         )
-        return pairs, features
 
     def _content_scores(self, profiles, n_rows: int) -> sp.csr_matrix:
         """Content-based scores of the products without history, as a rows × catalogue CSR."""
@@ -1118,7 +1126,7 @@ class TwoStageRecommender:
         pairs = CandidatePairs(
             row=np.zeros(len(items), dtype=np.int64), item=items, scores=scores, ranks=ranks
         )
-        features = build_features(
+        features = self._features(
             pairs,
             profiles,
             weights,
@@ -1126,14 +1134,6 @@ class TwoStageRecommender:
             CSRRow(*_csr_row(self.n_purchases_, idx), n_items),
             np.array([segment], dtype=np.int64),
             np.array([main_channel], dtype=np.int64),
-            self.item_category_,
-            self.item_log_price_,
-            self.item_cycle_days_,
-            self.item_is_new_,
-            self.popularity_.global_,
-            self.popularity_.trend_,
-            self.popularity_.by_segment_,
-            self.popularity_.by_channel_,
         )
 
         # stage 2 and the rules after ranking (as in `_ranked_lists`)
