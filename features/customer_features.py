@@ -67,11 +67,12 @@ def build_customer_features(
     as_of = as_of if as_of is not None else (ev[c.TS].max() + pd.Timedelta(seconds=1))
     # customer ids hashed once per distinct id (factorize), not once per event
     ev_codes, ev_uniques = pd.factorize(ev[c.CUSTOMER_ID].astype(str))
-    ids = pd.Index(np.sort(np.asarray(ev_uniques, dtype=str)), name=c.CUSTOMER_ID)
+    ev_uniques = np.asarray(ev_uniques, dtype=str)
+    ids = pd.Index(np.sort(ev_uniques), name=c.CUSTOMER_ID)
     if customers is not None:
         ids = ids.union(pd.Index(customers[c.CUSTOMER_ID].astype(str))).rename(c.CUSTOMER_ID)
     n = len(ids)
-    row = ids.get_indexer(np.asarray(ev_uniques, dtype=str))[ev_codes]
+    row = ids.get_indexer(ev_uniques)[ev_codes]
     out: dict[str, np.ndarray] = {}
 
     # comparisons on the string column itself: no per-event Python strings (gigabytes at 1M customers)
@@ -94,8 +95,8 @@ def build_customer_features(
         if missing.any():
             time_codes, _ = pd.factorize(ts_s[is_purchase][missing])
             codes[missing] = len(names) + time_codes
-        pairs = row[is_purchase].astype(np.int64) * (int(codes.max(initial=0)) + 1) + codes
-        order_rows = np.unique(pairs) // (int(codes.max(initial=0)) + 1)
+        n_codes = int(codes.max(initial=0)) + 1
+        order_rows = np.unique(row[is_purchase].astype(np.int64) * n_codes + codes) // n_codes
         out["frequency"] = np.bincount(order_rows, minlength=n).astype(float)
     else:
         out["frequency"] = np.bincount(row[is_purchase], minlength=n).astype(float)

@@ -283,9 +283,9 @@ def _top_dense_per_row(matrix: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
     # numpy releases the GIL while partitioning, so chunks run on every core
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         parts = list(pool.map(chunk, range(0, n_rows, 1024)))
-    rows, cols, values = zip(*parts, strict=True) if parts else ((), (), ())
     if not parts:
         return np.array([], np.int64), np.array([], np.int64), np.array([], np.float32)
+    rows, cols, values = zip(*parts, strict=True)
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(values).astype(np.float32)
 
 

@@ -116,7 +116,11 @@ def circular_hour_distance(a, b) -> np.ndarray:
 
 
 def matched_sends_estimate(
-    model: SendTimeModel, messages: pd.DataFrame, outcomes_until: pd.Timestamp, match_hours: int = 1
+    model: SendTimeModel,
+    messages: pd.DataFrame,
+    outcomes_until: pd.Timestamp,
+    match_hours: int = 1,
+    scores: _SendScores | None = None,
 ) -> dict[str, float]:
     """Engagement rate of past sends that went out within ±match_hours of our chosen hour, vs the rest.
 
@@ -125,10 +129,12 @@ def matched_sends_estimate(
     `match_hours` (circularly). Needs no truth, only logged sends; it is biased where the logging
     policy's timing correlates with other drivers of engagement, hence the channel-stratified
     difference (per-channel differences weighted by the number of matched sends) next to the raw one.
+    `scores`: `_send_scores(model, messages)` when the caller already has them.
     """
     if messages is None or len(messages) == 0:
         return {}
-    return _matched_sends(_send_scores(model, messages), messages, outcomes_until, match_hours)
+    scores = scores if scores is not None else _send_scores(model, messages)
+    return _matched_sends(scores, messages, outcomes_until, match_hours)
 
 
 class _SendScores(NamedTuple):
@@ -280,7 +286,7 @@ def evaluate_channel_and_send_time(
             notes.append("send time: no held-out messages with observed outcomes; not evaluated")
         else:
             scores = _send_scores(send_time, held_out)  # the matched sends and the fit share them
-            matched = _matched_sends(scores, held_out, data_end, config.match_hours)
+            matched = matched_sends_estimate(send_time, held_out, data_end, config.match_hours, scores)
             metrics |= {f"send_time.matched_{k}": v for k, v in matched.items()}
             y = engaged_before(held_out, data_end)
             p = scores.probability
