@@ -250,6 +250,25 @@ def test_training_on_generated_data(trained_small):
     assert ranked[c.RANK].min() == 1 and ranked["probability"].between(0, 1).all()
 
 
+def test_the_refit_beside_the_evaluation_gives_the_sequential_models(trained_small, generated_data):
+    from features.identity import stitch_identities
+    from features.io import load_tables
+    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+
+    # evaluate=False refits on this thread alone; trained_small refitted on a second thread
+    tables = stitch_identities(load_tables(generated_data))
+    alone = train_channel_and_send_time(tables, config=ChannelTrainingConfig(test_days=60), evaluate=False)
+    ids = alone.send_time_model.customer_ids_[:50]
+    for channel in ("email", "push"):
+        assert np.array_equal(
+            alone.send_time_model.score_grid(ids, channel),
+            trained_small.send_time_model.score_grid(ids, channel),
+        )
+    pd.testing.assert_frame_equal(
+        alone.channel_model.rank_channels(), trained_small.channel_model.rank_channels()
+    )
+
+
 def test_registration_in_mlflow(trained_small, tracking_uri):
     import mlflow
 

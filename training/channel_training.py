@@ -36,6 +36,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from features import columns as c
 from features.io import Tables
 from models.channel import PROBABILITY, ChannelModel, engagement_ts
+from models.fitting import fit_pool
 from models.send_time import HOURS, SendTimeModel, engaged_before, local_slots
 
 REGISTERED_CHANNEL = "omni-channel"
@@ -385,16 +386,15 @@ def train_channel_and_send_time(
     notes: list[str] = []
     metrics: dict[str, float] = {}
     data: dict[str, Any] = {}
-    if evaluate:
-        metrics, data, notes = evaluate_channel_and_send_time(tables, config)
     has_messages = tables.messages is not None and len(tables.messages) > 0
-    send_time = SendTimeModel(random_state=config.random_state).fit(
-        tables.events, tables.messages if has_messages else None, tables.customers, as_of=as_of
-    )
-    notes += [f"send time: {note}" for note in send_time.notes_]
-    channel = None
-    if has_messages:
-        channel = ChannelModel(random_state=config.random_state).fit(
+
+    def refit() -> tuple[SendTimeModel, ChannelModel | None]:
+        send_time = SendTimeModel(random_state=config.random_state).fit(
+            tables.events, tables.messages if has_messages else None, tables.customers, as_of=as_of
+        )
+        if not has_messages:
+            return send_time, None
+        return send_time, ChannelModel(random_state=config.random_state).fit(
             tables.messages,
             tables.events,
             tables.consent,
@@ -402,6 +402,17 @@ def train_channel_and_send_time(
             as_of=as_of,
             identities=tables.identities,
         )
+
+    # The evaluation's models and the refit are independent and seeded: with a second core, the
+    # refit runs beside the evaluation (numpy, pandas and LightGBM release the GIL for their heavy
+    # parts), and the models are the ones a sequential run gives.
+    with fit_pool(2 if evaluate else 1) as pool:
+        refitted = pool.submit(refit) if pool is not None else None
+        if evaluate:
+            metrics, data, notes = evaluate_channel_and_send_time(tables, config)
+        send_time, channel = refitted.result() if refitted is not None else refit()
+    notes += [f"send time: {note}" for note in send_time.notes_]
+    if channel is not None:
         notes += [f"channel: {note}" for note in channel.notes_]
         unreachable = len(channel.no_channel_reasons())
         metrics["channel.customers"] = float(len(channel.customer_ids_))
