@@ -408,3 +408,25 @@ def test_single_request_path_gives_the_batch_answer(model):
     for cid in [*model.customer_ids_.tolist(), "stranger"]:
         for kwargs in variants:
             assert model.recommend(cid, **kwargs) == _batch_of_one(model, cid, **kwargs), (cid, kwargs)
+
+
+def test_the_refit_on_its_own_thread_is_the_sequential_refit(world, monkeypatch):
+    from contextlib import nullcontext
+
+    import training.recs_training as recs
+    from features.io import Tables
+
+    events, products, customers = world
+    tables = Tables(events=events, products=products, customers=customers)
+    config = RecsConfig(test_days=28, two_stage={k: v for k, v in FAST.items() if k != "random_state"})
+    threaded, threaded_metrics, _ = train_two_stage(tables, config)
+    monkeypatch.setattr(recs, "fit_pool", lambda workers: nullcontext(None))  # one thread
+    alone, alone_metrics, _ = train_two_stage(tables, config)
+
+    def scores(metrics):  # everything but the seconds each model took
+        return {m: {k: v for k, v in values.items() if k != "seconds"} for m, values in metrics.items()}
+
+    assert scores(threaded_metrics) == scores(alone_metrics)
+    ids = alone.customer_ids_[::7].tolist()
+    for a, b in zip(alone.recommend_many(ids, 10), threaded.recommend_many(ids, 10), strict=True):
+        assert (a.product_ids, a.scores) == (b.product_ids, b.scores)
