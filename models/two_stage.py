@@ -73,6 +73,7 @@ from models.candidates import (
     estimate_cycle_days,
     replenishment_scores,
 )
+from models.fitting import fit_pool
 from models.ranker import (
     FEATURE_NAMES,
     SOURCES,
@@ -271,12 +272,30 @@ class TwoStageRecommender:
         steps.set_postfix_str("sources before the label window")
         info: dict = {"as_of": as_of.isoformat(), "label_start": label_start.isoformat()}
         self.ranker_ = None
+        if warm_stage is not None and (
+            warm_stage.as_of_ != label_start or warm_stage.get_params() != self.get_params()
+        ):
+            raise ValueError("warm_stage must share the parameters and be fitted as of as_of - label_days")
+        with fit_pool(2) as pool:
+            # the sources on all history do not depend on the ranker (nor it on them): with a
+            # second core they are fitted beside it; the same model either way
+            sources = pool.submit(self._fit_sources, events, products, customers, as_of) if pool else None
+            self._fit_ranker(events, products, customers, as_of, label_start, warm_stage, info, steps)
+            steps.set_postfix_str("sources on all history")
+            if sources is None:
+                self._fit_sources(events, products, customers, as_of)
+            else:
+                sources.result()
+        steps.update()
+        steps.close()
+        info["seconds"] = round(time.perf_counter() - started, 3)
+        self.training_info_ = info
+        return self
+
+    def _fit_ranker(self, events, products, customers, as_of, label_start, warm_stage, info, steps) -> None:
+        """`ranker_` from candidates as of `label_start` against the purchases up to `as_of`."""
         if (events[c.TS] < label_start).any():
             if warm_stage is not None:
-                if warm_stage.as_of_ != label_start or warm_stage.get_params() != self.get_params():
-                    raise ValueError(
-                        "warm_stage must share the parameters and be fitted as of as_of - label_days"
-                    )
                 stage = warm_stage
             else:
                 stage = TwoStageRecommender(**self.get_params())._fit_sources(
@@ -307,13 +326,6 @@ class TwoStageRecommender:
                 "combined by reciprocal-rank fusion instead of a learned ranker"
             )
         steps.update()
-        steps.set_postfix_str("sources on all history")
-        self._fit_sources(events, products, customers, as_of)
-        steps.update()
-        steps.close()
-        info["seconds"] = round(time.perf_counter() - started, 3)
-        self.training_info_ = info
-        return self
 
     def _fit_sources(
         self,
