@@ -7,7 +7,7 @@ Unless `--url` is given, starts `bentoml serve serving.service:OmniService --hos
 as a subprocess with `OMNI_WORKDIR=<workdir>` (a store trained by `omni train`), waits for /readyz and
 stops it at the end. Servers bind to 127.0.0.1 only.
 
-For each endpoint (trivial, recommend, next_best_action) and each concurrency, a closed loop of N
+For each endpoint (trivial, recommend, recommend_live, next_best_action) and each concurrency, a closed loop of N
 clients (asyncio + one aiohttp session, or httpx.AsyncClient with `--client httpx`, with N keep-alive
 connections) sends requests back to back for
 `--duration` seconds or `--max-requests` requests, whichever comes first, after a short unrecorded
@@ -16,7 +16,11 @@ requests in ms (client side, so it includes the client's own overhead), rps (suc
 second of wall time) and the status counts.
 
 - `recommend`: POST /v1/recommend {"customer_id": <random known customer>, "channel": "web", "k": 10};
-  customers from `--customers-file` (one id a line) or `<data>/customers.parquet`.
+  customers from `--customers-file` (one id a line) or `<data>/customers.parquet`. A known
+  customer's plain request is answered from the lists `omni build` computed ahead
+  (`models/precomputed.py`) when they hold it.
+- `recommend_live`: the same with `"exclude": [<random product>]`, which the stored lists cannot
+  answer: every request runs both stages (the cost of requests with session items or filters).
 - `next_best_action`: POST /v1/next_best_action {"customer_id": ..., "channel": "email"}. A route the
   server does not have is measured as it answers (404s, all errors) for 1 s per cell, with a note.
 - `trivial`: POST /v1/ping {} (the cheapest API route, through the same BentoML machinery: the
@@ -54,7 +58,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:OmniService"
 HOST = "127.0.0.1"
-ENDPOINTS = ("trivial", "recommend", "next_best_action")
+ENDPOINTS = ("trivial", "recommend", "recommend_live", "next_best_action")
 CONCURRENCY = (1, 16, 64)
 P99_TARGET_MS = 25.0
 THROUGHPUT_TARGET = 0.7
@@ -251,14 +255,31 @@ class Endpoint:
         return None if self.body is None else json.dumps(self.body()).encode()
 
 
-def endpoints(customers: list[str], rng: random.Random) -> dict[str, Endpoint]:
+def endpoints(
+    customers: list[str], rng: random.Random, products: list[str] | None = None
+) -> dict[str, Endpoint]:
     def pick() -> str:
         return customers[rng.randrange(len(customers))]
+
+    products = products or ["P000001"]
 
     return {
         "trivial": Endpoint("trivial", "POST", "/v1/ping", lambda: {}),
         "recommend": Endpoint(
             "recommend", "POST", "/v1/recommend", lambda: {"customer_id": pick(), "channel": "web", "k": 10}
+        ),
+        # the same request with one excluded product: lists computed ahead cannot answer it, so
+        # every request runs the two stages (the cost of a request with session items or filters)
+        "recommend_live": Endpoint(
+            "recommend_live",
+            "POST",
+            "/v1/recommend",
+            lambda: {
+                "customer_id": pick(),
+                "channel": "web",
+                "k": 10,
+                "exclude": [products[rng.randrange(len(products))]],
+            },
         ),
         "next_best_action": Endpoint(
             "next_best_action",
@@ -470,7 +491,7 @@ def run(args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()
     try:
         paths = openapi_paths(url, headers)
-        eps = endpoints(customers, rng)
+        eps = endpoints(customers, rng, load_products(data_dir))
         chosen = [e for e in args.endpoints.split(",") if e]
         concurrencies = [int(c) for c in args.concurrency.split(",") if c]
         results: list[dict] = []

@@ -49,6 +49,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -474,6 +475,7 @@ class TwoStageRecommender:
         self.customer_index_ = {cid: i for i, cid in enumerate(self.customer_ids_.tolist())}
         self.product_index_ = {pid: i for i, pid in enumerate(self.product_ids_.tolist())}
         self.customer_has_history_ = np.diff(self.user_items_.indptr) > 0
+        self.precomputed_ = None  # lists computed ahead belong to one fitted state (`models.precomputed`)
 
     def _training_examples(self, window: pd.DataFrame):
         """Features, labels and group sizes from this (earlier) state and the purchases in `window`."""
@@ -592,6 +594,20 @@ class TwoStageRecommender:
         """One customer's list: the same answer as `recommend_many([customer_id], ...)[0]`, by the
         single-request path (`_recommend_one`: numpy over one CSR row, no scipy matrices)."""
         filters = rules.Filters.from_dict(filters)
+        precomputed = self.precomputed_
+        if (
+            precomputed is not None
+            and not exclude
+            and not context_items
+            and now is None
+            and filters == _PLAIN
+        ):
+            # the plain request of a known customer: the answer computed at build time, if stored
+            row = self.customer_index_.get(str(customer_id), -1)
+            if row >= 0:
+                hit = precomputed.lookup(self, row, rules.channel_column(self.channels_, channel), k)
+                if hit is not None:
+                    return hit
         extra_days = 0.0
         if now is not None:
             extra_days = max(0.0, (pd.Timestamp(now) - self.as_of_).total_seconds() / 86400.0)
@@ -944,13 +960,17 @@ class TwoStageRecommender:
         if channel_col is not None:
             ok = self.channel_ok_[items, channel_col]
             items, sc, local = items[ok], sc[ok], local[ok]
-        reserved = None
-        if self.new_product_slots > 0:
-            reserved = self.item_is_new_[items] & ~np.isnan(pairs.ranks["content"][local])
+        reserved = self._reserved(items, local, pairs)
         chosen = rules.select_positions(
             self.item_category_[items], k, filters.max_per_category, reserved, self.new_product_slots
         )
         return items[chosen], sc[chosen], local[chosen]
+
+    def _reserved(self, items, local, pairs) -> np.ndarray | None:
+        """Which ranked candidates may take a place reserved for new products (None: no places)."""
+        if self.new_product_slots <= 0:
+            return None
+        return self.item_is_new_[items] & ~np.isnan(pairs.ranks["content"][local])
 
     def _reasons(self, weights, context, q, pairs, local, items, context_sim, context_cooc) -> list[str]:
         """Why each item is there: the session item it goes with, else the source that ranks it best.
@@ -1052,6 +1072,38 @@ class TwoStageRecommender:
         filters: rules.Filters,
         extra_days: float,
     ) -> Recommendation:
+        ranked = self._ranked_one(customer_id, exclude, context_items, filters, extra_days)
+        if isinstance(ranked, _ColdOne):
+            return self._cold_one(ranked.segment, ranked.block, k, channel, filters)
+        channel_col = rules.channel_column(self.channels_, channel)
+        items, sc, local = self._select(
+            ranked.items, ranked.scores, ranked.local, channel_col, ranked.pairs, k, filters
+        )
+        return Recommendation(
+            product_ids=self.product_ids_[items].tolist(),
+            scores=[round(float(x), 6) for x in sc],
+            cold_start=False,
+            reasons=self._ranked_reasons(ranked, local, items),
+        )
+
+    def _ranked_reasons(self, ranked: _RankedOne, local: np.ndarray, items: np.ndarray) -> list[str]:
+        """`_reasons` of some of a ranked list's items (`local`: their candidate positions)."""
+        return self._reasons(
+            ranked.weights,
+            ranked.context,
+            0,
+            ranked.pairs,
+            local,
+            items,
+            ranked.context_sim,
+            ranked.context_cooc,
+        )
+
+    def _ranked_one(
+        self, customer_id: str, exclude, context_items, filters: rules.Filters, extra_days: float
+    ) -> _RankedOne | _ColdOne:
+        """One customer's ranked candidates, best first, before the channel and list rules
+        (`_select`): what `_recommend_one` and `models.precomputed` select from."""
         n_items = len(self.product_ids_)
         idx = self.customer_index_.get(customer_id, -1)
         ctx = self._id_positions(context_items)
@@ -1091,7 +1143,7 @@ class TwoStageRecommender:
         known = idx >= 0
         segment = int(self.customer_segment_[idx]) if known else -1
         if not (has_history or has_context):
-            return self._cold_one(segment, block, k, channel, filters)
+            return _ColdOne(segment, block)
         main_channel = int(self.customer_main_channel_[idx]) if known and has_history else -1
 
         # stage 1: each source's top candidates among the unblocked items
@@ -1161,15 +1213,8 @@ class TwoStageRecommender:
             spread = order_score.std() if len(order_score) else 0.0
             order_score = order_score + self.context_rank_boost * spread * context_sim
         local = np.lexsort((items, -order_score))
-        items, sc = items[local], order_score[local]
-        channel_col = rules.channel_column(self.channels_, channel)
-        items, sc, local = self._select(items, sc, local, channel_col, pairs, k, filters)
-        reasons = self._reasons(weights, context, 0, pairs, local, items, context_sim, context_cooc)
-        return Recommendation(
-            product_ids=self.product_ids_[items].tolist(),
-            scores=[round(float(x), 6) for x in sc],
-            cold_start=False,
-            reasons=reasons,
+        return _RankedOne(
+            items[local], order_score[local], local, pairs, weights, context, context_sim, context_cooc
         )
 
     def warm(self) -> None:
@@ -1362,10 +1407,40 @@ class TwoStageRecommender:
         rec.cycles_estimated_ = bool(meta["cycles_estimated"])
         rec.training_info_ = meta.get("training_info", {})
         rec._index()
+        if (folder / PRECOMPUTED_FOLDER).exists():
+            # written beside the served copy by `omni build`; lists of another model stop the load
+            from models.precomputed import PrecomputedLists
+
+            rec.precomputed_ = PrecomputedLists.load(folder / PRECOMPUTED_FOLDER, rec)
         return rec
 
 
 _PARAM_NAMES: tuple[str, ...] = tuple(inspect.signature(TwoStageRecommender.__init__).parameters)[1:]
+
+
+_PLAIN = rules.Filters()  # a request without filters
+PRECOMPUTED_FOLDER = "precomputed"  # `models.precomputed.PrecomputedLists` inside a model folder
+
+
+class _RankedOne(NamedTuple):
+    """One customer's ranked candidates (`TwoStageRecommender._ranked_one`): `items` best first,
+    their ranker `scores`, `local` their positions in `pairs`, and what `_reasons` reads."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    local: np.ndarray
+    pairs: CandidatePairs
+    weights: CSRRow
+    context: CSRRow
+    context_sim: np.ndarray
+    context_cooc: np.ndarray
+
+
+class _ColdOne(NamedTuple):
+    """A customer without history or session items: cold-start lists from their segment."""
+
+    segment: int
+    block: np.ndarray
 
 
 def _parts(tables, products, customers):

@@ -38,11 +38,30 @@ class ImportedModel:
     name: str
     mlflow_version: str
     bento_tag: str
+    precomputed_customers: int = 0  # customers whose plain lists were computed ahead
 
 
-def import_champions(tracking_uri: str, names: dict[str, str] | None = None) -> list[ImportedModel]:
+@dataclass
+class PrecomputeSettings:
+    """Lists computed ahead for the recommender's plain requests (`models.precomputed`).
+
+    `max_customers`: at most this many customers, the most recently active first (None: all with
+    history; 0: none, every request takes the live path); `length`: candidates kept per customer.
+    """
+
+    max_customers: int | None = None
+    length: int = 50
+
+
+def import_champions(
+    tracking_uri: str,
+    names: dict[str, str] | None = None,
+    precompute: PrecomputeSettings | None = None,
+) -> list[ImportedModel]:
     """Copy every champion into the BentoML store. A required model without a champion is an error;
-    optional ones (e.g. no channel model for data without messages) are skipped."""
+    optional ones (e.g. no channel model for data without messages) are skipped. The recommender's
+    copy gets its precomputed lists (`precompute`, default: every customer with history)."""
+    precompute = precompute or PrecomputeSettings()
     from training.tracking import download_model_folder, registry_client
 
     registry_client(tracking_uri)  # a clear LookupError when the store does not exist
@@ -65,8 +84,26 @@ def import_champions(tracking_uri: str, names: dict[str, str] | None = None) -> 
             metadata={"tracking_store": "sqlite" if tracking_uri.startswith("sqlite") else "server"},
         ) as model:
             shutil.copytree(folder, model.path_of(artifact))
-        imported.append(ImportedModel(name, version, tag))
+            precomputed = 0
+            if name == "omni-recommender" and precompute.max_customers != 0:
+                # inside the `create` block: if this fails, the half-made model is not kept
+                precomputed = precompute_lists(Path(model.path_of(artifact)), precompute)
+        imported.append(ImportedModel(name, version, tag, precomputed))
     return imported
+
+
+def precompute_lists(folder: Path, settings: PrecomputeSettings) -> int:
+    """Computes the lists of the two-stage recommender saved in `folder` into its `precomputed`
+    sub-folder (nothing for other recommenders); returns how many customers they cover."""
+    from models.precomputed import PrecomputedLists
+    from models.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
+
+    if not (folder / "two_stage.json").exists():
+        return 0
+    recommender = TwoStageRecommender.load(folder)
+    lists = PrecomputedLists(length=settings.length, max_customers=settings.max_customers).fit(recommender)
+    lists.save(folder / PRECOMPUTED_FOLDER)
+    return lists.n_customers
 
 
 def build_bento() -> str:

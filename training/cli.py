@@ -471,16 +471,38 @@ def import_command(
 @main.command()
 @tracking_option
 @click.option("--no-bento", is_flag=True, help="Only import the models; skip `bentoml build`.")
-def build(tracking_uri, no_bento) -> None:
+@click.option(
+    "--precompute-customers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Compute the plain recommendation lists of at most this many customers ahead (the most "
+    "recently active first; 0 = none). Default: every customer with history.",
+)
+@click.option(
+    "--precompute-length",
+    type=click.IntRange(min=1, max=1000),
+    default=50,
+    show_default=True,
+    help="Ranked candidates kept per precomputed customer (requests for more take the live path).",
+)
+def build(tracking_uri, no_bento, precompute_customers, precompute_length) -> None:
     """Import the champion models into the BentoML model store and build the Bento (offline)."""
-    from training.build import build_bento, import_champions
+    from training.build import PrecomputeSettings, build_bento, import_champions
 
     try:
-        imported = import_champions(tracking_uri or default_tracking_uri())
+        imported = import_champions(
+            tracking_uri or default_tracking_uri(),
+            precompute=PrecomputeSettings(max_customers=precompute_customers, length=precompute_length),
+        )
     except LookupError as exc:
         fail(str(exc))
     for m in imported:
-        click.echo(f"imported {m.name} version {m.mlflow_version} as {m.bento_tag}")
+        ahead = (
+            f" (plain lists of {m.precomputed_customers} customers computed ahead)"
+            if m.precomputed_customers
+            else ""
+        )
+        click.echo(f"imported {m.name} version {m.mlflow_version} as {m.bento_tag}{ahead}")
     if not no_bento:
         try:
             out = build_bento()
