@@ -474,9 +474,10 @@ def import_command(
 @click.option(
     "--precompute-customers",
     type=click.IntRange(min=0),
-    default=None,
+    default=200_000,
+    show_default=True,
     help="Compute the plain recommendation lists of at most this many customers ahead (the most "
-    "recently active first; 0 = none). Default: every customer with history.",
+    "recently active first; 0 = none, every request runs the model).",
 )
 @click.option(
     "--precompute-length",
