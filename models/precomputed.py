@@ -50,6 +50,14 @@ def model_fingerprint(recommender) -> str:
     return digest.hexdigest()
 
 
+def _joined(parts: list[dict], key: str, dtype) -> np.ndarray:
+    return (
+        np.concatenate([np.asarray(p[key], dtype=dtype) for p in parts])
+        if parts
+        else np.zeros(0, dtype=dtype)
+    )
+
+
 class PrecomputedLists:
     """Known customers' ranked lists, computed once from a fitted `TwoStageRecommender`.
 
@@ -64,19 +72,59 @@ class PrecomputedLists:
         self.max_customers = max_customers
 
     # ------------------------------------------------------------------ building
-    def fit(self, recommender, show_progress: bool = False) -> PrecomputedLists:
+    def fit(
+        self, recommender, show_progress: bool = False, parts: list[dict] | None = None
+    ) -> PrecomputedLists:
+        """Computes the lists of `customers(recommender)`, or assembles them from `parts`
+        (`compute_part` over consecutive slices of those rows, e.g. in other processes)."""
+        started = time.perf_counter()
+        if parts is None:
+            parts = [self.compute_part(recommender, self.customers(recommender), show_progress)]
+        reasons: dict[str, int] = {}
+        entry_of_row = np.full(len(recommender.customer_ids_), -1, dtype=np.int32)
+        rows = np.concatenate([p["rows"] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        entry_of_row[rows] = np.arange(len(rows), dtype=np.int32)
+        sizes = np.concatenate([p["sizes"] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        self.entry_of_row_ = entry_of_row
+        self.indptr_ = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n_head_ = _joined(parts, "n_head", np.int32)
+        self.complete_ = _joined(parts, "complete", bool)
+        self.items_ = _joined(parts, "items", np.int32)
+        self.scores_ = _joined(parts, "scores", np.float64)
+        self.reserved_ = _joined(parts, "reserved", bool)
+        # each part numbers its own reason strings: renumber them into one table
+        self.reason_codes_ = _joined(
+            [
+                {
+                    "codes": np.array(
+                        [reasons.setdefault(r, len(reasons)) for r in p["reasons"]], dtype=np.int32
+                    )[p["codes"]]
+                }
+                for p in parts
+            ],
+            "codes",
+            np.int32,
+        )
+        self.reasons_ = list(reasons)
+        self.fingerprint_ = model_fingerprint(recommender)
+        self.build_seconds_ = time.perf_counter() - started + sum(p["seconds"] for p in parts)
+        return self
+
+    def compute_part(self, recommender, rows: np.ndarray, show_progress: bool = False) -> dict:
+        """The stored entries of customers `rows` (plain arrays, cheap to send between processes);
+        customers that turn out cold are left out."""
         from tqdm.auto import tqdm
 
         if self.length < 1:
             raise ValueError(f"length must be at least 1, got {self.length}")
         started = time.perf_counter()
-        rows = self._customers(recommender)
         plain = rules.Filters()
         reason_code: dict[str, int] = {}
-        entry_of_row = np.full(len(recommender.customer_ids_), -1, dtype=np.int32)
-        indptr, n_head, complete = [0], [], []
+        kept_rows, sizes, n_head, complete = [], [], [], []
         items, scores, reserved, codes = [], [], [], []
-        for row in tqdm(rows.tolist(), desc="precompute", unit="customer", disable=not show_progress):
+        for row in tqdm(
+            np.asarray(rows).tolist(), desc="precompute", unit="customer", disable=not show_progress
+        ):
             ranked = recommender._ranked_one(str(recommender.customer_ids_[row]), (), (), plain, 0.0)
             if not hasattr(ranked, "items"):  # a cold-start customer: that path is already cheap
                 continue
@@ -87,7 +135,8 @@ class PrecomputedLists:
             keep = np.flatnonzero(keep)
             kept_items = ranked.items[keep]
             reasons = recommender._ranked_reasons(ranked, ranked.local[keep], kept_items)
-            entry_of_row[row] = len(n_head)
+            kept_rows.append(row)
+            sizes.append(len(keep))
             n_head.append(min(self.length, len(ranked.items)))
             complete.append(len(ranked.items) <= self.length)
             items.append(kept_items.astype(np.int32))
@@ -96,21 +145,20 @@ class PrecomputedLists:
             codes.append(
                 np.array([reason_code.setdefault(r, len(reason_code)) for r in reasons], dtype=np.int32)
             )
-            indptr.append(indptr[-1] + len(keep))
-        self.entry_of_row_ = entry_of_row
-        self.indptr_ = np.asarray(indptr, dtype=np.int64)
-        self.n_head_ = np.asarray(n_head, dtype=np.int32)
-        self.complete_ = np.asarray(complete, dtype=bool)
-        self.items_ = np.concatenate(items) if items else np.zeros(0, dtype=np.int32)
-        self.scores_ = np.concatenate(scores) if scores else np.zeros(0)
-        self.reserved_ = np.concatenate(reserved) if reserved else np.zeros(0, dtype=bool)
-        self.reason_codes_ = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
-        self.reasons_ = list(reason_code)
-        self.fingerprint_ = model_fingerprint(recommender)
-        self.build_seconds_ = time.perf_counter() - started
-        return self
+        return {
+            "rows": np.asarray(kept_rows, dtype=np.int64),
+            "sizes": np.asarray(sizes, dtype=np.int64),
+            "n_head": np.asarray(n_head, dtype=np.int32),
+            "complete": np.asarray(complete, dtype=bool),
+            "items": np.concatenate(items) if items else np.zeros(0, dtype=np.int32),
+            "scores": np.concatenate(scores) if scores else np.zeros(0),
+            "reserved": np.concatenate(reserved) if reserved else np.zeros(0, dtype=bool),
+            "codes": np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32),
+            "reasons": list(reason_code),
+            "seconds": time.perf_counter() - started,
+        }
 
-    def _customers(self, recommender) -> np.ndarray:
+    def customers(self, recommender) -> np.ndarray:
         """Rows of the customers to store: with history, most recent purchase first."""
         rows = np.flatnonzero(recommender.customer_has_history_)
         ages = recommender.last_age_days_
@@ -211,3 +259,13 @@ class PrecomputedLists:
         lists.fingerprint_ = meta["fingerprint"]
         lists.build_seconds_ = float(meta.get("build_seconds", 0.0))
         return lists
+
+
+def compute_slice(job: tuple) -> dict:
+    """`PrecomputedLists.compute_part` in another process: (model folder, length, max_customers,
+    customer rows) -> the part, for `fit(..., parts=...)`."""
+    from models.two_stage import TwoStageRecommender
+
+    folder, length, max_customers, rows = job
+    recommender = TwoStageRecommender.load(folder)
+    return PrecomputedLists(length=length, max_customers=max_customers).compute_part(recommender, rows)

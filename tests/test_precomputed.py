@@ -129,3 +129,19 @@ def test_save_replaces_whole_and_loads_memory_mapped(fitted, tmp_path):
     assert loaded.length == 2 and loaded.n_customers == 10
     assert isinstance(loaded.items_, np.memmap)
     assert [p.name for p in tmp_path.iterdir()] == ["lists"]  # no temporary folder left behind
+
+
+def test_parts_from_other_processes_assemble_into_the_same_lists(fitted, tmp_path):
+    from training.build import PrecomputeSettings, precompute_lists
+
+    whole = PrecomputedLists(length=5).fit(fitted)
+    folder = fitted.save(tmp_path / "model")
+    n = precompute_lists(folder, PrecomputeSettings(max_customers=None, length=5, workers=2))
+    split = PrecomputedLists.load(folder / PRECOMPUTED_FOLDER, fitted)
+    assert n == whole.n_customers
+    for name in ("entry_of_row_", "indptr_", "n_head_", "complete_", "items_", "scores_", "reserved_"):
+        assert np.array_equal(np.asarray(getattr(split, name)), getattr(whole, name)), name
+    # reason codes are renumbered when parts are joined: compare the strings
+    assert [split.reasons_[c] for c in split.reason_codes_.tolist()] == [
+        whole.reasons_[c] for c in whole.reason_codes_.tolist()
+    ]

@@ -53,6 +53,7 @@ class PrecomputeSettings:
 
     max_customers: int | None = 200_000
     length: int = 50
+    workers: int | None = None  # processes (None: one per core, one per 2,000 customers at most)
 
 
 def import_champions(
@@ -97,13 +98,31 @@ def import_champions(
 def precompute_lists(folder: Path, settings: PrecomputeSettings) -> int:
     """Computes the lists of the two-stage recommender saved in `folder` into its `precomputed`
     sub-folder (nothing for other recommenders); returns how many customers they cover."""
-    from models.precomputed import PrecomputedLists
+    import numpy as np
+
+    from models.precomputed import PrecomputedLists, compute_slice
     from models.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
 
     if not (folder / "two_stage.json").exists():
         return 0
     recommender = TwoStageRecommender.load(folder)
-    lists = PrecomputedLists(length=settings.length, max_customers=settings.max_customers).fit(recommender)
+    lists = PrecomputedLists(length=settings.length, max_customers=settings.max_customers)
+    rows = lists.customers(recommender)
+    workers = settings.workers or min(os.cpu_count() or 1, len(rows) // 2_000)  # start-up ~3 s each
+    workers = max(1, min(workers, len(rows)))
+    if workers == 1:
+        lists.fit(recommender)
+    else:
+        # one customer at a time is plain Python and numpy on one core: the slices go to processes
+        # that load the same saved model (spawned: no copy of this process's thread state)
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        slices = np.array_split(rows, workers)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            jobs = [(str(folder), settings.length, settings.max_customers, part) for part in slices]
+            parts = list(pool.map(compute_slice, jobs))
+        lists.fit(recommender, parts=parts)
     lists.save(folder / PRECOMPUTED_FOLDER)
     return lists.n_customers
 
