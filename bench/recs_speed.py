@@ -17,6 +17,11 @@ latency of one customer's recommendation in-process at 20,000 products.
    requests through the batch path (`recommend_many([customer], ...)`, the path a request took
    before the single-request path) are timed beside it ("..._batch_path"). Plus batch throughput (`recommendations_frame`,
    256 customers per chunk).
+4. Lists computed ahead (`models.precomputed`, what `omni build` stores for the HTTP service): the
+   sampled known customers' lists are computed ("stored_list_build_ms_per_customer"), saved and read
+   back memory-mapped; the same plain requests are answered from them ("known_customer_stored_list")
+   and by the live path ("..._live_path"), alternating; "stored_list_mismatches" counts answers
+   that differ (0 expected).
 
 `--data DIR` uses an existing data folder instead of generating one (e.g. the 20,000-customer demo
 data); `--model DIR` times a saved model folder and skips training ("training": null).
@@ -124,6 +129,7 @@ def latency(model, n_requests: int, seed: int) -> dict:
                 times[path][0].append(time.perf_counter() - tick)
         out[name] = _percentiles(*times["single"])
         out[f"{name}_batch_path"] = _percentiles(*times["batch"])
+    out |= stored_lists(model, customers)
     batch = customers[: min(5000, len(customers))]
     tick = time.perf_counter()
     model.recommendations_frame(batch, k=10)
@@ -131,6 +137,43 @@ def latency(model, n_requests: int, seed: int) -> dict:
     out["batch_ms_per_customer"] = round(per * 1000.0, 3)
     out["batch_customers_per_second"] = round(1.0 / per, 1)
     return out
+
+
+def stored_lists(model, customers: list[str]) -> dict:
+    """The same known customers' plain requests answered from lists computed ahead
+    (`models.precomputed`, as `omni build` stores them, read memory-mapped) against the live
+    single-request path, alternating; plus the build cost per customer and a check that every
+    stored answer is the live one."""
+    from models.precomputed import PrecomputedLists
+
+    rows = np.sort(np.array([model.customer_index_[cid] for cid in customers], dtype=np.int64))
+    lists = PrecomputedLists()
+    tick = time.perf_counter()
+    lists.fit(model, parts=[lists.compute_part(model, rows)])
+    build_ms = (time.perf_counter() - tick) * 1000.0 / max(1, len(rows))
+    times = {"stored": ([], []), "live": ([], [])}
+    mismatches = 0
+    with tempfile.TemporaryDirectory(prefix="recs-speed-lists-") as tmp:
+        lists.save(Path(tmp) / "precomputed")
+        stored = PrecomputedLists.load(Path(tmp) / "precomputed", model)
+        try:
+            for cid in customers:
+                answers = {}
+                for path in ("stored", "live"):
+                    model.precomputed_ = stored if path == "stored" else None
+                    tick, cpu = time.perf_counter(), time.thread_time()
+                    answers[path] = model.recommend(cid, k=10, channel="web")
+                    times[path][1].append(time.thread_time() - cpu)
+                    times[path][0].append(time.perf_counter() - tick)
+                mismatches += answers["stored"] != answers["live"]
+        finally:
+            model.precomputed_ = None
+    return {
+        "known_customer_stored_list": _percentiles(*times["stored"]),
+        "known_customer_stored_list_live_path": _percentiles(*times["live"]),
+        "stored_list_build_ms_per_customer": round(build_ms, 3),
+        "stored_list_mismatches": int(mismatches),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -185,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
         tick = time.perf_counter()
         model = TwoStageRecommender.load(model_dir)
         load_seconds = time.perf_counter() - tick
+        # a served copy (`omni build`) carries stored lists: scenarios 3 time the live path
+        model.precomputed_ = None
         size_mb = sum(p.stat().st_size for p in model_dir.iterdir()) / 1024**2
         log("measuring latency")
         lat = latency(model, args.requests, args.seed)
