@@ -76,6 +76,27 @@ def test_known_customer_gets_personal_items_with_model_version(server, trained, 
     assert [i["product_id"] for i in again["items"]] == [i["product_id"] for i in body["items"]]
 
 
+def test_plain_requests_come_from_the_stored_lists_and_equal_the_live_answer(server):
+    """`omni build` stored the served recommender's lists; the HTTP answers are the live ones."""
+    from models.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
+    from training.build import load_served_model
+
+    url, _ = server
+    folder, _ = load_served_model("omni-recommender")
+    assert (folder / PRECOMPUTED_FOLDER / "precomputed.json").exists()
+    live = TwoStageRecommender.load(folder)
+    assert live.precomputed_ is not None and live.precomputed_.n_customers > 0
+    live.precomputed_ = None
+    known = live.customer_ids_[live.customer_has_history_][:25].tolist()
+    for i, customer in enumerate(known):
+        channel, k = ("web", "app", "store", "email")[i % 4], (3, 10, 20)[i % 3]
+        body = _post(url, {"customer_id": customer, "channel": channel, "k": k}).json()
+        expected = live.recommend(customer, k, channel=channel)
+        assert [x["product_id"] for x in body["items"]] == expected.product_ids
+        assert [x["score"] for x in body["items"]] == expected.scores
+        assert [x["reason"] for x in body["items"]] == expected.reasons
+
+
 def test_unknown_customer_gets_popular_items_flagged_cold_start(server):
     url, _ = server
     r = _post(url, {"customer_id": "someone-new", "channel": "web", "k": 3})
