@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from features import columns as c
+from features.io import rows_before
 
 
 def local_time_parts(ts: pd.Series, timezones: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +64,8 @@ def build_customer_features(
     (share of events at that local hour), cat_<category> (share of purchased quantity in that
     category). Customers of the `customers` table without events get a row too.
     """
-    ev = events if as_of is None else events[events[c.TS] < as_of]
+    # no copy of the events when all of them are before as_of (a profile refit on all history)
+    ev = events if as_of is None else rows_before(events, c.TS, as_of)
     as_of = as_of if as_of is not None else (ev[c.TS].max() + pd.Timedelta(seconds=1))
     # customer ids hashed once per distinct id (factorize), not once per event
     ev_codes, ev_uniques = pd.factorize(ev[c.CUSTOMER_ID].astype(str))

@@ -49,40 +49,53 @@ def build_interactions(
     as_of: pd.Timestamp | None = None,
     half_life_days: float | None = 90.0,
     event_weights: dict[str, float] | None = None,
+    before: pd.Timestamp | None = None,
 ) -> InteractionMatrix:
     """Aggregate events into a weighted matrix.
 
     `product_ids` / `customer_ids` fix the column / row order (events with other ids are dropped
     for products; customers not listed are added after the listed ones). `as_of` is the time the
-    recency decay is measured from (default: the latest event).
+    recency decay is measured from (default: the latest event). `before`: only events strictly
+    before this time count (the same as passing `events[events.ts < before]`, without the copy).
     """
     weights = event_weights or DEFAULT_EVENT_WEIGHTS
-    ev = events[events[c.PRODUCT_ID].notna()]
+    # Row masks over the columns instead of filtered copies of the frame: at a million customers
+    # every copy of the events is gigabytes. The kept rows and their order are the same.
+    used = events[c.PRODUCT_ID].notna().to_numpy()
+    in_window = None
+    if before is not None:
+        in_window = (events[c.TS] < before).to_numpy()
+        used = used & in_window
     if product_ids is None:
-        product_ids = np.sort(ev[c.PRODUCT_ID].astype(str).unique())
+        product_ids = np.sort(events[c.PRODUCT_ID][used].astype(str).unique())
     product_ids = np.asarray(product_ids, dtype=str)
+    customers = events[c.CUSTOMER_ID] if in_window is None else events[c.CUSTOMER_ID][in_window]
     if customer_ids is None:
-        customer_ids = np.sort(events[c.CUSTOMER_ID].astype(str).unique())
+        customer_ids = np.sort(customers.astype(str).unique())
     else:
         customer_ids = np.asarray(customer_ids, dtype=str)
         # pd.Index.difference hashes; np.setdiff1d on strings sorts and is ~100x slower here
-        extra = pd.Index(events[c.CUSTOMER_ID].astype(str).unique()).difference(pd.Index(customer_ids))
+        extra = pd.Index(customers.astype(str).unique()).difference(pd.Index(customer_ids))
         customer_ids = np.concatenate([customer_ids, np.sort(extra.to_numpy(dtype=str))])
+    del customers
 
-    col = positions(pd.Index(product_ids), ev[c.PRODUCT_ID])
-    row = positions(pd.Index(customer_ids), ev[c.CUSTOMER_ID])
-    w = mapped(ev[c.EVENT_TYPE], weights, 0.0)
-    if half_life_days and len(ev):
-        ref = as_of if as_of is not None else ev[c.TS].max()
-        age_days = (ref - ev[c.TS]).dt.total_seconds().to_numpy() / 86400.0
+    col = positions(pd.Index(product_ids), events[c.PRODUCT_ID])
+    row = positions(pd.Index(customer_ids), events[c.CUSTOMER_ID])
+    w = mapped(events[c.EVENT_TYPE], weights, 0.0)
+    if half_life_days and used.any():
+        ts = events[c.TS]
+        ref = as_of if as_of is not None else ts[used].max()
+        age_days = (ref - ts).dt.total_seconds().to_numpy() / 86400.0
         w = w * np.power(0.5, np.clip(age_days, 0, None) / half_life_days)
-    keep = (col >= 0) & (row >= 0) & (w != 0)
+        del age_days
+    keep = used & (col >= 0) & (row >= 0) & (w != 0)
     shape = (len(customer_ids), len(product_ids))
     matrix = sp.csr_matrix((w[keep], (row[keep], col[keep])), shape=shape, dtype=np.float64)
+    del w
     matrix.data = np.clip(matrix.data, 0.0, None)  # a return can cancel, never go below nothing
     matrix.eliminate_zeros()
 
-    bought = keep & (ev[c.EVENT_TYPE] == "purchase").to_numpy()
+    bought = keep & (events[c.EVENT_TYPE] == "purchase").to_numpy(dtype=bool, na_value=False)
     purchased = sp.csr_matrix(
         (np.ones(int(bought.sum()), dtype=bool), (row[bought], col[bought])), shape=shape, dtype=bool
     )

@@ -63,6 +63,7 @@ from sklearn.isotonic import IsotonicRegression
 
 from features import columns as c
 from features.codes import positions
+from features.io import rows_before
 from models.base import index_rows, read_model_meta
 from models.fitting import train_booster
 
@@ -84,6 +85,9 @@ POOLED_RIDGE = 1.0  # ridge of the pooled model (standardised inputs)
 GLM_RIDGE = 100.0
 _GLM_ITER = 25
 _MIN_SIGMA2, _MAX_SIGMA2 = 1e-4, 4.0
+# What the channel model reads of the events (`history_features`, `ChannelModel.fit`).
+EVENT_COLUMNS: tuple[str, ...] = (c.CUSTOMER_ID, c.TS, c.CHANNEL, c.EVENT_TYPE)
+_CHUNK_ROWS = 1 << 18  # rows per chunk where a per-row matrix is built piece by piece
 _NO_EVENT_DAYS = 3650.0  # "days since the last event" of a customer without events
 
 
@@ -352,9 +356,14 @@ def history_features(
         out["days_since_signup"] = (
             ((t - signup_ts).dt.total_seconds() / 86400.0).where(signup_ts < t).to_numpy()
         )
-    return pd.DataFrame(
-        {name: np.asarray(values, dtype=np.float64) for name, values in out.items()}, index=queries.index
-    )
+    # one float64 block filled column by column, each column freed once copied in: the frame of
+    # the training rows (a row per message) is gigabytes at a million customers, and
+    # DataFrame(dict) would hold it twice
+    names = list(out)
+    matrix = np.empty((len(queries), len(names)), dtype=np.float64, order="F")
+    for j, name in enumerate(names):
+        matrix[:, j] = out.pop(name)
+    return pd.DataFrame(matrix, columns=names, index=queries.index, copy=False)
 
 
 class ChannelModel(BaseEstimator):
@@ -426,7 +435,8 @@ class ChannelModel(BaseEstimator):
             subset=[c.CUSTOMER_ID, c.CHANNEL, c.SENT_TS]
         )
         messages = messages.assign(**{c.CUSTOMER_ID: messages[c.CUSTOMER_ID].astype(str)})
-        events = None if events is None else events.loc[events[c.TS] < as_of]
+        # only the columns the features read, and no copy of what is all before as_of
+        events = None if events is None else rows_before(events, c.TS, as_of, EVENT_COLUMNS)
         self.channels_ = np.sort(messages[c.CHANNEL].astype(str).unique())
         self.event_channels_ = (
             np.sort(events[c.CHANNEL].dropna().astype(str).unique())
@@ -439,18 +449,28 @@ class ChannelModel(BaseEstimator):
 
         self.identity_systems_ = _identity_systems(identities)
         self._context = {"consent": consent, "identities": identities}  # for history_features
+        windows = (("engagement", self.open_window_days), ("conversion", self.conversion_window_days))
+        cutoffs = [as_of - pd.Timedelta(days=window) for _, window in windows]
+        # A row per message is gigabytes at a million customers: when the later targets' rows
+        # are all in this target's (an earlier or equal cutoff), they are taken from these (the
+        # same rows in the same order) and the larger frame is let go.
         rows = self._training_rows(messages, events, customers, as_of)
         self.feature_names_ = [col for col in rows.columns if not col.startswith("_")]
         self.boosters_: dict[str, lgb.Booster] = {}
         self.glm_coef_: np.ndarray | None = None
         self.calibrators_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.training_info_: dict[str, dict] = {}
-        for target, window in (
-            ("engagement", self.open_window_days),
-            ("conversion", self.conversion_window_days),
-        ):
-            usable = rows.loc[rows["_sent"] < as_of - pd.Timedelta(days=window)]
+        source = rows
+        del rows
+        for i, (target, _) in enumerate(windows):
+            keep = (source["_sent"] < cutoffs[i]).to_numpy(dtype=bool)
+            usable = source if keep.all() else source.loc[keep]
+            del keep
+            if all(later <= cutoffs[i] for later in cutoffs[i + 1 :]):
+                source = usable
             self._fit_target(target, usable)
+            del usable
+        del source
 
         self._snapshot(messages, events, customers, consent, as_of)
         del self._context
@@ -502,7 +522,7 @@ class ChannelModel(BaseEstimator):
 
     def _add_channel_columns(self, features: pd.DataFrame, channels: np.ndarray) -> pd.DataFrame:
         """The message's channel (as a code) and its own history columns."""
-        out = features.copy()
+        out = features.copy(deep=False)  # new columns only: the others are shared (copy-on-write)
         code = pd.Categorical(channels, categories=self.channels_).codes.astype(np.float64)
         out["channel_code"] = np.where(code < 0, np.nan, code)
         for name in ("sent", "engaged", "rate"):
@@ -536,7 +556,11 @@ class ChannelModel(BaseEstimator):
         if self.max_training_rows is not None and len(fit_idx) > self.max_training_rows:
             rng = np.random.default_rng(self.random_state)
             fit_idx = np.sort(rng.choice(fit_idx, self.max_training_rows, replace=False))
-        x = rows[self.feature_names_].to_numpy(np.float64)
+        # only the rows the booster sees (a row per message is gigabytes at a million customers)
+        features = rows[self.feature_names_]
+        x_fit = features.iloc[fit_idx].to_numpy(np.float64)
+        x_cal = features.iloc[cal_idx].to_numpy(np.float64)
+        del features
         params = {
             "objective": "binary",
             "learning_rate": self.learning_rate,
@@ -554,14 +578,14 @@ class ChannelModel(BaseEstimator):
         categorical = [self.feature_names_.index("channel_code")]
         booster = train_booster(  # lgb.train, early-stopped on the calibration rows (Dask when active)
             params,
-            x[fit_idx],
+            x_fit,
             y[fit_idx],
             num_boost_round=self.n_estimators,
-            valid=(x[cal_idx], y[cal_idx]),
+            valid=(x_cal, y[cal_idx]),
             early_stopping_rounds=30,
             categorical_feature=categorical,
         )
-        raw = booster.predict(x[cal_idx], num_iteration=booster.best_iteration)
+        raw = booster.predict(x_cal, num_iteration=booster.best_iteration)
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y[cal_idx])
         self.boosters_[target] = booster
         self.calibrators_[target] = (
@@ -593,19 +617,28 @@ class ChannelModel(BaseEstimator):
                 self.population_mix_[col] = float((share * active).sum() / max(active.sum(), 1e-12))
         raw = _glm_inputs(frame, self.glm_features_, self.population_mix_)
         # inputs are clipped to the range seen in training: a linear model must not extrapolate
-        self.glm_low_, self.glm_high_ = raw[fit_idx].min(axis=0), raw[fit_idx].max(axis=0)
-        self.glm_mean_ = raw[fit_idx].mean(axis=0)
-        scale = raw[fit_idx].std(axis=0)
+        fit_raw = raw[fit_idx]
+        self.glm_low_, self.glm_high_ = fit_raw.min(axis=0), fit_raw.max(axis=0)
+        self.glm_mean_ = fit_raw.mean(axis=0)
+        scale = fit_raw.std(axis=0)
+        del fit_raw
         self.glm_scale_ = np.where(scale > 1e-9, scale, np.inf)  # a constant input is left out (z = 0)
-        design = np.hstack([np.ones((len(raw), 1)), (raw - self.glm_mean_) / self.glm_scale_])
+        # [1, (raw - mean) / scale], computed in place: at a million customers each matrix of the
+        # training rows is gigabytes (the same numbers as building it from temporaries)
+        design = np.empty((len(raw), raw.shape[1] + 1))
+        design[:, 0] = 1.0
+        np.subtract(raw, self.glm_mean_, out=design[:, 1:])
+        design[:, 1:] /= self.glm_scale_
+        del raw
         code = frame["channel_code"].to_numpy().astype(np.int64)  # training rows: known channels
         n_ch, n_in = len(self.channels_), design.shape[1] - 1
-        pooled = _ridge_logistic(
-            np.hstack([np.eye(n_ch)[code[fit_idx]], design[fit_idx, 1:]]),
-            y[fit_idx],
-            np.zeros(n_ch + n_in),
-            POOLED_RIDGE,
-        )
+        pooled_x = np.empty((len(fit_idx), n_ch + n_in))  # [one-hot channel, design[fit_idx, 1:]]
+        for start in range(0, len(fit_idx), _CHUNK_ROWS):
+            rows_at = fit_idx[start : start + _CHUNK_ROWS]
+            pooled_x[start : start + len(rows_at), :n_ch] = np.eye(n_ch)[code[rows_at]]
+            pooled_x[start : start + len(rows_at), n_ch:] = design[rows_at, 1:]
+        pooled = _ridge_logistic(pooled_x, y[fit_idx], np.zeros(n_ch + n_in), POOLED_RIDGE)
+        del pooled_x
         coef = np.zeros((n_ch + 1, n_in + 1))  # one row per channel, then the pooled row
         coef[n_ch] = np.concatenate([[pooled[:n_ch].mean()], pooled[n_ch:]])
         for j in range(n_ch):
@@ -648,14 +681,21 @@ class ChannelModel(BaseEstimator):
     def _profile_logit(self, frame: pd.DataFrame) -> np.ndarray:
         """Log-odds of engagement from the customer's profile alone (the channel's coefficients;
         the pooled ones for a channel without its own)."""
-        raw = np.clip(
-            _glm_inputs(frame, self.glm_features_, self.population_mix_), self.glm_low_, self.glm_high_
-        )
-        z = (raw - self.glm_mean_) / self.glm_scale_
+        # z = (clip(raw) - mean) / scale in place, and the per-row coefficients a chunk of rows
+        # at a time (the same numbers; one matrix of the rows instead of four)
+        z = _glm_inputs(frame, self.glm_features_, self.population_mix_)
+        np.clip(z, self.glm_low_, self.glm_high_, out=z)
+        z -= self.glm_mean_
+        z /= self.glm_scale_
         code = frame["channel_code"].to_numpy(dtype=np.float64)
         row = np.where(np.isnan(code), len(self.glm_coef_) - 1, np.nan_to_num(code)).astype(np.int64)
-        coef = self.glm_coef_[row]
-        return coef[:, 0] + np.einsum("ij,ij->i", z, coef[:, 1:])
+        out = np.empty(len(row))
+        for start in range(0, len(row), _CHUNK_ROWS):
+            coef = self.glm_coef_[row[start : start + _CHUNK_ROWS]]
+            out[start : start + len(coef)] = coef[:, 0] + np.einsum(
+                "ij,ij->i", z[start : start + len(coef)], coef[:, 1:]
+            )
+        return out
 
     def _engagement_logit(self, frame: pd.DataFrame) -> np.ndarray:
         """Profile log-odds plus the shrunk customer × channel effect r / (info + tau)."""

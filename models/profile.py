@@ -155,15 +155,28 @@ class _Stream:
 
     def __init__(self, codes: np.ndarray, ts_us: np.ndarray, values: np.ndarray | None = None):
         keep = ts_us != NAT_US
-        codes, ts_us = codes[keep].astype(np.int64), ts_us[keep]
-        values = np.ones((len(codes), 1)) if values is None else np.asarray(values, np.float64)[keep]
+        every = bool(keep.all())  # then no masked copies (the events' stream is gigabytes at 1M)
+        codes = (codes if every else codes[keep]).astype(np.int64)
+        ts_us = ts_us if every else ts_us[keep]
+        if values is None:
+            values = np.ones((len(codes), 1))
+        else:
+            values = np.asarray(values, np.float64)
+            values = values if every else values[keep]
         values = values.reshape(len(codes), -1)
         seconds = np.maximum(ts_us // US_PER_SECOND, 0)
         key = (codes << _SECONDS_BITS) | seconds
+        del codes, seconds
         order = np.argsort(key, kind="stable")
         self.key = key[order]
+        del key
         self.ts = ts_us[order]
-        self.cum = np.vstack([np.zeros((1, values.shape[1])), np.cumsum(values[order], axis=0)])
+        # [0; running sums in key order], a column at a time (a running sum is the same numbers
+        # whichever way it is laid out) instead of a sorted copy, the sums and a stacked copy
+        self.cum = np.empty((len(order) + 1, values.shape[1]))
+        self.cum[0] = 0.0
+        for j in range(values.shape[1]):
+            np.cumsum(values[order, j], out=self.cum[1:, j])
 
     def _bounds(self, codes: np.ndarray, t_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # rows of the customer strictly before t's second: leak-free even for ties at t
@@ -236,6 +249,7 @@ class CustomerHistory:
         valid = channel_codes >= 0
         onehot[np.flatnonzero(valid), 1 + channel_codes[valid]] = 1.0
         self.events = _Stream(ev_codes, ev_ts, onehot)
+        del onehot
 
         purchase = (events[c.EVENT_TYPE] == "purchase").to_numpy()
         buys = events.loc[purchase]

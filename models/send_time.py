@@ -79,6 +79,7 @@ from sklearn.base import BaseEstimator
 
 from features import columns as c
 from features.customer_features import local_time_parts
+from features.io import rows_before
 from models.base import index_rows, read_model_meta
 
 FORMAT_VERSION = 2
@@ -339,6 +340,10 @@ def _resolve_as_of(events, messages, as_of) -> pd.Timestamp:
     return max(last) + pd.Timedelta(seconds=1)
 
 
+# What `SendTimeModel.fit` reads of the events.
+_EVENT_COLUMNS: tuple[str, ...] = (c.CUSTOMER_ID, c.TS, c.CHANNEL)
+
+
 class SendTimeModel(BaseEstimator):
     """Weekly send-time grids per customer and channel (see the module docstring).
 
@@ -398,8 +403,9 @@ class SendTimeModel(BaseEstimator):
         as_of = _resolve_as_of(events, messages, as_of)
         self.notes_: list[str] = []
         self.as_of_ = as_of
-        ev = None if events is None else events.loc[events[c.TS] < as_of]
-        msgs = None if messages is None else messages.loc[messages[c.SENT_TS] < as_of]
+        # only the columns read below, and no copy of what is all before as_of
+        ev = None if events is None else rows_before(events, c.TS, as_of, _EVENT_COLUMNS)
+        msgs = None if messages is None else rows_before(messages, c.SENT_TS, as_of)
 
         self._fit_customers(ev, msgs, customers)
         active = self._active_hours(ev, msgs)
@@ -602,10 +608,15 @@ class SendTimeModel(BaseEstimator):
             if active_groups:
                 log_post[active] += active_counts @ self._activity_log_likelihood(active_groups)
             if response is not None:
+                # messages × profiles arrays are gigabytes at a million customers: the terms are
+                # computed in place (the same float32 operations, fewer such arrays at once)
                 eta = self._message_logit(response)
                 softplus = np.logaddexp(np.float32(0), eta)
-                log_post += response["to_customer"] @ (response["y32"] * eta - softplus)
-                p_open = np.exp(eta - softplus)
+                term = response["y32"] * eta
+                term -= softplus
+                log_post += response["to_customer"] @ term
+                del term
+                p_open = np.exp(np.subtract(eta, softplus, out=eta), out=eta)
                 del eta, softplus
             total = _logsumexp(log_post)
             posterior = np.exp(log_post - total[:, None])
@@ -622,6 +633,7 @@ class SendTimeModel(BaseEstimator):
                 self._m_step_engagement(
                     response, posterior.astype(np.float32)[response["row"]], p_open, kernel
                 )
+                del p_open  # not held through the next E-step
             if converged:
                 break
         self.posterior_ = posterior.astype(np.float32)
@@ -726,9 +738,11 @@ class SendTimeModel(BaseEstimator):
         (linearised: r -= info * change), so no layer re-absorbs what another just took."""
         rows, ch, hours, days = (response[k] for k in ("row", "channel", "hour", "day"))
         n_ch = len(self.alpha_)
-        residual = weights * (response["y32"] - p_open)  # messages × profiles
+        # messages × profiles, in place (the same float32 products; `weights` is this call's own)
+        residual = response["y32"] - p_open
+        residual *= weights
         info = weights * p_open
-        info *= 1 - p_open
+        info *= np.subtract(1, p_open, out=weights)
         del weights
         # alpha per channel and the coefficients: a Newton step on the expected log-likelihood.
         # Its sums are taken block by block (the products are float32, as the arrays are), so that

@@ -60,7 +60,7 @@ from features import columns as c
 from features.codes import positions
 from features.contract import DEFAULT_CHANNELS
 from features.interactions import build_interactions
-from features.io import Tables
+from features.io import Tables, rows_before
 from models import rules
 from models.als import ALSScorer
 from models.base import read_model_meta
@@ -277,7 +277,7 @@ class TwoStageRecommender:
             warm_stage.as_of_ != label_start or warm_stage.get_params() != self.get_params()
         ):
             raise ValueError("warm_stage must share the parameters and be fitted as of as_of - label_days")
-        with fit_pool(2) as pool:
+        with fit_pool(2, rows=len(events)) as pool:
             # the sources on all history do not depend on the ranker (nor it on them): with a
             # second core they are fitted beside it; the same model either way
             sources = pool.submit(self._fit_sources, events, products, customers, as_of) if pool else None
@@ -337,7 +337,7 @@ class TwoStageRecommender:
     ) -> TwoStageRecommender:
         """Everything but the ranker, from events strictly before `as_of`."""
         self.as_of_ = pd.Timestamp(as_of)
-        ev = events[events[c.TS] < as_of]
+        ev = rows_before(events, c.TS, as_of, _SOURCE_COLUMNS)
         self._fit_catalogue(ev, products)
         interactions = build_interactions(
             ev, product_ids=self.product_ids_, as_of=as_of, half_life_days=self.half_life_days
@@ -369,6 +369,12 @@ class TwoStageRecommender:
             self.cycles_estimated_ = False
         self._fit_customers(ev, customers)
         self._index()
+        baskets = basket_matrix(ev, self.product_ids_)
+        segment_of = pd.Series(self.customer_segment_, index=self.customer_ids_)
+        self.popularity_ = SegmentChannelPopularity(
+            window_days=self.popularity_days, trend_days=self.trend_days
+        ).fit(ev, self.product_ids_, segment_of[segment_of >= 0], len(self.segments_), self.channels_, as_of)
+        del ev, interactions, place  # the fits below read none of them: free the copy of the history
 
         self.als_ = ALSScorer(
             factors=self.factors,
@@ -383,12 +389,9 @@ class TwoStageRecommender:
             l2=self.ease_l2, max_items=self.ease_max_items, n_neighbours=self.ease_neighbours
         ).fit(self.user_items_)
         self.cooc_ = CoOccurrenceScorer(n_neighbours=self.cooc_neighbours, shrinkage=self.cooc_shrinkage).fit(
-            basket_matrix(ev, self.product_ids_)
+            baskets
         )
-        segment_of = pd.Series(self.customer_segment_, index=self.customer_ids_)
-        self.popularity_ = SegmentChannelPopularity(
-            window_days=self.popularity_days, trend_days=self.trend_days
-        ).fit(ev, self.product_ids_, segment_of[segment_of >= 0], len(self.segments_), self.channels_, as_of)
+        del baskets
         seen = np.diff(self.user_items_.tocsc().indptr) > 0
         self.item_is_new_ = ~seen
         self.content_ = NewProductScorer().fit(
@@ -1441,6 +1444,12 @@ class _ColdOne(NamedTuple):
 
     segment: int
     block: np.ndarray
+
+
+# What the sources read of the events (`_fit_sources` and what it calls); the other columns
+# (amounts, quantities, stores, a retailer's extras) are left out of its copy of the history
+# (`features.io.rows_before`: no copy at all when the history is all of the events).
+_SOURCE_COLUMNS: tuple[str, ...] = (c.CUSTOMER_ID, c.TS, c.CHANNEL, c.EVENT_TYPE, c.PRODUCT_ID, c.ORDER_ID)
 
 
 def _parts(tables, products, customers):

@@ -420,7 +420,7 @@ def test_the_refit_on_its_own_thread_is_the_sequential_refit(world, monkeypatch)
     tables = Tables(events=events, products=products, customers=customers)
     config = RecsConfig(test_days=28, two_stage={k: v for k, v in FAST.items() if k != "random_state"})
     threaded, threaded_metrics, _ = train_two_stage(tables, config)
-    monkeypatch.setattr(recs, "fit_pool", lambda workers: nullcontext(None))  # one thread
+    monkeypatch.setattr(recs, "fit_pool", lambda workers, rows=None: nullcontext(None))  # one thread
     alone, alone_metrics, _ = train_two_stage(tables, config)
 
     def scores(metrics):  # everything but the seconds each model took

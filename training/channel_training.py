@@ -34,8 +34,8 @@ from scipy.stats import norm
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from features import columns as c
-from features.io import Tables
-from models.channel import PROBABILITY, ChannelModel, engagement_ts
+from features.io import Tables, rows_before
+from models.channel import EVENT_COLUMNS, PROBABILITY, ChannelModel, engagement_ts
 from models.fitting import fit_pool
 from models.send_time import HOURS, SendTimeModel, engaged_before, local_slots
 
@@ -264,7 +264,8 @@ def evaluate_channel_and_send_time(
     data_end = data_end + pd.Timedelta(seconds=1)
     data["split_time"] = split.isoformat()
 
-    before = None if events is None else events.loc[events[c.TS] < split]
+    # the columns both models read (send time: a subset), copied once for both
+    before = None if events is None else rows_before(events, c.TS, split, EVENT_COLUMNS)
     train_messages = messages.loc[messages[c.SENT_TS] < split] if has_messages else None
     if (before is None or before.empty) and (train_messages is None or train_messages.empty):
         notes.append(
@@ -363,6 +364,11 @@ def evaluate_channel_and_send_time(
 
 # ----------------------------------------------------------------------------------------------
 # training
+def _rows(tables: Tables) -> int:
+    """Event and message rows: what the evaluation and the refit each read (and copy parts of)."""
+    return sum(len(frame) for frame in (tables.events, tables.messages) if frame is not None)
+
+
 def train_channel_and_send_time(
     tables: Tables,
     as_of: pd.Timestamp | None = None,
@@ -406,7 +412,7 @@ def train_channel_and_send_time(
     # The evaluation's models and the refit are independent and seeded: with a second core, the
     # refit runs beside the evaluation (numpy, pandas and LightGBM release the GIL for their heavy
     # parts), and the models are the ones a sequential run gives.
-    with fit_pool(2 if evaluate else 1) as pool:
+    with fit_pool(2 if evaluate else 1, rows=_rows(tables)) as pool:
         refitted = pool.submit(refit) if pool is not None else None
         if evaluate:
             metrics, data, notes = evaluate_channel_and_send_time(tables, config)

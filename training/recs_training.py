@@ -84,9 +84,14 @@ def time_split(events: pd.DataFrame, test_days: int) -> tuple[pd.Timestamp, pd.D
     last event, which is also the default `as_of` of a full refit, so the refit's label window
     starts exactly at the split (one microsecond later than `training.train.time_split`).
     """
-    split_time = events[c.TS].max() + pd.Timedelta(microseconds=1) - pd.Timedelta(days=test_days)
+    split_time = split_time_of(events, test_days)
     before = events[c.TS] < split_time
     return split_time, events[before], events[~before]
+
+
+def split_time_of(events: pd.DataFrame, test_days: int) -> pd.Timestamp:
+    """`time_split`'s split time: (last event + 1 µs) - test_days."""
+    return events[c.TS].max() + pd.Timedelta(microseconds=1) - pd.Timedelta(days=test_days)
 
 
 def catalogue(tables: Tables) -> tuple[np.ndarray, np.ndarray]:
@@ -234,8 +239,14 @@ def train_two_stage(
     config = config or RecsConfig()
     started = time.perf_counter()
     events = tables.events
-    split_time, train_ev, test_ev = time_split(events, config.test_days)
-    if train_ev.empty or test_ev.empty:
+    # the history before the split is not copied (at a million customers a copy of the events is
+    # gigabytes): the baselines' matrix reads it through a mask, the "bought before" pairs are
+    # taken from the purchases only
+    split_time = split_time_of(events, config.test_days)
+    before = (events[c.TS] < split_time).to_numpy()
+    n_train = int(before.sum())
+    test_ev = events.loc[~before, [c.CUSTOMER_ID, c.EVENT_TYPE, c.PRODUCT_ID]]
+    if n_train == 0 or test_ev.empty:
         raise ValueError(
             f"events span too short for a {config.test_days}-day test window "
             f"({events[c.TS].min()} .. {events[c.TS].max()}): use a shorter test window"
@@ -249,7 +260,12 @@ def train_two_stage(
     )
     timings["two_stage_fit"] = time.perf_counter() - tick
 
-    relevant = window_purchases(train_ev, test_ev, new_only=True)
+    train_buys = events.loc[
+        before & (events[c.EVENT_TYPE] == "purchase").to_numpy(dtype=bool, na_value=False),
+        [c.CUSTOMER_ID, c.EVENT_TYPE, c.PRODUCT_ID],
+    ]
+    relevant = window_purchases(train_buys, test_ev, new_only=True)
+    del before
     if relevant.empty:
         raise ValueError("no purchases of new products in the test window: nothing to evaluate")
 
@@ -262,12 +278,16 @@ def train_two_stage(
 
     # The refit only reads the split model: with a second core it runs beside the baselines and
     # the evaluation (ALS, EASE, numpy and LightGBM release the GIL), the same models either way.
-    with fit_pool(2 if config.refit else 1) as pool:
+    with fit_pool(2 if config.refit else 1, rows=len(events)) as pool:
         refitted = pool.submit(refit) if pool is not None and config.refit else None
 
         tick = time.perf_counter()
         train_matrix = build_interactions(
-            train_ev, product_ids=product_ids, as_of=split_time, half_life_days=config.half_life_days
+            events,
+            product_ids=product_ids,
+            as_of=split_time,
+            half_life_days=config.half_life_days,
+            before=split_time,
         )
         shared = shared_als(split_model, train_matrix, config)
         baseline = ProductRecommender(**config.als_params()).fit(train_matrix, inactive, fitted_als=shared)
@@ -290,7 +310,7 @@ def train_two_stage(
         info: dict = {
             "split_time": split_time.isoformat(),
             "test_days": config.test_days,
-            "train_events": int(len(train_ev)),
+            "train_events": n_train,
             "test_events": int(len(test_ev)),
             "catalogue_size": int(len(product_ids)),
             "relevant_pairs": int(len(relevant)),
@@ -302,7 +322,7 @@ def train_two_stage(
         if config.all_purchases:
             models["ranker"] = (split_model, {})
             info["all_purchases"] = evaluate_models(
-                models, window_purchases(train_ev, test_ev, new_only=False), **evaluate
+                models, window_purchases(train_buys, test_ev, new_only=False), **evaluate
             )
         timings["evaluation"] = time.perf_counter() - tick
         info["two_stage_training"] = split_model.training_info_

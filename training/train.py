@@ -7,6 +7,7 @@ Nothing is registered unless every step before registration succeeded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -105,6 +106,24 @@ def recommender_params(config: TrainConfig) -> dict:
     }
 
 
+# Columns of the contract that no model reads (ids of rows, stores, campaigns): left out of the
+# frames kept in memory for the whole run (at a million customers, about a gigabyte of strings).
+UNREAD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": (c.STORE_ID,),
+    "messages": (c.MESSAGE_ID, c.CAMPAIGN_ID),
+}
+
+
+def without_unread_columns(tables: Tables) -> Tables:
+    """`tables` without `UNREAD_COLUMNS` (the frames are not copied: pandas' copy-on-write)."""
+    changes = {}
+    for name, columns in UNREAD_COLUMNS.items():
+        frame = getattr(tables, name)
+        if frame is not None and any(col in frame.columns for col in columns):
+            changes[name] = frame.drop(columns=[col for col in columns if col in frame.columns])
+    return dataclasses.replace(tables, **changes) if changes else tables
+
+
 def data_summary(tables: Tables) -> dict:
     ev = tables.events
     return {
@@ -154,7 +173,7 @@ def run_training(
         tables = load_tables(
             data_dir, contract or ContractConfig()
         )  # raises DataValidationError: nothing logged
-        tables = stitch_identities(tables)
+        tables = without_unread_columns(stitch_identities(tables))
     progress.update()
 
     client = setup_tracking(tracking_uri)
@@ -171,8 +190,14 @@ def run_training(
             mlflow.set_tags({"dask.scheduler": cluster.address, "dask.workers": len(cluster.workers())})
             notes.append(distributed.LOCAL_FIT_NOTE)
 
+        # the customer features are only logged (at registration): written to a scratch file now
+        # instead of held in memory through every later stage (hundreds of MB at 1M customers)
+        scratch = tempfile.TemporaryDirectory(prefix="omni-train-features-")
+        feat_path = Path(scratch.name) / "customer_features.parquet"
         with step("features"):
             features = distributed.build_customer_features(tables.events, tables.customers, tables.products)
+            features.to_parquet(feat_path, index=False)
+            del features
         progress.update()
 
         with step("recommender"):
@@ -207,9 +232,8 @@ def run_training(
         mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items() if np.isfinite(v)})
 
         with step("register"), tempfile.TemporaryDirectory(prefix="omni-train-") as tmp:
-            feat_path = Path(tmp) / "customer_features.parquet"
-            features.to_parquet(feat_path, index=False)
             mlflow.log_artifact(str(feat_path), artifact_path="features")
+            scratch.cleanup()
             decisions = []
 
             version = log_recommender_model(rec.save(Path(tmp) / "recommender"), config.registered_name)
