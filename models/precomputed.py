@@ -93,18 +93,11 @@ class PrecomputedLists:
         self.scores_ = _joined(parts, "scores", np.float64)
         self.reserved_ = _joined(parts, "reserved", bool)
         # each part numbers its own reason strings: renumber them into one table
-        self.reason_codes_ = _joined(
-            [
-                {
-                    "codes": np.array(
-                        [reasons.setdefault(r, len(reasons)) for r in p["reasons"]], dtype=np.int32
-                    )[p["codes"]]
-                }
-                for p in parts
-            ],
-            "codes",
-            np.int32,
-        )
+        renumbered = [
+            np.array([reasons.setdefault(r, len(reasons)) for r in p["reasons"]], dtype=np.int32)[p["codes"]]
+            for p in parts
+        ]
+        self.reason_codes_ = np.concatenate(renumbered) if renumbered else np.zeros(0, dtype=np.int32)
         self.reasons_ = list(reasons)
         self.fingerprint_ = model_fingerprint(recommender)
         self.build_seconds_ = time.perf_counter() - started + sum(p["seconds"] for p in parts)
@@ -162,10 +155,10 @@ class PrecomputedLists:
         """Rows of the customers to store: with history, most recent purchase first."""
         rows = np.flatnonzero(recommender.customer_has_history_)
         ages = recommender.last_age_days_
-        counts = np.diff(ages.indptr)
-        newest = np.full(ages.shape[0], np.inf)
-        has = counts > 0
-        newest[has] = np.minimum.reduceat(ages.data, ages.indptr[:-1][has]) if has.any() else newest[has]
+        newest = np.full(ages.shape[0], np.inf)  # days since the last purchase
+        has = np.diff(ages.indptr) > 0
+        if has.any():
+            newest[has] = np.minimum.reduceat(ages.data, ages.indptr[:-1][has])
         rows = rows[np.lexsort((rows, newest[rows]))]
         if self.max_customers is not None:
             rows = rows[: max(0, int(self.max_customers))]
