@@ -81,6 +81,7 @@ from features import columns as c
 from features.customer_features import local_time_parts
 from features.io import rows_before
 from models.base import index_rows, read_model_meta
+from models.em_kernels import add_message_log_likelihood, customer_starts, engagement_sums, info_dot
 
 FORMAT_VERSION = 2
 _READABLE_FORMATS = (1, 2)  # format 1 (learned profile shapes) scores the same way
@@ -111,7 +112,6 @@ SEGMENT_PRIOR_COUNT = 20.0
 _MAX_LOG_DENSITY = 4.0  # |log density ratio| is clipped here: an empty hour is not infinitely bad
 _MIN_SIGMA2, _MAX_SIGMA2 = 1e-4, 4.0
 _SCORE_CHUNK = 1024  # customers per block when building grids (block = chunk × profiles × 168)
-_MESSAGE_CHUNK = 65536  # messages per block in EM (a block's temporaries: block × profiles)
 
 
 def slot_index(weekdays, hours) -> np.ndarray:
@@ -568,20 +568,12 @@ class SendTimeModel(BaseEstimator):
             self.notes_.append("every message has the same outcome: timing is learned from activity alone")
             response = None
         if response is not None:
-            rows, y = response["row"], response["y"]
-            response["to_customer"] = sparse.csr_matrix(
-                (np.ones(len(rows), dtype=np.float32), (rows, np.arange(len(rows)))), shape=(n, len(rows))
-            )
-            response["to_hour"] = sparse.csr_matrix(
-                (np.ones(len(rows), dtype=np.float32), (response["hour"], np.arange(len(rows)))),
-                shape=(HOURS, len(rows)),
-            )
-            response["log_day"] = log_day[rows, response["day"]]
-            response["y32"] = y[:, None].astype(np.float32)
-            # blocks of messages: the temporaries of a block (block × profiles) stay small
-            response["blocks"] = [
-                (lo, min(lo + _MESSAGE_CHUNK, len(rows))) for lo in range(0, len(rows), _MESSAGE_CHUNK)
-            ]
+            # messages in customer order: the EM kernels sum each customer's run of messages
+            order = np.argsort(response["row"], kind="stable")
+            response = {key: values[order] for key, values in response.items()}
+            response["starts"] = customer_starts(response["row"], n)
+            response["log_day"] = log_day[response["row"], response["day"]]
+            y = response["y"]
             sent = np.bincount(response["channel"], minlength=n_ch)
             rate = np.bincount(response["channel"], weights=y, minlength=n_ch) / np.maximum(sent, 1)
             rate = np.clip(rate, 1e-3, 1 - 1e-3)
@@ -608,16 +600,14 @@ class SendTimeModel(BaseEstimator):
             if active_groups:
                 log_post[active] += active_counts @ self._activity_log_likelihood(active_groups)
             if response is not None:
-                # messages × profiles arrays are gigabytes at a million customers: the terms are
-                # computed in place (the same float32 operations, fewer such arrays at once)
-                eta = self._message_logit(response)
-                softplus = np.logaddexp(np.float32(0), eta)
-                term = response["y32"] * eta
-                term -= softplus
-                log_post += response["to_customer"] @ term
-                del term
-                p_open = np.exp(np.subtract(eta, softplus, out=eta), out=eta)
-                del eta, softplus
+                add_message_log_likelihood(
+                    response["starts"],
+                    self._message_base(response),
+                    response["hour"],
+                    response["y"],
+                    np.ascontiguousarray(self._profile_lift().T),
+                    log_post,
+                )
             total = _logsumexp(log_post)
             posterior = np.exp(log_post - total[:, None])
             log_likelihood = float(total.sum())
@@ -628,12 +618,7 @@ class SendTimeModel(BaseEstimator):
             self._m_step_activity(active_counts, posterior[active], active_groups, reference, kernel)
             self._m_step_segments(posterior, segment_one_hot)
             if response is not None:
-                # (cast, then gathered: the same float32 values as gathering first, n × profiles
-                # casts instead of messages × profiles)
-                self._m_step_engagement(
-                    response, posterior.astype(np.float32)[response["row"]], p_open, kernel
-                )
-                del p_open  # not held through the next E-step
+                self._m_step_engagement(response, posterior, kernel)
             if converged:
                 break
         self.posterior_ = posterior.astype(np.float32)
@@ -722,72 +707,54 @@ class SendTimeModel(BaseEstimator):
             + self.channel_residual_[ch, day * HOURS + hour]
         )
 
-    def _message_logit(self, response: dict) -> np.ndarray:
-        """Engagement log-odds per message and profile (float32), block by block: the float64 sum
-        is rounded once, as casting the whole float64 array would, without that array."""
-        base = self._message_base(response)
-        lift = self._profile_lift().T  # 24 × profiles
-        eta = np.empty((len(base), lift.shape[1]), dtype=np.float32)
-        for lo, hi in response["blocks"]:
-            np.add(base[lo:hi, None], lift[response["hour"][lo:hi]], out=eta[lo:hi], casting="unsafe")
-        return eta
-
-    def _m_step_engagement(self, response: dict, weights: np.ndarray, p_open: np.ndarray, kernel) -> None:
+    def _m_step_engagement(self, response: dict, posterior: np.ndarray, kernel) -> None:
         """One pass over the engagement parameters, each a Newton step from the E-step's
         probabilities, updated in turn; the residuals carry each step's effect to the next
-        (linearised: r -= info * change), so no layer re-absorbs what another just took."""
+        (linearised: r -= info * change), so no layer re-absorbs what another just took.
+        The sums over (message, profile) cells come from `em_kernels`, without any messages ×
+        profiles array."""
         rows, ch, hours, days = (response[k] for k in ("row", "channel", "hour", "day"))
+        starts, log_day = response["starts"], response["log_day"]
         n_ch = len(self.alpha_)
-        # messages × profiles, in place (the same float32 products; `weights` is this call's own)
-        residual = response["y32"] - p_open
-        residual *= weights
-        info = weights * p_open
-        info *= np.subtract(1, p_open, out=weights)
-        del weights
-        # alpha per channel and the coefficients: a Newton step on the expected log-likelihood.
-        # Its sums are taken block by block (the products are float32, as the arrays are), so that
-        # no messages × profiles feature array is built
+        # the probabilities are the E-step's: base and lift before this step moves them
+        base = self._message_base(response)
+        lift = np.ascontiguousarray(self._profile_lift().T)  # 24 × profiles
         relative, log_density = self._hour_features()
-        features = [relative.astype(np.float32), log_density.astype(np.float32)]  # profiles × 24
-        by_hour32 = [f.T for f in features]  # 24 × profiles
-        n_feat = len(features)
-        r_row, i_row = np.empty(len(rows)), np.empty(len(rows))
-        sums = [np.empty(len(rows)) for _ in range(n_feat)]
-        grad_f, hess_f = np.zeros(n_feat), np.zeros((n_feat, n_feat))
-        for lo, hi in response["blocks"]:
-            res, inf = residual[lo:hi], info[lo:hi]
-            r_row[lo:hi] = res.sum(axis=1, dtype=np.float64)
-            i_row[lo:hi] = inf.sum(axis=1, dtype=np.float64)
-            feats = [f[hours[lo:hi]] for f in by_hour32]
-            weighted = [inf * f for f in feats]
-            for a in range(n_feat):
-                sums[a][lo:hi] = weighted[a].sum(axis=1, dtype=np.float64)
-                grad_f[a] += float((res * feats[a]).sum(dtype=np.float64))
-                for b in range(a, n_feat):
-                    hess_f[a, b] += float((weighted[a] * feats[b]).sum(dtype=np.float64))
-        hess_f = np.triu(hess_f) + np.triu(hess_f, 1).T
-        step = _newton_direction(r_row, i_row, ch, n_ch, response["log_day"], sums, grad_f, hess_f)
+        features = [relative.T, log_density.T]  # 24 × profiles
+        sums = engagement_sums(
+            starts, base, hours, response["y"], ch, n_ch, log_day, lift, posterior, features
+        )
+        # alpha per channel and the coefficients: a Newton step on the expected log-likelihood
+        step = _newton_direction(
+            sums.r_row, sums.i_row, ch, n_ch, log_day, sums.feature_sums, sums.grad_f, sums.hess_f
+        )
         self.alpha_ = self.alpha_ + step[:n_ch]
         self.coef_ = self.coef_ + step[n_ch:]
-        # the change of each message's log-odds, in float64 then rounded (in this order)
-        level = step[:n_ch][ch] + step[n_ch + 2] * response["log_day"]
-        by_hour = [(step[n_ch + a] * features[a].astype(np.float64)).T for a in range(2)]  # 24 × profiles
-        for lo, hi in response["blocks"]:
-            h = hours[lo:hi]
-            change = level[lo:hi, None] + by_hour[0][h] + by_hour[1][h]
-            residual[lo:hi] -= info[lo:hi] * change.astype(np.float32)
+        # each cell's residual after that step: r - info * (step of its channel + step of log_day
+        # * log_day + the features' steps), summed per hour and profile
+        by_hour = step[n_ch] * features[0] + step[n_ch + 1] * features[1]  # 24 × profiles
+        r_hour = (
+            sums.residual_cell
+            - np.tensordot(step[:n_ch], sums.info_channel_cell[:n_ch], axes=1)
+            - step[n_ch + 2] * sums.info_day_cell
+            - sums.info_cell * by_hour
+        )
 
         # what the activity shape does not explain, per profile and hour (shrunk, smoothed)
-        r_cell = (response["to_hour"] @ residual).T.astype(np.float64) @ kernel.T  # profiles × 24
-        i_cell = (response["to_hour"] @ info).T.astype(np.float64) @ kernel.T
+        r_cell = r_hour.T @ kernel.T  # profiles × 24
+        i_cell = sums.info_cell.T @ kernel.T
         new = eb_newton_step(r_cell + i_cell * self.profile_residual_, i_cell)[0]
-        moved = (new - self.profile_residual_).astype(np.float32).T  # 24 × profiles
+        moved = (new - self.profile_residual_).T  # 24 × profiles
         self.profile_residual_ = new
-        r_msg, i_msg = np.empty(len(rows)), i_row
-        for lo, hi in response["blocks"]:
-            residual[lo:hi] -= info[lo:hi] * moved[hours[lo:hi]]
-            r_msg[lo:hi] = residual[lo:hi].sum(axis=1, dtype=np.float64)
-        del residual, info
+        level = step[:n_ch][ch] + step[n_ch + 2] * log_day
+        r_msg = (
+            sums.r_row
+            - level * sums.i_row
+            - step[n_ch] * sums.feature_sums[0]
+            - step[n_ch + 1] * sums.feature_sums[1]
+            - info_dot(starts, base, hours, lift, posterior, moved)
+        )
+        i_msg = sums.i_row
 
         # per-message layers: customer × channel level, customer × weekday, channel × slot
         for name, cell, shape in (
