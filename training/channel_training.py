@@ -645,7 +645,10 @@ def _log_pyfunc(wrapper: Path, kind: str, folder: Path, registered_name: str) ->
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{n}=={version(n)}" for n in ("numpy", "pandas", "scipy", "scikit-learn", "lightgbm", "mlflow")]
+    return [
+        f"{n}=={version(n)}"
+        for n in ("numpy", "pandas", "scipy", "scikit-learn", "lightgbm", "numba", "mlflow")
+    ]
 
 
 def load_champion_channel_model(tracking_uri: str, name: str = REGISTERED_CHANNEL, alias: str = "champion"):
