@@ -59,14 +59,20 @@ def fits_locally() -> bool:
 
 
 @contextmanager
-def fit_pool(workers: int | None, rows: int | None = None) -> Iterator[ThreadPoolExecutor | None]:
+def fit_pool(
+    workers: int | None, rows: int | None = None, row_weight: float = 1.0
+) -> Iterator[ThreadPoolExecutor | None]:
     """A pool of `workers` threads for independent, seeded fits, or None (fit one at a time) for
     a single worker, while fits go to the Dask cluster, or when the fits read more than
     `side_by_side_max_rows()` input `rows` (their working sets would be held at once). LightGBM
     releases the GIL, so two single-threaded fits use both cores of the reference machine; the
-    models do not depend on it."""
+    models do not depend on it.
+
+    `row_weight`: the fits' working set per input row relative to the channel and send-time
+    family's, for which the limit was set (the two-stage recommender's pair holds about a quarter
+    as much per event: `rows * row_weight` is compared with the limit)."""
     workers = max(1, int(workers or 1)) if fits_locally() else 1
-    if rows is not None and rows > side_by_side_max_rows():
+    if rows is not None and rows * row_weight > side_by_side_max_rows():
         workers = 1
     if workers == 1:
         yield None

@@ -73,3 +73,8 @@ def test_fit_pool_runs_big_fits_one_at_a_time(monkeypatch):
         assert pool is None
     with fitting.fit_pool(2, rows=100) as pool:
         assert pool is not None
+    # a lighter working set per row (the two-stage sources) stays side by side for longer
+    with fitting.fit_pool(2, rows=400, row_weight=0.25) as pool:
+        assert pool is not None
+    with fitting.fit_pool(2, rows=401, row_weight=0.25) as pool:
+        assert pool is None
