@@ -840,6 +840,12 @@ class ChannelModel(BaseEstimator):
         scored[c.RANK] = scored.groupby(c.CUSTOMER_ID, sort=False).cumcount().astype(np.int64) + 1
         return scored[[c.CUSTOMER_ID, c.CHANNEL, c.RANK, PROBABILITY, CONVERSION_PROBABILITY, FALLBACK]]
 
+    def count_without_channel(self) -> int:
+        """How many known customers get no channel at all: the rows of `no_channel_reasons()`,
+        without building their texts."""
+        reachable = self.allowed_channels(self.customer_ids_)[c.CUSTOMER_ID].nunique()
+        return len(np.unique(self.customer_ids_)) - int(reachable)
+
     def no_channel_reasons(self, customer_ids=None) -> pd.DataFrame:
         """Why customers get no channel at all: customer_id, reason (only customers without one)."""
         ids = pd.Series(

@@ -109,6 +109,7 @@ def test_no_consent_anywhere_is_an_answer_not_an_error(model):
     assert "unknown customer" in reasons["ghost"]
     assert model.no_channel_reason("c010") is None
     assert model.rank_channels(["none1"]).empty
+    assert model.count_without_channel() == len(model.no_channel_reasons()) > 0
 
 
 def test_without_consent_table_every_message_channel_is_allowed(hand_made):
@@ -267,6 +268,43 @@ def test_the_refit_beside_the_evaluation_gives_the_sequential_models(trained_sma
     pd.testing.assert_frame_equal(
         alone.channel_model.rank_channels(), trained_small.channel_model.rank_channels()
     )
+
+
+def test_evaluation_sample_keeps_every_row_of_a_seeded_set_of_customers(generated_data):
+    from features.identity import stitch_identities
+    from features.io import load_tables
+    from training.channel_training import evaluation_sample
+
+    tables = stitch_identities(load_tables(generated_data))
+    sample, population = evaluation_sample(tables, 300, random_state=3)
+    assert population == len(set(tables.customers[c.CUSTOMER_ID]) | set(tables.events[c.CUSTOMER_ID]))
+    chosen = set(sample.customers[c.CUSTOMER_ID]) | set(sample.events[c.CUSTOMER_ID])
+    assert len(chosen) == 300
+    for name in ("events", "messages", "consent", "identities", "customers"):
+        full, part = getattr(tables, name), getattr(sample, name)
+        assert set(part[c.CUSTOMER_ID]) <= chosen
+        # every row of the chosen customers, none of the others
+        pd.testing.assert_frame_equal(part, full.loc[full[c.CUSTOMER_ID].isin(chosen)])
+    again, _ = evaluation_sample(tables, 300, random_state=3)
+    pd.testing.assert_frame_equal(again.events, sample.events)
+    other, _ = evaluation_sample(tables, 300, random_state=4)
+    assert set(other.customers[c.CUSTOMER_ID]) != set(sample.customers[c.CUSTOMER_ID])
+    for cap in (None, 0, population):
+        whole, none = evaluation_sample(tables, cap, random_state=3)
+        assert whole is tables and none is None
+
+
+def test_sampled_evaluation_says_so(generated_data):
+    from features.identity import stitch_identities
+    from features.io import load_tables
+    from training.channel_training import ChannelTrainingConfig, evaluate_channel_and_send_time
+
+    tables = stitch_identities(load_tables(generated_data))
+    config = ChannelTrainingConfig(test_days=60, max_eval_customers=400)
+    metrics, _, notes = evaluate_channel_and_send_time(tables, config)
+    assert metrics["channel.evaluation_customers"] == 400
+    assert any("random sample of 400 of 800 customers" in note for note in notes)
+    assert np.isfinite(metrics["channel.engagement_auc"]) and np.isfinite(metrics["send_time.heldout_auc"])
 
 
 def test_registration_in_mlflow(trained_small, tracking_uri):

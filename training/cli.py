@@ -113,6 +113,14 @@ def validate(data_dir: Path, channels: str | None) -> None:
 )
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option(
+    "--channel-eval-customers",
+    type=click.IntRange(min=0),
+    default=250_000,
+    show_default=True,
+    help="Fit and score the channel and send-time evaluation on a seeded sample of this many customers "
+    "when there are more (0: all). The registered models are always fitted on every customer.",
+)
+@click.option(
     "--promotion-margin",
     type=float,
     default=0.0,
@@ -127,7 +135,16 @@ def validate(data_dir: Path, channels: str | None) -> None:
     "ALS/EASE stay on this machine. Default: one process.",
 )
 def train(
-    data_dir, tracking_uri, channels, test_days, factors, iterations, seed, promotion_margin, dask_scheduler
+    data_dir,
+    tracking_uri,
+    channels,
+    test_days,
+    factors,
+    iterations,
+    seed,
+    channel_eval_customers,
+    promotion_margin,
+    dask_scheduler,
 ) -> None:
     """Validate, build features, evaluate on a time split, refit on all data, register.
 
@@ -144,6 +161,7 @@ def train(
         factors=factors,
         iterations=iterations,
         random_state=seed,
+        channel_eval_customers=channel_eval_customers,
         promotion_margin=promotion_margin,
     )
     try:
