@@ -46,7 +46,9 @@ def _ranges(starts: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _threads() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
+    """The cores this process may run on (the affinity mask where the system has one), at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
 
 
 def _run(kernel, starts: np.ndarray, *args) -> None:
