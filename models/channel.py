@@ -844,7 +844,7 @@ class ChannelModel(BaseEstimator):
         """How many known customers get no channel at all: the rows of `no_channel_reasons()`,
         without building their texts."""
         reachable = self.allowed_channels(self.customer_ids_)[c.CUSTOMER_ID].nunique()
-        return len(np.unique(self.customer_ids_)) - int(reachable)
+        return len(self.customer_ids_) - int(reachable)  # customer_ids_: unique, from _snapshot
 
     def no_channel_reasons(self, customer_ids=None) -> pd.DataFrame:
         """Why customers get no channel at all: customer_id, reason (only customers without one)."""

@@ -601,13 +601,12 @@ class SendTimeModel(BaseEstimator):
             if active_groups:
                 log_post[active] += active_counts @ self._activity_log_likelihood(active_groups)
             if response is not None:
+                # the engagement parameters stay as they are until the M-step's engagement step,
+                # which reads the same per-message base and hour lift
+                base = self._message_base(response)
+                lift = np.ascontiguousarray(self._profile_lift().T)  # 24 × profiles
                 add_message_log_likelihood(
-                    response["starts"],
-                    self._message_base(response),
-                    response["hour"],
-                    response["y"],
-                    np.ascontiguousarray(self._profile_lift().T),
-                    log_post,
+                    response["starts"], base, response["hour"], response["y"], lift, log_post
                 )
             total = _logsumexp(log_post)
             posterior = np.exp(log_post - total[:, None])
@@ -619,7 +618,7 @@ class SendTimeModel(BaseEstimator):
             self._m_step_activity(active_counts, posterior[active], active_groups, reference, kernel)
             self._m_step_segments(posterior, segment_one_hot)
             if response is not None:
-                self._m_step_engagement(response, posterior, kernel)
+                self._m_step_engagement(response, posterior, kernel, base, lift)
             if converged:
                 break
         self.posterior_ = posterior.astype(np.float32)
@@ -708,18 +707,18 @@ class SendTimeModel(BaseEstimator):
             + self.channel_residual_[ch, day * HOURS + hour]
         )
 
-    def _m_step_engagement(self, response: dict, posterior: np.ndarray, kernel) -> None:
+    def _m_step_engagement(
+        self, response: dict, posterior: np.ndarray, kernel, base: np.ndarray, lift: np.ndarray
+    ) -> None:
         """One pass over the engagement parameters, each a Newton step from the E-step's
         probabilities, updated in turn; the residuals carry each step's effect to the next
         (linearised: r -= info * change), so no layer re-absorbs what another just took.
         The sums over (message, profile) cells come from `em_kernels`, without any messages ×
-        profiles array."""
+        profiles array; `base` and `lift` (24 × profiles) are the E-step's, from which its
+        probabilities came."""
         rows, ch, hours, days = (response[k] for k in ("row", "channel", "hour", "day"))
         starts, log_day = response["starts"], response["log_day"]
         n_ch = len(self.alpha_)
-        # the probabilities are the E-step's: base and lift before this step moves them
-        base = self._message_base(response)
-        lift = np.ascontiguousarray(self._profile_lift().T)  # 24 × profiles
         relative, log_density = self._hour_features()
         features = [relative.T, log_density.T]  # 24 × profiles
         sums = engagement_sums(
