@@ -47,7 +47,8 @@ IS_ACTIVE = "is_active"
 # offers
 KIND = "kind"
 VALUE = "value"
-COST = "cost"
+COST = "cost"  # currency per redemption (what a campaign system records)
+DURATION_DAYS = "duration_days"  # optional validity: the conversion window of a message carrying it
 
 # derived tables (features, recommendations)
 WEIGHT = "weight"
@@ -64,3 +65,6 @@ ONLINE_ONLY = "online_only"
 
 # derived customer attributes
 SEGMENT = "segment"
+# customers columns named `attr.<name>` are free customer attributes (age, income, ...), imported
+# with `omni import --map customers.attr.<name>=Column`; models may read them as features
+ATTRIBUTE_PREFIX = "attr."

@@ -44,7 +44,13 @@ FLOAT = "float"
 INT = "int"
 BOOL = "bool"
 CHANNEL_KIND = "channel"  # a string from ContractConfig.channels
+CHANNEL_LIST = "channel_list"  # comma-separated names from ContractConfig.channels (or a list column)
 TIMEZONE_KIND = "timezone"  # an IANA time-zone name
+ATTRIBUTE = "attribute"  # a free customer attribute: numbers stay numbers, anything else is text
+
+# Customers columns named `attr.<name>` (features.columns.ATTRIBUTE_PREFIX) are free customer
+# attributes (age, income band, gender, ...): kept and typed (ATTRIBUTE), may be missing.
+ATTRIBUTE_PREFIX = c.ATTRIBUTE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,9 @@ class ColumnSpec:
     kind: str
     required: bool = True  # the column must be present
     nullable: bool = False  # its values may be missing
-    min_value: float | None = None  # inclusive lower bound for numbers
-    default: object = None  # value used when an optional column is absent
+    min_value: float | None = None  # lower bound for numbers (inclusive unless min_exclusive)
+    default: object = None  # value used when an optional column is absent (or, if nullable, empty)
+    min_exclusive: bool = False  # the bound itself is not allowed (e.g. a duration must be > 0)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,11 @@ class Reference:
     column: str
     target_table: str
     target_column: str
+    # "error": a value found nowhere breaks the contract. "warning": it is kept (e.g. a customer
+    # missing from a customers table that lists only some customers) and counted in one warning.
+    severity: str = "error"
+    # other (table, column) pairs whose values also count as known (when those tables are present)
+    also_in: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,8 @@ class TableSpec:
     references: tuple[Reference, ...] = ()
     required: bool = False
     allow_extra_columns: bool = True  # free attributes are kept as they are
+    # columns whose name starts with this prefix are typed free attributes (kind ATTRIBUTE)
+    attribute_prefix: str | None = None
 
     def column(self, name: str) -> ColumnSpec:
         for col in self.columns:
@@ -106,8 +120,11 @@ EVENTS = TableSpec(
         ColumnSpec(c.ORDER_ID, ID, required=False, nullable=True),
         ColumnSpec(c.STORE_ID, ID, required=False, nullable=True),
     ),
-    # customer ids in events may be canonical ids or source ids that `identities` stitches.
-    references=(Reference(c.PRODUCT_ID, "products", c.PRODUCT_ID),),
+    # Customer ids in events may be canonical ids or source ids that `identities` stitches; a
+    # customers table may list only some customers (see features.validation). A product master may
+    # miss some products sold: they are kept, and completed on load as a derived products table
+    # would have them (features.io.load_tables).
+    references=(Reference(c.PRODUCT_ID, "products", c.PRODUCT_ID, severity="warning"),),
 )
 
 MESSAGES = TableSpec(
@@ -126,7 +143,8 @@ MESSAGES = TableSpec(
     ),
     primary_key=(c.MESSAGE_ID,),
     references=(
-        Reference(c.CUSTOMER_ID, "customers", c.CUSTOMER_ID),
+        # a message to a customer the customers table does not list: still a customer (see events)
+        Reference(c.CUSTOMER_ID, "customers", c.CUSTOMER_ID, severity="warning"),
         Reference(c.OFFER_ID, "offers", c.OFFER_ID),
     ),
 )
@@ -137,8 +155,10 @@ CUSTOMERS = TableSpec(
         ColumnSpec(c.CUSTOMER_ID, ID),
         ColumnSpec(c.TIMEZONE, TIMEZONE_KIND, required=False, default="UTC"),
         ColumnSpec(c.SIGNUP_TS, TIMESTAMP, required=False, nullable=True),
+        ColumnSpec(c.SEGMENT, STR, required=False, nullable=True),  # the retailer's own segment
     ),
     primary_key=(c.CUSTOMER_ID,),
+    attribute_prefix=ATTRIBUTE_PREFIX,
 )
 
 IDENTITIES = TableSpec(
@@ -161,18 +181,33 @@ CONSENT = TableSpec(
         ColumnSpec(c.UPDATED_TS, TIMESTAMP),
     ),
     # several rows per (customer, channel) are a history: the latest updated_ts wins.
-    references=(Reference(c.CUSTOMER_ID, "customers", c.CUSTOMER_ID),),
+    # An opt-in or opt-out for a customer known nowhere is an error: a mistyped id would leave the
+    # real customer's choice unapplied. Customers of events and messages count as known.
+    references=(
+        Reference(
+            c.CUSTOMER_ID,
+            "customers",
+            c.CUSTOMER_ID,
+            also_in=(("events", c.CUSTOMER_ID), ("messages", c.CUSTOMER_ID)),
+        ),
+    ),
 )
 
 PRODUCTS = TableSpec(
     name="products",
     columns=(
         ColumnSpec(c.PRODUCT_ID, ID),
-        ColumnSpec(c.CATEGORY, STR),
-        ColumnSpec(c.PRICE, FLOAT, min_value=0.0),
+        # an empty category is "unknown" (counted in a warning)
+        ColumnSpec(c.CATEGORY, STR, nullable=True, default="unknown"),
+        # a missing price is filled on load from the product's purchases in events (features.io)
+        ColumnSpec(c.PRICE, FLOAT, required=False, nullable=True, min_value=0.0),
         ColumnSpec(c.BRAND, STR, required=False, nullable=True),
         ColumnSpec(c.REPLENISHMENT_DAYS, FLOAT, required=False, nullable=True, min_value=1.0),
         ColumnSpec(c.IS_ACTIVE, BOOL, required=False, default=True),
+        # where the product may be offered (models.rules.channel_eligibility); empty = everywhere
+        ColumnSpec(c.CHANNELS, CHANNEL_LIST, required=False, nullable=True),
+        ColumnSpec(c.STORE_ONLY, BOOL, required=False, nullable=True, default=False),
+        ColumnSpec(c.ONLINE_ONLY, BOOL, required=False, nullable=True, default=False),
     ),
     primary_key=(c.PRODUCT_ID,),
 )
@@ -183,7 +218,9 @@ OFFERS = TableSpec(
         ColumnSpec(c.OFFER_ID, ID),
         ColumnSpec(c.KIND, STR),
         ColumnSpec(c.VALUE, FLOAT, min_value=0.0),
-        ColumnSpec(c.COST, FLOAT, min_value=0.0),
+        ColumnSpec(c.COST, FLOAT, min_value=0.0),  # currency per redemption
+        # validity in days: a message carrying the offer counts a conversion within this many days
+        ColumnSpec(c.DURATION_DAYS, FLOAT, required=False, nullable=True, min_value=0.0, min_exclusive=True),
     ),
     primary_key=(c.OFFER_ID,),
 )

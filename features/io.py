@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +35,10 @@ from features.validation import (
     Problem,
     read_and_validate,
 )
+from features.validation import _isin as is_in
 
 TABLE_NAMES: tuple[str, ...] = tuple(TABLES)
+PRODUCTS_COLUMNS: frozenset[str] = frozenset(col.name for col in PRODUCTS.columns)
 
 # Notes for optional tables that are absent and not derived: what is missing and what it means.
 ABSENT_TABLE_NOTES: dict[str, str] = {
@@ -136,7 +139,18 @@ def read_raw_table(path: str | Path) -> pd.DataFrame:
         try:  # the pyarrow parser is several times faster on large files
             frame = pd.read_csv(path, dtype=str, keep_default_na=True, engine="pyarrow")
         except Exception:  # then let the C parser try, its errors name the line
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True, low_memory=False)
+            with warnings.catch_warnings():
+                # rows longer than the header: pandas would silently take the first cells as an
+                # index (shifting every column) or drop the extra cells; both are errors here
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                try:
+                    frame = pd.read_csv(
+                        path, dtype=str, keep_default_na=True, low_memory=False, index_col=False
+                    )
+                except pd.errors.ParserWarning:
+                    raise ValueError(
+                        f"rows have more cells than the header has columns ({len(header)})"
+                    ) from None
         if len(set(header)) < len(header) and len(header) == len(frame.columns):
             frame.columns = header  # undo pandas' "x.1" renaming of a repeated "x"
         return frame
@@ -226,6 +240,22 @@ def load_tables(data_dir: str | Path, config: ContractConfig = DEFAULT_CONFIG) -
     tables = Tables(**{name: parsed.get(name) for name in TABLE_NAMES})
     tables.notes += [f"{problem.severity}: {problem}" for problem in problems]  # warnings only, by now
 
+    # validation has looked already: only then scan the events again (tens of millions of rows)
+    lacks_products = any((problem.table, problem.column) == ("events", c.PRODUCT_ID) for problem in problems)
+    if tables.products is not None and tables.events is not None and lacks_products:
+        tables.products, added = complete_products(tables.products, tables.events)
+        if added:
+            tables.notes.append(
+                f"products: {added:,} product ids of events are not in the products table; added with "
+                "category 'unknown', price = median amount/quantity of their purchases and is_active True"
+            )
+    if tables.products is not None and tables.events is not None and tables.products[c.PRICE].isna().any():
+        tables.products, from_purchases, from_overall = fill_missing_prices(tables.products, tables.events)
+        tables.notes.append(
+            f"products.price: {from_purchases + from_overall:,} products have no price; "
+            f"{from_purchases:,} take the median amount/quantity of their purchases in events and "
+            f"{from_overall:,} never bought take the median over all purchases"
+        )
     if tables.products is None and tables.events is not None:
         products = derive_products(tables.events)
         if products is None:
@@ -244,17 +274,11 @@ def load_tables(data_dir: str | Path, config: ContractConfig = DEFAULT_CONFIG) -
     return tables
 
 
-def derive_products(events: pd.DataFrame) -> pd.DataFrame | None:
-    """A products table from the product ids seen in events (None when events name no product).
+def purchase_unit_prices(events: pd.DataFrame) -> tuple[pd.Series, float]:
+    """The median unit price (amount / quantity) of each product's purchases, and over all purchases.
 
-    Price is the median unit price (amount / quantity) of the product's purchases, falling back
-    to the median over all purchases, then 0; negative unit prices (refund noise) count as 0.
+    Negative unit prices (refund noise) count as 0; without any purchase the overall median is 0.
     """
-    product_ids = events[c.PRODUCT_ID].dropna().unique()
-    if len(product_ids) == 0:
-        return None
-    product_ids = pd.Series(product_ids, dtype=STRING_DTYPE).sort_values(ignore_index=True)
-
     purchases = events.loc[
         (events[c.EVENT_TYPE] == "purchase")
         & events[c.PRODUCT_ID].notna()
@@ -265,9 +289,61 @@ def derive_products(events: pd.DataFrame) -> pd.DataFrame | None:
     unit_price = (purchases[c.AMOUNT] / purchases[c.QUANTITY]).clip(lower=0.0)
     median_by_product = unit_price.groupby(purchases[c.PRODUCT_ID], sort=False).median()
     overall = float(unit_price.median()) if len(unit_price) else 0.0
-    price = (
-        product_ids.map(median_by_product).astype("float64").fillna(overall if np.isfinite(overall) else 0.0)
-    )
+    return median_by_product, overall if np.isfinite(overall) else 0.0
+
+
+def fill_missing_prices(products: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """`products` with missing prices filled as `derive_products` prices products: the median unit
+    price of the product's purchases, else the median over all purchases (then 0).
+
+    Returns the filled table and how many prices came from the product's own purchases and how
+    many from the overall median. Given prices are kept as they are.
+    """
+    missing = products[c.PRICE].isna()
+    if not missing.any():
+        return products, 0, 0
+    median_by_product, overall = purchase_unit_prices(events)
+    own = products.loc[missing, c.PRODUCT_ID].map(median_by_product).astype("float64")
+    from_purchases = int(own.notna().sum())
+    filled = products[c.PRICE].copy()
+    filled.loc[missing] = own.fillna(overall).to_numpy()
+    return products.assign(**{c.PRICE: filled}), from_purchases, int(missing.sum()) - from_purchases
+
+
+def complete_products(products: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """`products` plus a derived row (as `derive_products` makes) for every product id of events
+    that it lacks; and how many were added. Free columns of the added rows are missing."""
+    in_events = events[c.PRODUCT_ID]
+    # an arrow hash lookup: events may have tens of millions of rows
+    lacking = in_events.notna().to_numpy() & ~is_in(in_events, products[c.PRODUCT_ID])
+    if not lacking.any():
+        return products, 0
+    extra = derive_products(events.loc[lacking])
+    if extra is None:
+        return products, 0
+    extra = extra.reindex(columns=products.columns)
+    for column in products.columns:  # keep the table's dtypes (free columns: missing values)
+        if column not in PRODUCTS_COLUMNS:
+            continue
+        extra[column] = extra[column].astype(products[column].dtype)
+    # never bought: the median over all purchases, as for every derived price (not just these)
+    median_by_product, overall = purchase_unit_prices(events)
+    extra[c.PRICE] = extra[c.PRODUCT_ID].map(median_by_product).astype("float64").fillna(overall)
+    return pd.concat([products, extra], ignore_index=True), len(extra)
+
+
+def derive_products(events: pd.DataFrame) -> pd.DataFrame | None:
+    """A products table from the product ids seen in events (None when events name no product).
+
+    Price is the median unit price (amount / quantity) of the product's purchases, falling back
+    to the median over all purchases, then 0; negative unit prices (refund noise) count as 0.
+    """
+    product_ids = events[c.PRODUCT_ID].dropna().unique()
+    if len(product_ids) == 0:
+        return None
+    product_ids = pd.Series(product_ids, dtype=STRING_DTYPE).sort_values(ignore_index=True)
+    median_by_product, overall = purchase_unit_prices(events)
+    price = product_ids.map(median_by_product).astype("float64").fillna(overall)
 
     derived = {
         c.PRODUCT_ID: product_ids,
@@ -276,6 +352,9 @@ def derive_products(events: pd.DataFrame) -> pd.DataFrame | None:
         c.BRAND: pd.Series(np.nan, index=product_ids.index, dtype=STRING_DTYPE),
         c.REPLENISHMENT_DAYS: pd.Series(np.nan, index=product_ids.index, dtype="float64"),
         c.IS_ACTIVE: pd.Series(True, index=product_ids.index, dtype="bool"),
+        c.CHANNELS: pd.Series(np.nan, index=product_ids.index, dtype=STRING_DTYPE),
+        c.STORE_ONLY: pd.Series(False, index=product_ids.index, dtype="bool"),
+        c.ONLINE_ONLY: pd.Series(False, index=product_ids.index, dtype="bool"),
     }
     # keep the contract's column order, should it change
     return pd.DataFrame({col.name: derived[col.name] for col in PRODUCTS.columns})

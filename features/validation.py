@@ -27,8 +27,10 @@ import pyarrow.compute as pc
 
 from features import columns as c
 from features.contract import (
+    ATTRIBUTE,
     BOOL,
     CHANNEL_KIND,
+    CHANNEL_LIST,
     FILE_SUFFIXES,
     FLOAT,
     ID,
@@ -67,11 +69,19 @@ _OFFSET_AT_END = re.compile(r":\d{2}(?:[.,]\d+)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?
 
 # Customer ids in events, messages and consent may be canonical ids or source ids that
 # `identities` stitches, so references to customers also accept identities.source_id. Events
-# carry no Reference to customers in the contract (an event may come from an unknown id); when
-# a customers table is given, every event customer must still be known to it or to identities.
+# carry no Reference to customers in the contract (an event may come from any id, and the
+# generator's events carry source ids); when a customers table is given, an event customer known
+# neither to it nor to identities is still a customer, with the defaults: a customers table may
+# list only some customers (demographics of a panel), so this is one warning with the count.
 _IMPLICIT_REFERENCES: dict[str, tuple[Reference, ...]] = {
-    "events": (Reference(c.CUSTOMER_ID, "customers", c.CUSTOMER_ID),),
+    "events": (Reference(c.CUSTOMER_ID, "customers", c.CUSTOMER_ID, severity=WARNING),),
 }
+# What a customer missing from the customers table gets (said in the warning).
+CUSTOMER_DEFAULTS = "time zone UTC, no signup date, no segment, attributes missing"
+# What a product of events missing from the products table gets on load (features.io).
+PRODUCT_DEFAULTS = (
+    "category 'unknown', price the median amount/quantity of its purchases, active, sold on every channel"
+)
 
 # STR columns whose values come from a configurable list: (config attribute, severity, label).
 # Unknown event types are only a warning: they are ignored downstream, retailers log many kinds.
@@ -88,7 +98,9 @@ _KIND_NAMES = {
     INT: "whole numbers",
     BOOL: "booleans (true/false, 1/0, yes/no)",
     CHANNEL_KIND: "channel names (strings)",
+    CHANNEL_LIST: "comma-separated channel names (strings) or lists of channel names",
     TIMEZONE_KIND: "IANA time-zone names (strings)",
+    ATTRIBUTE: "numbers or text",
 }
 
 
@@ -295,11 +307,16 @@ def _validate_table(
             if col_spec.nullable and col_spec.default is not None:
                 # an empty cell in a column with a default means the default (e.g. quantity 1 on a view)
                 parsed = parsed.fillna(col_spec.default)
+                if col_spec.kind == BOOL:
+                    parsed = parsed.astype(bool)
             columns[col_spec.name] = parsed
 
     known = {col_spec.name for col_spec in spec.columns}
     for col in raw.columns:
         if col in known:
+            continue
+        if spec.attribute_prefix and isinstance(col, str) and col.startswith(spec.attribute_prefix):
+            columns[col] = _parse_attribute(name, col, spec.attribute_prefix, raw[col], problems)
             continue
         if not spec.allow_extra_columns:
             problems.append(
@@ -315,6 +332,19 @@ def _validate_table(
         _check_event_quantities(frame, problems)
     if name == "messages":
         _check_message_order(frame, problems)
+    if name == "products":
+        _check_channel_flags(frame, problems)
+        if c.CATEGORY in raw.columns and raw[c.CATEGORY].isna().any():
+            empty = raw[c.CATEGORY].isna().to_numpy()
+            problems.append(
+                Problem(
+                    name,
+                    c.CATEGORY,
+                    int(np.flatnonzero(empty)[0]),
+                    f"{int(empty.sum()):,} product(s) have no category: category 'unknown'",
+                    WARNING,
+                )
+            )
     return frame
 
 
@@ -362,7 +392,9 @@ def _parse_column(
             )
         )
 
-    if kind in (ID, STR, CHANNEL_KIND, TIMEZONE_KIND):
+    if kind == CHANNEL_LIST:
+        parsed = _parse_channel_list(raw, config, report, wrong_type_column)
+    elif kind in (ID, STR, CHANNEL_KIND, TIMEZONE_KIND):
         parsed = _parse_text(raw, kind, report, wrong_type_column)
         if kind == CHANNEL_KIND:
             allowed = ", ".join(config.channels)
@@ -389,7 +421,15 @@ def _parse_column(
             )
     elif kind in (FLOAT, INT):
         parsed = _parse_number(raw, kind, report, wrong_type_column)
-        if col_spec.min_value is not None:
+        if col_spec.min_value is not None and col_spec.min_exclusive:
+            minimum = col_spec.min_value
+            below = (parsed <= minimum).to_numpy(dtype=bool, na_value=False)
+            report(
+                below,
+                lambda row: f"{column} {_show(parsed.iloc[row])} must be > {minimum:g}",
+                f"{column} not above {minimum:g}",
+            )
+        elif col_spec.min_value is not None:
             minimum = col_spec.min_value
             below = (parsed < minimum).to_numpy(dtype=bool, na_value=False)
             if minimum == 0:
@@ -440,6 +480,103 @@ def _parse_text(raw: pd.Series, kind: str, report, wrong_type_column) -> pd.Seri
     if kind in (ID, CHANNEL_KIND, TIMEZONE_KIND):  # booleans, timestamps, ...: not an id or a name
         wrong_type_column()
     return raw.astype(STRING_DTYPE)
+
+
+def _parse_channel_list(raw: pd.Series, config: ContractConfig, report, wrong_type_column) -> pd.Series:
+    """Channel lists as comma-separated text ("web,app"); a list column (parquet) is joined.
+
+    Empty lists and empty cells are missing (sold everywhere). Every name must be a configured
+    channel: a misspelt one would silently take the product off the channel meant.
+    """
+    if _is_text(raw) and not _holds_lists(raw):
+        text = raw.astype(STRING_DTYPE)
+    elif raw.dtype == object or isinstance(raw.dtype, pd.ArrowDtype):
+        text = pd.Series(
+            [
+                ",".join(str(part) for part in value)
+                if isinstance(value, list | tuple | np.ndarray)
+                else (None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value))
+                for value in raw.tolist()
+            ],
+            index=raw.index,
+            dtype=STRING_DTYPE,
+        )
+    else:
+        wrong_type_column()
+        return pd.Series(np.nan, index=raw.index, dtype=STRING_DTYPE)
+    # normalise: names stripped, empty parts dropped, "" → missing
+    names = text.str.split(",")
+    normalised = names.map(
+        lambda parts: ",".join(p.strip() for p in parts if p.strip()) if isinstance(parts, list) else np.nan
+    ).astype(STRING_DTYPE)
+    normalised = normalised.mask(normalised == "")
+    distinct = {
+        part
+        for value in pd.unique(normalised.dropna())
+        for part in str(value).split(",")
+        if part not in config.channels
+    }
+    if distinct:
+        exploded = normalised.str.split(",").explode()
+        bad_rows = exploded[exploded.isin(distinct)].index.unique()
+        bad = np.zeros(len(raw), dtype=bool)
+        bad[raw.index.get_indexer(bad_rows)] = True
+        allowed = ", ".join(config.channels)
+        report(
+            bad,
+            lambda row: (
+                f"unknown channel in {_show(normalised.iloc[row])}; expected names from {allowed}, "
+                "comma-separated (configurable in ContractConfig.channels)"
+            ),
+            "unknown channels in channel lists",
+        )
+    return normalised
+
+
+def _holds_lists(raw: pd.Series) -> bool:
+    """An object column of lists (parquet list columns read into pandas)."""
+    if raw.dtype != object:
+        return False
+    first = raw.dropna().head(1).tolist()
+    return bool(first) and isinstance(first[0], list | tuple | np.ndarray)
+
+
+def _parse_attribute(
+    table: str, column: str, prefix: str, raw: pd.Series, problems: list[Problem]
+) -> pd.Series:
+    """A free attribute (`attr.<name>`): numbers as float64, any other values as text; missing allowed.
+
+    A text column (CSV) whose every present value is a number is numeric: "34", "51.5". Values are
+    never quoted in messages: attributes may be personal.
+    """
+    if column == prefix:
+        problems.append(Problem(table, column, None, f"attribute column without a name: use {prefix}<name>"))
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        return raw.astype("float64")
+    if pd.api.types.is_numeric_dtype(raw.dtype):
+        values = raw.to_numpy(dtype="float64", na_value=np.nan)
+        infinite = np.isinf(values)
+        if infinite.any():
+            _report_rows(problems, table, column, infinite, lambda row: "infinite value", "infinite values")
+        return pd.Series(np.where(infinite, np.nan, values), index=raw.index, dtype="float64")
+    if _is_text(raw) and not _holds_lists(raw):
+        text = raw.astype(STRING_DTYPE).str.strip()
+        text = text.mask(text == "")
+        numbers = pd.to_numeric(text, errors="coerce")
+        present = text.notna()
+        if present.any() and numbers[present].notna().all() and np.isfinite(numbers[present]).all():
+            return numbers.astype("float64")
+        return text
+    problems.append(
+        Problem(
+            table,
+            column,
+            None,
+            f"wrong type: column has dtype {raw.dtype}; customer attributes must be {_KIND_NAMES[ATTRIBUTE]} "
+            "(store a date as a number, e.g. an age or a year, or as text)",
+        )
+    )
+    return pd.Series(np.nan, index=raw.index, dtype=STRING_DTYPE)
 
 
 def _parse_number(raw: pd.Series, kind: str, report, wrong_type_column) -> pd.Series:
@@ -652,6 +789,19 @@ def _check_event_quantities(events: pd.DataFrame, problems: list[Problem]) -> No
     )
 
 
+def _check_channel_flags(products: pd.DataFrame, problems: list[Problem]) -> None:
+    """A product cannot be both store-only and online-only: it could be offered nowhere."""
+    both = (products[c.STORE_ONLY] & products[c.ONLINE_ONLY]).to_numpy(dtype=bool, na_value=False)
+    _report_rows(
+        problems,
+        "products",
+        c.ONLINE_ONLY,
+        both,
+        lambda row: "store_only and online_only are both true; a product may be at most one of them",
+        "products both store-only and online-only",
+    )
+
+
 def _check_message_order(messages: pd.DataFrame, problems: list[Problem]) -> None:
     """A message cannot be opened, clicked or converted before it was sent."""
     sent = messages[c.SENT_TS]
@@ -684,8 +834,16 @@ def _check_references(parsed: dict[str, pd.DataFrame], problems: list[Problem]) 
                 if identities is not None:
                     allowed.append(identities[c.SOURCE_ID])
                     described += " nor in identities.source_id"
+            for other_table, other_column in ref.also_in:
+                other = parsed.get(other_table)
+                if other is not None and other_column in other.columns:
+                    allowed.append(other[other_column])
+                    described += f" nor in {other_table}.{other_column}"
             values = frame[ref.column]
             bad = values.notna().to_numpy() & ~_isin(values, pd.concat(allowed, ignore_index=True))
+            if ref.severity == WARNING:
+                _warn_unknown_references(problems, name, ref, values, bad, described)
+                continue
             _report_rows(
                 problems,
                 name,
@@ -696,6 +854,33 @@ def _check_references(parsed: dict[str, pd.DataFrame], problems: list[Problem]) 
                 ),
                 f"{ref.column} values that reference nothing",
             )
+
+
+def _warn_unknown_references(
+    problems: list[Problem], table: str, ref: Reference, values: pd.Series, bad: np.ndarray, described: str
+) -> None:
+    """One warning for values kept although found nowhere (customers missing from customers)."""
+    if not bad.any():
+        return
+    unknown = pd.unique(values[bad])
+    examples = ", ".join(_show(value) for value in unknown[:3])
+    target = (ref.target_table, ref.target_column)
+    if target == ("customers", c.CUSTOMER_ID):
+        what = f"they are customers all the same, with the defaults ({CUSTOMER_DEFAULTS})"
+    elif target == ("products", c.PRODUCT_ID):
+        what = f"they are products all the same, with the defaults ({PRODUCT_DEFAULTS})"
+    else:
+        what = "they are kept"
+    problems.append(
+        Problem(
+            table,
+            ref.column,
+            int(np.flatnonzero(bad)[0]),
+            f"{len(unknown):,} {ref.column} value(s) in {int(bad.sum()):,} row(s) are not in {described} "
+            f"(e.g. {examples}): {what}",
+            WARNING,
+        )
+    )
 
 
 def _check_identities(parsed: dict[str, pd.DataFrame], problems: list[Problem]) -> None:

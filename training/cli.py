@@ -406,15 +406,28 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
     "--map",
     "mappings",
     multiple=True,
-    help="target=SourceColumn pairs, comma-separated; `table.target=Source` for one table only. "
-    "events also take unit_price=Col (amount = quantity × unit price).",
+    help="target=SourceColumn pairs, comma-separated; a plain target applies to every given table "
+    "with that column, `table.target=Source` to one table only. events also take unit_price=Col "
+    "(amount = quantity × unit price); customers take attributes as customers.attr.<name>=Col.",
 )
 @click.option("--channel", default=None, help="Channel for every event without a channel column.")
 @click.option("--event-type", default=None, help="Event type for every event without one (e.g. purchase).")
 @click.option(
     "--timezone", "assume_timezone", default=None, help="IANA zone of timestamps without an offset."
 )
-@click.option("--ts-format", default=None, help="strftime format of source timestamps (default: inferred).")
+@click.option(
+    "--ts-format",
+    default=None,
+    help="strftime format of source timestamps (e.g. '%d/%m/%Y %H:%M'), or 'unix' for seconds since "
+    "the epoch (default: inferred; numeric day/month dates are read one way per column, never guessed).",
+)
+@click.option(
+    "--dayfirst",
+    is_flag=True,
+    default=False,
+    help="Numeric dates are day/month/year (01/07/2025 is 1 July). Without it, a column whose every "
+    "date reads both ways stops the import.",
+)
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Data folder to write."
 )
@@ -432,6 +445,7 @@ def import_command(
     event_type,
     assume_timezone,
     ts_format,
+    dayfirst,
     out_dir,
     channels,
 ) -> None:
@@ -475,14 +489,21 @@ def import_command(
         constants["events"]["channel"] = channel
     if event_type:
         constants["events"]["event_type"] = event_type
-    spec = ImportSpec(sources, mapping, constants, assume_timezone, ts_format)
+    if dayfirst and ts_format:
+        fail("--dayfirst and --ts-format: give one of them (the format already says the order)")
+    spec = ImportSpec(sources, mapping, constants, assume_timezone, ts_format, dayfirst=dayfirst)
     problems, frames = import_tables(spec, contract_from(channels))
     errors = [p for p in problems if p.severity == "error"]
-    for p in problems:
+    for p in errors + [p for p in problems if p.severity != "error"]:
         click.echo(f"{p.severity}: {p}", err=True)
     if errors:
         fail(f"{len(errors)} error(s); nothing was written")
-    write_imported(frames, out_dir)
+    try:
+        write_imported(frames, out_dir)
+    except OSError as exc:
+        fail(f"--out {out_dir}: cannot write the data folder: {exc.strerror or exc}")
+    except Exception as exc:  # never a traceback: say what failed, nothing half-written (atomic)
+        fail(f"--out {out_dir}: cannot write the data folder: {type(exc).__name__}: {exc}")
     click.echo(f"imported {', '.join(f'{n}={len(f)}' for n, f in frames.items())} into {out_dir}")
 
 
