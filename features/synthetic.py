@@ -64,7 +64,9 @@ anyway (the draw fell below p_base) is credited to the customer's first organic 
 14 days after the send when there is one; every other conversion is a new web/app order (app for push) that
 appears in `events` at `converted_ts`. `revenue` is the order value net of the offer (percent off
 for discounts, one free unit for BOGO); event amounts stay at list price. A click adds a product
-view in the landing channel.
+view in the landing channel. `offers.cost` is currency per redemption, as the data contract has it
+and a campaign system records it: the offer's share of the order value (`Offer.cost_share`, kept
+in `truth/meta.json`) × the mean order value of the generated purchases, in cents.
 
 Files
 -----
@@ -97,7 +99,7 @@ import pyarrow.parquet as pq
 from features import columns as c
 from features.contract import DEFAULT_CHANNELS, OFFER_KINDS
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: offers.cost in currency per redemption (was a share of the order)
 
 # Customers are generated in chunks of this size (bounded memory); results depend on it.
 CHUNK = 50_000
@@ -244,14 +246,17 @@ class Offer:
 
     `value` is the headline number: percent off for `discount`, percent off the second unit for
     `bogo` (100 = free), the waived shipping fee in currency units for `free_shipping`, 0 for
-    `content`. `cost` is the expected cost per redemption **as a fraction of the order value**.
+    `content`. `cost_share` is the expected cost of a redemption **as a fraction of the order
+    value** (truth: the bench scores a redemption at this share of that customer's order); the
+    observed `offers.cost` is what a campaign system records, currency per redemption (the data
+    contract's unit): this share × the mean order value of the generated purchases, in cents.
     `persuasion` is truth only: how strongly the offer moves a fully price-sensitive persuadable.
     """
 
     offer_id: str
     kind: str
     value: float
-    cost: float
+    cost_share: float
     persuasion: float
 
 
@@ -530,13 +535,15 @@ def generate(
             _write_scratch(scratch / "events", chunk, events, events["ts"])
             _write_scratch(scratch / "messages", chunk, messages, messages["sent"])
 
-        rows["events"] = _merge_events(scratch / "events", tmp / "events.parquet", population, catalogue)
+        rows["events"], mean_order_value = _merge_events(
+            scratch / "events", tmp / "events.parquet", population, catalogue
+        )
         rows["messages"], rows["truth/messages"] = _merge_messages(
             scratch / "messages", tmp / "messages.parquet", tmp / "truth" / "messages.parquet", population
         )
         shutil.rmtree(scratch, ignore_errors=True)
-        rows.update(_write_static_tables(tmp, population, catalogue, window))
-        meta = _meta(seed, n_customers, n_products, end, days, window)
+        rows.update(_write_static_tables(tmp, population, catalogue, window, mean_order_value))
+        meta = _meta(seed, n_customers, n_products, end, days, window, mean_order_value)
         (tmp / "truth" / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         _swap_into_place(tmp, out_dir)
     except BaseException:
@@ -567,7 +574,14 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         tmp.rename(out_dir)
 
 
-def _meta(seed, n_customers, n_products, end, days, window) -> dict:
+def offer_costs(mean_order_value: float) -> dict[str, float]:
+    """`offers.cost` as written: currency per redemption, each offer's share of the order value
+    × the mean order value of the generated purchases, rounded to cents."""
+    return {o.offer_id: round(o.cost_share * mean_order_value, 2) for o in OFFERS}
+
+
+def _meta(seed, n_customers, n_products, end, days, window, mean_order_value: float) -> dict:
+    costs = offer_costs(mean_order_value)
     return {
         "generator": "features.synthetic",
         "generator_version": GENERATOR_VERSION,
@@ -622,11 +636,13 @@ def _meta(seed, n_customers, n_products, end, days, window) -> dict:
                     "offer_id": o.offer_id,
                     "kind": o.kind,
                     "value": o.value,
-                    "cost": o.cost,
+                    "cost_share": o.cost_share,
+                    "cost": costs[o.offer_id],
                     "persuasion": o.persuasion,
                 }
                 for o in OFFERS
             ],
+            "mean_order_value": round(float(mean_order_value), 6),
             "no_offer_persuasion": NO_OFFER_PERSUASION,
             "segments": list(SEGMENTS),
             "segment_p_base": [list(r) for r in SEGMENT_P_BASE],
@@ -1763,10 +1779,14 @@ def _month_folders(folder: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.exists() else []
 
 
-def _merge_events(folder: Path, path: Path, pop: _Population, cat: _Catalogue) -> int:
+def _merge_events(folder: Path, path: Path, pop: _Population, cat: _Catalogue) -> tuple[int, float]:
+    """Writes the events month by month; returns their count and the mean order value of the
+    purchases (summed amounts over distinct orders), which prices the offers' costs."""
     channels = pa.array(SHOP_CHANNELS, type=pa.string())
     event_types = pa.array(EVENT_TYPES, type=pa.string())
     total = 0
+    spend = 0.0
+    order_keys: list[np.ndarray] = []
     with pq.ParquetWriter(path, EVENTS_SCHEMA, compression="zstd") as writer:
         for month in _month_folders(folder):
             ev = _read_month(month)
@@ -1774,6 +1794,9 @@ def _merge_events(folder: Path, path: Path, pop: _Population, cat: _Catalogue) -
             ev = {k: v[order] for k, v in ev.items()}
             has_product = ev["product"] >= 0
             has_order = ev["order_key"] >= 0
+            bought = has_order & (ev["etype"] == PURCHASE)
+            spend += float(ev["amount"][bought].sum())
+            order_keys.append(np.unique(ev["order_key"][bought]))
             table = pa.table(
                 [
                     pop.ids.take(pa.array(ev["id_kind"].astype(np.int64) * pop.n + ev["gidx"])),
@@ -1790,7 +1813,8 @@ def _merge_events(folder: Path, path: Path, pop: _Population, cat: _Catalogue) -
             )
             writer.write_table(table)
             total += table.num_rows
-    return total
+    n_orders = np.unique(np.concatenate(order_keys)).size if order_keys else 0
+    return total, (spend / n_orders if n_orders else 0.0)
 
 
 def _merge_messages(folder: Path, path: Path, truth_path: Path, pop: _Population) -> tuple[int, int]:
@@ -1860,7 +1884,9 @@ def _write(table: pa.Table, path: Path) -> int:
     return table.num_rows
 
 
-def _write_static_tables(folder: Path, pop: _Population, cat: _Catalogue, window: _Window) -> dict[str, int]:
+def _write_static_tables(
+    folder: Path, pop: _Population, cat: _Catalogue, window: _Window, mean_order_value: float
+) -> dict[str, int]:
     rows: dict[str, int] = {}
     n = pop.n
     canonical = pop.ids.slice(0, n)
@@ -1943,7 +1969,8 @@ def _write_static_tables(folder: Path, pop: _Population, cat: _Catalogue, window
                 c.OFFER_ID: pa.array([o.offer_id for o in OFFERS], type=pa.string()),
                 c.KIND: pa.array([o.kind for o in OFFERS], type=pa.string()),
                 c.VALUE: pa.array([o.value for o in OFFERS], type=pa.float64()),
-                c.COST: pa.array([o.cost for o in OFFERS], type=pa.float64()),
+                # currency per redemption, as the data contract has it (not the truth's share)
+                c.COST: pa.array(list(offer_costs(mean_order_value).values()), type=pa.float64()),
             }
         ),
         folder / "offers.parquet",

@@ -136,6 +136,24 @@ def test_tables_follow_the_contract(data_dir, tables):
     assert tables["products"][c.PRODUCT_ID].str.fullmatch(r"P\d{6}").all()
 
 
+def test_offer_costs_are_currency_per_redemption(data_dir, tables):
+    """`offers.cost` is in the contract's unit, currency per redemption: each offer's share of the
+    order value (truth only, in meta.json) × the mean order value of the observed purchases."""
+    import json
+
+    buys = tables["events"].loc[tables["events"][c.EVENT_TYPE] == "purchase"]
+    mean_order_value = buys.groupby(c.ORDER_ID)[c.AMOUNT].sum().mean()
+    assert buys[c.ORDER_ID].notna().all() and mean_order_value > 10  # currency, far above a share
+    offers = tables["offers"].set_index(c.OFFER_ID)[c.COST]
+    truth = json.loads((data_dir / "truth" / "meta.json").read_text())["parameters"]
+    assert truth["mean_order_value"] == pytest.approx(mean_order_value)
+    for offer in syn.OFFERS:
+        assert offers[offer.offer_id] == pytest.approx(round(offer.cost_share * mean_order_value, 2))
+    assert offers["OF_DISC20"] > offers["OF_DISC10"] > 1.0 and offers["OF_CONTENT"] == 0.0
+    shares = {o["offer_id"]: o["cost_share"] for o in truth["offers"]}
+    assert shares == {o.offer_id: o.cost_share for o in syn.OFFERS}
+
+
 def test_events_are_time_sorted_inside_the_window_and_consistent(tables):
     ev = tables["events"]
     assert ev[c.TS].is_monotonic_increasing
