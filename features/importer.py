@@ -16,6 +16,12 @@ Timestamps are never guessed:
   ends are read as the first occurrence (daylight time); times in the hour skipped when it starts
   are read with the offset in force before the change (02:30 becomes 03:30 daylight time). Both
   are counted in a warning.
+
+`--timezone` is also where the customers are: the models read local hours (send time, profiles)
+in each customer's `customers.timezone`, UTC when unknown. So with `--timezone`, every customer
+whose zone is not otherwise known takes it: a customers table is written when none is imported
+(every customer seen), an imported one has its missing or empty zones filled and the customers it
+lacks added. Zones the imported table gives are kept. One warning gives the count.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import pandas as pd
 
 from features import columns as c
 from features.contract import ATTRIBUTE_PREFIX, TABLES, TIMESTAMP, ContractConfig
+from features.identity import STITCHED_TABLES, canonical_customer_ids
 from features.io import read_raw_table, write_dir_atomic
 from features.validation import ERROR, MAX_EXAMPLE_ROWS, STRING_DTYPE, WARNING, Problem, validate_tables
 
@@ -510,11 +517,18 @@ def import_tables(
             mapped[table] = frame
     if len(mapped) < len(spec.sources):  # a table could not be read or mapped: reported above
         return problems, {}
+    zone_filled = 0
+    if spec.assume_timezone and "customers" in mapped:
+        mapped["customers"], zone_filled = _fill_customer_timezones(mapped["customers"], spec.assume_timezone)
     more, parsed = validate_tables(mapped, config)
     # a column whose dates could not be read one way has its one error; no row-by-row echo
     problems += [p for p in more if (p.table, p.column) not in undecided]
     if any(p.severity == ERROR for p in problems):
         return problems, {}
+    if spec.assume_timezone:
+        problems = _complete_customers(parsed, spec.assume_timezone, zone_filled, problems, config)
+        if any(p.severity == ERROR for p in problems):
+            return problems, {}
     if not any(p.severity == ERROR for p in problems) and "products" in parsed:
         missing = int(parsed["products"][c.PRICE].isna().sum())
         if missing:
@@ -647,6 +661,117 @@ def _derive_event_columns(
             frame[c.EVENT_TYPE] = frame[c.EVENT_TYPE].astype(object)
             frame.loc[is_return, c.EVENT_TYPE] = "return"
     return frame
+
+
+# --------------------------------------------------------------------------------------------
+# Customers' time zone
+
+
+def _fill_customer_timezones(customers: pd.DataFrame, zone: str) -> tuple[pd.DataFrame, int]:
+    """The imported customers table with `zone` where it gives none (no column, or empty cells);
+    the number of rows filled. Zones it gives are kept (validation checks them)."""
+    customers = customers.copy()
+    if c.TIMEZONE not in customers.columns:
+        customers[c.TIMEZONE] = zone
+        return customers, len(customers)
+    text = customers[c.TIMEZONE].astype(STRING_DTYPE).str.strip()
+    empty = (text.isna() | (text == "")).to_numpy(dtype=bool, na_value=True)
+    if empty.any():
+        customers[c.TIMEZONE] = customers[c.TIMEZONE].astype(object).where(~empty, zone)
+    return customers, int(empty.sum())
+
+
+def customers_seen(parsed: dict[str, pd.DataFrame]) -> pd.Index:
+    """The canonical id of every customer of validated tables, as loading will see them: the ids of
+    events, messages and consent after identity stitching (features.identity), the canonical ids of
+    identities and the customers table's own ids."""
+    identities = parsed.get("identities")
+    customers = parsed.get("customers")
+    ids: list[pd.Series] = []
+    if identities is not None:
+        identities = identities.dropna(subset=[c.SOURCE_ID, c.CUSTOMER_ID])
+        ids.append(identities[c.CUSTOMER_ID])
+    canonical = customers[c.CUSTOMER_ID] if customers is not None else None
+    if canonical is None and identities is not None:
+        canonical = identities[c.CUSTOMER_ID]
+    for name in STITCHED_TABLES:
+        frame = parsed.get(name)
+        if frame is None or c.CUSTOMER_ID not in frame.columns:
+            continue
+        if identities is not None and len(identities):
+            ids.append(canonical_customer_ids(frame, identities, canonical)[0])
+        else:
+            ids.append(frame[c.CUSTOMER_ID])
+    if customers is not None:
+        ids.append(customers[c.CUSTOMER_ID])
+    if not ids:
+        return pd.Index([], dtype=STRING_DTYPE)
+    return pd.Index(pd.unique(pd.concat(ids, ignore_index=True).astype(STRING_DTYPE).dropna()))
+
+
+def _complete_customers(
+    parsed: dict[str, pd.DataFrame], zone: str, filled: int, problems: list[Problem], config: ContractConfig
+) -> list[Problem]:
+    """Every customer of the import gets `zone` unless the customers table gives one: a customers
+    table is written when none was imported, and customers it lacks are added (no signup date, no
+    segment, attributes missing: the defaults a customer missing from it has anyway). One warning
+    gives the count; the warnings about customers missing from the table no longer apply."""
+    customers = parsed.get("customers")
+    listed = customers[c.CUSTOMER_ID] if customers is not None else pd.Series([], dtype=STRING_DTYPE)
+    new_ids = customers_seen(parsed).difference(pd.Index(listed.astype(STRING_DTYPE)))
+    identities = parsed.get("identities")
+    if identities is not None:
+        # An id left unstitched that is some source id (a source system the identities do not map)
+        # would become a canonical id and change how other rows stitch: it keeps the default zone.
+        canonical = pd.Index(pd.concat([listed, identities[c.CUSTOMER_ID]]).astype(STRING_DTYPE).dropna())
+        source_only = pd.Index(identities[c.SOURCE_ID].astype(STRING_DTYPE).dropna()).difference(canonical)
+        new_ids = new_ids.difference(source_only)
+    if customers is not None and not len(new_ids):
+        if filled:
+            problems.append(_zone_warning(zone, filled, 0, imported=True))
+        return problems
+    added = pd.DataFrame({c.CUSTOMER_ID: pd.Series(new_ids, dtype=STRING_DTYPE), c.TIMEZONE: zone})
+    combined = added if customers is None else pd.concat([customers, added], ignore_index=True)
+    more, checked = validate_tables({"customers": combined}, config)  # alone: no events, said below
+    errors = [p for p in more if p.severity == ERROR and p.table == "customers"]
+    if errors:  # the imported rows passed already: a reason here is worth reporting as it is
+        return problems + errors
+    parsed["customers"] = checked["customers"]
+    kept = [
+        p
+        for p in problems
+        if not (
+            p.severity == WARNING
+            and p.table in STITCHED_TABLES
+            and p.column == c.CUSTOMER_ID
+            and "not in customers.customer_id" in p.reason
+        )
+    ]
+    kept.append(_zone_warning(zone, filled, len(new_ids), imported=customers is not None))
+    return kept
+
+
+def _zone_warning(zone: str, filled: int, added: int, imported: bool) -> Problem:
+    if imported:
+        parts = []
+        if filled:
+            parts.append(f"{filled:,} of the customers table had none")
+        if added:
+            parts.append(
+                f"{added:,} seen in the other tables but not in it were added to it, "
+                "with no signup date, no segment and attributes missing"
+            )
+        how = "; ".join(parts)
+    else:
+        how = "no customers table was given: one is written with every customer seen in the other tables"
+    return Problem(
+        "customers",
+        c.TIMEZONE,
+        None,
+        f"{filled + added:,} customer(s) take the time zone {zone} of --timezone ({how}); "
+        "customers living in other zones need a customers table with a timezone column",
+        WARNING,
+    )
 
 
 def write_imported(frames: dict[str, pd.DataFrame], out_dir: str | Path) -> Path:

@@ -520,3 +520,120 @@ def test_odd_arguments_are_reported(tmp_path):
         "--out",
         str(tmp_path / "file" / "sub"),
     )
+
+
+# ------------------------------------------------------------------------------------------
+# --timezone is also where the customers live
+
+
+def _import(*args):
+    result = CliRunner().invoke(main, ["import", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_timezone_becomes_every_customers_zone_when_no_customers_table(tmp_path):
+    from features.identity import stitch_identities
+    from features.io import load_tables
+    from models.send_time import SendTimeModel, local_slots
+
+    # a store whose customers shop at 18:00 Chicago time, summer (CDT) and winter (CST)
+    rows = [
+        "c1,2025-07-01 18:00,p1",
+        "c2,2025-07-02 18:30,p2",
+        "c1,2025-12-08 18:10,p2",
+        "c3,2025-12-09 18:45,p1",
+    ]
+    src = _write(tmp_path / "log.csv", "cust,when,sku\n" + "\n".join(rows) + "\n")
+    common = ["--events", str(src), "--map", "customer_id=cust,ts=when,product_id=sku"]
+    common += ["--channel", "store", "--event-type", "purchase"]
+    output = _import(*common, "--timezone", "America/Chicago", "--out", str(tmp_path / "out"))
+    assert (
+        "warning: customers.timezone: 3 customer(s) take the time zone America/Chicago of --timezone"
+        in output
+    )
+    assert "no customers table was given" in output
+    assert "imported events=4, customers=3" in output
+    assert CliRunner().invoke(main, ["validate", str(tmp_path / "out")]).exit_code == 0
+
+    tables = stitch_identities(load_tables(tmp_path / "out"))
+    zones = tables.customers.set_index("customer_id")["timezone"]
+    assert sorted(zones.index) == ["c1", "c2", "c3"] and set(zones) == {"America/Chicago"}
+    assert not any("UTC" in note for note in tables.notes)  # no customer is left in UTC
+    # what `omni train` reads: the send-time model's zones, and local hours of the events
+    model = SendTimeModel(random_state=0).fit(tables.events, tables.messages, tables.customers)
+    assert model.timezone_of(["c1", "c2", "c3"]).tolist() == ["America/Chicago"] * 3
+    hours = local_slots(tables.events["ts"], tables.events["customer_id"].map(zones)) % 24
+    assert hours.tolist() == [18, 18, 18, 18]
+
+    # without --timezone (timestamps with offsets) nothing is assumed: no customers table
+    aware = _write(tmp_path / "aware.csv", "cust,when,sku\nc1,2025-07-01T18:00:00-05:00,p1\n")
+    output = _import(*common[:1], str(aware), *common[2:], "--out", str(tmp_path / "plain"))
+    assert "customers.timezone" not in output and not (tmp_path / "plain" / "customers.parquet").exists()
+
+
+def test_timezone_completes_an_imported_customers_table_and_keeps_its_zones(tmp_path):
+    from features.io import load_tables
+
+    events = _write(
+        tmp_path / "sales.csv",
+        "hh,when,sku\n1,2025-07-01 10:00,p1\n2,2025-07-02 10:00,p2\n3,2025-07-03 10:00,p1\n4,2025-07-03 11:00,p1\n",
+    )
+    # household 1 lives in Paris, household 2 gives no zone, 3 and 4 are not in the table
+    demographics = _write(tmp_path / "demo.csv", "hh,tz,income\n1,Europe/Paris,35-49K\n2,,50-74K\n")
+    args = ["--events", str(events), "--customers", str(demographics), "--channel", "store"]
+    args += ["--event-type", "purchase", "--timezone", "America/Chicago", "--out", str(tmp_path / "out")]
+    output = _import(
+        *args, "--map", "customer_id=hh,ts=when,product_id=sku,customers.timezone=tz,attr.income=income"
+    )
+    assert (
+        "warning: customers.timezone: 3 customer(s) take the time zone America/Chicago of --timezone "
+        "(1 of the customers table had none; 2 seen in the other tables but not in it were added" in output
+    )
+    assert "not in customers.customer_id" not in output  # every customer is in it now
+    customers = load_tables(tmp_path / "out").customers.set_index("customer_id")
+    assert customers["timezone"].to_dict() == {
+        "1": "Europe/Paris",  # a zone the table gives is kept
+        "2": "America/Chicago",
+        "3": "America/Chicago",
+        "4": "America/Chicago",
+    }
+    assert customers.loc["1", "attr.income"] == "35-49K" and pd.isna(customers.loc["3", "attr.income"])
+
+    # a table without a timezone column: every listed customer takes the zone
+    output = _import(*args[:-1], str(tmp_path / "out2"), "--map", "customer_id=hh,ts=when,product_id=sku")
+    assert (
+        "4 customer(s) take the time zone America/Chicago of --timezone (2 of the customers table" in output
+    )
+    # a table that gives every customer's zone is left as it is: no line
+    full = _write(tmp_path / "full.csv", "hh,tz\n1,Europe/Paris\n2,UTC\n3,Asia/Tokyo\n4,Europe/Paris\n")
+    args[3] = str(full)
+    output = _import(
+        *args[:-1], str(tmp_path / "out3"), "--map", "customer_id=hh,ts=when,product_id=sku,timezone=tz"
+    )
+    assert "customers.timezone" not in output
+    zones = load_tables(tmp_path / "out3").customers.set_index("customer_id")["timezone"]
+    assert zones.to_dict() == {"1": "Europe/Paris", "2": "UTC", "3": "Asia/Tokyo", "4": "Europe/Paris"}
+
+
+def test_timezone_customers_are_the_canonical_ids_after_identity_stitching(tmp_path):
+    from features.identity import stitch_identities
+    from features.io import load_tables
+
+    # card k1 and cookie w1 are customer C1; k9 is known to no identity (its own customer)
+    events = _write(
+        tmp_path / "events.csv",
+        "customer_id,ts,product_id\nk1,2025-07-01 10:00,p1\nw1,2025-07-02 10:00,p2\nk9,2025-07-03 10:00,p1\n",
+    )
+    identities = _write(
+        tmp_path / "identities.csv",
+        "source_system,source_id,customer_id\ncard,k1,C1\nweb,w1,C1\ncard,k2,C2\n",
+    )
+    output = _import(
+        "--events", str(events), "--identities", str(identities), "--channel", "web", "--event-type",
+        "purchase", "--timezone", "Europe/Berlin", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert "3 customer(s) take the time zone Europe/Berlin" in output
+    tables = stitch_identities(load_tables(tmp_path / "out"))
+    assert sorted(tables.customers["customer_id"]) == ["C1", "C2", "k9"]  # no source id is a customer
+    assert sorted(tables.events["customer_id"]) == ["C1", "C1", "k9"]
