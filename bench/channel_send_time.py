@@ -9,16 +9,22 @@ alone, through `true_open_probability`, which is the exact engagement model of t
 
 Protocol
 --------
-The models are fitted on the whole observed history; every customer's choice is scored with the
-truth. A slot's engagement is the truth averaged over the hour (minutes 0, 15, 30, 45), because a
-send "at hour h" goes out some time during that hour.
+What is served is chosen as `omni train` chooses it (`training.channel_training`: each model
+against its rules on a validation window before the last 28 days, models fitted before it), then
+the models are fitted on the whole observed history and answer in the chosen mode; every
+customer's choice is scored with the truth. A slot's engagement is the truth averaged over the
+hour (minutes 0, 15, 30, 45), because a send "at hour h" goes out some time during that hour.
+`ours` is what is served; `model` the model whether served or not (`served` says which).
 
 Channel. Customers with at least one consented message channel (latest consent row at the end of
 the history, the same rule the model applies), each policy choosing one of those channels. The
 channel is scored at 10:00-11:00 local averaged over the seven weekdays (the logging policy's
 default send time); the open model is additive in channel and time on the log-odds scale, so the
 *ranking* of channels does not depend on that choice, only the level. Policies:
-- ours: `ChannelModel.rank_channels`, rank 1;
+- ours: `ChannelModel.rank_channels`, rank 1, in the served mode; model: the same with the model;
+- rule: the engagement-ratio rule the model is validated against (`ChannelModel` with
+  serve="rule": each channel's engagement rate, shrunk towards the channel's with an estimated
+  prior strength);
 - engagement_ratio_rule (Braze Intelligent Channel style): engagement rate (opens or clicks /
   sends) per channel over the last 182 days; used when the customer has >= 3 messages on >= 2
   channels, choosing the highest rate among consented channels with >= 3 messages; otherwise
@@ -32,7 +38,8 @@ Send time. Every (customer, consented channel) pair of the channel population. P
 (`send_time`): the campaign day is given and the policy chooses the local hour that day, as
 Salesforce Einstein STO does within 24 hours; scored for each of the seven weekdays and summed.
 Oracle: the truly best hour of that day. Policies:
-- ours: `SendTimeModel`, the best hour of that weekday's row of the grid;
+- ours: `SendTimeModel` in the served mode, the best hour of that weekday's row of the grid; model:
+  the same with the model;
 - modal_hour: the customer's most frequent local hour of opens (any channel; the population's
   most frequent open hour for customers who never opened);
 - global_best_hour: the local send hour with the highest population engagement rate in the messages;
@@ -55,6 +62,7 @@ AUC / log loss / calibration (`training.channel_training.evaluate_channel_and_se
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -193,21 +201,25 @@ def modal_hours(counts: np.ndarray, fallback_hour: int, allowed: np.ndarray) -> 
 
 
 def send_time_scores(
-    ours_grid: np.ndarray, truth: np.ndarray, hour_policies: dict[str, np.ndarray], allowed: np.ndarray
+    grids: dict[str, np.ndarray], truth: np.ndarray, hour_policies: dict[str, np.ndarray], allowed: np.ndarray
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per pair: expected engagement of each policy and the oracle, within-day and weekly.
 
-    `hour_policies` map a name to one local hour per pair; `allowed` marks the hours that may be chosen.
+    `grids` map a name to a pairs × 168 grid (the best slot of each day, or of the week, is the
+    policy's); `hour_policies` a name to one local hour per pair; `allowed` marks the hours that
+    may be chosen.
     """
     n = len(truth)
     truth3 = truth.reshape(n, DAYS, HOURS)
-    ours3 = np.where(allowed[None, None, :], ours_grid.reshape(n, DAYS, HOURS), -np.inf)
     masked_truth = np.where(allowed[None, None, :], truth3, -np.inf)
     within = {"oracle": masked_truth.max(axis=2).sum(axis=1)}
-    within["ours"] = np.take_along_axis(truth3, ours3.argmax(axis=2)[:, :, None], axis=2)[:, :, 0].sum(axis=1)
-    weekly_oracle = masked_truth.reshape(n, SLOTS).max(axis=1)
-    best = ours3.reshape(n, SLOTS).argmax(axis=1)
-    weekly = {"oracle": weekly_oracle, "ours": truth[np.arange(n), best]}
+    weekly = {"oracle": masked_truth.reshape(n, SLOTS).max(axis=1)}
+    for name, grid in grids.items():
+        grid3 = np.where(allowed[None, None, :], grid.reshape(n, DAYS, HOURS), -np.inf)
+        within[name] = np.take_along_axis(truth3, grid3.argmax(axis=2)[:, :, None], axis=2)[:, :, 0].sum(
+            axis=1
+        )
+        weekly[name] = truth[np.arange(n), grid3.reshape(n, SLOTS).argmax(axis=1)]
     for name, hours in hour_policies.items():
         at_hour = truth3[np.arange(n), :, hours]  # pairs × days
         within[name] = at_hour.sum(axis=1)
@@ -243,25 +255,27 @@ def send_time_ceiling(
 
 def summarise(scores: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
     mask = np.ones(len(scores["oracle"]), dtype=bool) if mask is None else mask
-    keys = ["ours", "modal_hour", "global_best_hour", "random_hour", "modal_activity_hour"]
+    keys = ["ours", "model", "modal_hour", "global_best_hour", "random_hour", "modal_activity_hour"]
     return {k: share(scores[k][mask], scores["oracle"][mask]) for k in keys if k in scores} | {
         "pairs": int(mask.sum())
     }
 
 
 # ----------------------------------------------------------------------------------------------
-def run(data_dir: Path) -> dict:
+def run(data_dir: Path, served: dict[str, str]) -> dict:
+    """The truth's scores of what is served (`served`, chosen on validation by `held_out`) and of
+    the models and the baselines."""
     tables = stitch_identities(load_tables(data_dir))
     truth = pd.read_parquet(data_dir / "truth" / "customers.parquet")
     messages = tables.messages
     t0 = time.perf_counter()
-    send_time = SendTimeModel().fit(tables.events, messages, tables.customers)
+    send_time = SendTimeModel(serve=served["send_time"]).fit(tables.events, messages, tables.customers)
     t1 = time.perf_counter()
-    channel = ChannelModel().fit(
+    channel = ChannelModel(serve=served["channel"]).fit(
         messages, tables.events, tables.consent, tables.customers, identities=tables.identities
     )
     t2 = time.perf_counter()
-    log(f"fitted send time in {t1 - t0:.1f} s, channel in {t2 - t1:.1f} s")
+    log(f"fitted send time in {t1 - t0:.1f} s, channel in {t2 - t1:.1f} s; serving {served}")
     as_of = channel.as_of_
 
     # ---- channel ----
@@ -274,8 +288,10 @@ def run(data_dir: Path) -> dict:
     customers = np.sort(pairs[c.CUSTOMER_ID].unique())
     oracle = value.groupby(level=0).max().reindex(customers).to_numpy()
     order = global_channel_order(messages, as_of)
-    ranked = channel.rank_channels(customers)
-    choices = {"ours": ranked.loc[ranked[c.RANK] == 1].set_index(c.CUSTOMER_ID)[c.CHANNEL]}
+    choices = {}
+    for name, mode in (("ours", None), ("model", "model"), ("rule", "rule")):
+        ranked = channel.rank_channels(customers, serve=mode)
+        choices[name] = ranked.loc[ranked[c.RANK] == 1].set_index(c.CUSTOMER_ID)[c.CHANNEL]
     choices |= channel_policies(pairs, messages, as_of, order)
     chosen_value = {
         name: value.reindex(
@@ -302,10 +318,14 @@ def run(data_dir: Path) -> dict:
     # ---- send time ----
     t3 = time.perf_counter()
     truth_grid = truth_slot_grid(truth, pairs[c.CUSTOMER_ID].to_numpy(), pairs[c.CHANNEL].to_numpy())
-    ours_grid = np.empty((len(pairs), SLOTS))
-    for ch in pairs[c.CHANNEL].unique():
-        sel = np.flatnonzero((pairs[c.CHANNEL] == ch).to_numpy())
-        ours_grid[sel] = send_time.score_grid(pairs[c.CUSTOMER_ID].iloc[sel], ch)
+    grids = {}
+    for name, mode in (("ours", send_time.serve), ("model", "model")):
+        policy = copy.copy(send_time).set_params(serve=mode)
+        grid = np.empty((len(pairs), SLOTS))
+        for ch in pairs[c.CHANNEL].unique():
+            sel = np.flatnonzero((pairs[c.CHANNEL] == ch).to_numpy())
+            grid[sel] = policy.score_grid(pairs[c.CUSTOMER_ID].iloc[sel], ch)
+        grids[name] = grid
     pair_customers = pairs[c.CUSTOMER_ID].to_numpy()
     opened = messages.loc[messages[c.OPENED_TS].notna() & (messages[c.OPENED_TS] < as_of)]
     open_counts = hour_counts(opened[c.CUSTOMER_ID], opened[c.OPENED_TS], send_time, customers)
@@ -331,7 +351,7 @@ def run(data_dir: Path) -> dict:
             "global_best_hour": np.full(len(pairs), global_hour),
             "modal_activity_hour": modal_act[row],
         }
-        results[label] = send_time_scores(ours_grid, truth_grid, hour_policies, allowed)
+        results[label] = send_time_scores(grids, truth_grid, hour_policies, allowed)
         results[label]["global_hour"] = global_hour
     log(f"send-time scoring took {time.perf_counter() - t3:.1f} s")
 
@@ -354,7 +374,7 @@ def run(data_dir: Path) -> dict:
         "activity_30_plus": summarise(within, n_active >= 30),
     }
     ceiling = send_time_ceiling(truth_grid, within, pair_messages, n_active)
-    main_keys = ("ours", "modal_hour", "global_best_hour", "random_hour")
+    main_keys = ("ours", "model", "modal_hour", "global_best_hour", "random_hour")
     send_time_main = {k: v for k, v in summarise(within).items() if k in main_keys}
     send_time_thin = {k: v for k, v in summarise(within, pair_thin).items() if k in main_keys}
     return {
@@ -382,16 +402,23 @@ def run(data_dir: Path) -> dict:
             results["outside_quiet_hours"]["within_day"], pair_thin
         ),
         "fit_seconds": {"send_time": round(t1 - t0, 1), "channel": round(t2 - t1, 1)},
+        "served": dict(served),
+        "learned": {
+            "send_time_habit_width_hours": round(send_time.profile_width_, 3),
+            "open_window_days": round(channel.open_window_days_, 3),
+            "conversion_window_days": round(channel.conversion_window_days_, 3),
+        },
         "global_channel_order": order,
     }
 
 
 def held_out(data_dir: Path) -> dict:
-    """The truth-free estimates: fit before the last 28 days of messages, score the later ones."""
+    """What is served (chosen on the validation window before the test window) and the truth-free
+    estimates: fit before the last 28 days of messages, score the later ones."""
     tables = stitch_identities(load_tables(data_dir))
     metrics, data, notes = evaluate_channel_and_send_time(tables, ChannelTrainingConfig())
     keep = {k: round(v, 4) for k, v in sorted(metrics.items()) if np.isfinite(v)}
-    return {"split_time": data["split_time"], "metrics": keep, "notes": notes}
+    return {"split_time": data["split_time"], "served": data["served"], "metrics": keep, "notes": notes}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -415,8 +442,8 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"generated {args.customers} customers in {summary.seconds:.1f} s")
         if not (data_dir / "truth" / "customers.parquet").is_file():
             parser.error(f"{data_dir} has no truth/customers.parquet: generate it with `omni generate`")
-        truth_result = run(data_dir)
         held = held_out(data_dir)
+        truth_result = run(data_dir, held["served"])
     meta = json.loads((data_dir / "truth" / "meta.json").read_text()) if args.data else None
     result = {
         "benchmark": "channel_send_time",

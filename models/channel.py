@@ -14,6 +14,10 @@ what was known at `as_of`:
 - consent (`consent_<channel>`: the latest row before then opted in) and, when an identities
   table is given, the source systems that know the customer (`known_<system>`: a loyalty card,
   an app device, ...). Consent to SMS or social and an app device say something about a person.
+- the customers' free attributes (`attr.<name>` columns: age, income, gender, ...; numbers as
+  they are, text as indicators of its frequent levels; `attribute_encoding`). They carry no time,
+  so they are taken as they are at every moment; each target keeps them only where its
+  calibration slice says they help (`attributes_used_`, with a note).
 
 Engagement: a hierarchical logistic regression. Its profile part is one logistic regression per
 channel on the customer's cross-channel profile (whether and how much they are active, their mix
@@ -36,6 +40,17 @@ Conversion: a LightGBM classifier on all the features above. For both, the most 
 the boosting early) and fits an isotonic map from raw scores to probabilities, so the
 probabilities are calibrated on later data than the models were fitted on, as they will be used.
 
+Outcome windows. A message sent shortly before `as_of` may still be opened or converted: those
+within the open / conversion window are left out of that target's training rows. The windows are
+learned from the delays observed in the data (`models.send_time.outcome_window_days`: their 99th
+percentile), not set to a generator's.
+
+The engagement-ratio rule. Beside the model, each fit keeps the simple rule it is validated
+against: a customer's channels ranked by their smoothed engagement rate on each, (engaged + m p) /
+(sent + m), shrunk towards the channel's rate p with a strength m per channel estimated by the
+method of moments (beta-binomial). `serve="rule"` answers with it through the same API
+(`training.channel_training` sets it where the rule wins on a validation window).
+
 Thin history. Customers with fewer than `min_history` past messages are flagged `fallback`:
 their probabilities come from the same model but rest on the profile part (customers with the
 same cross-channel activity profile, consent and identities), hardly on their own responses.
@@ -47,7 +62,8 @@ taken as allowed for everyone (the loader already notes that consent filtering i
 `notes_` says so.
 
 Saved to a folder: the LightGBM text model, npz arrays (read with `allow_pickle=False`) and json.
-Format 1 folders (a LightGBM engagement model) still load and score as before.
+Format 1 folders (a LightGBM engagement model) and format 2 (no rule, no attributes) still load and
+score as before.
 """
 
 from __future__ import annotations
@@ -64,11 +80,23 @@ from sklearn.isotonic import IsotonicRegression
 from features import columns as c
 from features.codes import positions
 from features.io import rows_before
-from models.base import index_rows, read_model_meta
+from models.base import CannotTrain, index_rows, read_model_meta
 from models.fitting import train_booster
+from models.send_time import dirichlet_prior_strength, outcome_window_days
 
-FORMAT_VERSION = 2
-_READABLE_FORMATS = (1, 2)  # format 1: a LightGBM engagement model (scored as before)
+FORMAT_VERSION = 3
+# format 1: a LightGBM engagement model (scored as before); 2: no rule mode, no attributes, fixed
+# outcome windows (scored as before)
+_READABLE_FORMATS = (1, 2, 3)
+# What is served: the model, or the engagement-ratio rule it is validated against (the training
+# step serves whichever wins on a validation window; both are always fitted).
+SERVE_MODES: tuple[str, ...] = ("model", "rule")
+# customer attributes (`attr.<name>` columns of customers): a text attribute keeps its most
+# frequent levels, each held by at least this share of the customers (at most this many levels);
+# rarer ones are pooled into `attr.<name>=other`
+ATTRIBUTE_MIN_LEVEL_SHARE = 0.01
+ATTRIBUTE_MAX_LEVELS = 20
+_MISSING = "missing:"  # prefix of a numeric attribute's missing-value indicator (engagement model)
 TARGETS: tuple[str, ...] = ("engagement", "conversion")
 FALLBACK = "fallback"
 PROBABILITY = "probability"
@@ -105,6 +133,90 @@ def latest_consent(consent: pd.DataFrame, as_of: pd.Timestamp | None = None) -> 
             c.OPTED_IN: out[c.OPTED_IN].astype(bool),
         }
     )
+
+
+def _check_serve(serve: str) -> None:
+    if serve not in SERVE_MODES:
+        raise ValueError(f"serve must be one of {', '.join(SERVE_MODES)}, got {serve!r}")
+
+
+def attribute_encoding(customers: pd.DataFrame | None) -> list[dict]:
+    """How the customers' free attributes (`attr.<name>` columns) become features, learned once
+    at fit: a numeric column is one feature (missing = NaN; its median fills it in the engagement
+    model, with a missing indicator); a text column is one indicator per frequent level (see
+    ATTRIBUTE_MIN_LEVEL_SHARE) plus `=other` for the rest (missing: all zeros)."""
+    if customers is None:
+        return []
+    columns = [col for col in customers.columns if str(col).startswith(c.ATTRIBUTE_PREFIX)]
+    if not columns:
+        return []
+    table = customers.drop_duplicates(c.CUSTOMER_ID, keep="last")
+    out = []
+    for col in columns:
+        values = table[col]
+        present = values.notna()
+        if not present.any():
+            continue
+        numeric = pd.to_numeric(values, errors="coerce") if not pd.api.types.is_bool_dtype(values) else None
+        if numeric is not None and bool((numeric.notna() == present).all()):
+            out.append(
+                {
+                    "column": str(col),
+                    "kind": "numeric",
+                    "median": float(numeric.median()),
+                    "has_missing": bool((~present).any()),
+                }
+            )
+            continue
+        text = values[present].astype(str)
+        counts = text.value_counts()
+        floor = max(1.0, ATTRIBUTE_MIN_LEVEL_SHARE * len(values))
+        levels = [str(v) for v in counts.index[counts >= floor][:ATTRIBUTE_MAX_LEVELS]]
+        out.append(
+            {"column": str(col), "kind": "levels", "levels": levels, "other": bool(len(levels) < len(counts))}
+        )
+    return out
+
+
+def attribute_feature_names(encoding: list[dict]) -> list[str]:
+    names = []
+    for spec in encoding:
+        if spec["kind"] == "numeric":
+            names.append(spec["column"])
+        else:
+            names += [f"{spec['column']}={level}" for level in spec["levels"]]
+            names += [f"{spec['column']}=other"] if spec["other"] else []
+    return names
+
+
+def attribute_features(customers: pd.DataFrame | None, encoding: list[dict], ids: pd.Index) -> dict:
+    """The attribute features (`attribute_feature_names`) of customers `ids`, one array each
+    (NaN for a customer without a row, or a missing number)."""
+    out: dict[str, np.ndarray] = {}
+    if not encoding:
+        return out
+    table = None
+    if customers is not None:
+        table = customers.drop_duplicates(c.CUSTOMER_ID, keep="last")
+        table = table.set_index(table[c.CUSTOMER_ID].astype(str).to_numpy())
+    for spec in encoding:
+        col = spec["column"]
+        if table is None or col not in table.columns:
+            values = pd.Series(np.nan, index=ids, dtype=object)
+        else:
+            values = table[col].reindex(ids)
+        known = pd.Series(ids).isin(table.index).to_numpy() if table is not None else np.zeros(len(ids), bool)
+        if spec["kind"] == "numeric":
+            out[col] = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+            continue
+        text = values.astype(object).where(values.notna(), None)
+        text = text.map(lambda v: None if v is None else str(v)).to_numpy(dtype=object)
+        for level in spec["levels"]:
+            out[f"{col}={level}"] = np.where(known, text == level, np.nan).astype(np.float64)
+        if spec["other"]:
+            rare = pd.notna(text) & ~np.isin(text, spec["levels"])
+            out[f"{col}=other"] = np.where(known, rare, np.nan).astype(np.float64)
+    return out
 
 
 def engagement_ts(messages: pd.DataFrame) -> pd.Series:
@@ -234,13 +346,15 @@ def history_features(
     consent: pd.DataFrame | None = None,
     identities: pd.DataFrame | None = None,
     identity_systems: list[str] | None = None,
+    attributes: list[dict] | None = None,
 ) -> pd.DataFrame:
     """Customer-level features for each query (customer_id, _t), from data strictly before _t.
 
     With `consent`: `consent_<channel>`, 1 where the customer's latest consent row for that
     message channel before _t opted in. With `identities`: `known_<system>`, 1 where the customer
     has an id in that source system (a loyalty card, an app device, ...; the table has no times,
-    so this is the current state)."""
+    so this is the current state). With `attributes` (an `attribute_encoding`): the customers'
+    free attributes (`attr.*`; also without times: taken as they are in the table)."""
     t = queries["_t"]
     q = _Queries(queries)
     out = {}
@@ -248,7 +362,8 @@ def history_features(
     if messages is not None and len(messages):
         # one stream: a row per send, per engagement and per conversion, at the time it happened
         codes = q.codes_of(messages[c.CUSTOMER_ID])
-        channel = pd.Categorical(messages[c.CHANNEL], categories=message_channels).codes
+        # -1: a channel that is not one of `message_channels`
+        channel = pd.Index(message_channels).get_indexer(messages[c.CHANNEL].astype(str))
         counted = channel >= 0  # sends and engagements count on `message_channels` only
         eng = engagement_ts(messages).reset_index(drop=True)
         engaged = counted & eng.notna().to_numpy()
@@ -322,7 +437,7 @@ def history_features(
 
     if consent is not None:
         rows = consent.dropna(subset=[c.CUSTOMER_ID, c.CHANNEL, c.UPDATED_TS])
-        channel = pd.Categorical(rows[c.CHANNEL].astype(str), categories=message_channels).codes
+        channel = pd.Index(message_channels).get_indexer(rows[c.CHANNEL].astype(str))
         codes = q.codes_of(rows[c.CUSTOMER_ID])
         use = np.flatnonzero((channel >= 0) & (codes >= 0))
         updated = rows[c.UPDATED_TS].astype(t.dtype).reset_index(drop=True).iloc[use].reset_index(drop=True)
@@ -356,6 +471,9 @@ def history_features(
         out["days_since_signup"] = (
             ((t - signup_ts).dt.total_seconds() / 86400.0).where(signup_ts < t).to_numpy()
         )
+    if attributes:
+        for name, values in attribute_features(customers, attributes, q.customers).items():
+            out[name] = q.per_query(values)
     # one float64 block filled column by column, each column freed once copied in: the frame of
     # the training rows (a row per message) is gigabytes at a million customers, and
     # DataFrame(dict) would hold it twice
@@ -378,9 +496,22 @@ class ChannelModel(BaseEstimator):
         for the isotonic calibration instead of for fitting.
     open_window_days, conversion_window_days : messages sent less than this before `as_of` are
         left out of the engagement / conversion training rows (their outcome may still come).
+        None (default): learned from the observed delays between send and open or click, and
+        between send and conversion (`models.send_time.outcome_window_days`); the values used
+        are `open_window_days_` and `conversion_window_days_`.
     max_training_rows : the conversion LightGBM learns from a random sample of at most this many
         messages (None = all); calibration still uses every calibration message. Its cost grows
         with the rows, its accuracy hardly beyond a few hundred thousand.
+    fit_conversion : False leaves the conversion model out (it predicts the training rate): for a
+        fit that only ranks channels, such as the validation of what is served.
+    use_attributes : offer the customers' free attributes (`attr.<name>` columns) as features;
+        each target keeps them only where its calibration slice (its latest training messages,
+        not fitted on) says they help (`attributes_used_`).
+    serve : "model" (default) or "rule": the engagement-ratio rule, each customer's smoothed
+        engagement rate per channel, (engaged + m p_ch) / (sent + m_ch), shrunk towards the
+        channel's rate p_ch with an empirical-Bayes strength m_ch (`rule_strength_`). The rule
+        is always fitted, so the mode can be set after fitting (`set_params`); it answers the
+        engagement probability (and so the ranking), the conversion probability stays the model's.
     random_state, n_jobs : LightGBM's seed and threads (at most 2; one by default: the boosters
         are small, and OpenMP threads contend badly on a busy 2-core machine).
     """
@@ -393,9 +524,12 @@ class ChannelModel(BaseEstimator):
         num_leaves: int = 31,
         min_child_samples: int = 100,
         calibration_share: float = 0.2,
-        open_window_days: float = 3.0,
-        conversion_window_days: float = 14.0,
+        open_window_days: float | None = None,
+        conversion_window_days: float | None = None,
         max_training_rows: int | None = 300_000,
+        fit_conversion: bool = True,
+        use_attributes: bool = True,
+        serve: str = "model",
         random_state: int | None = 0,
         n_jobs: int = 1,
     ):
@@ -408,6 +542,9 @@ class ChannelModel(BaseEstimator):
         self.open_window_days = open_window_days
         self.conversion_window_days = conversion_window_days
         self.max_training_rows = max_training_rows
+        self.fit_conversion = fit_conversion
+        self.use_attributes = use_attributes
+        self.serve = serve
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -427,14 +564,40 @@ class ChannelModel(BaseEstimator):
         systems of `identities` that know the customer); snapshot the features and the consent
         state at `as_of` for ranking."""
         if messages is None or len(messages) == 0:
-            raise ValueError("the channel model needs a messages table with at least one message")
+            raise CannotTrain(
+                "the channel model needs messages (sends with their opens or clicks) to learn which "
+                "channel each customer responds to; there are none"
+            )
+        _check_serve(self.serve)
         self.notes_: list[str] = []
         as_of = self._resolve_as_of(messages, events, as_of)
         self.as_of_ = as_of
         messages = messages.loc[messages[c.SENT_TS] < as_of].dropna(
             subset=[c.CUSTOMER_ID, c.CHANNEL, c.SENT_TS]
         )
+        if messages.empty:
+            raise CannotTrain(
+                f"the channel model has no message sent before {as_of.isoformat()} with a customer, "
+                "a channel and a send time to learn from"
+            )
         messages = messages.assign(**{c.CUSTOMER_ID: messages[c.CUSTOMER_ID].astype(str)})
+        # outcome windows learned from the delays observed by as_of (later outcomes are not known)
+        eng = engagement_ts(messages)
+        self.open_window_days_ = (
+            float(self.open_window_days)
+            if self.open_window_days is not None
+            else outcome_window_days(messages[c.SENT_TS], eng.where(eng < as_of), 1.0)
+        )
+        if self.conversion_window_days is not None:
+            self.conversion_window_days_ = float(self.conversion_window_days)
+        elif c.CONVERTED_TS in messages.columns:
+            conv = messages[c.CONVERTED_TS]
+            self.conversion_window_days_ = outcome_window_days(
+                messages[c.SENT_TS], conv.where(conv < as_of), self.open_window_days_
+            )
+        else:
+            self.conversion_window_days_ = self.open_window_days_
+        self.attribute_encoding_ = attribute_encoding(customers) if self.use_attributes else []
         # only the columns the features read, and no copy of what is all before as_of
         events = None if events is None else rows_before(events, c.TS, as_of, EVENT_COLUMNS)
         self.channels_ = np.sort(messages[c.CHANNEL].astype(str).unique())
@@ -444,12 +607,18 @@ class ChannelModel(BaseEstimator):
             else np.array([], dtype=str)
         )
         engaged = (engagement_ts(messages) < as_of).fillna(False).to_numpy(dtype=bool)
+        if not engaged.any():
+            raise CannotTrain(
+                f"no message sent before {as_of.isoformat()} was opened or clicked (opened_ts and clicked_ts "
+                "are empty or absent): the channel model has no engagement to learn which channel reaches "
+                "a customer"
+            )
         rates = pd.Series(engaged).groupby(messages[c.CHANNEL].astype(str).to_numpy()).mean()
         self.channel_rates_ = {ch: float(rates.get(ch, 0.0)) for ch in self.channels_}
 
         self.identity_systems_ = _identity_systems(identities)
         self._context = {"consent": consent, "identities": identities}  # for history_features
-        windows = (("engagement", self.open_window_days), ("conversion", self.conversion_window_days))
+        windows = (("engagement", self.open_window_days_), ("conversion", self.conversion_window_days_))
         cutoffs = [as_of - pd.Timedelta(days=window) for _, window in windows]
         # A row per message is gigabytes at a million customers: when the later targets' rows
         # are all in this target's (an earlier or equal cutoff), they are taken from these (the
@@ -460,6 +629,8 @@ class ChannelModel(BaseEstimator):
         self.glm_coef_: np.ndarray | None = None
         self.calibrators_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.training_info_: dict[str, dict] = {}
+        self.attributes_used_: dict[str, bool] = {}
+        self.conversion_features_ = list(self.feature_names_)
         source = rows
         del rows
         for i, (target, _) in enumerate(windows):
@@ -468,7 +639,10 @@ class ChannelModel(BaseEstimator):
             del keep
             if all(later <= cutoffs[i] for later in cutoffs[i + 1 :]):
                 source = usable
-            self._fit_target(target, usable)
+            if target == "conversion" and not self.fit_conversion:
+                self._constant_target(target, usable, "not fitted (fit_conversion=False)")
+            else:
+                self._fit_target(target, usable)
             del usable
         del source
 
@@ -500,6 +674,7 @@ class ChannelModel(BaseEstimator):
             self._context["consent"],
             self._context["identities"],
             self.identity_systems_,
+            self.attribute_encoding_,
         )
 
     def _training_rows(self, messages, events, customers, as_of) -> pd.DataFrame:
@@ -515,7 +690,7 @@ class ChannelModel(BaseEstimator):
         conv = (
             messages[c.CONVERTED_TS]
             if c.CONVERTED_TS in messages.columns
-            else pd.Series(pd.NaT, index=messages.index)
+            else pd.Series(pd.NaT, index=messages.index, dtype="datetime64[us, UTC]")
         )
         features["_y_conversion"] = (conv.notna() & (conv < as_of)).to_numpy(dtype=float)
         return features
@@ -523,7 +698,7 @@ class ChannelModel(BaseEstimator):
     def _add_channel_columns(self, features: pd.DataFrame, channels: np.ndarray) -> pd.DataFrame:
         """The message's channel (as a code) and its own history columns."""
         out = features.copy(deep=False)  # new columns only: the others are shared (copy-on-write)
-        code = pd.Categorical(channels, categories=self.channels_).codes.astype(np.float64)
+        code = pd.Index(self.channels_).get_indexer(pd.Index(channels).astype(str)).astype(np.float64)
         out["channel_code"] = np.where(code < 0, np.nan, code)
         for name in ("sent", "engaged", "rate"):
             own = np.full(len(out), np.nan)
@@ -538,13 +713,7 @@ class ChannelModel(BaseEstimator):
     def _fit_target(self, target: str, rows: pd.DataFrame) -> None:
         y = rows[f"_y_{target}"].to_numpy()
         if len(rows) < 50 or len(np.unique(y)) < 2:
-            rate = float(y.mean()) if len(y) else 0.0
-            self.boosters_.pop(target, None)
-            self.calibrators_[target] = (np.array([0.0, 1.0]), np.array([rate, rate]))
-            self.training_info_[target] = {"rows": int(len(rows)), "positive_rate": rate, "constant": True}
-            self.notes_.append(
-                f"{target}: too few rows or one outcome only; the model predicts the rate {rate:.3f}"
-            )
+            self._constant_target(target, rows, "too few rows or one outcome only")
             return
         order = np.argsort(_epoch_us(rows["_sent"]), kind="stable")
         n_cal = int(round(len(rows) * self.calibration_share))
@@ -556,8 +725,61 @@ class ChannelModel(BaseEstimator):
         if self.max_training_rows is not None and len(fit_idx) > self.max_training_rows:
             rng = np.random.default_rng(self.random_state)
             fit_idx = np.sort(rng.choice(fit_idx, self.max_training_rows, replace=False))
+        # with customer attributes: a booster with and one without them, the one with the lower
+        # log loss on the calibration rows (not fitted on) kept
+        attributes = set(attribute_feature_names(self.attribute_encoding_))
+        candidates = [[name for name in self.feature_names_ if name not in attributes]]
+        if attributes & set(self.feature_names_):
+            candidates.append(list(self.feature_names_))
+        best, losses = None, []
+        for names in candidates:
+            booster, raw = self._train_booster(rows, names, y, fit_idx, cal_idx)
+            losses.append(_log_loss(y[cal_idx], raw))
+            if best is None or losses[-1] < best[0]:
+                best = (losses[-1], booster, raw, names)
+        kept = len(candidates) > 1 and best[3] is candidates[1]
+        if len(candidates) > 1:
+            self._note_attributes(target, kept, "log loss", losses[0] if kept else losses[1], best[0])
+        _, booster, raw, self.conversion_features_ = best
+        self.attributes_used_[target] = kept
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y[cal_idx])
+        self.boosters_[target] = booster
+        self.calibrators_[target] = (
+            np.asarray(iso.X_thresholds_, float),
+            np.asarray(iso.y_thresholds_, float),
+        )
+        self.training_info_[target] = {
+            "rows": int(len(rows)),
+            "fit_rows": int(len(fit_idx)),
+            "calibration_rows": int(len(cal_idx)),
+            "positive_rate": float(y.mean()),
+            "trees": int(booster.best_iteration or booster.current_iteration()),
+            "constant": False,
+        }
+
+    def _constant_target(self, target: str, rows: pd.DataFrame, why: str) -> None:
+        """`target` predicted as the training rows' rate, and a note saying why."""
+        y = rows[f"_y_{target}"].to_numpy()
+        rate = float(y.mean()) if len(y) else 0.0
+        self.boosters_.pop(target, None)
+        self.calibrators_[target] = (np.array([0.0, 1.0]), np.array([rate, rate]))
+        self.training_info_[target] = {"rows": int(len(rows)), "positive_rate": rate, "constant": True}
+        self.notes_.append(f"{target}: {why}; the model predicts the rate {rate:.3f}")
+
+    def _note_attributes(self, target: str, kept: bool, metric: str, other: float, chosen: float) -> None:
+        """Says whether the customer attributes were kept in `target`'s model and on what grounds."""
+        names = ", ".join(spec["column"] for spec in self.attribute_encoding_)
+        verdict = "kept" if kept else "left out"
+        self.notes_.append(
+            f"{target}: customer attributes ({names}) {verdict} on the calibration slice "
+            f"({metric} {chosen:.4f} against {other:.4f} {'without' if kept else 'with'} them)"
+        )
+
+    def _train_booster(self, rows, names, y, fit_idx, cal_idx):
+        """A LightGBM classifier on the columns `names`, early-stopped on the calibration rows;
+        returns it and its raw scores on those rows."""
         # only the rows the booster sees (a row per message is gigabytes at a million customers)
-        features = rows[self.feature_names_]
+        features = rows[names]
         x_fit = features.iloc[fit_idx].to_numpy(np.float64)
         x_cal = features.iloc[cal_idx].to_numpy(np.float64)
         del features
@@ -575,7 +797,7 @@ class ChannelModel(BaseEstimator):
             "force_col_wise": True,
             "verbose": -1,
         }
-        categorical = [self.feature_names_.index("channel_code")]
+        categorical = [names.index("channel_code")]
         booster = train_booster(  # lgb.train, early-stopped on the calibration rows (Dask when active)
             params,
             x_fit,
@@ -585,37 +807,68 @@ class ChannelModel(BaseEstimator):
             early_stopping_rounds=30,
             categorical_feature=categorical,
         )
-        raw = booster.predict(x_cal, num_iteration=booster.best_iteration)
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y[cal_idx])
-        self.boosters_[target] = booster
-        self.calibrators_[target] = (
-            np.asarray(iso.X_thresholds_, float),
-            np.asarray(iso.y_thresholds_, float),
-        )
-        self.training_info_[target] = {
-            "rows": int(len(rows)),
-            "fit_rows": int(len(fit_idx)),
-            "calibration_rows": int(len(cal_idx)),
-            "positive_rate": float(y.mean()),
-            "trees": int(booster.best_iteration or booster.current_iteration()),
-            "constant": False,
-        }
+        return booster, booster.predict(x_cal, num_iteration=booster.best_iteration)
 
     def _fit_engagement(self, rows: pd.DataFrame, fit_idx: np.ndarray, cal_idx: np.ndarray) -> None:
         """The engagement model (see the module docstring): a logistic regression per channel on
         the customer's cross-channel profile, ridge-shrunk towards one pooled over the channels,
         plus an empirical-Bayes customer × channel effect from the customer's own history on the
-        channel; fitted on `fit_idx`, mapped to probabilities by isotonic regression on `cal_idx`."""
+        channel; fitted on `fit_idx`, mapped to probabilities by isotonic regression on `cal_idx`.
+        With customer attributes, fitted with and without them; the one with the higher AUC on
+        the calibration rows (not fitted on) is kept."""
         y = rows["_y_engagement"].to_numpy(np.float64)
         frame = rows[self.feature_names_]
-        self.glm_features_ = _glm_feature_names(self.feature_names_)
         self.population_mix_ = {}
         if "active_hours" in frame:
             active = frame["active_hours"].fillna(0.0).to_numpy()[fit_idx]
             for col in (name for name in self.feature_names_ if name.startswith("share_")):
                 share = frame[col].fillna(0.0).to_numpy()[fit_idx]
                 self.population_mix_[col] = float((share * active).sum() / max(active.sum(), 1e-12))
-        raw = _glm_inputs(frame, self.glm_features_, self.population_mix_)
+        inputs = _glm_feature_names(self.feature_names_, self.attribute_encoding_)
+        plain = [name for name in inputs if not _is_attribute_input(name)]
+        candidates = [plain] if len(plain) == len(inputs) else [plain, inputs]
+        best, scores = None, []
+        for names in candidates:
+            self._fit_glm(frame, rows, y, fit_idx, names)
+            logit = self._engagement_logit(frame)
+            scores.append(_auc(y[cal_idx], logit[cal_idx]))
+            if best is None or scores[-1] > best[0]:
+                best = (scores[-1], self._glm_state(), logit)
+        kept = len(candidates) > 1 and best[1]["glm_features_"] is candidates[1]
+        if len(candidates) > 1:
+            self._note_attributes("engagement", kept, "AUC", scores[0] if kept else scores[1], best[0])
+            for name, value in best[1].items():
+                setattr(self, name, value)
+        self.attributes_used_["engagement"] = kept
+        logit = best[2]
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(logit[cal_idx], y[cal_idx])
+        self.boosters_.pop("engagement", None)
+        self.calibrators_["engagement"] = (
+            np.asarray(iso.X_thresholds_, float),
+            np.asarray(iso.y_thresholds_, float),
+        )
+        self.training_info_["engagement"] = {
+            "rows": int(len(rows)),
+            "fit_rows": int(len(fit_idx)),
+            "calibration_rows": int(len(cal_idx)),
+            "positive_rate": float(y.mean()),
+            "model": "hierarchical logistic regression + empirical-Bayes customer x channel effect",
+            "inputs": int(len(self.glm_features_)),
+            "eb_sigma2": float(1.0 / self.eb_tau_) if np.isfinite(self.eb_tau_) else 0.0,
+            "constant": False,
+        }
+
+    _GLM_STATE: tuple[str, ...] = (
+        "glm_features_", "glm_coef_", "glm_mean_", "glm_scale_", "glm_low_", "glm_high_", "eb_tau_",
+    )  # fmt: skip
+
+    def _glm_state(self) -> dict:
+        return {name: getattr(self, name) for name in self._GLM_STATE}
+
+    def _fit_glm(self, frame, rows, y, fit_idx, inputs: list[str]) -> None:
+        """The engagement model's coefficients and prior strength on the inputs `inputs`."""
+        self.glm_features_ = inputs
+        raw = _glm_inputs(frame, self.glm_features_, self.population_mix_, self.attribute_encoding_)
         # inputs are clipped to the range seen in training: a linear model must not extrapolate
         fit_raw = raw[fit_idx]
         self.glm_low_, self.glm_high_ = fit_raw.min(axis=0), fit_raw.max(axis=0)
@@ -660,30 +913,13 @@ class ChannelModel(BaseEstimator):
         )
         residual, info = _history_residual(frame.iloc[last], profile_logit[last])
         self.eb_tau_ = _eb_tau(residual, info)
-        logit = self._engagement_logit(frame)
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(logit[cal_idx], y[cal_idx])
-        self.boosters_.pop("engagement", None)
-        self.calibrators_["engagement"] = (
-            np.asarray(iso.X_thresholds_, float),
-            np.asarray(iso.y_thresholds_, float),
-        )
-        self.training_info_["engagement"] = {
-            "rows": int(len(rows)),
-            "fit_rows": int(len(fit_idx)),
-            "calibration_rows": int(len(cal_idx)),
-            "positive_rate": float(y.mean()),
-            "model": "hierarchical logistic regression + empirical-Bayes customer x channel effect",
-            "inputs": int(n_in),
-            "eb_sigma2": float(1.0 / self.eb_tau_) if np.isfinite(self.eb_tau_) else 0.0,
-            "constant": False,
-        }
 
     def _profile_logit(self, frame: pd.DataFrame) -> np.ndarray:
         """Log-odds of engagement from the customer's profile alone (the channel's coefficients;
         the pooled ones for a channel without its own)."""
         # z = (clip(raw) - mean) / scale in place, and the per-row coefficients a chunk of rows
         # at a time (the same numbers; one matrix of the rows instead of four)
-        z = _glm_inputs(frame, self.glm_features_, self.population_mix_)
+        z = _glm_inputs(frame, self.glm_features_, self.population_mix_, self.attribute_encoding_)
         np.clip(z, self.glm_low_, self.glm_high_, out=z)
         z -= self.glm_mean_
         z /= self.glm_scale_
@@ -722,6 +958,20 @@ class ChannelModel(BaseEstimator):
             else np.zeros(len(base), dtype=np.int64)
         )
         self.has_consent_table_ = consent is not None
+        # the engagement-ratio rule's prior strength per channel: method of moments on the
+        # customers' (engaged, not engaged) counts at as_of (inf: no differences beyond noise)
+        self.rule_strength_ = {}
+        for ch in self.channels_:
+            if f"sent_{ch}" not in base:
+                self.rule_strength_[str(ch)] = float("inf")
+                continue
+            sent, engaged = base[f"sent_{ch}"].to_numpy(), base[f"engaged_{ch}"].to_numpy()
+            engaged = np.minimum(engaged, sent)
+            rate = self.channel_rates_[str(ch)]
+            prior = np.tile([rate, 1.0 - rate], (len(sent), 1))
+            self.rule_strength_[str(ch)] = dirichlet_prior_strength(
+                np.column_stack([engaged, sent - engaged]), prior
+            )
         if consent is None:
             self.notes_.append(
                 "no consent table: every channel seen in the messages is treated as allowed for every customer"
@@ -734,9 +984,12 @@ class ChannelModel(BaseEstimator):
 
     # ------------------------------------------------------------------------------------------
     # scoring
-    def _predict(self, target: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _predict(self, target: str, x: np.ndarray, serve: str = "model") -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities and the raw scores (log-odds or booster scores, which break the
-        isotonic map's ties)."""
+        isotonic map's ties); with serve="rule", the engagement-ratio rule's engagement rates and
+        the channels' rates (which break the rule's ties)."""
+        if target == "engagement" and serve == "rule":
+            return self._rule_probability(pd.DataFrame(x, columns=self.feature_names_))
         thresholds, values = self.calibrators_[target]
         if target == "engagement" and self.glm_coef_ is not None:
             raw = self._engagement_logit(pd.DataFrame(x, columns=self.feature_names_))
@@ -744,8 +997,29 @@ class ChannelModel(BaseEstimator):
         booster = self.boosters_.get(target)
         if booster is None:
             return np.full(len(x), values[0]), np.zeros(len(x))
+        if target == "conversion" and self.conversion_features_ != self.feature_names_:
+            x = x[:, [self.feature_names_.index(name) for name in self.conversion_features_]]
         raw = booster.predict(x, num_iteration=booster.best_iteration or None)
         return np.interp(raw, thresholds, values), raw
+
+    def _rule_probability(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The engagement-ratio rule: (engaged + m p) / (sent + m) from the customer's own history
+        on the channel, p the channel's rate and m its prior strength (`rule_strength_`); the
+        channel's rate without history (an unknown channel: the channels' mean rate)."""
+        rates = np.array([self.channel_rates_[str(ch)] for ch in self.channels_] + [np.nan])
+        strengths = np.array([self.rule_strength_.get(str(ch), np.inf) for ch in self.channels_] + [np.inf])
+        rates[-1] = np.nanmean(rates[:-1]) if len(rates) > 1 else 0.0
+        code = frame["channel_code"].to_numpy(dtype=np.float64)
+        at = np.where(np.isnan(code), len(rates) - 1, np.nan_to_num(code)).astype(np.int64)
+        sent = frame["own_sent"].fillna(0.0).to_numpy() if "own_sent" in frame else np.zeros(len(frame))
+        engaged = (
+            frame["own_engaged"].fillna(0.0).to_numpy() if "own_engaged" in frame else np.zeros(len(frame))
+        )
+        prior, strength = rates[at], strengths[at]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            own = (np.minimum(engaged, sent) + strength * prior) / (sent + strength)
+        usable = (sent > 0) & np.isfinite(strength)
+        return np.where(usable, own, prior), prior
 
     def _feature_rows(self, customer_ids: np.ndarray, channels: np.ndarray) -> np.ndarray:
         rows = index_rows(self.customer_index_, customer_ids)
@@ -764,16 +1038,20 @@ class ChannelModel(BaseEstimator):
         frame = self._add_channel_columns(frame, channels)
         return frame[self.feature_names_].to_numpy(np.float64)
 
-    def predict_proba(self, customer_ids, channels) -> pd.DataFrame:
+    def predict_proba(self, customer_ids, channels, serve: str | None = None) -> pd.DataFrame:
         """Calibrated probabilities for aligned (customer, channel) pairs, ignoring consent.
 
         Columns: customer_id, channel, probability (engagement), conversion_probability, fallback,
-        score (the engagement booster's raw output, for ordering ties of the calibrated probability).
+        score (the engagement model's raw output, for ordering ties of the calibrated probability).
+        `serve`: "model" or "rule" (the engagement-ratio rule's rate as the probability, the
+        channel's rate as the score); default: the model's `serve`.
         """
         ids = np.asarray(pd.Series(np.asarray(customer_ids, dtype=object)).astype(str))
         chans = np.asarray(pd.Series(np.asarray(channels, dtype=object)).astype(str))
         x = self._feature_rows(ids, chans)
-        engagement, raw = self._predict("engagement", x)
+        serve = self.serve if serve is None else serve
+        _check_serve(serve)
+        engagement, raw = self._predict("engagement", x, serve)
         return pd.DataFrame(
             {
                 c.CUSTOMER_ID: ids,
@@ -810,12 +1088,12 @@ class ChannelModel(BaseEstimator):
         ]
         return allowed[[c.CUSTOMER_ID, c.CHANNEL]].reset_index(drop=True)
 
-    def rank_channels(self, customer_ids=None) -> pd.DataFrame:
+    def rank_channels(self, customer_ids=None, serve: str | None = None) -> pd.DataFrame:
         """Consented channels per customer ranked by engagement probability (rank 1 = best).
 
         Columns: customer_id, channel, rank, probability (engagement), conversion_probability,
         fallback. Customers with no allowed channel get no rows (see `no_channel_reasons`).
-        `customer_ids=None` ranks every customer known at `as_of`.
+        `customer_ids=None` ranks every customer known at `as_of`; `serve` as in `predict_proba`.
         """
         ids = self.customer_ids_ if customer_ids is None else customer_ids
         pairs = self.allowed_channels(ids)
@@ -830,7 +1108,7 @@ class ChannelModel(BaseEstimator):
                     FALLBACK: pd.Series([], dtype=bool),
                 }
             )
-        scored = self.predict_proba(pairs[c.CUSTOMER_ID], pairs[c.CHANNEL])
+        scored = self.predict_proba(pairs[c.CUSTOMER_ID], pairs[c.CHANNEL], serve)
         # the isotonic map is a step function: equal probabilities are ordered by the raw score
         scored = scored.sort_values(
             [c.CUSTOMER_ID, PROBABILITY, c.SCORE, c.CHANNEL],
@@ -938,6 +1216,12 @@ class ChannelModel(BaseEstimator):
             "customer_feature_names": self.customer_feature_names_,
             "has_consent_table": self.has_consent_table_,
             "boosters": sorted(self.boosters_),
+            "open_window_days": self.open_window_days_,
+            "conversion_window_days": self.conversion_window_days_,
+            "rule_strength": {k: (v if np.isfinite(v) else None) for k, v in self.rule_strength_.items()},
+            "attribute_encoding": self.attribute_encoding_,
+            "attributes_used": self.attributes_used_,
+            "conversion_features": self.conversion_features_,
             "engagement_model": None
             if self.glm_coef_ is None
             else {
@@ -966,6 +1250,19 @@ class ChannelModel(BaseEstimator):
         model.has_consent_table_ = bool(meta["has_consent_table"])
         model.training_info_ = meta["training_info"]
         model.notes_ = list(meta["notes"])
+        # format 3; before it: the windows were parameters, no rule mode, no attributes
+        model.open_window_days_ = float(meta.get("open_window_days", model.open_window_days or 3.0))
+        model.conversion_window_days_ = float(
+            meta.get("conversion_window_days", model.conversion_window_days or 14.0)
+        )
+        strengths = meta.get("rule_strength", {})
+        model.rule_strength_ = {k: float("inf") if v is None else float(v) for k, v in strengths.items()}
+        model.attribute_encoding_ = list(meta.get("attribute_encoding", []))
+        model.attributes_used_ = dict(meta.get("attributes_used", {}))
+        model.conversion_features_ = list(meta.get("conversion_features", model.feature_names_))
+        _check_serve(model.serve)
+        if model.serve == "rule" and "rule_strength" not in meta:
+            raise ValueError("channel folder serves the rule but was saved before rule modes: retrain")
         model.boosters_ = {t: lgb.Booster(model_file=str(folder / f"{t}.lgb.txt")) for t in meta["boosters"]}
         with np.load(folder / "channel.npz", allow_pickle=False) as arrays:
             model.customer_ids_ = arrays["customer_ids"].astype(str)
@@ -1005,10 +1302,11 @@ def _identity_systems(identities: pd.DataFrame | None, limit: int = MAX_IDENTITY
     return [str(s) for s in per_system.index[:limit]]
 
 
-def _glm_feature_names(feature_names: list[str]) -> list[str]:
+def _glm_feature_names(feature_names: list[str], encoding: list[dict] | None = None) -> list[str]:
     """Inputs of the engagement model's profile part, from the history features available:
     activity (whether any, how much, the smoothed mix over event channels), purchases, recency,
-    tenure, consent and identity flags. Message history enters through the customer effect."""
+    tenure, consent and identity flags, customer attributes (a numeric one with its missing
+    indicator). Message history enters through the customer effect."""
     names: list[str] = []
     if "active_hours" in feature_names:
         names += ["has_activity", "log_active_hours"]
@@ -1017,18 +1315,39 @@ def _glm_feature_names(feature_names: list[str]) -> list[str]:
         if col in feature_names:
             names.append(f"log_{col}")
     names += [col for col in feature_names if col.startswith(("consent_", "known_"))]
+    for spec in encoding or []:
+        if spec["kind"] == "numeric":
+            names += [spec["column"]] + ([_MISSING + spec["column"]] if spec["has_missing"] else [])
+    names += [
+        name for name in attribute_feature_names(encoding or []) if "=" in name and name in feature_names
+    ]
     return names
 
 
-def _glm_inputs(frame: pd.DataFrame, names: list[str], population_mix: dict[str, float]) -> np.ndarray:
+def _is_attribute_input(name: str) -> bool:
+    return name.startswith((c.ATTRIBUTE_PREFIX, _MISSING))
+
+
+def _glm_inputs(
+    frame: pd.DataFrame,
+    names: list[str],
+    population_mix: dict[str, float],
+    encoding: list[dict] | None = None,
+) -> np.ndarray:
     """The inputs `names` (see `_glm_feature_names`) computed from history-feature columns.
 
     The mix is each event channel's share of the customer's active hours, smoothed with
-    ACTIVITY_PRIOR_HOURS pseudo hours at the population's mix: two active hours are weak evidence."""
+    ACTIVITY_PRIOR_HOURS pseudo hours at the population's mix: two active hours are weak evidence.
+    A numeric attribute's missing values take its median (in `encoding`), beside an indicator."""
     active = frame["active_hours"].fillna(0.0).to_numpy() if "active_hours" in frame else None
+    medians = {spec["column"]: spec["median"] for spec in encoding or [] if spec["kind"] == "numeric"}
     columns = []
     for name in names:
-        if name == "has_activity":
+        if name in medians:
+            value = frame[name].fillna(medians[name]).to_numpy()
+        elif name.startswith(_MISSING):
+            value = frame[name[len(_MISSING) :]].isna().to_numpy()
+        elif name == "has_activity":
             value = (active > 0).astype(np.float64)
         elif name == "log_active_hours":
             value = np.log1p(active)
@@ -1052,6 +1371,18 @@ def _glm_inputs(frame: pd.DataFrame, names: list[str], population_mix: dict[str,
 
 def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC (ties count half); NaN with one outcome only."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def _ridge_logistic(x: np.ndarray, y: np.ndarray, prior: np.ndarray, ridge: float) -> np.ndarray:

@@ -59,9 +59,25 @@ and the grid is the posterior mean sum_k post[i, k] * p_k. Pieces:
   population's and move with their message responses (`SEGMENT_PRIOR_COUNT` pseudo customers
   keep a small segment near the population).
 
-With only a transaction log (no messages) the response layers are absent and the coefficients take
-activity-only defaults: the grid is then an engagement propensity centred on `DEFAULT_BASE_RATE`,
-not a calibrated probability, and the same for every channel.
+With only a transaction log (no messages) there are no responses to learn the link from activity
+to engagement, and the grid is the probability of the customer being active in the slot, on a
+log-odds scale centred on `DEFAULT_BASE_RATE` (a propensity, not a calibrated probability, the same
+for every channel): logit = base + log(24 p_i(h)) + log(7 q_i(d)), where p_i is the customer's own
+hour distribution of activity shrunk towards the mixture's predictive one (sum_k post[i, k] times the
+profile's habit-plus-background) with a Dirichlet prior whose strength is estimated by the method
+of moments: a customer with a few active hours gets the mixture's smooth answer, one with hundreds
+their own histogram (`hour_prob_`); with `activity_window_hours` > 0, the activity within that many
+hours either side of the slot's hour instead (chosen on validation by the training step).
+
+The habit bump's width is learned: a generalised EM step maximises the expected activity
+log-likelihood over the width (`profile_width_`); nothing about its shape is taken from a
+generator.
+
+Rules. The model is validated against two simple rules (`training.channel_training` serves
+whichever wins on a validation window): the customer's most frequent local activity hour, and one
+hour for everyone (the send hour with the best shrunk engagement rate; without messages the
+population's busiest hour). Both are fitted with the model; `serve` says which one the grid
+follows.
 
 The model saves to a folder (npz + json, read with `allow_pickle=False`), never pickle.
 """
@@ -81,11 +97,12 @@ from features import columns as c
 from features.codes import positions
 from features.customer_features import local_time_parts
 from features.io import rows_before
-from models.base import index_rows, read_model_meta
+from models.base import CannotTrain, index_rows, read_model_meta
 from models.em_kernels import add_message_log_likelihood, customer_starts, engagement_sums, info_dot
 
-FORMAT_VERSION = 2
-_READABLE_FORMATS = (1, 2)  # format 1 (learned profile shapes) scores the same way
+FORMAT_VERSION = 3
+# format 1 (learned profile shapes) and 2 (no rule modes: always served as the model) score the same way
+_READABLE_FORMATS = (1, 2, 3)
 HOURS = 24
 DAYS = 7
 SLOTS = DAYS * HOURS
@@ -97,12 +114,29 @@ SEGMENT_CHANNELS: tuple[str, ...] = ("store", "web", "app")
 # the others (a store's opening hours, a call centre's) get learned offsets against them
 OPEN_ALL_HOURS: tuple[str, ...] = ("web", "app")
 FEATURES: tuple[str, ...] = ("rel_hour", "log_hour", "log_day")
-# Activity-only coefficients (no messages to learn them from): a full activity peak is worth about
-# as much as a weekend/weekday rate ratio of e; their ratio, not their size, decides the best slot.
+# Where EM starts the coefficients. Without messages there is nothing to learn them from: the grid
+# is then log(24 p(h)) + log_day * log(7 q(d)) with log_day = 1, the log-probability of activity in
+# the slot (rel_hour only shapes grids of models saved before format 3 that hold no `hour_prob_`).
 DEFAULT_COEF: dict[str, float] = {"rel_hour": 1.0, "log_hour": 0.0, "log_day": 1.0}
 DEFAULT_BASE_RATE = 0.1
 # share of activity first assumed to be off-habit (background); EM re-estimates it
 INITIAL_BACKGROUND_SHARE = 0.1
+# The habit bump's width (Gaussian sd, hours) is learned from activity by maximum likelihood,
+# within these bounds; EM starts from INITIAL_WIDTH, which also stays where there is no activity
+# to learn it from (messages only).
+WIDTH_BOUNDS: tuple[float, float] = (0.25, 8.0)
+INITIAL_WIDTH = 2.0
+# What is served: the model's grid, or one of the two simple rules it is validated against (the
+# training step serves whichever wins on a validation window): the customer's most frequent
+# local activity hour, or one hour for everyone (the send hour with the best engagement rate in
+# the messages, or without messages the population's most frequent activity hour).
+SERVE_MODES: tuple[str, ...] = ("model", "customer_modal_hour", "global_best_hour")
+# In a rule mode the grid keeps the model's level per weekday and falls off by this share per
+# hour of circular distance from the rule's hour: the rule's hour is the day's best, the nearest
+# allowed one next (quiet hours), and the weekday still comes from the model.
+_RULE_FALLOFF = 1e-4
+# outcome windows (`outcome_window_days`): the share of observed delays a window must cover
+OUTCOME_WINDOW_QUANTILE = 0.99
 # ridge on the channel-group hour offsets (log scale): a group's hour with no data stays near 0
 OFFSET_RIDGE = 1.0
 ACTIVITY_ITER = 15  # EM iterations on activity alone before message outcomes join in
@@ -113,6 +147,7 @@ SEGMENT_PRIOR_COUNT = 20.0
 _MAX_LOG_DENSITY = 4.0  # |log density ratio| is clipped here: an empty hour is not infinitely bad
 _MIN_SIGMA2, _MAX_SIGMA2 = 1e-4, 4.0
 _SCORE_CHUNK = 1024  # customers per block when building grids (block = chunk × profiles × 168)
+_TIE_BREAK = 1e-6  # weight of the smoothed day row that breaks ties between equal hours
 
 
 def slot_index(weekdays, hours) -> np.ndarray:
@@ -175,6 +210,9 @@ def circular_kernel(bandwidth_hours: float, size: int = HOURS) -> np.ndarray:
     weights = np.exp(-0.5 * (dist / bandwidth_hours) ** 2)
     weights[dist > 3 * bandwidth_hours] = 0.0
     return weights / weights.sum(axis=1, keepdims=True)
+
+
+_TIE_KERNEL = circular_kernel(3.0)
 
 
 def habit_profiles(n_centres: int, widths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,6 +292,25 @@ def weekday_distributions(day_counts: np.ndarray, segment: np.ndarray) -> tuple[
         within = shrink_counts(block_counts, block_prior, dirichlet_prior_strength(block_counts, block_prior))
         parts.append(share * within)
     return seg_prob, np.hstack(parts)
+
+
+def outcome_window_days(sent: pd.Series, outcome: pd.Series, default: float) -> float:
+    """How long after a send its outcome (an open, a conversion) can still come, learned from the
+    data: the OUTCOME_WINDOW_QUANTILE quantile of the observed delays (outcome - sent), at least
+    one hour; `default` where no outcome was observed (then nothing is learned from the outcome
+    either way). Models leave messages sent less than this before `as_of` out of their training
+    rows (their outcome may still come), and evaluations wait this long after a window."""
+    delay = (pd.to_datetime(outcome, utc=True) - pd.to_datetime(sent, utc=True)).dt.total_seconds()
+    delay = delay.to_numpy(dtype=np.float64, na_value=np.nan)
+    delay = delay[np.isfinite(delay) & (delay >= 0)]
+    if len(delay) == 0:
+        return float(default)
+    return max(1.0 / 24.0, float(np.quantile(delay, OUTCOME_WINDOW_QUANTILE)) / 86400.0)
+
+
+def circular_distance(a, b) -> np.ndarray:
+    """Hours between local hours on the 24-hour circle (0-12)."""
+    return np.abs((np.asarray(a) - np.asarray(b) + HOURS // 2) % HOURS - HOURS // 2)
 
 
 def eb_newton_step(residual: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, float]:
@@ -341,6 +398,11 @@ def _resolve_as_of(events, messages, as_of) -> pd.Timestamp:
     return max(last) + pd.Timedelta(seconds=1)
 
 
+def _check_serve(serve: str) -> None:
+    if serve not in SERVE_MODES:
+        raise ValueError(f"serve must be one of {', '.join(SERVE_MODES)}, got {serve!r}")
+
+
 # What `SendTimeModel.fit` reads of the events.
 _EVENT_COLUMNS: tuple[str, ...] = (c.CUSTOMER_ID, c.TS, c.CHANNEL)
 
@@ -351,7 +413,8 @@ class SendTimeModel(BaseEstimator):
     Parameters
     ----------
     profile_width : width (hours, Gaussian sd) of the narrowest habit profile; the others are
-        2, 4, ... times as wide (`n_widths` in all).
+        2, 4, ... times as wide (`n_widths` in all). None (default): learned from the activity
+        hours by maximum likelihood inside EM (`profile_widths_`); a number fixes it.
     n_widths, n_centres : habit profiles: one per width and centre (centres evenly spaced over the
         day), plus a flat one.
     hour_bandwidth : Gaussian kernel width (hours) that smooths the background activity and the
@@ -362,20 +425,29 @@ class SendTimeModel(BaseEstimator):
     min_history : a customer with fewer messages *and* fewer active hours than this is flagged
         `fallback` (their grid is essentially their segment's).
     open_window_days : messages sent this close to `as_of` are not learned from (their opens may
-        not be in yet).
+        not be in yet). None (default): learned from the observed delays between send and open or
+        click (`outcome_window_days`); the value used is `open_window_days_`.
+    serve : what the grid serves: "model" (default), or a rule it was validated against,
+        "customer_modal_hour" or "global_best_hour" (see SERVE_MODES; both are always fitted, so
+        the mode can be set after fitting with `set_params`).
+    activity_window_hours : without messages, the grid scores the probability of activity within
+        this many hours either side of the slot's hour (0: in that hour). A scoring setting (no
+        refit needed); the training step chooses it on a validation window.
     random_state : accepted for a uniform interface; the fit is deterministic.
     """
 
     def __init__(
         self,
-        profile_width: float = 1.5,
+        profile_width: float | None = None,
         n_widths: int = 1,
         n_centres: int = 24,
         hour_bandwidth: float = 1.0,
         n_iter: int = 12,
         induced_minutes: float = 60.0,
         min_history: int = 3,
-        open_window_days: float = 3.0,
+        open_window_days: float | None = None,
+        serve: str = "model",
+        activity_window_hours: int = 0,
         random_state: int | None = None,
     ):
         self.profile_width = profile_width
@@ -386,6 +458,8 @@ class SendTimeModel(BaseEstimator):
         self.induced_minutes = induced_minutes
         self.min_history = min_history
         self.open_window_days = open_window_days
+        self.serve = serve
+        self.activity_window_hours = activity_window_hours
         self.random_state = random_state
 
     # ------------------------------------------------------------------------------------------
@@ -400,7 +474,10 @@ class SendTimeModel(BaseEstimator):
         """Learn from events (any channel) and messages sent before `as_of` (default: just after
         the last record). Either table may be None; `customers` gives time zones (UTC if absent)."""
         if (events is None or len(events) == 0) and (messages is None or len(messages) == 0):
-            raise ValueError("need events or messages to learn send times from")
+            raise CannotTrain(
+                "the send-time model needs events or messages with timestamps to learn from; there are none"
+            )
+        _check_serve(self.serve)
         as_of = _resolve_as_of(events, messages, as_of)
         self.notes_: list[str] = []
         self.as_of_ = as_of
@@ -493,6 +570,13 @@ class SendTimeModel(BaseEstimator):
         hour_counts = np.bincount(rows * HOURS + slots % HOURS, minlength=n * HOURS).reshape(n, HOURS)
         day_counts = np.bincount(rows * DAYS + slots // HOURS, minlength=n * DAYS).reshape(n, DAYS)
         self.n_active_ = hour_counts.sum(axis=1)
+        # the customer-modal-hour rule: the most frequent local activity hour (ties: the hour the
+        # population is busier at; -1 without activity: the global hour is used)
+        population = hour_counts.sum(axis=0).astype(np.float64)
+        self.population_modal_hour_ = int(np.argmax(population)) if population.sum() > 0 else -1
+        tie_break = 0.5 * population / max(population.max(), 1.0)  # less than one active hour
+        modal = np.argmax(hour_counts + tie_break[None, :], axis=1)
+        self.modal_hour_ = np.where(self.n_active_ > 0, modal, -1).astype(np.int64)
 
         # segment: the channel group with most active hours; none without activity
         groups = len(SEGMENTS) - 1
@@ -507,21 +591,36 @@ class SendTimeModel(BaseEstimator):
         n = len(self.customer_ids_)
         self.n_messages_ = np.zeros(n, dtype=np.int64)
         self.channels_ = np.array([], dtype=str)
+        self.global_best_hour_ = self.population_modal_hour_
+        self.open_window_days_ = float(self.open_window_days or 0.0)
         if messages is None or len(messages) == 0:
             self.notes_.append(
-                "no messages: send times are learned from activity times alone; scores are engagement "
-                "propensities with default coefficients (not calibrated probabilities), equal for all channels"
+                "no messages: send times are learned from activity times alone; scores are the probability "
+                "of the customer being active in the slot (a propensity, not a calibrated engagement "
+                "probability), equal for all channels"
             )
             return None
         self.channels_ = np.sort(messages[c.CHANNEL].dropna().astype(str).unique())
         self.n_messages_ = np.bincount(self._customer_rows(messages[c.CUSTOMER_ID].dropna()), minlength=n)
-        cutoff = as_of - pd.Timedelta(days=self.open_window_days)
+        if self.open_window_days is None:
+            engaged_at = engagement_time(messages)  # only what was known by as_of
+            self.open_window_days_ = outcome_window_days(
+                messages[c.SENT_TS], engaged_at.where(engaged_at < as_of), 1.0
+            )
+        cutoff = as_of - pd.Timedelta(days=self.open_window_days_)
         msgs = messages.loc[messages[c.SENT_TS] < cutoff].dropna(subset=[c.CUSTOMER_ID, c.SENT_TS, c.CHANNEL])
         if len(msgs) == 0:
             self.notes_.append("no message outcomes observed yet: send times are learned from activity alone")
+            if self.global_best_hour_ < 0:  # nothing but sends: the hour most of them go out
+                sent = messages.dropna(subset=[c.CUSTOMER_ID, c.SENT_TS])
+                rows = self._customer_rows(sent[c.CUSTOMER_ID])
+                hours = local_slots(sent[c.SENT_TS], pd.Series(self.timezones_[rows])) % HOURS
+                self.global_best_hour_ = int(np.argmax(np.bincount(hours, minlength=HOURS)))
             return None
         rows = self._customer_rows(msgs[c.CUSTOMER_ID])
         slots = local_slots(msgs[c.SENT_TS], pd.Series(self.timezones_[rows]))
+        y = engaged_before(msgs, as_of).astype(np.float64)
+        self.global_best_hour_ = self._best_send_hour(slots % HOURS, y)
         return {
             "row": rows,
             "channel": pd.Categorical(msgs[c.CHANNEL].astype(str), categories=self.channels_).codes.astype(
@@ -529,8 +628,26 @@ class SendTimeModel(BaseEstimator):
             ),
             "hour": slots % HOURS,
             "day": slots // HOURS,
-            "y": engaged_before(msgs, as_of).astype(np.float64),
+            "y": y,
         }
+
+    def _best_send_hour(self, hours: np.ndarray, y: np.ndarray) -> int:
+        """The global-best-hour rule: the local send hour with the highest engagement rate, each
+        hour's rate shrunk towards the overall rate with an empirical-Bayes prior (an hour with
+        few sends stays near the average). Ties (e.g. no difference between hours beyond noise):
+        the population's busiest activity hour, then the hour most sends went out."""
+        sent = np.bincount(hours, minlength=HOURS).astype(np.float64)
+        engaged = np.bincount(hours, weights=y, minlength=HOURS)
+        overall = float(engaged.sum() / max(sent.sum(), 1.0))
+        counts = np.column_stack([engaged, sent - engaged])
+        prior = np.tile([overall, 1.0 - overall], (HOURS, 1))
+        strength = dirichlet_prior_strength(counts, prior)
+        rate = shrink_counts(counts, prior, strength)[:, 0]
+        tie = sent / max(sent.max(), 1.0)
+        if self.population_modal_hour_ >= 0:
+            tie = tie + 2.0 * (np.arange(HOURS) == self.population_modal_hour_)
+        best = np.flatnonzero(rate >= rate.max() - 1e-12)
+        return int(best[np.argmax(tie[best])])
 
     def _fit_profiles(self, group_counts: np.ndarray, response: dict | None) -> None:
         """EM for the habit-profile mixture; activity background, channel-group hour offsets and
@@ -540,8 +657,8 @@ class SendTimeModel(BaseEstimator):
         active = np.flatnonzero(self.n_active_ > 0)
         group_counts = group_counts[:, active]
         kernel = circular_kernel(self.hour_bandwidth)
-        widths = float(self.profile_width) * 2.0 ** np.arange(max(1, int(self.n_widths)))
-        self.profiles_, self.profile_centres_, self.profile_widths_ = habit_profiles(self.n_centres, widths)
+        learn_width = self.profile_width is None
+        self._set_profiles(INITIAL_WIDTH if learn_width else float(self.profile_width))
         n_profiles = len(self.profiles_)
         self.segment_weights_ = np.full((len(SEGMENTS), n_profiles), 1.0 / n_profiles)
         self.background_ = np.full(HOURS, 1.0 / HOURS)
@@ -584,13 +701,20 @@ class SendTimeModel(BaseEstimator):
         # background and the channel offsets settle on the customers whose hours are observed;
         # they are the starting prior of customers without activity, whose weak message evidence
         # would otherwise move EM away from the uniform start only very slowly
+        # (the habit width is learned here, from activity alone, and then kept: the engagement
+        # layers below are defined on the profiles' shapes)
         if active_groups:
             for _ in range(ACTIVITY_ITER):
                 log_post = np.log(self.segment_weights_[self.segment_[active]])
                 log_post += active_counts @ self._activity_log_likelihood(active_groups)
                 posterior = np.exp(log_post - _logsumexp(log_post)[:, None])
-                self._m_step_activity(active_counts, posterior, active_groups, reference, kernel)
+                self._m_step_activity(active_counts, posterior, active_groups, reference, kernel, learn_width)
                 self._m_step_segments(posterior, segment_one_hot[active])
+        elif learn_width:
+            self.notes_.append(
+                f"no activity to learn the habit width from: the habit profiles keep {INITIAL_WIDTH:g} h"
+            )
+        self.profile_width_ = float(self.profile_widths_[0])
 
         previous = None
         self.n_iter_ = 0
@@ -622,6 +746,13 @@ class SendTimeModel(BaseEstimator):
             if converged:
                 break
         self.posterior_ = posterior.astype(np.float32)
+        self.hour_prob_ = None
+        if response is None:  # activity only: the grid is the activity probability of the slot
+            counts = np.zeros((n, HOURS))
+            counts[active] = group_counts.sum(axis=0)
+            predictive = posterior @ self._activity_mixture()
+            strength = dirichlet_prior_strength(counts[active], predictive[active])
+            self.hour_prob_ = shrink_counts(counts, predictive, strength).astype(np.float32)
 
     def _m_step_segments(self, posterior: np.ndarray, segment_one_hot: np.ndarray) -> None:
         """Profile weights per segment: the segment's posterior counts plus SEGMENT_PRIOR_COUNT
@@ -647,10 +778,52 @@ class SendTimeModel(BaseEstimator):
         log_lik = np.log(tilted) - np.log(tilted.sum(axis=2, keepdims=True))  # groups × profiles × 24
         return log_lik.transpose(0, 2, 1).reshape(len(groups) * HOURS, -1)
 
-    def _m_step_activity(self, counts, posterior, groups: list[int], reference: list[int], kernel) -> None:
+    def _set_profiles(self, width: float) -> None:
+        """Habit profiles with the narrowest width `width` (the others 2, 4, ... times as wide)."""
+        widths = float(width) * 2.0 ** np.arange(max(1, int(self.n_widths)))
+        self.profiles_, self.profile_centres_, self.profile_widths_ = habit_profiles(self.n_centres, widths)
+
+    def _expected_activity_log_likelihood(self, width: float, by_profile: dict, groups: list[int]) -> float:
+        """EM's expected activity log-likelihood sum W[k, g, h] log P_g(h | k) with habit profiles
+        of width `width` (background, its share and the group offsets as they are)."""
+        widths = float(width) * 2.0 ** np.arange(max(1, int(self.n_widths)))
+        profiles = habit_profiles(self.n_centres, widths)[0]
+        share = self.background_share_
+        mixture = (1.0 - share) * profiles + share * self.background_[None, :]
+        total = 0.0
+        for g in groups:
+            tilted = np.maximum(mixture * np.exp(self.activity_offsets_[g])[None, :], 1e-300)
+            log_p = np.log(tilted) - np.log(tilted.sum(axis=1, keepdims=True))
+            total += float((by_profile[g] * log_p).sum())
+        return total
+
+    def _m_step_width(self, by_profile: dict, groups: list[int]) -> None:
+        """The habit width maximising the expected activity log-likelihood (a generalised EM
+        step: the posterior over profiles stays the E-step's), searched on the log scale within
+        WIDTH_BOUNDS."""
+        from scipy.optimize import minimize_scalar
+
+        found = minimize_scalar(
+            lambda log_width: -self._expected_activity_log_likelihood(np.exp(log_width), by_profile, groups),
+            bounds=tuple(np.log(WIDTH_BOUNDS)),
+            method="bounded",
+            options={"xatol": 1e-3},
+        )
+        width = float(np.exp(found.x))
+        # keep the old width unless the new one is at least as likely (bounded search, no ascent guarantee)
+        old = float(self.profile_widths_[0])
+        if self._expected_activity_log_likelihood(width, by_profile, groups) >= (
+            self._expected_activity_log_likelihood(old, by_profile, groups)
+        ):
+            self._set_profiles(width)
+
+    def _m_step_activity(
+        self, counts, posterior, groups: list[int], reference: list[int], kernel, learn_width: bool = False
+    ) -> None:
         """Background share and shape (expected off-habit counts, smoothed), then Newton steps on
-        each channel group's hour offsets (the reference groups' stay 0; ridge OFFSET_RIDGE).
-        `counts`: active customers × (groups·24) (sparse), the groups' hour counts side by side."""
+        each channel group's hour offsets (the reference groups' stay 0; ridge OFFSET_RIDGE), then
+        (with `learn_width`) the habit width. `counts`: active customers × (groups·24) (sparse),
+        the groups' hour counts side by side."""
         mixture = self._activity_mixture()
         weighted = np.asarray(counts.T @ posterior).T.reshape(posterior.shape[1], len(groups), HOURS)
         by_profile = {g: weighted[:, j] for j, g in enumerate(groups)}  # profiles × 24
@@ -678,6 +851,8 @@ class SendTimeModel(BaseEstimator):
                 step = np.linalg.solve(hess - 1e-9 * np.eye(HOURS), -grad)
                 offsets = offsets + np.clip(step, -_MAX_OFFSET_STEP, _MAX_OFFSET_STEP)
             self.activity_offsets_[g] = offsets - offsets.mean()
+        if learn_width:
+            self._m_step_width(by_profile, groups)
 
     def _log_day(self, rows: np.ndarray, unknown: np.ndarray | None = None) -> np.ndarray:
         day = self.day_prob_[np.maximum(rows, 0)].copy()
@@ -688,7 +863,8 @@ class SendTimeModel(BaseEstimator):
     def _hour_features(self) -> tuple[np.ndarray, np.ndarray]:
         """Activity shape of each profile: density relative to its peak, log density vs uniform."""
         relative = self.profiles_ / self.profiles_.max(axis=1, keepdims=True)
-        log_density = np.clip(np.log(HOURS * self.profiles_), -_MAX_LOG_DENSITY, _MAX_LOG_DENSITY)
+        density = np.maximum(HOURS * self.profiles_, np.exp(-_MAX_LOG_DENSITY))  # no log(0) far from a bump
+        log_density = np.clip(np.log(density), -_MAX_LOG_DENSITY, _MAX_LOG_DENSITY)
         return relative, log_density
 
     def _profile_lift(self) -> np.ndarray:
@@ -798,7 +974,35 @@ class SendTimeModel(BaseEstimator):
 
         Unknown customers get their segment-free prior (the `none` segment's profile weights, the
         population's weekday pattern). A channel without message history gets the average level.
+        In a rule mode (`serve`), each weekday keeps the model's mean level over its hours and the
+        rule's hour is its best, falling off with the distance from it (`_RULE_FALLOFF`).
         """
+        grid = self._model_grid(customer_ids, channel)
+        if self.serve == "model":
+            return grid
+        level = grid.reshape(len(grid), DAYS, HOURS).mean(axis=2)
+        distance = circular_distance(np.arange(HOURS)[None, :], self.rule_hours(customer_ids)[:, None])
+        return (level[:, :, None] * (1.0 - _RULE_FALLOFF * distance[:, None, :])).reshape(len(grid), SLOTS)
+
+    def rule_hours(self, customer_ids, mode: str | None = None) -> np.ndarray:
+        """The local hour a rule picks per customer (`mode`, default `serve`): the customer's most
+        frequent activity hour ("customer_modal_hour"; the global hour for customers without
+        activity or unknown) or the same hour for everyone ("global_best_hour")."""
+        mode = self.serve if mode is None else mode
+        _check_serve(mode)
+        if mode == "model":
+            raise ValueError("rule_hours: the model has no single hour; pass a rule mode")
+        if getattr(self, "modal_hour_", None) is None:
+            raise ValueError("this send-time model was saved before rule modes (format < 3): retrain")
+        _, rows, unknown = self._rows(customer_ids)
+        hours = np.full(len(rows), self.global_best_hour_, dtype=np.int64)
+        if mode == "customer_modal_hour":
+            modal = self.modal_hour_[rows[~unknown]]
+            hours[~unknown] = np.where(modal >= 0, modal, self.global_best_hour_)
+        return hours
+
+    def _model_grid(self, customer_ids, channel: str | None) -> np.ndarray:
+        """The model's grid (see `score_grid`), whatever `serve` says."""
         _, rows, unknown = self._rows(customer_ids)
         known = ~unknown
         posterior = np.tile(self.segment_weights_[0], (len(rows), 1))
@@ -810,6 +1014,19 @@ class SendTimeModel(BaseEstimator):
             day_term[known] += self.day_residual_[rows[known]]
             if ch >= 0:
                 level[known] += self.level_[rows[known], ch]
+        if self.hour_prob_ is not None:  # activity only (see the module docstring)
+            hour_prob = np.tile(self.segment_weights_[0] @ self._activity_mixture(), (len(rows), 1))
+            hour_prob[known] = self.hour_prob_[rows[known]]
+            window = int(self.activity_window_hours)
+            if window > 0:  # activity within `window` hours either side, per hour of the window
+                hour_prob = sum(np.roll(hour_prob, shift, axis=1) for shift in range(-window, window + 1))
+                hour_prob /= 2 * window + 1
+            hour_term = np.clip(
+                np.log(np.maximum(HOURS * hour_prob, 1e-300)), -_MAX_LOG_DENSITY, _MAX_LOG_DENSITY
+            )
+            logit = level[:, None, None] + day_term[:, :, None] + hour_term[:, None, :]  # n × 7 × 24
+            logit += _TIE_BREAK * (logit @ _TIE_KERNEL.T)
+            return _sigmoid(logit).reshape(len(rows), SLOTS)
         half_lift = 0.5 * self._profile_lift()  # profiles × 24
         channel_term = self.channel_residual_[ch].reshape(DAYS, HOURS) if ch >= 0 else 0.0
         grid = np.empty((len(rows), SLOTS))
@@ -821,7 +1038,12 @@ class SendTimeModel(BaseEstimator):
             tanh = (0.5 * static)[:, None, :, :] + half_lift[None, :, None, :]
             np.tanh(tanh, out=tanh)
             tanh += 1.0
-            grid[lo:hi] = 0.5 * np.einsum("nk,nkdh->ndh", posterior[lo:hi], tanh).reshape(hi - lo, SLOTS)
+            day_rows = 0.5 * np.einsum("nk,nkdh->ndh", posterior[lo:hi], tanh)
+            # hours far from every habit bump score the same (its tails vanish); among them the
+            # one nearer the customer's better hours wins (quiet hours: the nearest allowed hour):
+            # a tiny share of the day's row smoothed over neighbouring hours
+            day_rows += _TIE_BREAK * (day_rows @ _TIE_KERNEL.T)
+            grid[lo:hi] = day_rows.reshape(hi - lo, SLOTS)
         return grid
 
     @property
@@ -957,11 +1179,19 @@ class SendTimeModel(BaseEstimator):
     _ACTIVITY_ARRAYS: tuple[str, ...] = (
         "profile_centres_", "profile_widths_", "background_", "activity_offsets_",
     )  # fmt: skip
+    # format 3: the rules (absent before: such a model serves as "model" only), and the activity-only
+    # hour distributions (absent with messages)
+    _RULE_ARRAYS: tuple[str, ...] = ("modal_hour_",)
+    _OPTIONAL_ARRAYS: tuple[str, ...] = ("hour_prob_",)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {name.rstrip("_"): getattr(self, name) for name in self._ARRAYS + self._ACTIVITY_ARRAYS}
+        names = self._ARRAYS + self._ACTIVITY_ARRAYS + self._RULE_ARRAYS
+        arrays = {name.rstrip("_"): getattr(self, name) for name in names}
+        arrays |= {
+            n.rstrip("_"): getattr(self, n) for n in self._OPTIONAL_ARRAYS if getattr(self, n) is not None
+        }
         for name in ("customer_ids", "timezones", "channels"):
             arrays[name] = np.asarray(arrays[name]).astype(str)  # unicode arrays, no objects
         np.savez_compressed(folder / "send_time.npz", **arrays)
@@ -971,6 +1201,9 @@ class SendTimeModel(BaseEstimator):
             "as_of": self.as_of_.isoformat(),
             "n_iter": self.n_iter_,
             "background_share": self.background_share_,
+            "profile_width": self.profile_width_,
+            "open_window_days": self.open_window_days_,
+            "global_best_hour": int(self.global_best_hour_),
             "segments": list(SEGMENTS),
             "features": list(FEATURES),
             "notes": self.notes_,
@@ -986,14 +1219,31 @@ class SendTimeModel(BaseEstimator):
         with np.load(folder / "send_time.npz", allow_pickle=False) as arrays:
             for name in cls._ARRAYS:
                 setattr(model, name, arrays[name.rstrip("_")])
-            for name in cls._ACTIVITY_ARRAYS:
+            for name in cls._ACTIVITY_ARRAYS + cls._RULE_ARRAYS + cls._OPTIONAL_ARRAYS:
                 setattr(model, name, arrays[name.rstrip("_")] if name.rstrip("_") in arrays else None)
         model.background_share_ = float(meta.get("background_share", float("nan")))
+        widths = model.profile_widths_
+        model.profile_width_ = float(
+            meta.get("profile_width", widths[0] if widths is not None and len(widths) else float("nan"))
+        )
+        model.open_window_days_ = float(meta.get("open_window_days", model.open_window_days or 0.0))
+        model.global_best_hour_ = int(meta.get("global_best_hour", -1))
+        _check_serve(model.serve)
+        if model.serve != "model" and model.modal_hour_ is None:
+            raise ValueError(f"send-time folder serves {model.serve!r} but holds no rule arrays: retrain")
         model.customer_index_ = {cid: i for i, cid in enumerate(model.customer_ids_)}
         model.as_of_ = pd.Timestamp(meta["as_of"])
         model.n_iter_ = int(meta["n_iter"])
         model.notes_ = list(meta["notes"])
         return model
+
+
+def engagement_time(messages: pd.DataFrame) -> pd.Series:
+    """When the message was first engaged with: the earlier of open and click (NaT if neither)."""
+    cols = [col for col in (c.OPENED_TS, c.CLICKED_TS) if col in messages.columns]
+    if not cols:
+        return pd.Series(pd.NaT, index=messages.index, dtype="datetime64[us, UTC]")
+    return messages[cols].min(axis=1)
 
 
 def engaged_before(messages: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:

@@ -3,6 +3,8 @@ hours across midnight, customers without history, transaction-log-only data, per
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -231,7 +233,10 @@ def test_format_1_folder_still_loads(habits_model, tmp_path):
     np.savez_compressed(folder / "send_time.npz", **kept)
     loaded = SendTimeModel.load(folder)
     ids = ["evening", "owl", "never-seen"]
-    np.testing.assert_allclose(loaded.score_grid(ids, "email"), habits_model.score_grid(ids, "email"))
+    # format 1 had no activity-only hour distributions: its grid is the profiles'
+    expected = copy.copy(habits_model)
+    expected.hour_prob_ = None
+    np.testing.assert_allclose(loaded.score_grid(ids, "email"), expected.score_grid(ids, "email"))
 
 
 def test_save_load_roundtrip(habits_model, tmp_path):
@@ -263,3 +268,81 @@ def test_generated_data_plan(generated_data):
     ).all()
     # the learned link from activity to engagement points the right way
     assert model.coef_[0] > 0
+
+
+def _spread_events(width: float, seed: int = 0, n: int = 150, per: int = 25) -> pd.DataFrame:
+    """Each customer active around their own hour, `width` hours (sd) either side."""
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(0, HOURS, n)
+    customer = np.repeat(np.arange(n), per)
+    day = rng.integers(0, 120, n * per)
+    hour = (centre[customer] + width * rng.standard_normal(n * per)) % HOURS
+    ts = pd.Timestamp("2026-01-05", tz="UTC") + pd.to_timedelta(day * 24 + hour, unit="h")
+    return pd.DataFrame(
+        {
+            c.CUSTOMER_ID: [f"s{i}" for i in customer],
+            c.TS: pd.DatetimeIndex(ts).as_unit("us"),
+            c.CHANNEL: "web",
+            c.EVENT_TYPE: "visit",
+        }
+    )
+
+
+def test_the_habit_width_is_learned_from_the_data():
+    """Nothing of the bump's shape is fixed: habits 0.7 h wide and 3 h wide give those widths."""
+    narrow = SendTimeModel().fit(_spread_events(0.7), None, None)
+    wide = SendTimeModel().fit(_spread_events(3.0), None, None)
+    assert narrow.profile_width_ == pytest.approx(0.7, rel=0.2)
+    assert wide.profile_width_ == pytest.approx(3.0, rel=0.2)
+    fixed = SendTimeModel(profile_width=1.0).fit(_spread_events(3.0), None, None)
+    assert fixed.profile_width_ == 1.0
+    # without activity there is nothing to learn it from, and a note says so
+    rows = [("m", _local("2026-02-02", 10.2, "UTC") + pd.Timedelta(days=d), pd.NaT) for d in range(10)]
+    messages = _messages([(f"x{i}", *r[:1], "email", r[1], r[2]) for i, r in enumerate(rows)])
+    alone = SendTimeModel().fit(None, messages, None)
+    assert any("no activity to learn the habit width" in note for note in alone.notes_)
+
+
+def test_rule_modes(habits_model, tmp_path):
+    """The two rules the model is validated against, served through the same API: the customer's
+    modal activity hour (the global hour without activity) and one hour for everyone."""
+    modal = copy.copy(habits_model).set_params(serve="customer_modal_hour")
+    best = modal.best_slot(["evening", "morning", "owl", "never-seen"], "email").set_index(c.CUSTOMER_ID)
+    assert best["best_hour_local"][["evening", "morning", "owl"]].tolist() == [19, 8, 23]
+    assert best.loc["never-seen", "best_hour_local"] == habits_model.global_best_hour_
+    assert modal.rule_hours(["owl"]).tolist() == [23]
+    # quiet hours: the nearest allowed hour to the rule's
+    assert modal.best_slot(["owl"], "email", (21, 8))["best_hour_local"].iloc[0] == 20
+    everyone = copy.copy(habits_model).set_params(serve="global_best_hour")
+    hours = everyone.best_slot(["evening", "morning", "owl"], "email")["best_hour_local"]
+    assert set(hours) == {habits_model.global_best_hour_}
+    # the population's busiest activity hour without messages (the fillers: 7:30-21:30, one each)
+    assert habits_model.global_best_hour_ == habits_model.population_modal_hour_
+    loaded = SendTimeModel.load(modal.save(tmp_path / "modal"))
+    assert loaded.serve == "customer_modal_hour"
+    np.testing.assert_allclose(loaded.score_grid(["owl"], "email"), modal.score_grid(["owl"], "email"))
+    with pytest.raises(ValueError, match="serve"):
+        SendTimeModel(serve="oracle").fit(_events(_habit("a", NY, 9.0)), None, None)
+
+
+def test_global_best_hour_is_the_best_engagement_rate_with_messages():
+    """Sends at 18:00 local are opened, the rest hardly: the global best hour is 18."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(60):
+        for j in range(20):
+            hour = int(rng.integers(8, 21))
+            sent = _local("2026-02-01", 24 * j + hour + 0.1, "UTC")
+            opened = sent + pd.Timedelta(minutes=5) if rng.random() < (0.7 if hour == 18 else 0.1) else pd.NaT
+            rows.append((f"g{i}-{j}", f"g{i}", "email", sent, opened))
+    model = SendTimeModel().fit(None, _messages(rows), None)
+    assert model.global_best_hour_ == 18
+    # opens come five minutes after the send: the outcome window learned is the floor (an hour)
+    assert model.open_window_days_ == pytest.approx(1 / 24)
+
+
+def test_cannot_train_without_events_or_messages():
+    from models.base import CannotTrain
+
+    with pytest.raises(CannotTrain, match="events or messages"):
+        SendTimeModel().fit(None, None, None)
