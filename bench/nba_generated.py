@@ -13,13 +13,16 @@ of the history, for the *evaluation* half, and is scored with the generator's tr
 
     incremental conversions = p_open_true(channel, local send hour, weekday) * uplift_true(offer | opened)
     incremental margin      = incremental conversions * order value * margin rate
-                              - offer cost * order value * P_true(convert | sent)   (every redemption)
+                              - offer cost share * order value * P_true(convert | sent)   (every redemption)
                               - message cost(channel)
 
 with the order value the same for every policy (the customer's mean order value shrunk towards
-everyone's, from the observed history). Every policy faces the same contact policy: customers in
-the control group, without consent, or in a cooldown are never contacted, offers respect the
-eligibility rules.
+everyone's, from the observed history) and the offer's true cost share of the order from the
+generator (`features.synthetic.OFFERS`, truth only). The offers table the engine learns from is
+the generated one as written: `cost` in currency per redemption, as the data contract has it (the
+generator's share × the mean order value of its purchases). Every policy faces the same contact
+policy: customers in the control group, without consent, or in a cooldown are never contacted,
+offers respect the eligibility rules.
 
 Policies:
 - ours: `NextBestActionEngine.decide` (channel, send time, offer or none per customer);
@@ -87,7 +90,8 @@ def ensure_data(data: Path | None, customers: int, seed: int) -> Path:
     meta = out / "truth" / "meta.json"
     if meta.is_file():
         info = json.loads(meta.read_text())
-        if info.get("n_customers") == customers and info.get("seed") == seed:
+        same = info.get("n_customers") == customers and info.get("seed") == seed
+        if same and info.get("generator_version") == syn.GENERATOR_VERSION:
             return out
     log(f"generating {customers} customers (seed {seed}) into {out}")
     syn.generate(customers, seed, out)
@@ -153,7 +157,8 @@ class Truth:
         self.timezone = engine.profiles_.frame_[c.TIMEZONE].to_numpy(dtype=object)[rows]
         self.p_base = self.customers.set_index(c.CUSTOMER_ID).loc[customer_ids, "p_base"].to_numpy()
         self.policy = engine.policy_
-        self.costs = {o: engine.offer_cost_table_[o] for o in engine.offer_ids_}
+        # the truth's cost of a redemption: a share of that customer's order (the generator's)
+        self.costs = {o.offer_id: o.cost_share for o in syn.OFFERS}
 
     def p_open(self, sel: np.ndarray, channels: np.ndarray, send_us: np.ndarray) -> np.ndarray:
         hours, weekdays = syn.local_time_parts(
@@ -322,6 +327,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     data = ensure_data(args.data, args.customers, args.seed)
     tables = stitch_identities(load_tables(data))
+    offer_costs = {
+        str(k): float(v) for k, v in zip(tables.offers[c.OFFER_ID], tables.offers[c.COST], strict=True)
+    }
+    log(f"offer costs (currency per redemption, as generated): {offer_costs}")
     ids = tables.customers[c.CUSTOMER_ID].astype(str).to_numpy()
     train_mask = training_half(ids)
     train_ids, eval_ids = ids[train_mask], ids[~train_mask]
@@ -458,7 +467,12 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "nba_generated",
         "machine": MACHINE,
         "python": platform.python_version(),
-        "data": {"folder": str(data), "customers": int(len(ids)), "evaluation_customers": int(len(eval_ids))},
+        "data": {
+            "folder": str(data),
+            "customers": int(len(ids)),
+            "evaluation_customers": int(len(eval_ids)),
+            "offer_cost_per_redemption": offer_costs,
+        },
         "policies": policies,
         "totals": results,
         "contactable_customers": int(contactable.sum()),
@@ -467,6 +481,8 @@ def main(argv: list[str] | None = None) -> dict:
         "engine": {
             "mode": engine.mode_,
             "guard": engine.metrics_.get("guard"),
+            "arm_uplift": engine.metrics_.get("arm_uplift"),
+            "attributes": engine.metrics_.get("attributes"),
             "training_messages": engine.metrics_.get("training_messages"),
             "arms": engine.metrics_.get("arms"),
         },

@@ -11,15 +11,21 @@ Arbitration on incremental value. For action a (arm) on channel ch for customer 
 
     P(convert | a, ch) = mu_0 + p_open(i, ch) * (mu_a - mu_0)
     expected gain      = (P(convert | a, ch) - mu_0) * order_value * margin_rate     (incremental margin)
-                         - cost_a * order_value * P(convert | a, ch)                (offer cost)
+                         - cost_a * P(convert | a, ch)                              (offer cost)
                          - message_cost(ch)                                         (contact cost)
 
 with mu_0 the conversion probability without the message and mu_a the one of a customer who has
-seen the message. The offer's cost counts on every redemption, including by customers who would
-have bought anyway (P(convert | a) includes mu_0): that is `models.uplift.incremental_value`. Every
-conversion in the window after an offer message is taken as a redemption, opened or not, because
-that is how the logged revenue is booked (net of the offer). A customer for whom nothing has a gain
-above the policy's `min_expected_gain` gets no action, with the reason.
+seen the message. `cost_a` is `offers.cost`, currency per redemption (what a campaign system
+records: the discount or reward paid out when the offer is used), whatever the order's size. It
+counts on every redemption, including by customers who would have bought anyway (P(convert | a)
+includes mu_0): that is `models.uplift.incremental_value`. Every conversion in the window after an
+offer message is taken as a redemption, opened or not, because that is how the logged revenue is
+booked (net of the offer). A customer for whom nothing has a gain above the policy's
+`min_expected_gain` gets no action, with the reason.
+
+Conversion window. A message converts within its offer's `duration_days` (the offer's validity,
+optional in `offers`) when it has one, else within `conversion_window_days` (default 14); a
+message is learned from only once its own window has closed.
 
 Where the uplift comes from (the identification choice). The logged messages carry offers drawn
 at random (an explore share of sends) or no offer, and a 5 % holdout got no message at all. The
@@ -42,29 +48,63 @@ p_open(x) * share of that arm among opened messages. They weight the guard's IPW
 X-learner only uses the arms' shares to blend its two estimates). Assumption to keep in mind: an
 unopened message has no effect (it may, through the subject line or the preview).
 
+Arms that fewer than `min_arm_rows` exposed messages carry are not learned and never sent (an
+offer, or the plain message when every opened message carried an offer).
+
 Without opens in the messages table the engine trains on sent messages with "no offer" as the base
 arm (p_open = 1) and assumes a plain message has no effect: it can then only choose offers against
-a plain message. Without a messages table there is no uplift model at all (`mode_ = "rules"`):
+a plain message (`mode_ = "plain_base"`).
+
+When every message carries an offer (a campaign system that logs only offer sends) there is no
+message without offer to compare with: the offers are learned against each other and against
+customers who were not contacted in the same period (`mode_ = "offers_control"`, see
+`_control_training_data`): per message, one customer seen before its send time and without any
+message within its window on either side is drawn as control at that same moment, and the outcome
+of both is "a purchase within the window" from the events. Arms: 0 not contacted, then the offers
+as sent (intent to treat, p_open = 1); P(sent | x) is estimated by a cross-fitted model. The
+assumption, stated in the note: given the history features, whether a customer was contacted at
+that moment is unrelated to whether they would have bought anyway. The note also gives what was
+learned: the arms, their rows, and each arm's average uplift over the control with its 95 %
+interval (a doubly robust estimate from the guard's cross-fitted outcomes; every mode reports it).
+
+Customer attributes (`customers.attr.*`, `CustomerProfiles.attribute_names_`) are offered to the
+uplift learners: the guard's cross-fitted outcomes are computed with and without them, and they
+are kept only if the personalised policy's cross-fitted value is higher with them (note and
+`metrics_["attributes"]`).
+
+Without a messages table there is no uplift model at all (`mode_ = "rules"`):
 replenishment reminders and win-backs only, valued with an *assumed* relative uplift
 (`prior_relative_uplift`) of the purchase probability from the churn model, never offers (their
 cost is certain, their effect unknown); every such decision carries the reason `prior_uplift_no_model`.
 
-Guard. `ValueGuardedPolicy` is fitted on cross-fitted (out-of-fold) values of the training
-messages at the exposure level with the estimated propensities: personalised choices are used only
-if their IPW gain over the best *fixed* arm (e.g. "no action for everyone" or "the 10 % discount to
-everyone seen") has a one-sided lower confidence bound above 0; otherwise the best fixed arm goes
-to every customer the contact policy allows and for whom it pays (no arm at all when the best fixed
-arm is "not exposed"). The reward carries a control variate (see `_fit_guard`). Default confidence
-0.8, not the library's 0.9: an opened message with a given offer is rare (propensity about 0.025),
-so on ~100k training messages the gain's standard error is about 0.15 per message against true
-gains of 0.2-0.3; at 0.9 the guard would reject personalisation that the truth of the generated
-data shows to be worth about four times "content to everyone".
+Guard: the NBA baseline is the best fixed action. `ValueGuardedPolicy` is fitted on cross-fitted
+(out-of-fold) values of the training messages at the exposure level with the estimated
+propensities: personalised choices are used only if their IPW gain over the best *fixed* arm (e.g.
+"no action for everyone" or "the 10 % discount to everyone seen") has a one-sided lower confidence
+bound above 0; otherwise the best fixed arm itself is served, to every customer the contact policy
+(and the offer's eligibility rules) allows, whatever the model predicts for them (no arm at all
+when the best fixed arm is "not exposed"). The reward carries a control variate (see
+`_fit_guard`). The confidence is chosen on the training rows (`guard_confidence="validated"`):
+nested splits of the guard's cross-fitted rows value the decisions each level of a grid (0.5 to
+0.95) would take on held-out rows, and the level whose decisions earn the most is kept, the
+strictest on ties. It was a fixed 0.8, set by looking at the generated data's truth (on ~100k
+training messages there the gain's standard error is about 0.15 per message against true gains of
+0.2-0.3); now the data at hand decide how much evidence personalising needs. Both values, the
+personalised choice's and the best fixed action's, are in `metrics_["guard"]`.
+
+Judged on new data. The promotion gate (`training.nba_training.champion_window_scores`) asks a
+deployed engine what it would have sent each customer of a later window's logged messages, at
+that message's moment and on its channel, from its own state (`message_choices`: the arbitration
+of `decide` without the timing rules), and values those choices off-policy on the logged
+messages (`logged_window`, `LoggedWindow.value`): the guard's estimator with the window's own
+exposure propensities, doubly robust with the engines' predicted conversions (`outcomes_at`).
 
 Channel and send time. p_open per (customer, channel) comes from a `ChannelChooser`: the channel
 model's engagement probability when one is given (`ChannelModelChooser`), else the customer's
 smoothed open rate per channel from the message history (`HistoryOpenRates`). The send time is the
 best allowed slot from a `SendTimeChooser`'s weekly local scores: the send-time model's engagement
-grid (`SendTimeModelChooser`) or the customer's activity hours (`ActivityHoursChooser`); consent,
+grid (`SendTimeModelChooser`) or the customer's activity hours (`ActivityHoursChooser`, everyone's
+hours for a customer without events); consent,
 quiet hours, caps and cooldowns are applied in one place, `models.contact_policy`.
 
 Batch. `decide(customer_ids, now)` is vectorised (numpy over customers × channels × arms, LightGBM
@@ -83,6 +123,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -112,13 +153,19 @@ from models.fitting import (  # on the Dask cluster of `omni train` when one is 
     fit_pool,
     run_tasks,
 )
-from models.profile import CustomerHistory, CustomerProfiles, _us
+from models.profile import (
+    US_PER_DAY,
+    US_PER_SECOND,
+    CustomerHistory,
+    CustomerProfiles,
+    _us,
+    message_windows_days,
+)
 from models.uplift import (
+    _Z95,
     MultiArmUpliftLearner,
     ValueGuardedPolicy,
     cross_fit_outcomes,
-    incremental_value,
-    realised_value,
 )
 
 FORMAT_VERSION = 1
@@ -153,6 +200,7 @@ _BATCH = 200_000  # customers per block inside decide (bounds the customers × c
 _RECOMMEND_BATCH = 2_000
 _MAX_JOBS = 2
 MISSING = -1e9  # sentinel for unknown feature values (see `_model_matrix`)
+CONTROL_DRAWS = 10  # tries per message to find a customer not contacted around its send time
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,20 +299,23 @@ class ChannelModelChooser:
 
 class ActivityHoursChooser:
     """Fallback: the customer's share of events per local hour (any channel), the same every day;
-    a bump around `default_hour` for customers without events."""
+    everyone's mean share per local hour for customers without events (and, with a small weight,
+    to break ties between hours a customer was never seen at). The population's hours are read
+    from the data, not assumed (an earlier fixed bump around 10:00 was the generator's default)."""
 
     name = "activity_hours"
 
-    def __init__(self, profiles: CustomerProfiles, default_hour: int = 10):
+    def __init__(self, profiles: CustomerProfiles):
         self.profiles = profiles
-        self.default_hour = default_hour
+        activity = np.asarray(profiles.activity_hours_, dtype=np.float64)
+        totals = activity.sum(axis=0) if activity.size else np.zeros(24)
+        # a flat floor: an hour nobody was active at is still a possible (last) choice
+        prior = totals / totals.sum() if totals.sum() > 0 else np.full(24, 1.0 / 24)
+        self.prior = 0.99 * prior + 0.01 / 24
 
     def slot_scores(self, customer_ids, channel: str) -> np.ndarray:
         rows = self.profiles.rows(customer_ids)
-        hours = np.arange(24)
-        dist = np.abs((hours - self.default_hour + 12) % 24 - 12)
-        prior = np.exp(-0.5 * (dist / 2.0) ** 2)
-        prior = prior / prior.sum()
+        prior = self.prior
         scores = np.tile(prior, (len(rows), 1))
         known = rows >= 0
         activity = self.profiles.activity_hours_[rows[known]].astype(np.float64)
@@ -303,9 +354,11 @@ def arbitrate(
 
     mu (n, K): conversion probability without the message (column 0) and after seeing arm k;
     p_open (n, C): probability the message is seen, per channel; order_value (n,); offer_cost (K,)
-    as a fraction of the order value (0 for arms 0 and 1); message_cost (C,); arm_allowed (n, K)
-    and channel_allowed (n, C) booleans; `forced_arm`: only that arm may be sent (the guard's
-    fallback). Arm 0 is "no action" and is never sent.
+    in currency per redemption, as `offers.cost` holds it (0 for arms 0 and 1): it is paid on every
+    conversion after the offer, P(convert | arm, channel) per send, whatever the order's size;
+    message_cost (C,); arm_allowed (n, K) and channel_allowed (n, C) booleans; `forced_arm`:
+    only that arm may be sent (the guard's fallback; pass min_gain=-inf to send it to every
+    allowed customer). Arm 0 is "no action" and is never sent.
 
     Returns arrays: send (bool), arm, channel (index, -1 = none), gain, uplift (= P(convert) - mu_0),
     p_convert, incremental_margin, offer_cost, contact_cost, p_open, and best_gain / best_arm /
@@ -332,10 +385,11 @@ def arbitrate(
     values = np.full((n, C, K), -np.inf)
     for j in range(C):
         p_convert = mu[:, [0]] + p_open[:, [j]] * (mu - mu[:, [0]])
-        value = (
-            incremental_value(p_convert, margin=margin_rate, redemption_cost=offer_cost)
-            * order_value[:, None]
-        )
+        # incremental margin (currency) minus the offer's cost on every expected redemption
+        # (`offers.cost` is currency per redemption) minus the contact
+        value = (p_convert - mu[:, [0]]) * (order_value[:, None] * margin_rate) - p_convert * offer_cost[
+            None, :
+        ]
         value -= message_cost[j]
         values[:, j, :] = np.where(arm_ok & ch_ok[:, [j]], value, -np.inf)
     flat = values.reshape(n, C * K)
@@ -350,7 +404,7 @@ def arbitrate(
     uplift = po * (mu[rows, arm] - mu[:, 0])
     p_convert = mu[:, 0] + uplift
     margin = uplift * order_value * margin_rate
-    cost = offer_cost[arm] * order_value * p_convert
+    cost = offer_cost[arm] * p_convert  # currency per redemption × expected redemptions
     contact = np.where(channel >= 0, message_cost[np.maximum(channel, 0)], 0.0)
     zero = ~send
     return {
@@ -474,11 +528,14 @@ class NextBestActionEngine(BaseEstimator):
     ----------
     policy : ContactPolicy or None (None: `configs/contact_policy.toml`).
     learner : "x", "t" or "dr" (`MultiArmUpliftLearner`).
-    conversion_window_days : a message's conversion counts within this window; only messages whose
-        window closed before the profiles' time are learned from.
+    conversion_window_days : a message's conversion counts within this window, unless its offer has
+        a `duration_days` (then that one); only messages whose window closed before the profiles'
+        time are learned from.
     guard : fit the `ValueGuardedPolicy` (cross-fitted; costs `guard_folds` extra fits).
-    guard_folds, guard_confidence : its folds and one-sided confidence (0.8, see the module docstring).
-    min_arm_rows : an offer needs this many opened messages to be learned (else it is not offered).
+    guard_folds, guard_confidence : its folds and one-sided confidence; "validated" (default):
+        chosen on nested splits of the training rows (see the module docstring).
+    min_arm_rows : an arm (offer, or the plain message) needs this many exposed rows to be learned
+        (else it is not sent); the control arm needs as many.
     max_training_messages : random sample of the training messages (None = all).
     prior_relative_uplift : rule mode only (no messages): assumed relative uplift of the purchase
         probability for product_message / replenishment / win_back.
@@ -489,10 +546,12 @@ class NextBestActionEngine(BaseEstimator):
         LightGBM releases the GIL, so 2 single-threaded fits use both cores of the reference
         machine; the fits are seeded and independent, so the models are the same for any value.
 
-    Fitted attributes: policy_, profiles_, mode_ ("uplift", "plain_base" or "rules"), offer_ids_,
-    offer_kinds_, arm_names_, arm_costs_, uplift_ (predictor), learner_ (the fitted learner, not
-    saved), guard_ (ValueGuardedPolicy or None), ledger_, channel_chooser_, send_time_chooser_,
-    recommender_, feature_names_, mean_order_value_, metrics_, notes_.
+    Fitted attributes: policy_, profiles_, mode_ ("uplift", "plain_base", "offers_control" or
+    "rules"), offer_ids_, offer_kinds_, arm_names_, arm_costs_ (currency per redemption),
+    learner_arms_ (engine arm of each learner arm), uplift_ (predictor), learner_ (the fitted
+    learner, not saved), guard_ (ValueGuardedPolicy or None), ledger_, channel_chooser_,
+    send_time_chooser_, recommender_, feature_names_ (attributes included only where they
+    helped), mean_order_value_, order_values_known_, metrics_, notes_.
     """
 
     def __init__(
@@ -502,7 +561,7 @@ class NextBestActionEngine(BaseEstimator):
         conversion_window_days: float = 14.0,
         guard: bool = True,
         guard_folds: int = 3,
-        guard_confidence: float = 0.8,
+        guard_confidence: float | str = "validated",
         min_arm_rows: int = 200,
         max_training_messages: int | None = None,
         prior_relative_uplift: dict[str, float] | None = None,
@@ -538,19 +597,24 @@ class NextBestActionEngine(BaseEstimator):
         what decisions need: profiles, contact history, choosers, recommender.
 
         `train_customers`: learn only from these customers' messages (e.g. a benchmark's training
-        half); None = everyone.
+        half); None = everyone. `recommender`, `channel_model` and `send_time_model` may each be
+        None (no product ids in messages; p_open from the open-rate history; activity hours).
         """
         self.policy_ = self.policy if self.policy is not None else load_contact_policy()
         self.profiles_ = profiles
         self.recommender_ = recommender
         self.notes_: list[str] = []
         self.metrics_: dict = {}
-        self.feature_names_ = list(profiles.feature_names_)
+        attributes = list(getattr(profiles, "attribute_names_", []))
+        # customer attributes join the features only where the guard's folds say they help
+        self.feature_names_ = [name for name in profiles.feature_names_ if name not in attributes]
         as_of = profiles.as_of_
-        freq = profiles.features_["frequency"].to_numpy()
-        aov = profiles.features_["avg_order_value"].to_numpy()
-        gross = np.nansum(np.nan_to_num(aov) * freq)
-        self.mean_order_value_ = float(gross / freq.sum()) if freq.sum() > 0 else 1.0
+        self._set_order_values(profiles)
+        if not self.order_values_known_:
+            self.notes_.append(
+                "purchases carry no amounts: every order is valued at 1 currency unit, so margins, offer "
+                "costs and message costs compare only if the contact policy's costs are set in orders"
+            )
         self._set_offers(tables.offers)
 
         self.channel_chooser_ = (
@@ -565,19 +629,42 @@ class NextBestActionEngine(BaseEstimator):
         self.guard_ = None
         self.uplift_ = None
         self.learner_ = None
+        self.learner_arms_: list[int] = []
         messages = tables.messages
-        if messages is None or len(messages) == 0:
-            self.mode_ = "rules"
-            self.arm_names_ = ["none", "plain"]
-            self.arm_costs_ = np.zeros(2)
+        usable = [ch for ch in self.policy_.channels if ch in profiles.message_channels_]
+        if not usable:
             self.notes_.append(
-                "no messages table: no uplift can be learned. Only replenishment reminders and win-backs "
-                "are decided, valued with an assumed relative uplift of the purchase probability "
-                f"({self._priors()}); offers are never sent (their cost is certain, their effect unknown)"
+                f"no channel may be used: the contact policy allows {list(self.policy_.channels)}, the "
+                f"customers' message channels are {list(profiles.message_channels_)}; list the data's "
+                "channels under `channels` in the contact policy file to send on them"
+            )
+        if messages is None or len(messages) == 0:
+            self._rules_mode(
+                "uplift skipped, there is no messages table (no logged contacts to learn from): only "
+                "replenishment reminders and win-backs are decided, each valued with an assumed relative uplift "
+                f"of the customer's purchase probability ({self._priors()}; reason code prior_uplift_no_model); "
+                "offers are never sent (their cost is certain, their effect unknown)"
             )
             return self
-        self._fit_uplift(tables, profiles, train_customers)
+        self._fit_uplift(tables, profiles, train_customers, attributes)
         return self
+
+    def _set_order_values(self, profiles: CustomerProfiles) -> None:
+        """`mean_order_value_` (everyone's mean order value) and `order_values_known_`."""
+        freq = profiles.features_["frequency"].to_numpy()
+        aov = profiles.features_["avg_order_value"].to_numpy()
+        gross = np.nansum(np.nan_to_num(aov) * freq)
+        self.order_values_known_ = bool(gross > 0)
+        self.mean_order_value_ = float(gross / freq.sum()) if self.order_values_known_ else 1.0
+
+    def _rules_mode(self, note: str) -> None:
+        """No uplift model: replenishment reminders and win-backs valued with assumed priors."""
+        self.mode_ = "rules"
+        self.arm_names_ = ["none", "plain"]
+        self.arm_costs_ = np.zeros(2)
+        self.learner_arms_ = []
+        self.uplift_ = self.learner_ = self.guard_ = None
+        self.notes_.append(note)
 
     def _priors(self) -> dict[str, float]:
         return {**DEFAULT_PRIOR_RELATIVE_UPLIFT, **(self.prior_relative_uplift or {})}
@@ -590,7 +677,10 @@ class NextBestActionEngine(BaseEstimator):
         offers = offers.drop_duplicates(c.OFFER_ID)
         self.offer_ids_ = offers[c.OFFER_ID].astype(str).tolist()
         self.offer_kinds_ = offers[c.KIND].astype(str).tolist()
-        self.offer_cost_table_ = dict(zip(self.offer_ids_, offers[c.COST].astype(float), strict=True))
+        # `offers.cost` is currency per redemption (what a campaign system records): the engine
+        # charges it on every expected conversion after the offer (`arbitrate`, `_guard_values`)
+        cost = pd.to_numeric(offers[c.COST], errors="coerce").fillna(0.0).astype(float)
+        self.offer_cost_table_ = dict(zip(self.offer_ids_, cost, strict=True))
 
     def _history(self, tables: Tables, profiles: CustomerProfiles) -> CustomerHistory:
         history = getattr(profiles, "history_", None)
@@ -598,133 +688,332 @@ class NextBestActionEngine(BaseEstimator):
             return history
         return CustomerHistory(tables, profiles.as_of_, profiles.conversion_window_days)
 
-    def training_data(self, tables: Tables, profiles: CustomerProfiles, train_customers=None) -> dict:
-        """The uplift training rows: one per message whose window closed before the profiles' time.
+    def training_data(
+        self, tables: Tables, profiles: CustomerProfiles, train_customers=None, sent_from=None
+    ) -> dict | None:
+        """The uplift training rows: one per message whose conversion window (its offer's
+        `duration_days`, else `conversion_window_days`) closed before the profiles' time (and
+        that was sent at or after `sent_from`, when given: the champion gate's new window).
 
-        Returns X (features at the send time), arm (exposure arm, see the module docstring), y
-        (converted within the window), opened, order_value, base (index of the first offer arm)
-        and the learnable offers. Sets mode_, offer_ids_, offer_kinds_, arm_names_, arm_costs_.
+        Returns X (every profile feature, attributes included, at the send time), names (the
+        columns of X), arm (learner arm), y (converted within the window), opened (exposed: opened,
+        or sent in the intent-to-treat modes), order_value, learner_arms (the engine arm of each
+        learner arm), arm_labels (their names), costs (currency per redemption per learner arm),
+        customer_id, sent_us and window_us (the row's moment and window, µs), channel (the
+        message's; None for a control row); or None, with a
+        note, when no uplift can be learned. Sets mode_,
+        offer_ids_, offer_kinds_, arm_names_, arm_costs_.
         """
         messages = tables.messages
-        window = pd.Timedelta(days=self.conversion_window_days)
-        rows = messages.loc[messages[c.SENT_TS] < profiles.as_of_ - window]
+        as_of_us = int(_us(profiles.as_of_)[0])
+        windows = message_windows_days(messages, tables.offers, self.conversion_window_days)
+        sent_us = _us(messages[c.SENT_TS])
+        keep = (sent_us != NAT_US) & (sent_us + (windows * US_PER_DAY).astype(np.int64) < as_of_us)
+        if sent_from is not None:
+            keep &= sent_us >= int(_us(pd.Timestamp(sent_from))[0])
         if train_customers is not None:
-            rows = rows.loc[
-                rows[c.CUSTOMER_ID].astype(str).isin(pd.Index(np.asarray(train_customers, dtype=str)))
-            ]
-        offer_col = rows[c.OFFER_ID] if c.OFFER_ID in rows else pd.Series(np.nan, index=rows.index)
-        known_offer = offer_col.isna() | offer_col.astype(str).isin(self.offer_ids_)
-        if (~known_offer).any():
+            train = pd.Index(np.asarray(train_customers, dtype=str))
+            keep &= messages[c.CUSTOMER_ID].astype(str).isin(train).to_numpy()
+        offer_col = (
+            messages[c.OFFER_ID] if c.OFFER_ID in messages else pd.Series(np.nan, index=messages.index)
+        )
+        known_offer = (offer_col.isna() | offer_col.astype(str).isin(self.offer_ids_)).to_numpy()
+        if (keep & ~known_offer).any():
             self.notes_.append(
-                f"{int((~known_offer).sum())} messages with offers not in the offers table were left out"
+                f"{int((keep & ~known_offer).sum())} messages with offers not in the offers table were left out"
             )
-        rows = rows.loc[known_offer.to_numpy()]
+        keep &= known_offer
+        rows = messages.loc[keep].assign(_window_days=windows[keep])
         if self.max_training_messages is not None and len(rows) > self.max_training_messages:
             rows = rows.sample(self.max_training_messages, random_state=self.random_state).sort_index()
+        if len(rows) == 0:
+            self._rules_mode(
+                "no message's conversion window closed before the profile time: no uplift can be learned "
+                "yet; only replenishment reminders and win-backs, valued with assumed priors"
+            )
+            return None
+        window_us = (rows["_window_days"].to_numpy() * US_PER_DAY).astype(np.int64)
+        offer_idx = np.asarray(
+            pd.Categorical(rows[c.OFFER_ID].astype(object), categories=self.offer_ids_).codes
+            if c.OFFER_ID in rows
+            else np.full(len(rows), -1),
+            dtype=np.int64,
+        )
+        if self.offer_ids_ and (offer_idx >= 0).all():
+            return self._control_training_data(tables, profiles, rows, offer_idx, window_us, train_customers)
+
         has_opens = c.OPENED_TS in rows and rows[c.OPENED_TS].notna().any()
         self.mode_ = "uplift" if has_opens else "plain_base"
         opened = rows[c.OPENED_TS].notna().to_numpy() if has_opens else np.ones(len(rows), dtype=bool)
-        offer_idx = (
-            pd.Categorical(rows[c.OFFER_ID].astype(object), categories=self.offer_ids_).codes
-            if c.OFFER_ID in rows
-            else np.full(len(rows), -1)
-        )
         converted = rows[c.CONVERTED_TS] if c.CONVERTED_TS in rows else pd.Series(pd.NaT, index=rows.index)
-        y = (converted.notna() & (converted < rows[c.SENT_TS] + window)).to_numpy().astype(np.float64)
-
-        # arms at the exposure level: 0 unopened, 1 opened without offer, 1 + j opened with offer j
-        arm_of_offer = np.asarray(offer_idx, dtype=np.int64) + 2  # -1 (no offer) → 1
+        converted_us = _us(converted)
+        y = ((converted_us != NAT_US) & (converted_us < _us(rows[c.SENT_TS]) + window_us)).astype(np.float64)
+        # arms in the engine's numbering: 0 not exposed (unopened), 1 plain message, 2 + j offer j
+        engine_arm = offer_idx + 2
         if self.mode_ == "uplift":
-            arm = np.where(opened, arm_of_offer, 0)
+            engine_arm = np.where(opened, engine_arm, 0)
+            control, treated = 0, [1, *range(2, 2 + len(self.offer_ids_))]
         else:
-            arm = arm_of_offer - 1  # plain message is the base arm, offers 1 + j
             self.notes_.append(
                 "messages carry no opens: offers are learned against a message without offer (the base "
                 "arm), every message counts as seen (p_open = 1) and a plain message is assumed to have "
                 "no effect, so a message without offer is never sent for its own sake"
             )
-        base = 2 if self.mode_ == "uplift" else 1
-        counts = np.bincount(arm, minlength=base + len(self.offer_ids_))
-        learnable = [j for j in range(len(self.offer_ids_)) if counts[base + j] >= self.min_arm_rows]
-        dropped = [self.offer_ids_[j] for j in range(len(self.offer_ids_)) if j not in learnable]
+            control, treated = 1, list(range(2, 2 + len(self.offer_ids_)))
+        return self._learnable(tables, profiles, rows, engine_arm, control, treated, y, opened)
+
+    def _learnable(
+        self, tables, profiles, rows, engine_arm, control, treated, y, opened, X=None
+    ) -> dict | None:
+        """Keeps the arms with at least `min_arm_rows` rows (the control must have them too) and
+        builds the training dict (see `training_data`)."""
+        seen = "opened " if self.mode_ == "uplift" else ""
+        n_engine = 2 + len(self.offer_ids_)
+        counts = np.bincount(engine_arm, minlength=n_engine)
+        learned = [k for k in treated if counts[k] >= self.min_arm_rows]
+        # the arms' names in the learner's terms, by engine arm
+        labels = {
+            "uplift": ["unopened", "opened_plain", *(f"opened_{o}" for o in self.offer_ids_)],
+            "plain_base": ["none", "plain", *self.offer_ids_],
+            "offers_control": ["not_contacted", "plain", *self.offer_ids_],
+        }[self.mode_]
+        dropped = [labels[k] for k in treated if k not in learned]
+        if counts[control] < self.min_arm_rows or not learned or len(np.unique(y)) < 2:
+            self._rules_mode(
+                "too little message history to learn uplift: every arm needs "
+                f"{self.min_arm_rows} {seen}messages and both outcomes must occur ("
+                + ", ".join(f"{labels[k]}: {int(counts[k])}" for k in [control, *treated])
+                + f"; conversions {int(y.sum())} of {len(y)}); only replenishment reminders and win-backs are "
+                "decided, valued with assumed priors"
+            )
+            return None
         if dropped:
             self.notes_.append(
-                f"offers with fewer than {self.min_arm_rows} {'opened ' if self.mode_ == 'uplift' else ''}"
-                f"messages are not offered (no evidence of their effect): {', '.join(dropped)}"
+                f"arms with fewer than {self.min_arm_rows} {seen}messages are not sent (no evidence of their "
+                f"effect): {', '.join(dropped)}"
             )
-        keep_rows = (arm < base) | np.isin(arm - base, learnable)
-        remap = np.full(base + len(self.offer_ids_), -1, dtype=np.int64)
-        remap[:base] = np.arange(base)
-        remap[base + np.asarray(learnable, dtype=np.int64)] = base + np.arange(len(learnable))
-        arm = remap[arm[keep_rows]]
-        # the engine arm of the message's offer, opened or not (1 = none, 2 + j = offer j; -1 = not learned)
-        offer_arm = remap[arm_of_offer][keep_rows] if base == 2 else arm + 1
-        rows = rows.loc[keep_rows]
-        self.offer_ids_ = [self.offer_ids_[j] for j in learnable]
-        self.offer_kinds_ = [self.offer_kinds_[j] for j in learnable]
+        keep_rows = np.isin(engine_arm, [control, *learned])
+        offers_kept = [k - 2 for k in learned if k >= 2]
+        # renumber the engine's arms to the offers kept: none, plain, kept offers
+        renumber = np.full(n_engine, -1, dtype=np.int64)
+        renumber[:2] = [0, 1]
+        renumber[np.asarray([k for k in learned if k >= 2], dtype=np.int64)] = 2 + np.arange(len(offers_kept))
+        learner_arms = [int(renumber[k]) for k in [control, *learned]]
+        to_learner = np.full(n_engine, -1, dtype=np.int64)
+        to_learner[[control, *learned]] = np.arange(1 + len(learned))
+        arm = to_learner[engine_arm[keep_rows]]
+        rows = rows.loc[keep_rows] if X is None else rows[keep_rows]
+        self.offer_ids_ = [self.offer_ids_[j] for j in offers_kept]
+        self.offer_kinds_ = [self.offer_kinds_[j] for j in offers_kept]
         self.arm_names_ = ["none", "plain", *self.offer_ids_]
         self.arm_costs_ = np.array([0.0, 0.0, *(self.offer_cost_table_[o] for o in self.offer_ids_)])
-        history = self._history(tables, profiles)
-        features = history.features_at(rows[c.CUSTOMER_ID].to_numpy(), rows[c.SENT_TS])
+        self.learner_arms_ = learner_arms
+        if X is None:
+            history = self._history(tables, profiles)
+            features = history.features_at(rows[c.CUSTOMER_ID].to_numpy(), rows[c.SENT_TS])
+            names = list(profiles.feature_names_)
+            X = _model_matrix(features, names)
+            order_value = self._order_value(features)
+            customer_id = rows[c.CUSTOMER_ID].astype(str).to_numpy()
+            sent_us = _us(rows[c.SENT_TS])
+            window_us = (rows["_window_days"].to_numpy() * US_PER_DAY).astype(np.int64)
+            channel = rows[c.CHANNEL].astype(object).to_numpy()
+        else:
+            X, names, order_value, customer_id, sent_us, window_us, channel = (
+                X["X"][keep_rows],
+                X["names"],
+                X["order_value"][keep_rows],
+                X["customer_id"][keep_rows],
+                X["sent_us"][keep_rows],
+                X["window_us"][keep_rows],
+                X["channel"][keep_rows],
+            )
+        arm_labels = [labels[k] for k in [control, *learned]]
         return {
-            "X": _model_matrix(features, self.feature_names_),
+            "X": X,
+            "names": names,
             "arm": arm,
-            "offer_arm": offer_arm,
             "y": y[keep_rows],
             "opened": opened[keep_rows],
-            "order_value": self._order_value(features),
-            "base": base,
-            "customer_id": rows[c.CUSTOMER_ID].astype(str).to_numpy(),
+            "order_value": order_value,
+            "learner_arms": learner_arms,
+            "arm_labels": arm_labels,
+            "costs": self.arm_costs_[learner_arms],
+            "customer_id": customer_id,
+            "sent_us": sent_us,
+            "window_us": window_us,
+            "channel": channel,
         }
 
-    def _fit_uplift(self, tables: Tables, profiles: CustomerProfiles, train_customers) -> None:
-        data = self.training_data(tables, profiles, train_customers)
-        X, arm, y, base = data["X"], data["arm"], data["y"], data["base"]
-        n_arms = base + len(self.offer_ids_)
-        if len(arm) == 0 or np.bincount(arm, minlength=n_arms).min() == 0 or len(np.unique(y)) < 2:
-            self.mode_ = "rules"
-            self.arm_names_ = ["none", "plain"]
-            self.arm_costs_ = np.zeros(2)
-            self.notes_.append(
-                "too little message history to learn uplift (an arm or an outcome never occurs)"
+    def _control_training_data(
+        self, tables, profiles, rows, offer_idx, window_us, train_customers
+    ) -> dict | None:
+        """Every message carries an offer: the offers against each other and against customers
+        who were not contacted in the same period.
+
+        Control: for every message, one customer drawn at random among those seen before its send
+        time t (an event or sign-up) who got no message within its window on either side of t
+        (|sent - t| <= window), at the same moment t and with the same window (matched in time).
+        The outcome of both is "a purchase (events) within the window after t": the messaging
+        system's attribution has no counterpart for a customer who was not messaged. Arms: 0 not
+        contacted, 1 + j offer j (sent, opened or not: intent to treat, p_open = 1). P(sent | x)
+        comes from a cross-fitted model of message rows against control rows, the offer's share
+        among sends from the data. Assumption: given the history features at t, whether a customer
+        was contacted then is unrelated to whether they would have bought anyway.
+        """
+        self.mode_ = "offers_control"
+        history = self._history(tables, profiles)
+        t_us = _us(rows[c.SENT_TS])
+        msg_codes = history._codes(rows[c.CUSTOMER_ID].astype(str))
+        universe = np.arange(len(history.customer_index), dtype=np.int64)
+        if train_customers is not None:
+            universe = history._codes(pd.unique(np.asarray(train_customers, dtype=str)).astype(object))
+            universe = universe[universe < len(history.customer_index)]
+        rng = np.random.default_rng(self.random_state)
+        control_codes = np.full(len(rows), -1, dtype=np.int64)
+        pending = np.arange(len(rows))
+        for _ in range(CONTROL_DRAWS):
+            if len(pending) == 0 or len(universe) == 0:
+                break
+            candidate = universe[rng.integers(len(universe), size=len(pending))]
+            t, w = t_us[pending], window_us[pending]
+            # messages sent within [t - w, t + w] (the stream counts rows strictly before a second)
+            near = (
+                history.sent.sums(candidate, t + w + US_PER_SECOND)[:, 0]
+                - history.sent.sums(candidate, t - w)[:, 0]
             )
-            return
-        learner = MultiArmUpliftLearner(
-            learner=self.learner, random_state=self.random_state, n_jobs=self.n_jobs
+            seen = history.events.first_before(candidate, t) != NAT_US
+            signup = history.signup_us[candidate]
+            seen |= (signup != NAT_US) & (signup < t)
+            ok = (near == 0) & seen
+            control_codes[pending[ok]] = candidate[ok]
+            pending = pending[~ok]
+        matched = control_codes >= 0
+        n_control = int(matched.sum())
+        names = list(profiles.feature_names_)
+        codes = np.concatenate([msg_codes, control_codes[matched]])
+        times = np.concatenate([t_us, t_us[matched]])
+        windows = np.concatenate([window_us, window_us[matched]])
+        # a purchase (an order) within the window after t, from the events, for both kinds of rows
+        orders = history.orders.sums(codes, times + windows)[:, 0] - history.orders.sums(codes, times)[:, 0]
+        y = (orders > 0).astype(np.float64)
+        ids = np.concatenate(
+            [
+                rows[c.CUSTOMER_ID].astype(str).to_numpy(dtype=object),
+                history.customer_index.to_numpy(dtype=object)[control_codes[matched]],
+            ]
         )
+        features = history.features_at(
+            ids, pd.DatetimeIndex(times.astype("datetime64[us]")).tz_localize("UTC")
+        )
+        engine_arm = np.concatenate([offer_idx + 2, np.zeros(n_control, dtype=np.int64)])
+        sent = np.concatenate([np.ones(len(rows), dtype=bool), np.zeros(n_control, dtype=bool)])
+        built = {
+            "X": _model_matrix(features, names),
+            "names": names,
+            "order_value": self._order_value(features),
+            "customer_id": ids.astype(str),
+            "sent_us": times,
+            "window_us": windows,
+            "channel": np.concatenate(
+                [rows[c.CHANNEL].astype(object).to_numpy(), np.full(n_control, None, dtype=object)]
+            ),
+        }
+        self.metrics_["control"] = {
+            "messages": int(len(rows)),
+            "control_rows": n_control,
+            "unmatched_messages": int(len(rows) - n_control),
+            "purchase_rate_sent": float(y[: len(rows)].mean()),
+            "purchase_rate_control": float(y[len(rows) :].mean()) if n_control else float("nan"),
+        }
+        treated = list(range(2, 2 + len(self.offer_ids_)))
+        data = self._learnable(tables, profiles, np.arange(len(y)), engine_arm, 0, treated, y, sent, X=built)
+        if data is not None:
+            self.notes_.append(
+                "every message carries an offer: the offers are learned against each other and against "
+                f"{n_control} control rows, customers without any message within the window on either side "
+                "of a message's send time, one drawn per message at the same moment "
+                f"({len(rows) - n_control} messages found none); outcome for both: a purchase within the "
+                "window (the offer's duration_days, else the default window) from the events, an offer "
+                "counting as received when sent. Assumption: given their purchase and message history, "
+                "whether customers were contacted at that moment is unrelated to whether they would have "
+                "bought anyway"
+            )
+        return data
+
+    def _fit_uplift(self, tables: Tables, profiles: CustomerProfiles, train_customers, attributes) -> None:
+        data = self.training_data(tables, profiles, train_customers)
+        if data is None:
+            return
+        arm, y, opened = data["arm"], data["y"], data["opened"]
+        n_arms = len(data["learner_arms"])
+        base_cols = [data["names"].index(f) for f in self.feature_names_]
         with fit_pool(self.fit_workers) as pool:
-            propensity = self._exposure_propensity(X, arm, data["opened"], n_arms, base, pool)
-            # the learner and the guard's cross-fitted clones are independent: fit them together
-            fitted = None if pool is None else pool.submit(learner.fit, X, arm, y, propensity=propensity)
-            if fitted is None:
-                learner.fit(X, arm, y, propensity=propensity)
-            oof = self._guard_outcomes(data, propensity, pool) if self.guard else None
-            if fitted is not None:
-                fitted.result()
+            propensity = self._exposure_propensity(data["X"][:, base_cols], arm, opened, n_arms, pool)
+            candidates = {"without_attributes": self.feature_names_}
+            if attributes and self.guard:
+                candidates["with_attributes"] = [*self.feature_names_, *attributes]
+            oofs = {}
+            for label, names in candidates.items():
+                X = data["X"][:, [data["names"].index(f) for f in names]]
+                oofs[label] = self._guard_outcomes(X, arm, y, propensity, pool) if self.guard else None
+            chosen = "without_attributes"
+            if len(candidates) > 1:
+                # the personalised policy's cross-fitted value with and without the attributes
+                worth = {
+                    label: ValueGuardedPolicy(confidence=0.5)
+                    .fit(*self._guard_inputs(data, oof, propensity))
+                    .validation_values_["personalised"]["value"]
+                    for label, oof in oofs.items()
+                }
+                chosen = (
+                    "with_attributes" if worth["with_attributes"] > worth["without_attributes"] else chosen
+                )
+                self.metrics_["attributes"] = {
+                    "candidates": list(attributes),
+                    "kept": chosen == "with_attributes",
+                    "personalised_value_with": worth["with_attributes"],
+                    "personalised_value_without": worth["without_attributes"],
+                }
+                self.notes_.append(
+                    f"customer attributes {'kept' if chosen == 'with_attributes' else 'left out'} for uplift: "
+                    f"the personalised policy's cross-fitted value per message is {worth['with_attributes']:.4g} "
+                    f"with them, {worth['without_attributes']:.4g} without ({', '.join(attributes)})"
+                )
+            self.feature_names_ = list(candidates[chosen])
+            X = data["X"][:, [data["names"].index(f) for f in self.feature_names_]]
+            learner = MultiArmUpliftLearner(
+                learner=self.learner, random_state=self.random_state, n_jobs=self.n_jobs
+            )
+            learner.fit(X, arm, y, propensity=propensity)
         self.learner_ = learner
         self.uplift_ = _BoosterUplift.from_learner(learner)
-        names = self._learner_arm_names(base)
+        labels = data["arm_labels"]
         counts = np.bincount(arm, minlength=n_arms)
         self.metrics_.update(
             {
-                "training_messages": int(len(arm)),
-                "arms": {name: int(k) for name, k in zip(names, counts, strict=True)},
-                "conversion_rate_by_arm": {name: float(y[arm == k].mean()) for k, name in enumerate(names)},
-                "open_rate": float(data["opened"].mean()),
+                "mode": self.mode_,
+                "training_messages": int(opened.sum()) if self.mode_ == "offers_control" else int(len(arm)),
+                "training_rows": int(len(arm)),
+                "arms": {name: int(k) for name, k in zip(labels, counts, strict=True)},
+                "conversion_rate_by_arm": {name: float(y[arm == k].mean()) for k, name in enumerate(labels)},
+                "open_rate": float(opened.mean()) if self.mode_ != "offers_control" else 1.0,
             }
         )
         if self.guard:
+            oof = oofs[chosen]
+            self._arm_uplift(data, oof, propensity)
             self._fit_guard(data, propensity, oof)
 
-    def _learner_arm_names(self, base: int) -> list[str]:
-        head = ["unopened", "opened_plain"] if base == 2 else ["plain"]
-        return [*head, *(f"opened_{o}" if base == 2 else o for o in self.offer_ids_)]
+    def _exposure_propensity(self, X, arm, exposed, n_arms: int, pool=None) -> np.ndarray:
+        """(n, K) estimated probabilities of each learner arm given x (never from the truth).
 
-    def _exposure_propensity(self, X, arm, opened, n_arms: int, base: int, pool=None) -> np.ndarray:
-        """(n, K) estimated probabilities of each exposure arm given x (never from the truth)."""
+        Arm 0 is "not exposed" (unopened, or not contacted) in the uplift and offers_control
+        modes: P(arm 0 | x) = 1 - P(exposed | x) from a cross-fitted LightGBM model, P(arm k | x) =
+        P(exposed | x) × the share of arm k among exposed rows. In plain_base every row is a sent
+        message: the arms' shares are the propensities (offers assigned independently of x)."""
         n = len(arm)
-        if base == 1:
-            # offers are assigned independently of the customer: their shares are the propensities
+        if self.mode_ == "plain_base":
             share = np.bincount(arm, minlength=n_arms) / n
             return np.broadcast_to(share, (n, n_arms)).copy()
         p_open = np.empty(n)
@@ -742,86 +1031,143 @@ class NextBestActionEngine(BaseEstimator):
         }
 
         def fold(tr: np.ndarray, te: np.ndarray) -> None:
-            model = fit_estimator(lgb.LGBMClassifier(objective="binary", **params), X[tr], opened[tr])
+            model = fit_estimator(lgb.LGBMClassifier(objective="binary", **params), X[tr], exposed[tr])
             p_open[te] = model.predict_proba(X[te])[:, 1]
 
-        run_tasks([partial(fold, tr, te) for tr, te in folds.split(X, opened)], pool)
+        run_tasks([partial(fold, tr, te) for tr, te in folds.split(X, exposed)], pool)
         p_open = np.clip(p_open, 0.01, 0.99)
-        share_opened = np.bincount(arm[opened], minlength=n_arms)[1:] / max(int(opened.sum()), 1)
+        share_exposed = np.bincount(arm[exposed], minlength=n_arms)[1:] / max(int(exposed.sum()), 1)
         out = np.empty((n, n_arms))
         out[:, 0] = 1.0 - p_open
-        out[:, 1:] = p_open[:, None] * share_opened[None, :]
-        self.metrics_["open_model_mean_p"] = float(p_open.mean())
+        out[:, 1:] = p_open[:, None] * share_exposed[None, :]
+        self.metrics_["open_model_mean_p" if self.mode_ == "uplift" else "sent_model_mean_p"] = float(
+            p_open.mean()
+        )
         return np.maximum(out, 1e-3)
 
-    def _guard_outcomes(self, data: dict, propensity: np.ndarray, pool=None) -> np.ndarray:
-        """Cross-fitted (out-of-fold) outcomes per arm of the training messages, for the guard."""
+    def _guard_outcomes(self, X, arm, y, propensity: np.ndarray, pool=None) -> np.ndarray:
+        """Cross-fitted (out-of-fold) outcomes per arm of the training rows, for the guard."""
         learner = MultiArmUpliftLearner(
             learner=self.learner, random_state=self.random_state, n_jobs=self.n_jobs
         )
         return cross_fit_outcomes(
             learner,
-            data["X"],
-            data["arm"],
-            data["y"],
+            X,
+            arm,
+            y,
             propensity,
             n_splits=self.guard_folds,
             random_state=self.random_state,
             executor=pool,
         )
 
-    def _fit_guard(self, data: dict, propensity: np.ndarray, oof: np.ndarray | None = None) -> None:
-        """`ValueGuardedPolicy` on cross-fitted values of the training messages (exposure arms).
+    def _guard_inputs(self, data: dict, oof: np.ndarray, propensity: np.ndarray):
+        """(values, arm, reward, propensity) for `ValueGuardedPolicy.fit`, and the baseline b(x).
+
+        Values and rewards are profits per row in currency: incremental margin (uplift × order
+        value × margin rate) minus the offer's cost (`offers.cost`, currency per redemption) on
+        every conversion. The reward carries a control variate, the cross-fitted predicted profit
+        of arm 0, b(x) (see `_fit_guard`)."""
+        arm, y, order_value = data["arm"], data["y"], data["order_value"]
+        costs = np.asarray(data["costs"], dtype=np.float64)
+        margin = self.policy_.margin_rate * order_value
+        values = (oof - oof[:, [0]]) * margin[:, None] - (oof * costs[None, :] - oof[:, [0]] * costs[0])
+        baseline = oof[:, 0] * (margin - costs[0])
+        reward = y * (margin - costs[arm]) - baseline
+        return values, arm, reward, propensity
+
+    def _arm_uplift(self, data: dict, oof: np.ndarray, propensity: np.ndarray) -> None:
+        """Average uplift of each arm over arm 0 with a 95 % interval: the doubly robust (AIPW)
+        estimate from the cross-fitted outcomes, mean of Γ_k - Γ_0 with
+        Γ_k = mu_k + 1[arm = k](y - mu_k) / e_k."""
+        arm, y = data["arm"], data["y"]
+        n, K = oof.shape
+        hit = arm[:, None] == np.arange(K)[None, :]
+        gamma = oof + hit * (y[:, None] - oof) / propensity
+        out = {}
+        for k in range(1, K):
+            diff = gamma[:, k] - gamma[:, 0]
+            half = _Z95 * diff.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+            out[data["arm_labels"][k]] = {
+                "rows": int((arm == k).sum()),
+                "uplift": float(diff.mean()),
+                "ci95": [float(diff.mean() - half), float(diff.mean() + half)],
+            }
+        self.metrics_["arm_uplift"] = {
+            "against": data["arm_labels"][0],
+            "rows": int((arm == 0).sum()),
+            "arms": out,
+        }
+        self.notes_.append(
+            f"uplift per arm against {data['arm_labels'][0]} ({int((arm == 0).sum())} rows; conversion "
+            "probability, doubly robust cross-fitted estimate with 95 % interval): "
+            + "; ".join(
+                f"{name} {v['uplift']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] on {v['rows']} rows"
+                for name, v in out.items()
+            )
+        )
+
+    def _fit_guard(self, data: dict, propensity: np.ndarray, oof: np.ndarray) -> None:
+        """`ValueGuardedPolicy` on cross-fitted values of the training rows (learner arms).
 
         Reward: the realised profit minus a control variate, the cross-fitted predicted profit of
-        not being exposed, b(x). b depends on x only, so every policy's IPW value moves by the same
-        E[b] and the gains the guard tests stay unbiased, while their spread shrinks (the
-        baseline conversions of "sure things" no longer add noise): on the generated data the
-        gain's confidence interval is about 17 % narrower.
+        arm 0, b(x). b depends on x only, so every policy's IPW value moves by the same E[b] and
+        the gains the guard tests stay unbiased, while their spread shrinks (the baseline
+        conversions of "sure things" no longer add noise): on the generated data the gain's
+        confidence interval is about 17 % narrower. Its confidence is `guard_confidence`
+        ("validated": chosen on nested splits of these rows, see `ValueGuardedPolicy`).
         """
-        arm, y, base, order_value = data["arm"], data["y"], data["base"], data["order_value"]
-        if oof is None:
-            oof = self._guard_outcomes(data, propensity)
-        costs = self._learner_costs(base)
-        margin = self.policy_.margin_rate
-        values = incremental_value(oof, margin=margin, redemption_cost=costs) * order_value[:, None]
-        baseline = oof[:, 0] * (margin - costs[0]) * order_value
-        reward = realised_value(arm, y, margin=margin, redemption_cost=costs) * order_value - baseline
-        self.guard_ = ValueGuardedPolicy(confidence=self.guard_confidence).fit(
-            values, arm, reward, propensity
-        )
-        names = self._learner_arm_names(base)
-        shift = float(baseline.mean())  # add E[b] back so the reported values are profits per message
+        values, arm, reward, propensity = self._guard_inputs(data, oof, propensity)
+        margin = self.policy_.margin_rate * data["order_value"]
+        costs = np.asarray(data["costs"], dtype=np.float64)
+        baseline = oof[:, 0] * (margin - costs[0])
+        self.guard_ = ValueGuardedPolicy(
+            confidence=self.guard_confidence, random_state=self.random_state
+        ).fit(values, arm, reward, propensity)
+        names = data["arm_labels"]
+        shift = float(baseline.mean())  # add E[b] back so the reported values are profits per row
+        values_by_arm = {
+            (names[int(k.split("_")[1])] if k.startswith("arm_") else k): {
+                "value": v["value"] + shift,
+                "ci95": [v["ci95"][0] + shift, v["ci95"][1] + shift],
+            }
+            for k, v in self.guard_.validation_values_.items()
+        }
+        best = names[self.guard_.best_fixed_arm_]
         self.metrics_["guard"] = {
             "fallback": bool(self.guard_.fallback_),
-            "best_fixed_arm": names[self.guard_.best_fixed_arm_],
+            "best_fixed_arm": best,
+            "best_fixed_value": values_by_arm[best]["value"],
+            "personalised_value": values_by_arm["personalised"]["value"],
             "personalised_share": float(self.guard_.personalised_share_),
-            "confidence": self.guard_confidence,
+            "confidence": self.guard_.confidence_,
+            "confidence_scores": {str(k): v for k, v in self.guard_.confidence_scores_.items()},
             "validation_gain": self.guard_.validation_gain_,
-            "validation_values": {
-                (names[int(k.split("_")[1])] if k.startswith("arm_") else k): {
-                    "value": v["value"] + shift,
-                    "ci95": [v["ci95"][0] + shift, v["ci95"][1] + shift],
-                }
-                for k, v in self.guard_.validation_values_.items()
-            },
+            "validation_values": values_by_arm,
         }
-        if self.guard_.fallback_:
-            self.notes_.append(
-                "guard: personalised choices did not beat the best fixed arm "
-                f"({self.metrics_['guard']['best_fixed_arm']}) by a one-sided {self.guard_confidence:.0%} lower "
-                "confidence bound above 0; that arm goes to every allowed customer for whom it pays"
+        gain = self.guard_.validation_gain_
+        served = "the best fixed arm" if self.guard_.fallback_ else "the personalised choice"
+        self.notes_.append(
+            f"guard: personalised choice {values_by_arm['personalised']['value']:.4g} per row against the best "
+            f"fixed arm ({best}) {values_by_arm[best]['value']:.4g}, gain {gain['gain']:+.4g} (one-sided "
+            f"{self.guard_.confidence_:.0%} lower bound {gain['lower_bound']:+.4g}"
+            + (
+                ", confidence chosen on nested splits of the training rows"
+                if self.guard_confidence == "validated"
+                else ""
             )
-
-    def _learner_costs(self, base: int) -> np.ndarray:
-        offer_costs = [self.offer_cost_table_[o] for o in self.offer_ids_]
-        return np.array([0.0] * base + offer_costs)
+            + f"); serving {served}"
+            + (" to every allowed customer" if self.guard_.fallback_ else "")
+        )
 
     def _order_value(self, features) -> np.ndarray:
-        """Expected value of an order: the customer's mean order value shrunk towards everyone's.
+        """Expected value of an order: the customer's mean order value shrunk towards everyone's
+        (1 for everyone when purchases carry no amounts).
 
         `features`: a frame of `CustomerProfiles.model_features` or a dict of its columns."""
         freq = np.nan_to_num(np.asarray(features["frequency"], dtype=np.float64))
+        if not getattr(self, "order_values_known_", True):
+            return np.ones(len(freq))
         aov = np.nan_to_num(np.asarray(features["avg_order_value"], dtype=np.float64))
         k = ORDER_VALUE_PRIOR_ORDERS
         return (aov * freq + k * self.mean_order_value_) / (freq + k)
@@ -829,22 +1175,51 @@ class NextBestActionEngine(BaseEstimator):
     # ------------------------------------------------------------------------------------------
     # predictions per arm (the engine's arm order: none, plain, offers)
     def _arm_outcomes(self, features, rules_kind: np.ndarray | None = None) -> np.ndarray:
-        """Conversion probability per arm; `features` as in `_order_value`."""
+        """Conversion probability per engine arm; `features` as in `_order_value`.
+
+        Learned arms come from the uplift model (`learner_arms_` maps them); an arm without a
+        learned effect gets arm 0's probability (no effect) and is never sent (`_allowed_arms`).
+        In plain_base the learner's arm 0 is the plain message, assumed to do nothing: it stands
+        for "no action" too."""
+        if self.mode_ == "rules":
+            # purchase probability in the window from the churn model (or recent orders)
+            churn = np.asarray(features["_churn_risk"], dtype=np.float64)
+            p90 = 1.0 - churn
+            recent = np.clip(np.nan_to_num(np.asarray(features["orders_90d"])) / 3.0, 0.0, 0.95)
+            p90 = np.where(np.isfinite(p90), p90, recent)
+            mu0 = 1.0 - (1.0 - np.clip(p90, 0.0, 0.999)) ** (self.conversion_window_days / 90.0)
+            priors = self._priors()
+            rel = np.array([priors.get(kind, 0.0) for kind in rules_kind])
+            return np.column_stack([mu0, np.clip(mu0 * (1.0 + rel), 0.0, 1.0)])
         X = _model_matrix(features, self.feature_names_)
-        if self.mode_ == "uplift":
-            return self.uplift_.predict_outcomes(X)
-        if self.mode_ == "plain_base":
-            learned = self.uplift_.predict_outcomes(X)  # plain, offers
-            return np.column_stack([learned[:, 0], learned])  # no action = plain (assumed no effect)
-        # rules: purchase probability in the window from the churn model (or recent orders)
-        churn = np.asarray(features["_churn_risk"], dtype=np.float64)
-        p90 = 1.0 - churn
-        recent = np.clip(np.nan_to_num(np.asarray(features["orders_90d"])) / 3.0, 0.0, 0.95)
-        p90 = np.where(np.isfinite(p90), p90, recent)
-        mu0 = 1.0 - (1.0 - np.clip(p90, 0.0, 0.999)) ** (self.conversion_window_days / 90.0)
-        priors = self._priors()
-        rel = np.array([priors.get(kind, 0.0) for kind in rules_kind])
-        return np.column_stack([mu0, np.clip(mu0 * (1.0 + rel), 0.0, 1.0)])
+        learned = self.uplift_.predict_outcomes(X)
+        out = np.repeat(learned[:, [0]], len(self.arm_names_), axis=1)
+        out[:, self.learner_arms_] = learned
+        return out
+
+    def _intent_to_treat(self) -> bool:
+        """True where the learned effects are those of a *sent* message (no opens in the data, or
+        offers against uncontacted customers): p_open is then 1 on every allowed channel."""
+        return self.mode_ in ("plain_base", "offers_control")
+
+    def _allowed_arms(self) -> np.ndarray:
+        """Engine arms that may be sent at all: those with a learned effect (arm 0 never is)."""
+        allowed = np.zeros(len(self.arm_names_), dtype=bool)
+        if self.mode_ == "rules":
+            allowed[1] = True
+        else:
+            allowed[[k for k in self.learner_arms_ if k > 0]] = True
+        allowed[0] = False
+        return allowed
+
+    def _fallback_arm(self) -> int | None:
+        """The engine arm the guard falls back to (0 = no action), None when it personalises."""
+        if self.guard_ is None or not self.guard_.fallback_:
+            return None
+        k = int(self.guard_.best_fixed_arm_)
+        # the learner's arm 0 is never a send: unopened / not contacted, or in plain_base the
+        # plain message, whose own effect is assumed nil
+        return 0 if k == 0 else int(self.learner_arms_[k])
 
     # ------------------------------------------------------------------------------------------
     # deciding
@@ -905,7 +1280,7 @@ class NextBestActionEngine(BaseEstimator):
         p_open = np.zeros((n, len(channels)))
         for j, ch in enumerate(channels):
             sel = np.flatnonzero(live & channel_ok[:, j])
-            if len(sel) and self.mode_ != "plain_base":
+            if len(sel) and not self._intent_to_treat():
                 p_open[sel, j] = np.clip(self.channel_chooser_.open_probability(ids[sel], ch), 0.0, 1.0)
             elif len(sel):
                 p_open[sel, j] = 1.0
@@ -1094,12 +1469,13 @@ class NextBestActionEngine(BaseEstimator):
                     policy.offer_rules,
                 )
                 arm_ok[:, 2:] = eligible
+            arm_ok &= self._allowed_arms()[None, :]
             mu = self._arm_outcomes(feats, rules_kind)
-            forced = None
-            if self.guard_ is not None and self.guard_.fallback_:
-                forced = int(self.guard_.best_fixed_arm_)
-                if self.mode_ == "plain_base":
-                    forced += 1  # the learner's arms start at "plain"; the engine's at "none"
+            forced = self._fallback_arm()
+            # the guard's fallback serves the best fixed arm itself, to every customer the contact
+            # policy and the offer's rules allow: that is the baseline the personalised choice
+            # failed to beat, so the model's targeting (which did not prove itself) is not used
+            min_gain = -np.inf if forced not in (None, 0) else policy.min_expected_gain
             message_cost = np.array([policy.cost_of_message(ch) for ch in plan["channels"]])
             result = arbitrate(
                 mu,
@@ -1110,7 +1486,7 @@ class NextBestActionEngine(BaseEstimator):
                 message_cost,
                 arm_allowed=arm_ok,
                 channel_allowed=plan["channel_ok"][live_idx],
-                min_gain=policy.min_expected_gain,
+                min_gain=min_gain,
                 forced_arm=forced,
             )
             send = result["send"]
@@ -1183,12 +1559,12 @@ class NextBestActionEngine(BaseEstimator):
                 ["dormant_customer", "high_value_no_discount_needed", "replenishment_due"],
                 "",
             )
-            for i, more in zip(final, extra, strict=True):
-                reasons[i] = (
-                    ["positive_expected_gain", base_reason, more]
-                    if more
-                    else ["positive_expected_gain", base_reason]
-                )
+            # a fallback send goes out whatever its predicted gain: it says so
+            first = np.where(
+                result["gain"][res_pos] > policy.min_expected_gain, "positive_expected_gain", "best_fixed_arm"
+            )
+            for i, head, more in zip(final, first, extra, strict=True):
+                reasons[i] = [head, base_reason, more] if more else [head, base_reason]
             for i in final[replenish]:
                 out["product_ids"][i] = list(due_items[i])
         out["reasons"] = _object_array(reasons)
@@ -1240,6 +1616,94 @@ class NextBestActionEngine(BaseEstimator):
         out.loc[need, "product_ids"] = pd.Series(items, index=need, dtype=object)
 
     # ------------------------------------------------------------------------------------------
+    # what the engine would have sent: the champion gate values it on logged messages
+    def message_choices(self, customer_ids, sent_us, channels=None) -> tuple[np.ndarray, np.ndarray]:
+        """The arm ("none", "plain" or an offer id) and the channel this engine would have sent
+        each customer at each moment (int64 µs), from its own state, never refitted: its profiles
+        as fitted with the time-relative features moved to the moment, its uplift model, the
+        guard's fallback, the offer rules, its offer costs and its p_open, arbitrated as `decide`
+        does, on the given channel (`channels[i]`; None: any channel the customer consented to).
+        Unknown customers, the control group and a channel the contact policy or the customer's
+        consent rule out get "none". Caps, cooldowns and quiet hours are left out: they decide
+        when, not what, and the logged messages were already sent under the sender's."""
+        ids = np.asarray(customer_ids, dtype=object).astype(str)
+        t_us = np.asarray(sent_us, dtype=np.int64)
+        n = len(ids)
+        wanted = np.full(n, None, dtype=object) if channels is None else np.asarray(channels, dtype=object)
+        arms = np.full(n, "none", dtype=object)
+        chosen = np.full(n, None, dtype=object)
+        policy, profiles = self.policy_, self.profiles_
+        usable = tuple(ch for ch in policy.channels if ch in profiles.message_channels_)
+        rows = profiles.rows(ids)
+        live = np.flatnonzero((rows >= 0) & ~in_control_group(ids, policy))
+        if not usable or len(live) == 0:
+            return arms, chosen
+        r, live_ids = rows[live], ids[live]
+        frame = profiles.frame_
+        any_channel = pd.isna(wanted[live])
+        channel_ok = np.zeros((len(live), len(usable)), dtype=bool)
+        p_open = np.ones((len(live), len(usable)))
+        for j, ch in enumerate(usable):
+            channel_ok[:, j] = frame[f"consent_{ch}"].to_numpy(bool)[r] & (any_channel | (wanted[live] == ch))
+            sel = np.flatnonzero(channel_ok[:, j])
+            if len(sel) and not self._intent_to_treat():
+                p_open[sel, j] = np.clip(self.channel_chooser_.open_probability(live_ids[sel], ch), 0.0, 1.0)
+        feats = profiles.model_features_at(r, t_us[live])
+        segment = frame["segment"].to_numpy(dtype=object)[r]
+        rules_kind = None
+        arm_ok = np.ones((len(live), len(self.arm_names_)), dtype=bool)
+        if self.mode_ == "rules":
+            feats["_churn_risk"] = frame["churn_risk"].to_numpy(np.float64)[r]
+            due = profiles.replenishment_due_at(live_ids, t_us[live])
+            dormant = segment == "dormant"
+            rules_kind = np.where(due, "replenishment", np.where(dormant, "win_back", "product_message"))
+        else:
+            arm_ok[:, 2:] = offer_eligibility(
+                self.offer_ids_,
+                segment,
+                frame["value_tier"].to_numpy(dtype=object)[r],
+                frame["monetary"].to_numpy()[r],
+                frame["bought_categories"].to_numpy(dtype=object)[r],
+                policy.offer_rules,
+            )
+        arm_ok &= self._allowed_arms()[None, :]
+        forced = self._fallback_arm()
+        result = arbitrate(
+            self._arm_outcomes(feats, rules_kind),
+            p_open,
+            self._order_value(feats),
+            policy.margin_rate,
+            self.arm_costs_,
+            np.array([policy.cost_of_message(ch) for ch in usable]),
+            arm_allowed=arm_ok,
+            channel_allowed=channel_ok,
+            min_gain=-np.inf if forced not in (None, 0) else policy.min_expected_gain,
+            forced_arm=forced,
+        )
+        send = result["send"]
+        arms[live[send]] = np.asarray(self.arm_names_, dtype=object)[result["arm"][send]]
+        chosen[live[send]] = np.asarray(usable, dtype=object)[result["channel"][send]]
+        return arms, chosen
+
+    def outcomes_at(self, customer_ids, sent_us, labels: list[str]) -> np.ndarray:
+        """(n, len(labels)) conversion probabilities this engine predicts for each customer at
+        each moment (its own state, as `message_choices`) after seeing arm `labels[k]` ("none":
+        no message; an arm it has not learned: no effect); NaN where it has no uplift model or
+        does not know the customer."""
+        ids = np.asarray(customer_ids, dtype=object).astype(str)
+        out = np.full((len(ids), len(labels)), np.nan)
+        rows = self.profiles_.rows(ids)
+        known = np.flatnonzero(rows >= 0)
+        if self.mode_ == "rules" or self.uplift_ is None or len(known) == 0:
+            return out
+        feats = self.profiles_.model_features_at(rows[known], np.asarray(sent_us, dtype=np.int64)[known])
+        mu = self._arm_outcomes(feats)
+        position = {name: j for j, name in enumerate(self.arm_names_)}
+        for k, name in enumerate(labels):
+            out[known, k] = mu[:, position.get(name, 0)]
+        return out
+
+    # ------------------------------------------------------------------------------------------
     # persistence
     def save(self, folder: str | Path) -> Path:
         """Engine, profiles and contact history in one folder (the choosers' models are separate)."""
@@ -1251,6 +1715,7 @@ class NextBestActionEngine(BaseEstimator):
         if self.guard_ is not None:
             guard = {
                 "params": self.guard_.get_params(),
+                "confidence": float(self.guard_.confidence_),
                 "n_arms": int(self.guard_.n_arms_),
                 "best_fixed_arm": int(self.guard_.best_fixed_arm_),
                 "fallback": bool(self.guard_.fallback_),
@@ -1278,8 +1743,10 @@ class NextBestActionEngine(BaseEstimator):
             "offer_cost_table": self.offer_cost_table_,
             "arm_names": self.arm_names_,
             "arm_costs": self.arm_costs_.tolist(),
+            "learner_arms": [int(k) for k in self.learner_arms_],
             "feature_names": self.feature_names_,
             "mean_order_value": self.mean_order_value_,
+            "order_values_known": bool(self.order_values_known_),
             "uplift": uplift,
             "guard": guard,
             "choosers": {"channel": self.channel_chooser_.name, "send_time": self.send_time_chooser_.name},
@@ -1309,6 +1776,13 @@ class NextBestActionEngine(BaseEstimator):
         engine.arm_costs_ = np.asarray(meta["arm_costs"], dtype=np.float64)
         engine.feature_names_ = list(meta["feature_names"])
         engine.mean_order_value_ = float(meta["mean_order_value"])
+        engine.order_values_known_ = bool(meta.get("order_values_known", True))
+        # engines saved before the arm map: exposure arms were the engine's, plain_base's one up
+        default_arms = {
+            "uplift": range(len(engine.arm_names_)),
+            "plain_base": range(1, len(engine.arm_names_)),
+        }
+        engine.learner_arms_ = [int(k) for k in meta.get("learner_arms", default_arms.get(engine.mode_, []))]
         engine.metrics_ = meta["metrics"]
         engine.notes_ = list(meta["notes"])
         engine.learner_ = None
@@ -1321,6 +1795,8 @@ class NextBestActionEngine(BaseEstimator):
         if meta["guard"] is not None:
             g = meta["guard"]
             guard = ValueGuardedPolicy(**g["params"])
+            guard.confidence_ = float(g.get("confidence", g["params"]["confidence"]))
+            guard.confidence_scores_ = {}
             guard.n_arms_ = g["n_arms"]
             guard.best_fixed_arm_ = g["best_fixed_arm"]
             guard.fallback_ = g["fallback"]
@@ -1348,6 +1824,183 @@ class NextBestActionEngine(BaseEstimator):
             else ActivityHoursChooser(engine.profiles_)
         )
         return engine
+
+
+# ----------------------------------------------------------------------------------------------
+# Off-policy value of an engine's choices on logged messages (the champion gate)
+@dataclass
+class PolicyValue:
+    """An engine's off-policy value on a `LoggedWindow`: `value` (profit per row, currency),
+    `terms` (per row: their mean is the value), `sends` (share of rows it would have sent to) and
+    `unvalued` (share of rows where it would have sent an arm the window never logged, valued as
+    no action)."""
+
+    value: float
+    terms: np.ndarray
+    sends: float
+    unvalued: float
+
+
+@dataclass
+class LoggedWindow:
+    """Logged messages of a window (or, when every message carries an offer, messages and matched
+    customers who were not contacted), ready to value any engine's choices off-policy with the
+    guard's estimator: inverse propensity weighting with the exposure propensities estimated on
+    these rows (`logged_window`).
+
+    `labels[k]`: the name of logged arm k in the engine's terms ("none": not exposed, i.e. an
+    unopened message or a customer not contacted; "plain"; an offer id; in mode "plain_base" arm 0
+    is the plain message, which stands for no action as it does when the engine learns);
+    `arm`, `propensity[i, k]` = P(arm k | x_i), `exposure` = P(a message sent is seen | x), `y`
+    (converted within the window), `order_value`, `channel` (None for a control row), and the
+    valuation's economics (`margin_rate`, `offer_costs` in currency per redemption,
+    `message_costs` per channel).
+    """
+
+    mode: str
+    labels: list[str]
+    arm: np.ndarray
+    propensity: np.ndarray
+    exposure: np.ndarray
+    y: np.ndarray
+    order_value: np.ndarray
+    customer_id: np.ndarray
+    sent_us: np.ndarray
+    channel: np.ndarray
+    margin_rate: float
+    offer_costs: dict[str, float]
+    message_costs: dict[str, float]
+
+    def __len__(self) -> int:
+        return len(self.arm)
+
+    def value(self, choices, channels, outcomes: np.ndarray | None = None) -> PolicyValue:
+        """The value per row of sending `choices[i]` ("none", "plain" or an offer id) on
+        `channels[i]` at row i's moment, minus the messages' cost. Profit = conversion × (margin
+        rate × order value - the offer's cost per redemption): every conversion after an offer
+        message is a redemption, opened or not, as the engine counts it. With opens (mode
+        "uplift") a message the engine sends is seen with the estimated open probability and
+        otherwise acts as no message: π(arm k) = P(open | x), π(not exposed) = 1 - P(open | x);
+        without opens, or against customers not contacted, a send is the arm itself.
+
+        Inverse propensity weighting: the mean of π(logged | x) / P(logged | x) × profit. With
+        `outcomes` (n, K: a conversion probability per logged arm from models fitted before the
+        window, NaN where there is none) it is doubly robust, as the guard's arm estimates are:
+        the predicted profit under π plus the weighted residual of the logged row; the outcome
+        models only reduce the spread (they never saw the window's outcomes)."""
+        choices = np.asarray(choices, dtype=object)
+        index = {name: k for k, name in enumerate(self.labels)}
+        base = 0  # "none": not exposed (in plain_base: the plain message, assumed to do nothing)
+        k = np.array([base if x == "none" else index.get(x, -1) for x in choices.tolist()], dtype=np.int64)
+        send = choices != "none"
+        unvalued = send & (k < 0)
+        send &= ~unvalued
+        k = np.where(send, k, base)
+        logged = self.arm
+        n, K = self.propensity.shape
+        rows = np.arange(n)
+        # π(arm j | x) for every arm: a send of k is seen with P(open) in the uplift mode
+        pi = np.zeros((n, K))
+        if self.mode == "uplift":
+            seen = np.where(send, self.exposure, 0.0)
+            pi[rows, 0] = 1.0 - seen
+            pi[rows, k] += seen
+        else:
+            pi[rows, k] = 1.0
+        cost_of = np.array([self.offer_costs.get(name, 0.0) for name in self.labels])
+        # the offer a conversion pays for: the arm's, and for an unseen message the offer the
+        # engine sends (an unopened message of any offer acts as no message)
+        cost = np.broadcast_to(cost_of, (n, K)).copy()
+        cost[:, 0] = np.where(send, cost_of[k], cost_of[0])
+        unit = self.margin_rate * self.order_value[:, None] - cost  # profit of one conversion, per arm
+        predicted = np.zeros((n, K)) if outcomes is None else np.nan_to_num(np.asarray(outcomes, float))
+        p_logged = self.propensity[rows, logged]
+        residual = (self.y - predicted[rows, logged]) * unit[rows, logged]
+        channels = np.asarray(channels, dtype=object)
+        contact = np.array(
+            [self.message_costs.get(ch, 0.0) if ch is not None else 0.0 for ch in channels.tolist()]
+        )
+        terms = (
+            (pi * predicted * unit).sum(axis=1)
+            + pi[rows, logged] / p_logged * residual
+            - np.where(send, contact, 0.0)
+        )
+        return PolicyValue(
+            value=float(terms.mean()),
+            terms=terms,
+            sends=float(send.mean()),
+            unvalued=float(unvalued.mean()),
+        )
+
+
+def logged_window(
+    tables: Tables,
+    profiles: CustomerProfiles,
+    sent_from,
+    policy: ContactPolicy | None = None,
+    conversion_window_days: float = 14.0,
+    max_messages: int | None = None,
+    random_state: int | None = 0,
+    n_jobs: int = 1,
+) -> tuple[LoggedWindow | None, str]:
+    """The messages sent at or after `sent_from` whose conversion window closed before the
+    profiles' time (`profiles`: fitted on all of `tables`), as the engine reads messages to learn
+    (`NextBestActionEngine.training_data`: the same modes, arms, outcomes, control rows and
+    features at the send time), with every arm kept, and the exposure propensities estimated
+    on them (cross-fitted, as the guard's). Returns (window, "") or (None, why not)."""
+    if tables.messages is None or len(tables.messages) == 0:
+        return None, "there is no messages table"
+    reader = NextBestActionEngine(
+        policy=policy,
+        conversion_window_days=conversion_window_days,
+        min_arm_rows=1,
+        max_training_messages=max_messages,
+        random_state=random_state,
+        n_jobs=n_jobs,
+    )
+    reader.policy_ = policy if policy is not None else load_contact_policy()
+    reader.profiles_ = profiles
+    reader.notes_, reader.metrics_ = [], {}
+    reader._set_order_values(profiles)
+    reader._set_offers(tables.offers)
+    sent = _us(tables.messages[c.SENT_TS])
+    since = int(((sent != NAT_US) & (sent >= int(_us(pd.Timestamp(sent_from))[0]))).sum())
+    if since == 0:
+        return None, "no message was sent since"
+    data = reader.training_data(tables, profiles, sent_from=sent_from)
+    if data is None:
+        note = reader.notes_[-1] if reader.notes_ else ""
+        if note.startswith("no message's conversion window closed"):
+            return None, f"none of the {since} messages sent since has its conversion window closed"
+        return None, f"the {since} messages sent since are too few to value them ({note.split('; only')[0]})"
+    arm, exposed = data["arm"], data["opened"]
+    if reader.mode_ != "plain_base" and min(int(exposed.sum()), int((~exposed).sum())) < 3:
+        return None, (
+            f"{len(arm)} rows, {int(exposed.sum())} of them "
+            f"{'opened' if reader.mode_ == 'uplift' else 'contacted'}: too few to estimate who is reached"
+        )
+    propensity = reader._exposure_propensity(data["X"], arm, exposed, len(data["learner_arms"]))
+    labels = [reader.arm_names_[k] for k in data["learner_arms"]]
+    if reader.mode_ == "plain_base":
+        labels[0] = "plain"
+    return (
+        LoggedWindow(
+            mode=reader.mode_,
+            labels=labels,
+            arm=arm,
+            propensity=propensity,
+            exposure=1.0 - propensity[:, 0] if reader.mode_ == "uplift" else np.ones(len(arm)),
+            y=data["y"],
+            order_value=data["order_value"],
+            customer_id=data["customer_id"],
+            sent_us=data["sent_us"],
+            channel=data["channel"],
+            margin_rate=reader.policy_.margin_rate,
+            offer_costs={o: float(v) for o, v in reader.offer_cost_table_.items()},
+            message_costs={ch: reader.policy_.cost_of_message(ch) for ch in reader.policy_.channels},
+        ),
+        "",
+    )
 
 
 # ----------------------------------------------------------------------------------------------

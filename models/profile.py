@@ -58,7 +58,7 @@ from features.codes import positions
 from features.io import Tables
 
 # the feature build and the LightGBM fits run on the Dask cluster of `omni train --dask-scheduler`, if any
-from models.base import FEW_IDS, read_model_meta
+from models.base import FEW_IDS, CannotTrain, read_model_meta
 from models.fitting import build_customer_features, fit_estimator, fit_pool, run_tasks
 
 FORMAT_VERSION = 1
@@ -163,7 +163,8 @@ class _Stream:
         else:
             values = np.asarray(values, np.float64)
             values = values if every else values[keep]
-        values = values.reshape(len(codes), -1)
+        # one value per row comes as a vector; reshape(n, -1) cannot infer the width of 0 rows
+        values = values[:, None] if values.ndim == 1 else values
         seconds = np.maximum(ts_us // US_PER_SECOND, 0)
         key = (codes << _SECONDS_BITS) | seconds
         del codes, seconds
@@ -202,6 +203,101 @@ class _Stream:
         has = pos > start
         out[has] = self.ts[start[has]]
         return out
+
+
+def message_windows_days(
+    messages: pd.DataFrame, offers: pd.DataFrame | None, default_days: float
+) -> np.ndarray:
+    """The conversion window of every message, in days: its offer's `duration_days` (the offer's
+    validity, optional in `offers`) when the message carries an offer that has one, else
+    `default_days` (`--conversion-window-days`, 14 by default)."""
+    out = np.full(len(messages), float(default_days))
+    if offers is None or c.DURATION_DAYS not in offers or c.OFFER_ID not in messages:
+        return out
+    unique = offers.drop_duplicates(c.OFFER_ID)
+    duration = pd.Series(
+        pd.to_numeric(unique[c.DURATION_DAYS], errors="coerce").to_numpy(np.float64),
+        index=unique[c.OFFER_ID].astype(str).to_numpy(),
+    )
+    offer = messages[c.OFFER_ID].astype(object)
+    days = offer.where(offer.notna(), None).map(duration).to_numpy(np.float64, na_value=np.nan)
+    usable = np.isfinite(days) & (days > 0)
+    out[usable] = days[usable]
+    return out
+
+
+def attribute_columns(customers: pd.DataFrame | None) -> list[str]:
+    """The free customer attributes of a customers table: its columns named `attr.<name>`."""
+    if customers is None:
+        return []
+    return [col for col in customers.columns if str(col).startswith(c.ATTRIBUTE_PREFIX)]
+
+
+# a categorical attribute keeps its most frequent levels, each held by at least this share of
+# the customers (and at most this many levels): rarer ones are pooled into "other"
+ATTRIBUTE_MIN_LEVEL_SHARE = 0.01
+ATTRIBUTE_MAX_LEVELS = 20
+
+
+def encode_attributes(customers: pd.DataFrame | None, index: pd.Index) -> pd.DataFrame:
+    """Customer attributes (`attr.*` columns) as model features, one row per customer of `index`.
+
+    Numeric columns (or text columns whose every present value reads as a number) become one
+    float feature, missing = NaN. Text columns become indicator features `attr.<name>=<level>`
+    for their most frequent levels (`ATTRIBUTE_MAX_LEVELS`, each held by at least
+    `ATTRIBUTE_MIN_LEVEL_SHARE` of the customers), rarer levels `attr.<name>=other`; a missing
+    value is all zeros. Attributes are taken as they are in the table at every moment of the
+    history (they carry no timestamp): an attribute that was updated from later behaviour would
+    leak, which is why the models keep them only where validation says they help.
+    """
+    columns = attribute_columns(customers)
+    out: dict[str, np.ndarray] = {}
+    if not columns:
+        return pd.DataFrame(index=range(len(index)))
+    unique = customers.drop_duplicates(c.CUSTOMER_ID)
+    table = unique.set_index(unique[c.CUSTOMER_ID].astype(str).to_numpy())
+    for col in columns:
+        values = table[col].reindex(index)
+        present = values.notna()
+        if pd.api.types.is_bool_dtype(values.dropna()):
+            out[str(col)] = values.astype(object).where(present, np.nan).astype(np.float64).to_numpy()
+            continue
+        numeric = pd.to_numeric(values, errors="coerce")
+        if bool((numeric.notna() == present).all()):
+            out[str(col)] = numeric.astype(np.float64).to_numpy()
+            continue
+        text = values.astype(object).where(present, None).map(lambda v: None if v is None else str(v))
+        counts = text.value_counts()
+        keep = counts.index[counts >= max(1.0, ATTRIBUTE_MIN_LEVEL_SHARE * len(index))][:ATTRIBUTE_MAX_LEVELS]
+        for level in keep:
+            out[f"{col}={level}"] = (text == level).to_numpy(np.float64)
+        rare = text.notna() & ~text.isin(keep)
+        if rare.any():
+            out[f"{col}=other"] = rare.to_numpy(np.float64)
+    return pd.DataFrame(out)
+
+
+MIN_GAPS_FOR_THRESHOLDS = 100
+FALLBACK_THRESHOLDS = {"new_days": 60.0, "at_risk_days": 90.0, "dormant_days": 180.0}
+THRESHOLD_QUANTILES = {"new_days": 0.90, "at_risk_days": 0.95, "dormant_days": 0.99}
+
+
+def segment_thresholds(orders: _Stream, as_of_us: int) -> dict[str, float] | None:
+    """Segment thresholds (days) from the gaps between consecutive orders of the same customer
+    before `as_of`: quantiles `THRESHOLD_QUANTILES` of those gaps (at least one day each, dormant
+    beyond at risk beyond new). None with fewer than `MIN_GAPS_FOR_THRESHOLDS` gaps."""
+    before = orders.ts < as_of_us
+    code = (orders.key >> _SECONDS_BITS)[before]
+    ts = orders.ts[before]
+    same = code[1:] == code[:-1]
+    gaps = (ts[1:] - ts[:-1])[same] / US_PER_DAY
+    gaps = gaps[gaps > 0]
+    if len(gaps) < MIN_GAPS_FOR_THRESHOLDS:
+        return None
+    out = {name: max(1.0, float(np.quantile(gaps, q))) for name, q in THRESHOLD_QUANTILES.items()}
+    out["at_risk_days"] = max(out["at_risk_days"], out["new_days"])
+    out["dormant_days"] = max(out["dormant_days"], out["at_risk_days"] + 1.0)
+    return out
 
 
 def _days(t_us: np.ndarray, then_us: np.ndarray) -> np.ndarray:
@@ -253,11 +349,26 @@ class CustomerHistory:
 
         purchase = (events[c.EVENT_TYPE] == "purchase").to_numpy()
         buys = events.loc[purchase]
-        amount = buys[c.AMOUNT].fillna(0.0).to_numpy(np.float64)
-        qty = buys[c.QUANTITY].fillna(1.0).to_numpy(np.float64)
+        amount = (
+            buys[c.AMOUNT].to_numpy(np.float64, na_value=np.nan)
+            if c.AMOUNT in buys
+            else np.full(len(buys), np.nan)
+        )
+        qty = buys[c.QUANTITY].fillna(1.0).to_numpy(np.float64) if c.QUANTITY in buys else np.ones(len(buys))
         log_ratio = np.full(len(buys), np.nan)
         below_list = np.zeros(len(buys), dtype=bool)
-        if tables.products is not None and c.PRICE in tables.products and "products" not in tables.derived:
+        has_prices = tables.products is not None and c.PRICE in tables.products
+        if has_prices and c.PRODUCT_ID in buys and np.isnan(amount).any():
+            # a log without amounts (or with gaps) is valued at list price × quantity where the
+            # products table knows the price: spend and order values stay defined
+            unit = buys[c.PRODUCT_ID].map(
+                tables.products.drop_duplicates(c.PRODUCT_ID).set_index(c.PRODUCT_ID)[c.PRICE]
+            )
+            list_amount = unit.to_numpy(np.float64, na_value=np.nan) * qty
+            amount = np.where(np.isnan(amount), list_amount, amount)
+        amount = np.nan_to_num(amount, nan=0.0)
+        self.has_amounts = bool(np.any(amount != 0))
+        if has_prices and c.PRODUCT_ID in buys and "products" not in tables.derived:
             products = tables.products
             price = buys[c.PRODUCT_ID].map(products.set_index(c.PRODUCT_ID)[c.PRICE]).to_numpy(np.float64)
             cat_median = products.groupby(c.CATEGORY)[c.PRICE].median()
@@ -298,14 +409,17 @@ class CustomerHistory:
             np.column_stack([np.ones(len(orders)), orders["amount"], orders["below"].astype(float)]),
         )
         returns = events.loc[(events[c.EVENT_TYPE] == "return").to_numpy()]
-        self.returns = _Stream(
-            self._codes(returns[c.CUSTOMER_ID]), _us(returns[c.TS]), returns[c.AMOUNT].fillna(0.0).abs()
-        )
+        returned = returns[c.AMOUNT].fillna(0.0).abs() if c.AMOUNT in returns else np.zeros(len(returns))
+        self.returns = _Stream(self._codes(returns[c.CUSTOMER_ID]), _us(returns[c.TS]), returned)
         signup = pd.Series(NAT_US, index=self.customer_index, dtype=np.int64)
         if tables.customers is not None and c.SIGNUP_TS in tables.customers:
             cust = tables.customers.dropna(subset=[c.SIGNUP_TS])
             signup.loc[cust[c.CUSTOMER_ID].astype(str).to_numpy()] = _us(cust[c.SIGNUP_TS])
         self.signup_us = signup.to_numpy()
+        # free customer attributes (`attr.*`), encoded once per customer
+        attributes = encode_attributes(tables.customers, self.customer_index)
+        self.attribute_names: list[str] = [str(col) for col in attributes.columns]
+        self.attributes = attributes.to_numpy(np.float64) if len(self.attribute_names) else None
 
         # ---- messages
         self.message_channels: tuple[str, ...] = ()
@@ -345,7 +459,10 @@ class CustomerHistory:
         if offers is not None and c.OFFER_ID in messages:
             kinds = messages[c.OFFER_ID].map(offers.set_index(c.OFFER_ID)[c.KIND])
             monetary = kinds.isin(MONETARY_OFFER_KINDS).to_numpy()
-        closes = sent + int(self.conversion_window_days * US_PER_DAY)
+        # each message's outcome is known once its own window (its offer's validity, else the
+        # default window) has closed
+        windows = message_windows_days(messages, offers, self.conversion_window_days)
+        closes = sent + (windows * US_PER_DAY).astype(np.int64)
         closed_values = np.column_stack(
             [
                 np.ones(len(messages)),
@@ -448,6 +565,12 @@ class CustomerHistory:
         with np.errstate(invalid="ignore", divide="ignore"):
             for j, ch in enumerate(self.event_channels):
                 frame[f"share_{ch}"] = np.where(n_events > 0, ev[:, 1 + j] / np.maximum(n_events, 1), 0.0)
+        if self.attributes is not None:
+            known = codes < len(self.customer_index)
+            values = np.full((n, len(self.attribute_names)), np.nan)
+            values[known] = self.attributes[codes[known]]
+            for j, name in enumerate(self.attribute_names):
+                frame[name] = values[:, j]
         frame["last_purchase_us"] = last_order
         frame["first_purchase_us"] = first_order
         frame["first_event_us"] = first_event
@@ -572,7 +695,13 @@ class CustomerProfiles(BaseEstimator):
     Parameters
     ----------
     horizon_days : forecast horizon of predicted spend and churn risk (and the time-split gap).
-    new_days, at_risk_days, dormant_days : segment thresholds (days).
+    new_days, at_risk_days, dormant_days : segment thresholds (days). None (default): read from the
+        data's own buying rhythm, the gaps between consecutive orders of the same customer before
+        `as_of` (`segment_thresholds`): new while the first purchase is more recent than 90 % of
+        those gaps, at risk beyond 95 % of them, dormant beyond 99 % (a grocery shopper who buys
+        weekly is at risk after a few weeks, a furniture buyer after a year). Fixed values were
+        60 / 90 / 180 days, which matched the generator's lifecycles and no retailer's in
+        particular; they remain the fallback with fewer than `MIN_GAPS_FOR_THRESHOLDS` gaps.
     n_top_categories : categories listed per customer.
     conversion_window_days : a message's conversion outcome counts once this window has closed.
     forecast : fit the spend and churn models (else those fields are missing, with a note).
@@ -593,9 +722,9 @@ class CustomerProfiles(BaseEstimator):
     def __init__(
         self,
         horizon_days: int = 90,
-        new_days: float = 60.0,
-        at_risk_days: float = 90.0,
-        dormant_days: float = 180.0,
+        new_days: float | None = None,
+        at_risk_days: float | None = None,
+        dormant_days: float | None = None,
         n_top_categories: int = 3,
         conversion_window_days: float = 14.0,
         forecast: bool = True,
@@ -639,15 +768,27 @@ class CustomerProfiles(BaseEstimator):
         fitted `models.channel.ChannelModel` / `models.send_time.SendTimeModel`.
         """
         if tables.events is None or len(tables.events) == 0:
-            raise ValueError("profiles need an events table with at least one event")
+            raise CannotTrain("profiles need an events table with at least one event")
+        if not (tables.events[c.EVENT_TYPE] == "purchase").any():
+            raise CannotTrain(
+                "profiles need purchases: the events table holds no event of type 'purchase', so there "
+                "is no recency, frequency, spend or churn to describe"
+            )
         self.notes_: list[str] = []
         history = CustomerHistory(tables, as_of, self.conversion_window_days)
         self.history_ = history  # kept for training in the same process; never saved
         self.as_of_ = history.as_of
+        if not history.has_amounts:
+            self.notes_.append(
+                "purchases carry no amounts (and no list prices to value them): monetary, spend and order "
+                "values are all 0, value tiers and spend forecasts say nothing"
+            )
         ids = history.customer_index.to_numpy().astype(str)
         feats = history.features_at(ids, self.as_of_)
         self.feature_names_ = [col for col in feats.columns if not col.endswith("_us")]
+        self.attribute_names_ = list(history.attribute_names)
         self.features_ = feats[self.feature_names_].astype(np.float64).reset_index(drop=True)
+        self.thresholds_ = self._segment_thresholds(history)
 
         frame = pd.DataFrame({c.CUSTOMER_ID: ids})
         for col in (
@@ -671,9 +812,9 @@ class CustomerProfiles(BaseEstimator):
             feats["days_since_first_purchase"],
             first_seen,
             scores,
-            self.new_days,
-            self.at_risk_days,
-            self.dormant_days,
+            self.thresholds_["new_days"],
+            self.thresholds_["at_risk_days"],
+            self.thresholds_["dormant_days"],
         )
         frame["value_tier"] = value_tiers(frame["monetary"], frame["frequency"])
         frame["price_sensitivity"] = feats["discount_share"].to_numpy()
@@ -727,6 +868,7 @@ class CustomerProfiles(BaseEstimator):
         self.frame_["predicted_spend_90d"] = np.nan
         self.frame_["churn_risk"] = np.nan
         self.boosters_: dict[str, lgb.Booster] = {}
+        self.forecast_features_: dict[str, list[str]] = {}
         if self.forecast:
             self._fit_forecast(history, ids)
         else:
@@ -737,6 +879,29 @@ class CustomerProfiles(BaseEstimator):
 
     def _index(self) -> None:
         self.customer_index_ = pd.Index(self.frame_[c.CUSTOMER_ID].astype(str))
+
+    def _segment_thresholds(self, history: CustomerHistory) -> dict[str, float]:
+        """The segment thresholds in days: the ones given, the rest from the order gaps."""
+        given = {
+            "new_days": self.new_days,
+            "at_risk_days": self.at_risk_days,
+            "dormant_days": self.dormant_days,
+        }
+        if all(v is not None for v in given.values()):
+            self.thresholds_source_ = "given"
+            return {k: float(v) for k, v in given.items()}
+        learned = segment_thresholds(history.orders, int(_us(history.as_of)[0]))
+        if learned is None:
+            learned = dict(FALLBACK_THRESHOLDS)
+            self.thresholds_source_ = "fallback"
+            self.notes_.append(
+                f"segment thresholds: fewer than {MIN_GAPS_FOR_THRESHOLDS} repeat orders to read the buying "
+                f"rhythm from; fixed thresholds used (new {learned['new_days']:.0f} d, at risk "
+                f"{learned['at_risk_days']:.0f} d, dormant {learned['dormant_days']:.0f} d)"
+            )
+        else:
+            self.thresholds_source_ = "order_gaps"
+        return {k: float(given[k]) if given[k] is not None else float(learned[k]) for k in given}
 
     def _preferences(self, channel_model, send_time_model, quiet_hours, ids, history) -> None:
         frame = self.frame_
@@ -805,7 +970,18 @@ class CustomerProfiles(BaseEstimator):
         }
 
     def _fit_forecast(self, history: CustomerHistory, ids: np.ndarray) -> None:
-        """Spend and churn over `horizon_days`: features before t, labels from [t, t + horizon)."""
+        """Spend and churn over `horizon_days`: features before t, labels from [t, t + horizon).
+
+        Each target is learned on 80 % of the customers seen before t and judged on the other 20 %
+        against its naive rule (spend: the last 90 days repeat; churn: no order in the last 90
+        days). With customer attributes (`attr.*`) the model is also fitted with them, and they
+        are kept only if they improve its score there (spend: MAE, churn: AUC). A model that
+        does not beat its naive rule is not served: the naive rule is (churn: its churn rate on
+        the training customers, per flag). The served models are then refitted on everyone.
+        A target the data cannot support (no spend at all, nobody or everybody churned) is
+        skipped with a note.
+        """
+        self.forecast_features_: dict[str, list[str]] = {}
         horizon = pd.Timedelta(days=self.horizon_days)
         t = self.as_of_ - horizon
         first_event = self.frame_["first_event_us"].to_numpy()
@@ -832,44 +1008,157 @@ class CustomerProfiles(BaseEstimator):
         churned = (~bought).astype(int)
         x = x_t.to_numpy(np.float64)
 
+        stratify = churned if np.bincount(churned, minlength=2).min() >= 2 else None
         tr, te = train_test_split(
-            np.arange(len(train_ids)), test_size=0.2, random_state=self.random_state, stratify=churned
+            np.arange(len(train_ids)), test_size=0.2, random_state=self.random_state, stratify=stratify
         )
-        # the four fits (split and refit, spend and churn) are independent and seeded: run them on
-        # `fit_workers` threads (LightGBM releases the GIL), the models are the same
-        fits = [
-            (lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()), tr, spend),
-            (lgb.LGBMClassifier(objective="binary", **self._lgbm_params()), tr, churned),
-            (lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params()), slice(None), spend),
-            (lgb.LGBMClassifier(objective="binary", **self._lgbm_params()), slice(None), churned),
+        targets = []
+        if spend[tr].sum() > 0 and spend[te].sum() > 0:
+            targets.append("spend")
+        else:
+            self.notes_.append(
+                "predicted spend skipped: nobody spent anything in the last "
+                f"{self.horizon_days} days before the profile time (no amounts, or no purchases then)"
+            )
+        if len(np.unique(churned[tr])) == 2 and len(np.unique(churned[te])) == 2:
+            targets.append("churn")
+        else:
+            self.notes_.append(
+                f"churn risk skipped: {'every' if churned.all() else 'no'} customer seen before t went "
+                f"{self.horizon_days} days without a purchase, so there is nothing to tell apart"
+            )
+        if not targets:
+            return
+        base = [name for name in self.feature_names_ if name not in self.attribute_names_]
+        feature_sets = {"without_attributes": base}
+        if self.attribute_names_:
+            feature_sets["with_attributes"] = list(self.feature_names_)
+        column = {name: j for j, name in enumerate(self.feature_names_)}
+
+        def model_for(target: str):
+            if target == "spend":
+                return lgb.LGBMRegressor(objective="tweedie", **self._lgbm_params())
+            return lgb.LGBMClassifier(objective="binary", **self._lgbm_params())
+
+        labels = {"spend": spend, "churn": churned}
+        trials = [(target, name) for target in targets for name in feature_sets]
+        # the fits are independent and seeded: run them on `fit_workers` threads (LightGBM
+        # releases the GIL), the models are the same
+        tasks = [
+            partial(
+                fit_estimator,
+                model_for(target),
+                x[np.ix_(tr, [column[f] for f in feature_sets[name]])],
+                labels[target][tr],
+            )
+            for target, name in trials
         ]
-        tasks = [partial(fit_estimator, model, x[rows], target[rows]) for model, rows, target in fits]
         with fit_pool(self.fit_workers) as pool:
-            spend_model, churn_model, spend_full, churn_full = run_tasks(tasks, pool)
-        spend_pred = spend_model.predict(x[te])
-        churn_pred = churn_model.predict_proba(x[te])[:, 1]
-        naive_spend = x_t["spend_90d"].to_numpy()[te]  # "the last 90 days repeat"
-        naive_churn = (x_t["orders_90d"].to_numpy()[te] == 0).astype(float)
-        self.forecast_metrics_ = {
+            fitted = dict(zip(trials, run_tasks(tasks, pool), strict=True))
+
+        def score(target: str, name: str) -> tuple[float, np.ndarray]:
+            X_te = x[np.ix_(te, [column[f] for f in feature_sets[name]])]
+            model = fitted[(target, name)]
+            if target == "spend":
+                pred = model.predict(X_te)
+                return -mean_absolute_error(spend[te], pred), pred
+            pred = model.predict_proba(X_te)[:, 1]
+            return roc_auc_score(churned[te], pred), pred
+
+        metrics: dict = {
             "split_time": t.isoformat(),
             "train_customers": int(len(tr)),
             "test_customers": int(len(te)),
             "churn_rate": float(churned[te].mean()),
-            "churn_auc": float(roc_auc_score(churned[te], churn_pred)),
-            "churn_auc_naive": float(roc_auc_score(churned[te], naive_churn)),
-            "churn_brier": float(np.mean((churn_pred - churned[te]) ** 2)),
-            "spend_mae": float(mean_absolute_error(spend[te], spend_pred)),
-            "spend_mae_naive": float(mean_absolute_error(spend[te], naive_spend)),
-            "spend_spearman": float(pd.Series(spend_pred).corr(pd.Series(spend[te]), method="spearman")),
-            "spend_mean_actual": float(spend[te].mean()),
-            "spend_mean_predicted": float(spend_pred.mean()),
         }
-        # refit on every customer of the window, then look forward from as_of
-        spend_model, churn_model = spend_full, churn_full
-        now = self.features_.to_numpy(np.float64)
-        self.frame_["predicted_spend_90d"] = spend_model.predict(now)
-        self.frame_["churn_risk"] = churn_model.predict_proba(now)[:, 1]
-        self.boosters_ = {"spend": spend_model.booster_, "churn": churn_model.booster_}
+        naive_spend = x_t["spend_90d"].to_numpy()
+        naive_flag = (x_t["orders_90d"].to_numpy() == 0).astype(float)
+        served: dict[str, str] = {}
+        for target in targets:
+            scores = {name: score(target, name) for name in feature_sets}
+            # attributes must earn their place: on a tie the model without them is kept
+            chosen = max(feature_sets, key=lambda name: (scores[name][0], name == "without_attributes"))
+            value, pred = scores[chosen]
+            if target == "spend":
+                naive_value = -mean_absolute_error(spend[te], naive_spend[te])
+                metrics.update(
+                    {
+                        "spend_mae": -value,
+                        "spend_mae_naive": -naive_value,
+                        "spend_spearman": float(
+                            pd.Series(pred).corr(pd.Series(spend[te]), method="spearman")
+                        ),
+                        "spend_mean_actual": float(spend[te].mean()),
+                        "spend_mean_predicted": float(pred.mean()),
+                    }
+                )
+            else:
+                naive_value = roc_auc_score(churned[te], naive_flag[te])
+                metrics.update(
+                    {
+                        "churn_auc": value,
+                        "churn_auc_naive": naive_value,
+                        "churn_brier": float(np.mean((pred - churned[te]) ** 2)),
+                    }
+                )
+            if "with_attributes" in scores:
+                unit = "MAE" if target == "spend" else "AUC"
+                sign = -1.0 if target == "spend" else 1.0
+                with_value = sign * scores["with_attributes"][0]
+                without_value = sign * scores["without_attributes"][0]
+                metrics[f"{target}_{unit.lower()}_with_attributes"] = with_value
+                metrics[f"{target}_{unit.lower()}_without_attributes"] = without_value
+                kept = chosen == "with_attributes"
+                self.notes_.append(
+                    f"customer attributes {'kept' if kept else 'left out'} for the {target} model "
+                    f"({unit} {with_value:.4g} with them, {without_value:.4g} without, on the validation "
+                    f"customers): {', '.join(self.attribute_names_)}"
+                )
+            served[target] = "model" if value > naive_value else "naive"
+            metrics[f"{target}_served"] = served[target]
+            if served[target] == "naive":
+                self.notes_.append(
+                    f"{target} model did not beat its naive rule on the validation customers "
+                    f"({'MAE' if target == 'spend' else 'AUC'} {abs(value):.4g} against {abs(naive_value):.4g}): "
+                    "the naive rule is served"
+                )
+            self.forecast_features_[target] = list(feature_sets[chosen]) if served[target] == "model" else []
+        self.forecast_metrics_ = metrics
+
+        # refit the served models on every customer of the window, then look forward from as_of
+        refits = [t_ for t_ in targets if served[t_] == "model"]
+        tasks = [
+            partial(
+                fit_estimator,
+                model_for(target),
+                x[:, [column[f] for f in self.forecast_features_[target]]],
+                labels[target],
+            )
+            for target in refits
+        ]
+        with fit_pool(self.fit_workers) as pool:
+            models = dict(zip(refits, run_tasks(tasks, pool), strict=True))
+        for target in targets:
+            if target in models:
+                now = self.features_[self.forecast_features_[target]].to_numpy(np.float64)
+                model = models[target]
+                if target == "spend":
+                    self.frame_["predicted_spend_90d"] = model.predict(now)
+                else:
+                    self.frame_["churn_risk"] = model.predict_proba(now)[:, 1]
+                self.boosters_[target] = model.booster_
+            elif target == "spend":
+                self.frame_["predicted_spend_90d"] = self.features_["spend_90d"].to_numpy(np.float64)
+            else:
+                # the naive flag as a probability: the churn rate of the training customers per flag
+                rate = {
+                    flag: float(churned[tr][naive_flag[tr] == flag].mean())
+                    if (naive_flag[tr] == flag).any()
+                    else float(churned[tr].mean())
+                    for flag in (0.0, 1.0)
+                }
+                flag_now = (self.features_["orders_90d"].to_numpy() == 0).astype(float)
+                self.frame_["churn_risk"] = np.where(flag_now == 1.0, rate[1.0], rate[0.0])
 
     def _replenishment(self, tables: Tables) -> pd.DataFrame:
         """Last purchase of each replenishable product per customer (cycle = replenishment_days)."""
@@ -937,6 +1226,41 @@ class CustomerProfiles(BaseEstimator):
             if name in feats:
                 feats[name] = _days(np.full(len(rows), now_us), self.frame_[col].to_numpy()[rows])
         return feats
+
+    def model_features_at(self, rows: np.ndarray, times_us: np.ndarray) -> pd.DataFrame:
+        """`model_features` with the time-relative features moved to one moment per row (int64
+        µs): what these profiles, as fitted, say of each customer at each moment (the champion
+        gate values what a deployed engine would have decided when past messages were sent)."""
+        feats = self.features_.iloc[rows].reset_index(drop=True).copy()
+        t_us = np.asarray(times_us, dtype=np.int64)
+        for name, col in TIME_RELATIVE.items():
+            if name in feats:
+                feats[name] = _days(t_us, self.frame_[col].to_numpy()[rows])
+        return feats
+
+    def replenishment_due_at(self, customer_ids, times_us: np.ndarray) -> np.ndarray:
+        """Per (customer, moment) pair: is a replenishment due then (as `due_replenishments`)?"""
+        ids = np.asarray(customer_ids, dtype=object).astype(str)
+        out = np.zeros(len(ids), dtype=bool)
+        table = self.replenishment_
+        if table.empty or len(ids) == 0:
+            return out
+        pairs = pd.DataFrame(
+            {c.CUSTOMER_ID: ids, "_t": np.asarray(times_us, dtype=np.int64), "_pair": np.arange(len(ids))}
+        )
+        rows = table[[c.CUSTOMER_ID, "cycle_days", "last_purchase_us"]].assign(
+            **{c.CUSTOMER_ID: table[c.CUSTOMER_ID].astype(str)}
+        )
+        joined = pairs.merge(rows, on=c.CUSTOMER_ID, how="inner")
+        if joined.empty:
+            return out
+        cycle_us = (joined["cycle_days"].to_numpy() * US_PER_DAY).astype(np.int64)
+        due_at = joined["last_purchase_us"].to_numpy(np.int64) + cycle_us
+        lead = int(self.replenishment_lead_days * US_PER_DAY)
+        t_us = joined["_t"].to_numpy()
+        due = (t_us >= due_at - lead) & (t_us <= due_at + cycle_us // 2)
+        out[joined["_pair"].to_numpy()[due]] = True
+        return out
 
     def model_feature_arrays(self, rows: np.ndarray, now: pd.Timestamp) -> dict[str, np.ndarray]:
         """`model_features(rows, now)` as {column: values} without building a frame (a request)."""
@@ -1043,6 +1367,20 @@ class CustomerProfiles(BaseEstimator):
         out[c.TIMEZONE] = frame[c.TIMEZONE]
         return out
 
+    def _forecast_source(self, target: str) -> str:
+        """Where the served spend / churn forecast comes from: the model, or its naive rule."""
+        if self.forecast_metrics_.get(f"{target}_served") == "naive":
+            if target == "spend":
+                return (
+                    "the customer's spend over the last 90 days, repeated (the LightGBM model did not beat "
+                    "this rule on the validation customers)"
+                )
+            return (
+                "churn rate of the training customers with / without an order in the last 90 days (the "
+                "LightGBM model did not beat this rule on the validation customers)"
+            )
+        return DERIVED_FROM["predicted_spend_90d" if target == "spend" else "churn_risk"]
+
     def profile(self, customer_id: str) -> dict:
         """The profile of one customer: {field: {"value": ..., "derived_from": "..."}}.
 
@@ -1052,11 +1390,7 @@ class CustomerProfiles(BaseEstimator):
         if row < 0:
             raise KeyError(f"unknown customer {customer_id!r}")
         r = self.frame_.iloc[row]
-        thresholds = {
-            "new_days": self.new_days,
-            "at_risk_days": self.at_risk_days,
-            "dormant_days": self.dormant_days,
-        }
+        thresholds = {name: round(days, 1) for name, days in self.thresholds_.items()}
 
         def field(value, source: str) -> dict:
             return {"value": _jsonable(value), "derived_from": source}
@@ -1077,7 +1411,16 @@ class CustomerProfiles(BaseEstimator):
         return {
             "customer_id": str(r[c.CUSTOMER_ID]),
             "as_of": self.as_of_.isoformat(),
-            "segment": field(r["segment"], DERIVED_FROM["segment"].format(**thresholds)),
+            "segment": field(
+                r["segment"],
+                DERIVED_FROM["segment"].format(**thresholds)
+                + (
+                    " (thresholds read from the gaps between consecutive orders: 90 %, 95 % and 99 % of "
+                    "them are shorter)"
+                    if self.thresholds_source_ == "order_gaps"
+                    else ""
+                ),
+            ),
             "rfm": field(
                 {
                     "recency_score": int(r["recency_score"]),
@@ -1091,9 +1434,9 @@ class CustomerProfiles(BaseEstimator):
             "monetary": field(r["monetary"], DERIVED_FROM["monetary"]),
             "value_tier": field(r["value_tier"], DERIVED_FROM["value_tier"]),
             "predicted_spend_90d": field(
-                r["predicted_spend_90d"], DERIVED_FROM["predicted_spend_90d"] + forecast_note
+                r["predicted_spend_90d"], self._forecast_source("spend") + forecast_note
             ),
-            "churn_risk": field(r["churn_risk"], DERIVED_FROM["churn_risk"] + forecast_note),
+            "churn_risk": field(r["churn_risk"], self._forecast_source("churn") + forecast_note),
             "price_sensitivity": field(r["price_sensitivity"], DERIVED_FROM["price_sensitivity"]),
             "top_categories": field(list(r["top_categories"]), DERIVED_FROM["top_categories"]),
             "preferred_channel": field(r["preferred_channel"], self.sources_["preferred_channel"]),
@@ -1136,6 +1479,10 @@ class CustomerProfiles(BaseEstimator):
             "message_channels": list(self.message_channels_),
             "has_consent_table": self.has_consent_table_,
             "forecast_metrics": self.forecast_metrics_,
+            "thresholds": self.thresholds_,
+            "thresholds_source": self.thresholds_source_,
+            "attribute_names": self.attribute_names_,
+            "forecast_features": self.forecast_features_,
             "sources": self.sources_,
             "notes": self.notes_,
         }
@@ -1164,6 +1511,14 @@ class CustomerProfiles(BaseEstimator):
         model.message_channels_ = tuple(meta["message_channels"])
         model.has_consent_table_ = bool(meta["has_consent_table"])
         model.forecast_metrics_ = dict(meta["forecast_metrics"])
+        # profiles saved before the thresholds were read from the data used the fixed ones
+        thresholds = meta.get("thresholds") or {
+            name: float(meta["params"].get(name) or FALLBACK_THRESHOLDS[name]) for name in FALLBACK_THRESHOLDS
+        }
+        model.thresholds_ = {k: float(v) for k, v in thresholds.items()}
+        model.thresholds_source_ = meta.get("thresholds_source", "given")
+        model.attribute_names_ = list(meta.get("attribute_names", []))
+        model.forecast_features_ = {k: list(v) for k, v in meta.get("forecast_features", {}).items()}
         model.sources_ = dict(meta["sources"])
         model.notes_ = list(meta["notes"])
         model._index()

@@ -45,7 +45,7 @@ import numpy as np
 from lightgbm import LGBMClassifier, LGBMRegressor
 from scipy.stats import norm
 from sklearn.base import BaseEstimator, clone
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from models.fitting import (  # LightGBM fits: on the Dask cluster when one is active
@@ -83,6 +83,8 @@ DEFAULT_MIN_LEAF_FRACTION = 0.05
 _MIN_LEAF_ROWS = 20
 _MAX_JOBS = 2  # the reference machine has 2 cores; more threads only contend
 _Z95 = float(norm.ppf(0.975))
+# one-sided confidences `ValueGuardedPolicy(confidence="validated")` chooses from
+CONFIDENCE_GRID: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 def _lgbm_common(random_state: int | None, n_jobs: int) -> dict[str, Any]:
@@ -569,7 +571,8 @@ class ValueGuardedPolicy(BaseEstimator):
 
     `fit(values, logged_arm, reward, propensity)` takes *out-of-fold* predicted values (n, K) for
     the training rows (e.g. `incremental_value(cross_fit_outcomes(...))`), the logged arms, the
-    realised reward per row (e.g. `realised_value(...)`) and the logging propensities. On those
+    realised reward per row (e.g. `realised_value(...)`) and the logging propensities (a scalar,
+    one per arm, one per row or an (n, K) matrix). On those
     rows it estimates by inverse-propensity weighting
 
     - the value of every fixed arm; the best one is `best_fixed_arm_`;
@@ -582,8 +585,16 @@ class ValueGuardedPolicy(BaseEstimator):
 
     Parameters
     ----------
-    confidence : float
+    confidence : float or "validated"
         One-sided confidence of the lower bound (0.9 → z ≈ 1.28). 0.5 compares point estimates.
+        "validated": chosen from `confidence_grid` on the rows themselves, by nested splits
+        (`_validated_confidence`): for each of `validation_splits` folds the guard is decided on
+        the other folds at every confidence of the grid, and the policy it would serve (the
+        personalised choice or the best fixed arm found there) is valued by IPW on the held-out
+        fold; the confidence whose decisions earn the most over the folds is kept, the strictest
+        one on ties. The level then follows what the data at hand show the test's decisions to be
+        worth, instead of a number set by looking at one data set's truth (the engine's former
+        0.8 came from the generator's).
     min_gain : float
         Gain (reward units per customer) the lower bound must exceed.
     min_predicted_gain : float
@@ -596,22 +607,69 @@ class ValueGuardedPolicy(BaseEstimator):
 
     Fitted attributes
     -----------------
-    n_arms_, best_fixed_arm_, fallback_ (bool), validation_values_ (dict: "arm_k" and
-    "personalised" → {"value", "ci95"}), validation_gain_ ({"gain", "ci95", "lower_bound"}),
-    personalised_share_ (share of training rows whose arm differs from the best fixed arm).
+    confidence_ (the one used), confidence_scores_ ({confidence: held-out IPW value per row of
+    its decisions}, "validated" only), n_arms_, best_fixed_arm_, fallback_ (bool),
+    validation_values_ (dict: "arm_k" and "personalised" → {"value", "ci95"}), validation_gain_
+    ({"gain", "ci95", "lower_bound"}), personalised_share_ (share of training rows whose arm differs from the best fixed arm).
     """
 
     def __init__(
         self,
-        confidence: float = 0.9,
+        confidence: float | str = 0.9,
         min_gain: float = 0.0,
         min_predicted_gain: float = 0.0,
         self_normalized: bool = False,
+        confidence_grid: tuple[float, ...] = CONFIDENCE_GRID,
+        validation_splits: int = 3,
+        random_state: int | None = 0,
     ):
         self.confidence = confidence
         self.min_gain = min_gain
         self.min_predicted_gain = min_predicted_gain
         self.self_normalized = self_normalized
+        self.confidence_grid = confidence_grid
+        self.validation_splits = validation_splits
+        self.random_state = random_state
+
+    def _test(self, values, logged, reward, p_logged) -> tuple[int, float, float]:
+        """(best fixed arm, gain of the personalised choice over it, its standard error) as `fit`
+        estimates them on these rows; gain -inf when nobody would deviate from the fixed arm."""
+        n = len(logged)
+        fixed = [ipw_policy_value(np.full(n, k), logged, reward, p_logged)[0] for k in range(values.shape[1])]
+        best = int(np.argmax(fixed))
+        chosen = self._personalised(values, best)
+        if not np.any(chosen != best):
+            return best, -np.inf, 0.0
+        gain, ci = ipw_policy_gain(chosen, np.full(n, best), logged, reward, p_logged)
+        return best, gain, (ci[1] - ci[0]) / (2 * _Z95)
+
+    def _validated_confidence(self, values, logged, reward, p_logged) -> float:
+        """The confidence of `confidence_grid` whose decisions are worth the most on held-out folds."""
+        n = len(logged)
+        grid = sorted({float(k) for k in self.confidence_grid}, reverse=True)  # strictest first
+        splits = max(2, min(int(self.validation_splits), n // 2))
+        folds = KFold(splits, shuffle=True, random_state=self.random_state)
+        earned = dict.fromkeys(grid, 0.0)
+        for fit_rows, held in folds.split(values):
+            best, gain, se = self._test(
+                values[fit_rows], logged[fit_rows], reward[fit_rows], p_logged[fit_rows]
+            )
+            policies = {
+                True: self._personalised(values[held], best),
+                False: np.full(len(held), best),
+            }
+            worth = {
+                personalise: float(np.sum((policy == logged[held]) / p_logged[held] * reward[held])) / n
+                for personalise, policy in policies.items()
+            }
+            for level in grid:
+                earned[level] += worth[bool(gain - float(norm.ppf(level)) * se > self.min_gain)]
+        self.confidence_scores_ = {level: earned[level] for level in grid}
+        chosen = grid[0]
+        for level in grid[1:]:  # a looser level must earn strictly more
+            if earned[level] > earned[chosen] + 1e-12:
+                chosen = level
+        return chosen
 
     def _personalised(self, values: np.ndarray, fixed_arm: int) -> np.ndarray:
         best = values.argmax(axis=1)
@@ -624,6 +682,17 @@ class ValueGuardedPolicy(BaseEstimator):
         reward = np.asarray(reward, dtype=np.float64)
         self.n_arms_ = values.shape[1]
         n = len(logged)
+        self.confidence_scores_ = {}
+        p = np.asarray(propensity, dtype=np.float64)
+        if p.ndim == 1 and p.shape[0] == self.n_arms_ and n != self.n_arms_:
+            propensity = p[logged]  # one known probability per arm: the logged arm's per row
+        if isinstance(self.confidence, str):
+            if self.confidence != "validated":
+                raise ValueError(f"confidence must be a number or 'validated', got {self.confidence!r}")
+            p_logged = _logged_propensity_vector(propensity, logged)
+            self.confidence_ = self._validated_confidence(values, logged, reward, p_logged)
+        else:
+            self.confidence_ = float(self.confidence)
 
         fixed = {}
         for k in range(self.n_arms_):
@@ -641,7 +710,7 @@ class ValueGuardedPolicy(BaseEstimator):
         baseline = np.full(n, self.best_fixed_arm_)
         gain, gain_ci = ipw_policy_gain(chosen, baseline, logged, reward, propensity)
         se = (gain_ci[1] - gain_ci[0]) / (2 * _Z95)
-        lower = gain - float(norm.ppf(self.confidence)) * se
+        lower = gain - float(norm.ppf(self.confidence_)) * se
         self.validation_gain_ = {"gain": gain, "ci95": list(gain_ci), "lower_bound": lower}
         self.personalised_share_ = float(np.mean(chosen != self.best_fixed_arm_))
         # no deviation at all, or evidence too weak: everyone gets the best fixed arm

@@ -219,6 +219,10 @@ def test_due_replenishment(tiny):
     assert profiles.due_replenishments(["A", "B"], ts(45)) == [["P1"], []]
     assert profiles.due_replenishments(["A"], ts(30)) == [[]]
     assert profiles.due_replenishments(["A"], ts(60)) == [[]]
+    # one moment per (customer, moment) pair, as the champion gate asks of past messages
+    moments = pd.DatetimeIndex([ts(45), ts(45), ts(30), ts(60), ts(45)]).as_unit("us").asi8
+    due = profiles.replenishment_due_at(["A", "B", "A", "A", "nobody"], moments)
+    assert due.tolist() == [True, False, False, False, False]
 
 
 def test_model_features_move_time_relative_fields_to_now(tiny):
@@ -227,6 +231,14 @@ def test_model_features_move_time_relative_fields_to_now(tiny):
     later = profiles.model_features(row, AS_OF + pd.Timedelta(days=10)).iloc[0]
     assert later["recency_days"] == pytest.approx((AS_OF - ts(60)).total_seconds() / 86400 + 10)
     assert later["frequency"] == 2
+    # one moment per row: each row moved to its own
+    rows = profiles.rows(["A", "A"])
+    moments = pd.DatetimeIndex([AS_OF, AS_OF + pd.Timedelta(days=10)]).as_unit("us").asi8
+    each = profiles.model_features_at(rows, moments)
+    pd.testing.assert_series_equal(each.iloc[1], later, check_names=False)
+    pd.testing.assert_series_equal(
+        each.iloc[0], profiles.model_features(row, AS_OF).iloc[0], check_names=False
+    )
 
 
 def test_a_later_opt_out_counts_without_refitting(tiny):
@@ -271,3 +283,40 @@ def test_forecast_models_use_a_time_split(generated_data):
     assert serial.forecast_metrics_ == metrics
     for col in ("churn_risk", "predicted_spend_90d"):
         np.testing.assert_array_equal(serial.frame_[col].to_numpy(), profiles.frame_[col].to_numpy())
+
+
+def test_segment_thresholds_follow_the_buying_rhythm():
+    from models.profile import US_PER_DAY, _Stream, segment_thresholds
+
+    # 60 customers ordering every 1..10 days (gaps 1..10 days, 10 of each length, weekly shoppers)
+    codes, times = [], []
+    for customer in range(60):
+        gap = 1 + customer % 10
+        for k in range(4):
+            codes.append(customer)
+            times.append(1_700_000_000 * 1_000_000 + k * gap * US_PER_DAY)
+    stream = _Stream(np.array(codes), np.array(times, dtype=np.int64))
+    as_of = max(times) + US_PER_DAY
+    got = segment_thresholds(stream, as_of)
+    assert got["new_days"] == pytest.approx(np.quantile(np.repeat(np.arange(1, 11), 18), 0.90))
+    assert got["new_days"] <= got["at_risk_days"] < got["dormant_days"] <= 11
+    assert segment_thresholds(stream, min(times) + 1) is None  # no gap before as_of: too few to read
+
+
+def test_attributes_become_features_numeric_and_categorical():
+    from models.profile import encode_attributes
+
+    customers = pd.DataFrame(
+        {
+            c.CUSTOMER_ID: ["A", "B", "C", "D"],
+            "attr.age": ["34", None, "51", "28"],  # numbers written as text stay numbers
+            "attr.segment": ["gold", "silver", None, "gold"],
+            "attr.vip": [True, False, None, True],
+            "other": [1, 2, 3, 4],  # not an attribute
+        }
+    )
+    got = encode_attributes(customers, pd.Index(["A", "B", "C", "D", "E"]))
+    assert list(got.columns) == ["attr.age", "attr.segment=gold", "attr.segment=silver", "attr.vip"]
+    np.testing.assert_array_equal(got["attr.age"], [34, np.nan, 51, 28, np.nan])
+    np.testing.assert_array_equal(got["attr.segment=gold"], [1, 0, 0, 1, 0])  # missing: all zeros
+    np.testing.assert_array_equal(got["attr.vip"], [1, 0, np.nan, 1, np.nan])

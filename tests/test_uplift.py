@@ -210,3 +210,25 @@ def test_qini_auc_perfect_beats_random(experiment):
     rng = np.random.default_rng(0)
     random_scores = [qini_auc(rng.random(t.size), t, yy) for _ in range(20)]
     assert abs(np.mean(random_scores)) < 0.05
+
+
+def test_validated_confidence_personalises_only_where_held_out_folds_pay():
+    # targeting pays: every level of the grid personalises on held-out folds, the strictest is kept
+    X, arm, y = _experiment(seed=2)
+    learner = MultiArmUpliftLearner(random_state=0)
+    oof = cross_fit_outcomes(learner, X, arm, y, PROPENSITY, n_splits=3, random_state=0)
+    reward = realised_value(arm, y, contact_cost=CONTACT_COST)
+    values = incremental_value(oof, contact_cost=CONTACT_COST)
+    helped = ValueGuardedPolicy(confidence="validated").fit(values, arm, reward, 1 / 3)
+    assert not helped.fallback_
+    assert set(helped.confidence_scores_) == {0.5, 0.6, 0.7, 0.8, 0.9, 0.95}
+    assert helped.confidence_ == 0.95  # all levels decided alike: ties go to the strictest
+    # nothing to target: personalising never earns more on held-out folds, the guard falls back
+    X, arm, y = _experiment(heterogeneous=False, effect=0.1, seed=1)
+    oof = cross_fit_outcomes(learner, X, arm, y, PROPENSITY, n_splits=3, random_state=0)
+    flat = ValueGuardedPolicy(confidence="validated").fit(incremental_value(oof), arm, y, PROPENSITY)
+    assert flat.fallback_ and flat.best_fixed_arm_ == 1
+    # the held-out score of a level is the IPW value of the decisions it took, per row
+    assert max(flat.confidence_scores_.values()) == pytest.approx(flat.confidence_scores_[flat.confidence_])
+    with pytest.raises(ValueError, match="validated"):
+        ValueGuardedPolicy(confidence="loose").fit(values, arm, reward, 1 / 3)

@@ -8,16 +8,30 @@
 - engine: `models.nba.NextBestActionEngine` with uplift models learned from the logged messages
   and the contact policy of `config.policy_file` (default `configs/contact_policy.toml`);
 - metrics: flat {name: float} for MLflow (forecast quality, training messages per arm, the guard's
-  validation gain and lower bound, decision mix over a sample of customers when `summarise_decisions`);
+  comparison with the NBA baseline, the best fixed action: the cross-fitted value per message of
+  the engine's personalised choice beside the best fixed action's, the gain and its lower bound,
+  whether the fixed action is served; uplift per arm; decision mix over a sample of customers
+  when `summarise_decisions`);
 - notes: what was missing or skipped and what that means (e.g. no messages table → no uplift, the
   engine only sends replenishment reminders and win-backs valued with an assumed uplift).
 
 `tables` must already be identity-stitched (`features.identity.stitch_identities`), as
 `training.train.run_training` does. `log_nba_run` logs everything into the active MLflow run.
+
+`champion_window_scores` scores the registered champion engine, as deployed, and this run's
+engine fitted before the new window on the same window's logged messages, for the promotion gate
+(`training.families.NextBestActionFamily`).
+
+Raises `models.base.CannotTrain` (with the reason) only when no profile can be built: no events,
+or no purchase among them. Everything short of that trains: a part the data cannot support is
+skipped with a note (no messages: no uplift; too short a history: no spend / churn forecast; ...).
+Offers may carry `duration_days`: a message with such an offer converts within it, the others
+within `conversion_window_days` (`omni train --conversion-window-days`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -25,10 +39,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from features.io import Tables
+from features import columns as c
+from features.io import Tables, rows_before
+from models.base import CannotTrain
 from models.contact_policy import load_contact_policy
-from models.nba import NO_ACTION, NextBestActionEngine
+from models.nba import NO_ACTION, NextBestActionEngine, logged_window
 from models.profile import CustomerProfiles
 
 
@@ -38,7 +55,9 @@ class NBAConfig:
     learner: str = "x"  # MultiArmUpliftLearner kind: x, t or dr
     guard: bool = True
     guard_folds: int = 3
-    guard_confidence: float = 0.8
+    # "validated": the guard's one-sided confidence is chosen on nested splits of the training
+    # messages (`ValueGuardedPolicy`); a number fixes it
+    guard_confidence: float | str = "validated"
     max_training_messages: int | None = 200_000  # random sample to learn from (cost grows with it)
     min_arm_rows: int = 200
     conversion_window_days: float = 14.0
@@ -74,12 +93,6 @@ def train_nba(
     )
     profile_seconds = time.perf_counter() - started
     notes += [f"profiles: {n}" for n in profiles.notes_]
-    if tables.messages is None or len(tables.messages) == 0:
-        notes.append(
-            "nba: uplift skipped, there is no messages table (no logged contacts to learn from); the engine "
-            "only decides replenishment reminders and win-backs, each valued with an assumed relative uplift "
-            "of the customer's purchase probability (reason code prior_uplift_no_model), and sends no offers"
-        )
     engine = NextBestActionEngine(
         policy=policy,
         learner=config.learner,
@@ -110,6 +123,10 @@ def train_nba(
     for name, value in profiles.forecast_metrics_.items():
         if isinstance(value, int | float):
             metrics[f"profile.{name}"] = float(value)
+        elif name.endswith("_served"):  # "model" or "naive"
+            metrics[f"profile.{name}_model"] = float(value == "model")
+    for name, days in getattr(profiles, "thresholds_", {}).items():
+        metrics[f"profile.segment_{name}"] = float(days)
     for segment, share in profiles.frame_["segment"].value_counts(normalize=True).items():
         metrics[f"profile.segment_share.{segment}"] = float(share)
     m = engine.metrics_
@@ -118,11 +135,26 @@ def train_nba(
         metrics["nba.open_rate"] = float(m["open_rate"])
         for arm, rate in m["conversion_rate_by_arm"].items():
             metrics[f"nba.conversion_rate.{arm}"] = float(rate)
+    if "training_rows" in m:
+        metrics["nba.training_rows"] = float(m["training_rows"])
+    if "control" in m:
+        metrics["nba.control_rows"] = float(m["control"]["control_rows"])
+    for arm, estimate in m.get("arm_uplift", {}).get("arms", {}).items():
+        metrics[f"nba.uplift.{arm}"] = float(estimate["uplift"])
+        metrics[f"nba.uplift_lower.{arm}"] = float(estimate["ci95"][0])
     if "guard" in m:
-        metrics["nba.guard.fallback"] = float(m["guard"]["fallback"])
-        metrics["nba.guard.gain"] = float(m["guard"]["validation_gain"]["gain"])
-        metrics["nba.guard.lower_bound"] = float(m["guard"]["validation_gain"]["lower_bound"])
-        metrics["nba.guard.personalised_share"] = float(m["guard"]["personalised_share"])
+        guard = m["guard"]
+        # the NBA baseline is the best fixed action: both values side by side, per training message
+        metrics["nba.guard.fallback"] = float(guard["fallback"])
+        metrics["nba.guard.served_fixed_action"] = float(guard["fallback"])
+        metrics["nba.guard.best_fixed_value"] = float(guard["best_fixed_value"])
+        metrics["nba.guard.personalised_value"] = float(guard["personalised_value"])
+        metrics["nba.guard.gain"] = float(guard["validation_gain"]["gain"])
+        metrics["nba.guard.lower_bound"] = float(guard["validation_gain"]["lower_bound"])
+        metrics["nba.guard.confidence"] = float(guard["confidence"])
+        metrics["nba.guard.personalised_share"] = float(guard["personalised_share"])
+    if "attributes" in m:
+        metrics["nba.attributes_kept"] = float(m["attributes"]["kept"])
     if config.summarise_decisions:
         ids = profiles.frame_["customer_id"].to_numpy()
         if len(ids) > config.summary_customers:
@@ -160,3 +192,127 @@ def log_nba_run(
     with tempfile.TemporaryDirectory(prefix="omni-nba-") as tmp:
         folder = engine.save(Path(tmp) / "nba")
         mlflow.log_artifacts(str(folder), artifact_path="nba")
+
+
+# ---------------------------------------------------------------------------------- champion gate
+def tables_before(tables: Tables, moment: pd.Timestamp) -> Tables:
+    """`tables` as they were at `moment`: events, messages sent, consent rows and customers who
+    signed up before it (what a model trained then could have seen: a customer who signed up
+    later is unknown to it; later opens and conversions of earlier messages are left to the
+    history's own as-of rules, which count nothing after the profiles' time)."""
+    changes = {"events": rows_before(tables.events, c.TS, moment)}
+    if tables.messages is not None:
+        changes["messages"] = rows_before(tables.messages, c.SENT_TS, moment)
+    if tables.consent is not None and c.UPDATED_TS in tables.consent:
+        changes["consent"] = rows_before(tables.consent, c.UPDATED_TS, moment)
+    customers = tables.customers
+    if customers is not None and c.SIGNUP_TS in customers:
+        signup = customers[c.SIGNUP_TS]
+        known = (signup.isna() | (signup < moment)).to_numpy(dtype=bool, na_value=True)
+        if not known.all():
+            changes["customers"] = customers.loc[known]
+    return dataclasses.replace(tables, **changes)
+
+
+def champion_window_scores(
+    tables: Tables,
+    champion: NextBestActionEngine,
+    profiles: CustomerProfiles,
+    config: NBAConfig,
+    test_days: int,
+) -> dict:
+    """The deployed champion engine and the challenger scored on the same new window, for the
+    promotion gate: {"score" (the champion's), "challenger_score", "note", ...}.
+
+    The window: the messages sent from the later of the run's split (`test_days` before the last
+    event) and the champion's own training time, whose conversion window has closed
+    (`models.nba.logged_window`, read from `tables` with this run's `profiles`). The challenger is
+    this run's configuration fitted on the data before the window (`tables_before`); the champion
+    is scored as deployed, from its own state, never refitted. Each engine says what it would have
+    sent each of these customers at that moment (`NextBestActionEngine.message_choices`), and that
+    is valued off-policy by the guard's estimator, doubly robust: inverse propensity weighting
+    with exposure propensities estimated on the window, and as outcome model the mean of both
+    engines' predicted conversions (neither saw the window); profit per row in currency, offer
+    costs per redemption, message costs. So the two numbers are comparable. No score (None, with the reason in the
+    note) when no message of the window can be valued yet, or when the challenger cannot be
+    fitted on the data before it: the champion then stays."""
+    events = tables.events
+    split = events[c.TS].max() + pd.Timedelta(microseconds=1) - pd.Timedelta(days=test_days)
+    champion_as_of = pd.Timestamp(champion.profiles_.as_of_)
+    start = max(split, champion_as_of)
+    policy = load_contact_policy(config.policy_file)
+    window, why = logged_window(
+        tables,
+        profiles,
+        start,
+        policy=policy,
+        conversion_window_days=config.conversion_window_days,
+        max_messages=config.max_training_messages,
+        random_state=config.random_state,
+        n_jobs=config.n_jobs,
+    )
+    if window is None:
+        return {
+            "score": None,
+            "challenger_score": None,
+            "note": f"no message sent since the champion's training (data up to {champion_as_of:%Y-%m-%d %H:%M}) "
+            f"can be valued yet ({why}): it cannot be judged on new data",
+        }
+    try:
+        _, challenger, _, _ = train_nba(
+            tables_before(tables, start),
+            config=dataclasses.replace(config, summarise_decisions=False, uplift_customers=None),
+        )
+    except CannotTrain as exc:
+        return {
+            "score": None,
+            "challenger_score": None,
+            "note": f"the challenger cannot be fitted on the data before the new window ({exc}): the champion "
+            "cannot be compared with it",
+        }
+    choices, outcomes = {}, []
+    for name, engine in (("champion", champion), ("challenger", challenger)):
+        # on a message's own channel; a control row (not contacted) on any channel
+        try:
+            choices[name] = engine.message_choices(window.customer_id, window.sent_us, window.channel)
+            outcomes.append(engine.outcomes_at(window.customer_id, window.sent_us, window.labels))
+        except (KeyError, ValueError, AttributeError, IndexError) as exc:
+            if name == "challenger":
+                raise
+            # a champion this code loads but cannot decide with (saved by an older version)
+            return {
+                "score": None,
+                "challenger_score": None,
+                "note": f"the champion cannot be scored by this code: {type(exc).__name__}: {exc}",
+                "unreadable": True,
+            }
+    # the doubly robust estimate's outcome model: both engines' predictions, averaged (neither is
+    # favoured; both were fitted before the window)
+    stacked = np.stack(outcomes)
+    known = np.isfinite(stacked).sum(axis=0)
+    predicted = np.where(known > 0, np.nansum(stacked, axis=0) / np.maximum(known, 1), np.nan)
+    values = {name: window.value(*choices[name], outcomes=predicted) for name in choices}
+    estimator = (
+        "doubly robust: inverse propensity weighted, with both engines' predicted conversions"
+        if np.isfinite(predicted).any()
+        else "inverse propensity weighted"
+    )
+    diff = values["challenger"].terms - values["champion"].terms
+    half = 1.959964 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    champ, chall = values["champion"], values["challenger"]
+    return {
+        "score": champ.value,
+        "challenger_score": chall.value,
+        "note": f"the champion as deployed and the challenger fitted before the window, both on the {len(window)} "
+        f"logged {'rows' if window.mode == 'offers_control' else 'messages'} from {start:%Y-%m-%d %H:%M} "
+        f"(profit per row, {estimator}): challenger - champion {diff.mean():+.4g} "
+        f"[{diff.mean() - half:+.4g}, {diff.mean() + half:+.4g}]; sends {chall.sends:.1%} against "
+        f"{champ.sends:.1%}",
+        "window_start": start.isoformat(),
+        "window_rows": len(window),
+        "window_mode": window.mode,
+        "gain": float(diff.mean()),
+        "gain_ci95": [float(diff.mean() - half), float(diff.mean() + half)],
+        "sends": {"champion": champ.sends, "challenger": chall.sends},
+        "unvalued": {"champion": champ.unvalued, "challenger": chall.unvalued},
+    }
