@@ -14,6 +14,13 @@ import numpy as np
 import scipy.sparse as sp
 
 
+class CannotTrain(ValueError):
+    """Raised by a fit when the data at hand cannot support the model (too few rows, no products,
+    no outcome to learn from, ...). The message says why in words a user can act on; `omni train`
+    skips that family with this message instead of stopping (and exits 2 only when no family
+    can be trained)."""
+
+
 class ItemScorer(ABC):
     """Base class: `fit(interactions)` then `score(user_items, user_index)`."""
 

@@ -6,6 +6,7 @@ Every source answers one question, and the LambdaRank ranker (`models.ranker`) w
 - `CoOccurrenceScorer`: products bought together in one order or cart session ("bought together");
 - `SegmentChannelPopularity`: popular and trending products, overall, per customer segment and per channel;
 - replenishment (`PurchaseHistory` + `estimate_cycle_days` + `models.rules`): bought products whose cycle is due;
+- buy again (`PurchaseHistory.repeat_weight_`): the customer's own most bought products, recent ones first;
 - `NewProductScorer`: products without any history, matched on the customer's favourite categories and
   price band, so a new product can be recommended before anyone has bought it.
 
@@ -441,8 +442,14 @@ class PurchaseHistory:
 
     `last_age_days_` (CSR float32, customers × products): days from the last purchase to `as_of`,
     always > 0 for a bought pair (a stored zero would read as "never bought"); `n_purchases_`
-    (CSR float32): purchase events per pair. Rows and columns follow the given id orders.
+    (CSR float32): purchase events per pair; `repeat_weight_` (CSR float32): the purchases
+    weighted by recency, Σ 0.5^(age / half_life_days), the "buy again" source's score (the
+    customer's own most bought products, recent ones first). Rows and columns follow the given
+    id orders.
     """
+
+    def __init__(self, half_life_days: float = 90.0):
+        self.half_life_days = half_life_days
 
     def fit(
         self, events: pd.DataFrame, customer_ids: np.ndarray, product_ids: np.ndarray, as_of: pd.Timestamp
@@ -459,6 +466,11 @@ class PurchaseHistory:
         age = (as_of - buys[c.TS][ok]).dt.total_seconds().to_numpy() / SECONDS_PER_DAY
         age = np.maximum(age, 1e-6)
         count = sp.csr_matrix((np.ones(len(row), dtype=np.float32), (row, col)), shape=shape)
+        decay = np.exp2(-age / max(float(self.half_life_days), 1e-9)).astype(np.float32)
+        # a floor keeps a purchase long ago stored (a zero would read as "never bought")
+        self.repeat_weight_ = sp.csr_matrix((np.maximum(decay, 1e-30), (row, col)), shape=shape).tocsr()
+        self.repeat_weight_.sum_duplicates()
+        self.repeat_weight_.sort_indices()
         # the latest purchase per pair = the smallest age: order so the first occurrence wins
         order = np.lexsort((age, col, row))
         row_s, col_s, age_s = row[order], col[order], age[order]

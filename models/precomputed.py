@@ -38,7 +38,8 @@ _ARRAYS = ("entry_of_row", "indptr", "n_head", "complete", "items", "scores", "r
 
 
 def model_fingerprint(recommender) -> str:
-    """What ties stored lists to the model they were computed from: its ids, cut-off and ranker."""
+    """What ties stored lists to the model they were computed from: its ids, cut-off, ranker and
+    served order."""
     digest = hashlib.sha256()
     digest.update(str(recommender.as_of_).encode())
     for ids in (recommender.customer_ids_, recommender.product_ids_):
@@ -47,6 +48,10 @@ def model_fingerprint(recommender) -> str:
     ranker = getattr(recommender, "ranker_", None)
     if ranker is not None:
         digest.update(ranker.booster_.model_to_string(num_iteration=ranker.best_iteration_).encode())
+    # the stored lists are the served default list: its order decides them as much as the ranker
+    served = getattr(recommender, "served_", {}).get("all")
+    if served is not None:
+        digest.update(repr(served.as_dict()).encode())
     return digest.hexdigest()
 
 
@@ -121,7 +126,9 @@ class PrecomputedLists:
             ranked = recommender._ranked_one(str(recommender.customer_ids_[row]), (), (), plain, 0.0)
             if not hasattr(ranked, "items"):  # a cold-start customer: that path is already cheap
                 continue
-            is_reserved = recommender._reserved(ranked.items, ranked.local, ranked.pairs)
+            is_reserved = recommender._reserved(
+                ranked.items, ranked.local, ranked.pairs, recommender.new_slots_["all"]
+            )
             keep = np.arange(len(ranked.items)) < self.length
             if is_reserved is not None:
                 keep |= is_reserved
@@ -184,7 +191,7 @@ class PrecomputedLists:
             positions = np.flatnonzero(ok)
         elif not self.complete_[entry] and int(self.n_head_[entry]) < k:
             return None
-        slots = recommender.new_product_slots
+        slots = recommender.new_slots_["all"]
         chosen = positions[
             rules.select_positions(
                 recommender.item_category_[items[positions]],

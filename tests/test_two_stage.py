@@ -21,7 +21,7 @@ from training.recs_training import RecsConfig, train_two_stage
 
 END = pd.Timestamp("2026-03-01", tz="UTC")
 N_PER_TRIBE = 18
-REASON_KINDS = ("personal", "popular", "replenish", "similar_to", "bought_together")
+REASON_KINDS = ("personal", "popular", "replenish", "buy_again", "similar_to", "bought_together")
 FAST = dict(
     factors=8,
     iterations=10,
@@ -163,10 +163,13 @@ def test_due_replenishment_comes_back_with_its_reason(model):
         got = model.recommend(cid, k=20)
         assert "soap" in got.product_ids
         assert got.reasons[got.product_ids.index("soap")] == "replenish"
-        off = model.recommend(cid, k=20, filters={"allow_due_repurchase": False})
+        off = model.recommend(cid, k=20, filters={"exclude_purchased": True})
         assert "soap" not in off.product_ids
-    for cid in fresh:
-        assert "soap" not in model.recommend(cid, k=20).product_ids
+    for cid in [*due, *fresh]:
+        # the list of products never bought holds none of the customer's purchases
+        bought = set(model.product_ids_[model.last_age_days_[model.customer_index_[cid]].indices])
+        new_only = model.recommend(cid, k=20, filters={"exclude_purchased": True}).product_ids
+        assert new_only and not bought & set(new_only)
 
 
 def test_exclude_category_price_and_diversity_rules(model):
@@ -193,7 +196,11 @@ def test_same_order_on_every_channel_minus_what_is_not_sold_there(model):
         for channel in ("web", "store", "app"):
             col = model.channels_.index(channel)
             eligible = [p for p in everywhere if model.channel_ok_[model.product_index_[p], col]]
-            assert model.recommend(cid, k=6, channel=channel).product_ids == eligible[:6]
+            got = model.recommend(cid, k=6, channel=channel).product_ids
+            # the place reserved for a new product may hold one that ranks lower
+            reserved = [p for p in got if p not in eligible[:6]]
+            assert all(model.item_is_new_[model.product_index_[p]] for p in reserved)
+            assert [p for p in got if p not in reserved] == eligible[: 6 - len(reserved)]
     # the store-only book never on the web, the online-only toy never in the store
     for cid in [f"b{u}" for u in range(0, N_PER_TRIBE, 6)]:  # customers missing book5... and others
         assert "book5" not in model.recommend(cid, k=20, channel="web").product_ids
@@ -203,9 +210,10 @@ def test_same_order_on_every_channel_minus_what_is_not_sold_there(model):
 
 
 def test_context_items_shift_the_list_at_once(model):
-    plain = model.recommend("b1", k=5)
+    new_only = {"exclude_purchased": True}
+    plain = model.recommend("b1", k=5, filters=new_only)
     assert plain.product_ids[0] == "book1"  # the book b1 has not bought yet
-    got = model.recommend("b1", k=5, context_items=["toy2", "toy3"])
+    got = model.recommend("b1", k=5, context_items=["toy2", "toy3"], filters=new_only)
     assert not got.cold_start
     assert _category(model, got.product_ids[0]) == "toys"  # the session moves toys to the top
     assert not {"toy2", "toy3"} & set(got.product_ids)  # what is in the session is not repeated
@@ -312,50 +320,23 @@ def test_plain_transaction_log_without_products_table(world, tmp_path):
     assert frame[c.REASON].str.split(":").str[0].isin(REASON_KINDS).all()
 
 
-def test_training_helper_reports_three_models_side_by_side(world):
+def test_training_helper_reports_the_served_order_beside_every_baseline(world):
     from features.io import Tables
 
     events, products, customers = world
     tables = Tables(events=events, products=products, customers=customers)
     config = RecsConfig(test_days=28, two_stage={k: v for k, v in FAST.items() if k != "random_state"})
     model, metrics, info = train_two_stage(tables, config)
-    assert set(metrics) == {"popularity", "als", "ranker"}
+    names = {"served", "popularity", "repeat", "als", "ease", "ranker"}
+    assert set(metrics) == names
     for values in metrics.values():
         for name in ("map", "ndcg@10", "precision@10", "recall@10", "coverage", "cold_start_share"):
             assert 0.0 <= values[name] <= 1.0
-    assert set(info["all_purchases"]) == {"popularity", "als", "ranker"}
+    assert set(info["all_purchases"]) == names
+    assert set(info["served"]) == {"all", "new"}  # what the split model chose on its validation window
+    assert 0.0 <= info["served_rebuy_share"] <= 1.0
     assert model.as_of_ > pd.Timestamp(info["split_time"])  # refitted on everything for serving
     assert "refit" in info["seconds"]
-    assert info["als_baseline"] == "fitted on its own"  # the baseline's ALS settings differ from FAST's
-
-
-def test_the_als_baseline_reuses_the_two_stage_als_when_it_is_the_same_fit(world):
-    from features.interactions import build_interactions
-    from features.io import Tables
-    from models.recommender import ProductRecommender
-    from training.recs_training import catalogue, shared_als, time_split
-
-    events, products, customers = world
-    tables = Tables(events=events, products=products, customers=customers)
-    two_stage = {k: v for k, v in FAST.items() if k not in ("random_state", "factors", "iterations")}
-    config = RecsConfig(test_days=28, factors=8, iterations=10, regularization=0.01, two_stage=two_stage)
-    config.two_stage.update(factors=8, iterations=10)
-    _, _, info = train_two_stage(tables, config)
-    assert info["als_baseline"].startswith("the two-stage model's ALS source")
-
-    # the baseline's customers get exactly the two-stage model's user factors
-    split, train_ev, _ = time_split(events, 28)
-    product_ids, inactive = catalogue(tables)
-    matrix = build_interactions(train_ev, product_ids=product_ids, as_of=split, half_life_days=90.0)
-    model = TwoStageRecommender(**config.two_stage_params()).fit(tables, as_of=split)
-    shared = shared_als(model, matrix, config)
-    assert shared is not None
-    baseline = ProductRecommender(**config.als_params()).fit(matrix, inactive, fitted_als=shared)
-    ids = np.asarray(matrix.customer_ids, dtype=str)[:50].tolist()
-    mine = baseline.als_.model_.user_factors[[baseline.customer_index_[i] for i in ids]]
-    theirs = model.als_.model_.user_factors[pd.Index(model.customer_ids_).get_indexer(ids)]
-    assert np.array_equal(mine, theirs)
-    assert shared_als(model, matrix, RecsConfig(factors=16)) is None  # other settings: not the same fit
 
 
 def test_fast_top_n_paths_agree_with_the_plain_one(model):
@@ -402,7 +383,7 @@ def test_single_request_path_gives_the_batch_answer(model):
         dict(k=6, exclude=["toy1", "book2", "not-a-product"]),
         dict(k=10, filters={"categories": ["books", "home"], "max_per_category": 2}),
         dict(k=10, filters={"price_min": 2.5, "price_max": 12.0}, channel="web"),
-        dict(k=10, filters={"allow_due_repurchase": False}),
+        dict(k=10, filters={"exclude_purchased": True}),
         dict(k=20, now=model.as_of_ + pd.Timedelta(days=9)),
     ]
     for cid in [*model.customer_ids_.tolist(), "stranger"]:
@@ -430,3 +411,17 @@ def test_the_refit_on_its_own_thread_is_the_sequential_refit(world, monkeypatch)
     ids = alone.customer_ids_[::7].tolist()
     for a, b in zip(alone.recommend_many(ids, 10), threaded.recommend_many(ids, 10), strict=True):
         assert (a.product_ids, a.scores) == (b.product_ids, b.scores)
+
+
+def test_both_list_kinds_from_one_candidate_set_equal_each_kind_alone(model):
+    """The evaluation scores both protocols from one set of candidates: the list without bought
+    products is the default candidates less the re-buys, item for item, score for score."""
+    ids = [*model.customer_ids_.tolist(), "stranger"]
+    models = ("served", "ranker", "repeat", "als", "popularity")
+    both = model.compare_kinds(ids, 6, models, explained=("served",))
+    alone = {
+        "all": model.compare_many(ids, 6, models, explained=("served",)),
+        "new": model.compare_many(ids, 6, models, filters={"exclude_purchased": True}, explained=("served",)),
+    }
+    assert both == alone
+    assert both["new"]["served"] == model.recommend_many(ids, 6, filters={"exclude_purchased": True})

@@ -52,7 +52,7 @@ def _variants(model, rng, n):
         if i % 7 == 4:
             kwargs["filters"] = {"categories": categories[: max(1, len(categories) // 2)]}
         if i % 11 == 5:
-            kwargs["filters"] = {"exclude_categories": categories[:1], "allow_due_repurchase": False}
+            kwargs["filters"] = {"exclude_categories": categories[:1], "exclude_purchased": True}
         if i % 13 == 6:
             kwargs["now"] = model.as_of_ + np.timedelta64(3 + i % 20, "D")
         out.append(kwargs)
