@@ -45,6 +45,12 @@ class Filters(_Request):
         return self
 
 
+_EXCLUDE_PURCHASED = (
+    "Only products the customer never bought (purchases posted to /v1/events since training count "
+    "too). By default the list holds as many already-bought products as the data say it should."
+)
+
+
 class RecommendRequest(_Request):
     customer_id: str = CustomerId
     channel: ChannelName = Field(description="Channel asking.")
@@ -54,6 +60,7 @@ class RecommendRequest(_Request):
     )
     exclude: list[str] = Field(default_factory=list, max_length=1000, description="Products never to return.")
     filters: Filters | None = None
+    exclude_purchased: bool = Field(False, description=_EXCLUDE_PURCHASED)
 
 
 class RecommendedItem(BaseModel):
@@ -75,6 +82,7 @@ class RecommendBatchRequest(_Request):
     customer_ids: list[str] = Field(min_length=1, max_length=1000)
     channel: ChannelName
     k: int = Field(10, ge=1, le=100)
+    exclude_purchased: bool = Field(False, description=_EXCLUDE_PURCHASED)
 
 
 class RecommendBatchResponse(BaseModel):

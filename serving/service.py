@@ -2,9 +2,13 @@
 
 No business logic lives here: requests are validated by the pydantic schemas and passed to
 `models/` (and the event context to `features/context_store.py`). Models come from the BentoML
-model store, imported from the MLflow registry's champions by `omni build`; a required model that
-is missing or broken stops start-up with the reason. BentoML adds /healthz, /livez, /readyz,
-/metrics and the OpenAPI page (/docs.json). Set OMNI_API_KEY to require an API key.
+model store, imported from the MLflow registry's champions by `omni build` (its manifest says
+which). Every model family is optional: the service starts with whatever the last build imported
+(at least one model), and a route whose model is missing answers 404 with the family and the
+reason the last `omni train` recorded for skipping it (/v1/channel answers a flagged empty list
+instead, its schema has the flag). A model that is there but broken stops start-up with the reason.
+BentoML adds /healthz, /livez, /readyz, /metrics and the OpenAPI page (/docs.json). Set
+OMNI_API_KEY to require an API key.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ from serving.schemas import (  # noqa: E402
     SendTimeResponse,
 )
 
+# the answer to a route whose model this service was built without (a client error: retrying
+# cannot help until the model is trained and the service rebuilt)
+MissingModel = bentoml.exceptions.NotFound
+
 WORKERS = int(os.environ.get("OMNI_WORKERS", str(max(2, min(4, os.cpu_count() or 2)))))
 
 
@@ -55,65 +63,90 @@ class OmniService:
         from models.nba import NextBestActionEngine
         from models.send_time import SendTimeModel
         from models.two_stage import TwoStageRecommender
-        from training.build import load_served_model
+        from training.build import load_served_model, missing_served_message, served_manifest
 
-        def load(name: str, loader, required: bool):
+        manifest = served_manifest()
+        if not manifest["models"]:
+            raise RuntimeError("cannot start: the BentoML model store holds no model: run `omni build` first")
+        # family → why its routes cannot answer (only for the families this service lacks)
+        self.missing: dict[str, str] = {}
+
+        def load(family: str, name: str, loader):
             try:
-                folder, version = load_served_model(name)
+                folder, version = load_served_model(name, manifest)
             except LookupError:
-                if required:
-                    raise
+                self.missing[family] = missing_served_message(family, name, manifest)
                 return None, None
             try:
                 return loader(folder), version
             except Exception as exc:  # a broken artefact must stop start-up, whatever broke
                 raise RuntimeError(f"cannot start: model '{name}' v{version} does not load: {exc}") from exc
 
-        try:
-            self.recommender, rec_version = load("omni-recommender", TwoStageRecommender.load, required=True)
-        except LookupError as exc:
-            raise RuntimeError(f"cannot start: {exc}") from exc
-        self.channel_model, channel_version = load("omni-channel", ChannelModel.load, required=False)
-        self.send_time_model, send_time_version = load("omni-send-time", SendTimeModel.load, required=False)
+        self.recommender, rec_version = load("recommender", "omni-recommender", TwoStageRecommender.load)
+        self.channel_model, channel_version = load("channel", "omni-channel", ChannelModel.load)
+        self.send_time_model, send_time_version = load("send_time", "omni-send-time", SendTimeModel.load)
+        # without a recommender the engine's decisions carry no product items
         self.engine, nba_version = load(
+            "next_best_action",
             "omni-nba",
             lambda folder: NextBestActionEngine.load(
                 folder, self.recommender, self.channel_model, self.send_time_model
             ),
-            required=False,
         )
-        self.model_versions = {"recommender": rec_version}
-        if nba_version:
-            self.model_versions["nba"] = nba_version
-        if channel_version:
-            self.model_versions["channel"] = channel_version
-        if send_time_version:
-            self.model_versions["send_time"] = send_time_version
+        if self.engine is None:
+            self.missing["profiles"] = missing_served_message("profiles", "omni-nba", manifest)
+        versions = {
+            "recommender": rec_version,
+            "nba": nba_version,
+            "channel": channel_version,
+            "send_time": send_time_version,
+        }
+        self.model_versions = {key: version for key, version in versions.items() if version}
         self.context = ContextStore(os.environ.get("OMNI_CONTEXT_DB") or default_context_path())
         # the one-off costs of the first request (look-up tables, the channel model's scores) are
         # paid here, once per worker, not by a client
-        self.recommender.warm()
+        if self.recommender is not None:
+            self.recommender.warm()
         if self.engine is not None:
             self.engine.warm()
 
+    def _require(self, family: str, model):
+        """`model`, or the 404 that names the family and says why this service has none."""
+        if model is None:
+            raise MissingModel(self.missing.get(family, f"no {family} model in this service"))
+        return model
+
     # ------------------------------------------------------------------ recommendations
     def _recommend(
-        self, customer_id: str, channel: str, k: int, context_items=(), exclude=(), filters=None
+        self,
+        customer_id: str,
+        channel: str,
+        k: int,
+        context_items=(),
+        exclude=(),
+        filters=None,
+        exclude_purchased: bool = False,
     ) -> RecommendResponse:
+        recommender = self._require("recommender", self.recommender)
         # what the customer did on any channel since the model was trained counts at once (one
-        # indexed count first: most customers have no live events, and then nothing else is read)
+        # indexed count first: most customers have no live events, and then nothing else is read);
+        # products bought since then are excluded, so they count as bought for exclude_purchased too
         session: list[str] = []
         bought: list[str] = []
         if self.context.count(customer_id):
             session = self.context.session_items(customer_id)
             bought = self.context.purchased_since(customer_id, since=0)
-        rec = self.recommender.recommend(
+        rules = {} if filters is None else filters.model_dump(exclude_none=True)
+        if exclude_purchased:
+            # only products never bought: a request the precomputed lists never answer
+            rules["exclude_purchased"] = True
+        rec = recommender.recommend(
             customer_id,
             k,
             exclude=[*exclude, *bought],
             context_items=[*context_items, *session][:100],
             channel=channel,
-            filters=None if filters is None else filters.model_dump(exclude_none=True),
+            filters=rules or None,
         )
         return RecommendResponse(
             request_id=_request_id(),
@@ -134,12 +167,18 @@ class OmniService:
     @bentoml.api(route="/v1/recommend", input_spec=RecommendRequest)
     async def recommend(self, **req) -> RecommendResponse:
         r = RecommendRequest(**req)
-        return self._recommend(r.customer_id, r.channel, r.k, r.context_items, r.exclude, r.filters)
+        return self._recommend(
+            r.customer_id, r.channel, r.k, r.context_items, r.exclude, r.filters, r.exclude_purchased
+        )
 
     @bentoml.api(route="/v1/recommend_batch", input_spec=RecommendBatchRequest)
     def recommend_batch(self, **req) -> RecommendBatchResponse:
         r = RecommendBatchRequest(**req)
-        results = [self._recommend(cid, r.channel, r.k) for cid in r.customer_ids]
+        self._require("recommender", self.recommender)
+        results = [
+            self._recommend(cid, r.channel, r.k, exclude_purchased=r.exclude_purchased)
+            for cid in r.customer_ids
+        ]
         return RecommendBatchResponse(
             request_id=_request_id(), results=results, model_versions=self.model_versions
         )
@@ -154,7 +193,7 @@ class OmniService:
                 customer_id=r.customer_id,
                 channels=[],
                 fallback=True,
-                no_channel_reason="no channel model: it was trained without a messages table",
+                no_channel_reason=self.missing["channel"],
                 model_versions=self.model_versions,
             )
         ranked = self.channel_model.rank_channels([r.customer_id])
@@ -182,10 +221,7 @@ class OmniService:
         from models.send_time import parse_quiet_hours
 
         r = SendTimeRequest(**req)
-        if self.send_time_model is None:
-            raise bentoml.exceptions.ServiceUnavailable(
-                "no send-time model has been imported: run `omni build`"
-            )
+        self._require("send_time", self.send_time_model)
         quiet = parse_quiet_hours(r.quiet_hours)
         after = pd.Timestamp(r.after) if r.after else pd.Timestamp.now(tz="UTC")
         best = self.send_time_model.best_slot([r.customer_id], r.channel, quiet).iloc[0]
@@ -219,10 +255,7 @@ class OmniService:
     @bentoml.api(route="/v1/profile", input_spec=ProfileRequest)
     def profile(self, **req) -> ProfileResponse:
         r = ProfileRequest(**req)
-        if self.engine is None:
-            raise bentoml.exceptions.ServiceUnavailable(
-                "no next-best-action model has been imported: run `omni build`"
-            )
+        self._require("profiles", self.engine)
         try:
             profile, known = self.engine.profiles_.profile(r.customer_id), True
         except KeyError:
@@ -240,10 +273,7 @@ class OmniService:
         import pandas as pd
 
         r = NextBestActionRequest(**req)
-        if self.engine is None:
-            raise bentoml.exceptions.ServiceUnavailable(
-                "no next-best-action model has been imported: run `omni build`"
-            )
+        self._require("next_best_action", self.engine)
         now = pd.Timestamp(r.now) if r.now else pd.Timestamp.now(tz="UTC")
         d = self.engine.decide_one(r.customer_id, now)
         return NextBestActionResponse(

@@ -47,3 +47,41 @@ def trained(generated_data, tracking_uri):
 
     config = TrainConfig(factors=16, iterations=5)
     return run_training(generated_data, tracking_uri, config, show_progress=False)
+
+
+# what `omni train` records for the families it skips on purchases without product ids or messages
+SKIPPED_WITHOUT_PRODUCTS = {
+    "recommender": "the events name no product (no product_id): there is nothing to recommend",
+    "channel": "no messages table: channels are learned from the messages sent and their responses",
+    "send_time": "no messages table: send times are learned from when messages were opened",
+}
+
+
+@pytest.fixture(scope="session")
+def registry_without_recommender(trained, tracking_uri, workdir):
+    """A second MLflow store where only the session's next-best-action champion (with the profiles)
+    is registered, beside an `omni train` run whose `skipped.<family>` tags give the reasons of the
+    recommender, channel and send-time families. Returns (its tracking URI, the reasons by family)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from training.tracking import download_model_folder, log_nba_model, setup_tracking
+
+    uri = f"sqlite:///{workdir / 'partial' / 'mlflow.db'}"
+    nba_folder, _ = download_model_folder(tracking_uri, "omni-nba", "champion", artifact="nba")
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        setup_tracking(uri)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        with mlflow.start_run(run_name="train"):
+            mlflow.set_tags({f"skipped.{f}": reason for f, reason in SKIPPED_WITHOUT_PRODUCTS.items()})
+            mlflow.set_tag("families.trained", "profiles,next_best_action")
+            client.set_registered_model_alias("omni-nba", "champion", log_nba_model(nba_folder, "omni-nba"))
+    finally:
+        setup_tracking(tracking_uri)  # back to the session's store for every later test
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return uri, dict(SKIPPED_WITHOUT_PRODUCTS)

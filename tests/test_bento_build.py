@@ -51,3 +51,22 @@ def test_omni_build_on_an_empty_store_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["build", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"])
     assert result.exit_code == 2
     assert "omni train" in result.output
+
+
+def test_a_build_without_any_model_names_each_familys_reason(registry_without_recommender):
+    import pytest
+
+    from training.build import import_champions
+
+    # of these two, the last `omni train` of this registry trained neither: nothing to serve (the
+    # command turns the LookupError into exit 2, see test_omni_build_on_an_empty_store_exits_2)
+    uri, skipped = registry_without_recommender
+    with pytest.raises(LookupError) as raised:
+        import_champions(uri, names={"omni-recommender": "recommender", "omni-send-time": "send_time"})
+    message = str(raised.value)
+    assert message.startswith("no model to serve: omni-recommender: no recommender has been trained")
+    assert f"the last omni train skipped it ({skipped['recommender']})" in message
+    assert (
+        f"omni-send-time: no send-time model has been trained: the last omni train skipped it ({skipped['send_time']})"
+        in message
+    )

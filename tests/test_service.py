@@ -1,5 +1,6 @@
 """The BentoML service, started for real on a free 127.0.0.1 port against the session's trained model."""
 
+import contextlib
 import os
 import socket
 import time
@@ -14,35 +15,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _serving(env: dict[str, str] | None = None):
+    """The service on a free port (with `env` set while its workers start); yields its URL."""
+    import bentoml
+
+    # MLflow exports the tracking URI to the environment of this process; a real deployment only has
+    # OMNI_TRACKING_URI, so the server must not inherit MLflow's variables.
+    saved = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if k in os.environ}
+    saved.update({k: os.environ.get(k) for k in env or {}})
+    os.environ.update(env or {})
+    port = _free_port()
+    try:
+        with bentoml.serve("serving.service:OmniService", host="127.0.0.1", port=port) as srv:
+            deadline = time.monotonic() + 120
+            url = f"http://127.0.0.1:{port}"
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            else:
+                pytest.fail("service did not become ready")
+            _restore(saved)
+            saved = {}
+            yield url, srv
+    finally:
+        _restore(saved)
+
+
+def _restore(saved: dict) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="module")
 def server(trained, workdir, tracking_uri):
     import shutil
-
-    import bentoml
 
     from training.build import import_champions
 
     # start from an empty download cache, so the champion really comes from the registry
     shutil.rmtree(workdir / "cache", ignore_errors=True)
     import_champions(tracking_uri)
-    # MLflow exports the tracking URI to the environment of this process; a real deployment only has
-    # OMNI_TRACKING_URI, so the server must not inherit MLflow's variables.
-    saved = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if k in os.environ}
-    port = _free_port()
-    with bentoml.serve("serving.service:OmniService", host="127.0.0.1", port=port) as srv:
-        deadline = time.monotonic() + 120
-        url = f"http://127.0.0.1:{port}"
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("service did not become ready")
-        os.environ.update(saved)
-        yield url, srv
+    with _serving() as served:
+        yield served
 
 
 def _post(url, body):
@@ -280,3 +302,107 @@ def test_send_time_rejects_impossible_hours_and_times_with_400(server, body, fie
     r = httpx.post(f"{url}/v1/send_time", json=body, timeout=10)
     assert r.status_code == 400, r.text
     assert field in r.text
+
+
+def _bought(data_dir) -> dict[str, set[str]]:
+    """customer → products bought in the data (canonical ids, as the models see them)."""
+    from features.identity import stitch_identities
+    from features.io import load_tables
+
+    events = stitch_identities(load_tables(data_dir)).events
+    purchases = events.loc[events["event_type"] == "purchase", ["customer_id", "product_id"]].dropna()
+    return purchases.astype(str).groupby("customer_id")["product_id"].agg(set).to_dict()
+
+
+def test_exclude_purchased_answers_only_products_never_bought(server, generated_data):
+    url, _ = server
+    bought = _bought(generated_data)
+    customers = sorted(cid for cid, items in bought.items() if len(items) >= 3)[:20]
+    for customer in customers:
+        body = _post(url, {"customer_id": customer, "channel": "web", "k": 20, "exclude_purchased": True})
+        assert body.status_code == 200, body.text
+        items = _items(body.json())
+        assert len(items) == 20 and not set(items) & bought[customer], customer
+    # a purchase posted since training counts as bought at once
+    customer = customers[0]
+    first = _items(
+        _post(url, {"customer_id": customer, "channel": "web", "k": 5, "exclude_purchased": True}).json()
+    )
+    event = {"customer_id": customer, "event_type": "purchase", "channel": "store", "product_id": first[0]}
+    assert httpx.post(f"{url}/v1/events", json=event, timeout=10).status_code == 200
+    again = _post(url, {"customer_id": customer, "channel": "app", "k": 5, "exclude_purchased": True}).json()
+    assert first[0] not in _items(again)
+    batch = httpx.post(
+        f"{url}/v1/recommend_batch",
+        json={"customer_ids": customers[1:6], "channel": "web", "k": 10, "exclude_purchased": True},
+        timeout=10,
+    )
+    assert batch.status_code == 200, batch.text
+    for result in batch.json()["results"]:
+        assert _items(result) and not set(_items(result)) & bought[result["customer_id"]]
+    bad = _post(url, {"customer_id": customer, "channel": "web", "exclude_purchased": "sometimes"})
+    assert bad.status_code == 400 and "exclude_purchased" in bad.text
+
+
+@pytest.fixture(scope="module")
+def server_without_recommender(registry_without_recommender, tmp_path_factory):
+    """`omni build` of a registry with only a next-best-action champion, into a BentoML store of
+    its own, and the service started on it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    uri, skipped = registry_without_recommender
+    home = tmp_path_factory.mktemp("bentoml-partial")
+    env = {"BENTOML_HOME": str(home), "OMNI_CONTEXT_DB": str(home / "context.db")}
+    omni = Path(sys.executable).parent / "omni"
+    build = subprocess.run(
+        [str(omni), "build", "--no-bento", "--tracking-uri", uri],
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert "imported omni-nba" in build.stdout and "imported omni-channel" not in build.stdout
+    assert (
+        f"not served: omni-recommender: no recommender has been trained: the last omni train skipped it ({skipped['recommender']})"
+        in build.stderr
+    )
+    with _serving(env) as (url, _):
+        yield url, skipped
+
+
+def test_service_starts_without_a_recommender_and_says_why_on_its_routes(server_without_recommender):
+    url, skipped = server_without_recommender
+    assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    for route, body in (
+        ("/v1/recommend", {"customer_id": "C0000001", "channel": "web"}),
+        ("/v1/recommend", {"customer_id": "C0000001", "channel": "web", "exclude_purchased": True}),
+        ("/v1/recommend_batch", {"customer_ids": ["C0000001"], "channel": "web"}),
+    ):
+        r = httpx.post(url + route, json=body, timeout=10)
+        assert r.status_code == 404, (route, r.text)
+        assert "no recommender has been trained: the last omni train skipped it" in r.text
+        assert skipped["recommender"] in r.text
+    r = httpx.post(f"{url}/v1/send_time", json={"customer_id": "C0000001", "channel": "email"}, timeout=10)
+    assert r.status_code == 404 and skipped["send_time"] in r.text, r.text
+    # /v1/channel has a flag for this: an empty list that says why
+    channel = httpx.post(f"{url}/v1/channel", json={"customer_id": "C0000001"}, timeout=10)
+    assert channel.status_code == 200, channel.text
+    body = channel.json()
+    assert body["channels"] == [] and body["fallback"] is True
+    assert "no channel model has been trained" in body["no_channel_reason"]
+    assert skipped["channel"] in body["no_channel_reason"]
+    assert list(body["model_versions"]) == ["nba"]
+    # the model that is there answers; the next best action carries no product without a recommender
+    profile = httpx.post(f"{url}/v1/profile", json={"customer_id": "C0000001"}, timeout=20)
+    assert profile.status_code == 200 and profile.json()["known"] is True
+    for customer in ("C0000001", "C0000002", "C0000003", "nobody"):
+        r = httpx.post(
+            f"{url}/v1/next_best_action",
+            json={"customer_id": customer, "now": "2026-07-01T09:00:00+00:00"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["product_ids"] == [] and r.json()["action"]

@@ -133,3 +133,107 @@ def test_benchmarks_are_logged_to_mlflow(tracking_uri):
     log_benchmark("unit", {"models": {"ranker": {"ndcg@10": 0.5, "name": "x"}}, "seconds": 3}, tracking_uri)
     runs = mlflow.search_runs(experiment_names=["omni-bench"], filter_string="attributes.run_name = 'unit'")
     assert runs["metrics.models.ranker.ndcg_at_10"].iloc[0] == 0.5
+
+
+def _bought(data_dir) -> dict[str, set[str]]:
+    """customer → products bought in the data (canonical ids, as the models see them)."""
+    from features.identity import stitch_identities
+    from features.io import load_tables
+
+    events = stitch_identities(load_tables(data_dir)).events
+    purchases = events.loc[events["event_type"] == "purchase", ["customer_id", "product_id"]].dropna()
+    return purchases.astype(str).groupby("customer_id")["product_id"].agg(set).to_dict()
+
+
+def test_recommend_exclude_purchased_returns_only_products_never_bought(
+    trained, tracking_uri, generated_data, tmp_path
+):
+    bought = _bought(generated_data)
+    runner = CliRunner()
+    lists = {}
+    for name, flags in (("default", []), ("new", ["--exclude-purchased"])):
+        out = tmp_path / f"{name}.parquet"
+        result = runner.invoke(
+            main,
+            ["recommend", "--all", "--k", "10", "--out", str(out), "--tracking-uri", tracking_uri, *flags],
+        )
+        assert result.exit_code == 0, result.output
+        lists[name] = pd.read_parquet(out)
+    new = lists["new"]
+    assert new["customer_id"].nunique() > 100 and new.groupby("customer_id").size().max() == 10
+    rebought = [
+        (cid, pid)
+        for cid, pid in zip(new["customer_id"], new["product_id"], strict=True)
+        if pid in bought.get(cid, ())
+    ]
+    assert rebought == []
+    # one customer, asked for more, gets only new products too
+    customer = next(cid for cid in new["customer_id"] if len(bought.get(cid, ())) >= 3)
+    out = tmp_path / "one.parquet"
+    args = ["recommend", "--customer", customer, "--exclude-purchased", "--k", "20", "--out", str(out)]
+    result = runner.invoke(main, [*args, "--tracking-uri", tracking_uri])
+    assert result.exit_code == 0, result.output
+    shown = set(pd.read_parquet(out)["product_id"])
+    assert len(shown) == 20 and not shown & bought[customer]
+    # without the flag, bought products compete (the generated customers re-buy): the flag is
+    # what removed them
+    default = lists["default"]
+    pairs = zip(default["customer_id"], default["product_id"], strict=True)
+    assert any(pid in bought.get(cid, ()) for cid, pid in pairs)
+
+
+def test_scoring_commands_without_their_family_exit_2_with_the_skip_reason(
+    registry_without_recommender, tmp_path
+):
+    uri, skipped = registry_without_recommender
+    runner = CliRunner()
+    result = runner.invoke(main, ["recommend", "--customer", "C0000001", "--tracking-uri", uri])
+    assert result.exit_code == 2, result.output
+    assert "no recommender has been trained: the last omni train skipped it" in result.output
+    assert skipped["recommender"] in result.output and "Traceback" not in result.output
+    result = runner.invoke(
+        main, ["send-time", "--customer", "C0000001", "--channel", "email", "--tracking-uri", uri]
+    )
+    assert result.exit_code == 2, result.output
+    assert "no send-time model has been trained" in result.output and skipped["send_time"] in result.output
+    result = runner.invoke(
+        main, ["channel", "--all", "--out", str(tmp_path / "c.parquet"), "--tracking-uri", uri]
+    )
+    assert result.exit_code == 2, result.output
+    assert "no channel model has been trained" in result.output and skipped["channel"] in result.output
+    for args in (["promote", "--version", "1"], ["rollback"]):
+        result = runner.invoke(main, [*args, "--model", "omni-recommender", "--tracking-uri", uri])
+        assert result.exit_code == 2, result.output
+        assert skipped["recommender"] in result.output
+
+
+def test_decide_and_profile_work_without_a_recommender(registry_without_recommender, tmp_path):
+    uri, skipped = registry_without_recommender
+    runner = CliRunner()
+    out = tmp_path / "decisions.parquet"
+    result = runner.invoke(
+        main, ["decide", "--out", str(out), "--tracking-uri", uri, "--now", "2026-07-01T09:00:00+00:00"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: no recommender has been trained" in result.output
+    assert "decisions carry no product items" in result.output and skipped["channel"] in result.output
+    decisions = pd.read_parquet(out)
+    assert len(decisions) > 100 and decisions["product_ids"].map(len).sum() == 0
+    result = runner.invoke(main, ["profile", "C0000001", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert '"derived_from"' in result.output
+
+
+def test_scoring_commands_on_an_empty_store_exit_2_naming_the_family(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'none.db'}"
+    runner = CliRunner()
+    for args, family in (
+        (["recommend", "--customer", "x"], "recommender"),
+        (["channel", "--customer", "x"], "channel model"),
+        (["send-time", "--customer", "x", "--channel", "email"], "send-time model"),
+        (["profile", "x"], "customer profiles"),
+        (["decide", "--out", str(tmp_path / "d.parquet")], "next-best-action model"),
+    ):
+        result = runner.invoke(main, [*args, "--tracking-uri", uri])
+        assert result.exit_code == 2, (args, result.output)
+        assert f"no {family} ha" in result.output and "omni train" in result.output, result.output

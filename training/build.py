@@ -4,6 +4,13 @@ The service loads its models from the BentoML store only (`serving/service.py`),
 exactly what was imported here: the MLflow `champion` of each registered model. Each import is
 tagged `<name>:v<mlflow version>` and labelled with its source; importing a version again (after
 a rollback, say) replaces the stored copy so that it becomes the store's latest.
+
+Every model is optional (data without product ids train no recommender, data without messages no
+channel model), as long as one is there. Each build ends with its manifest, the store's model
+`omni-build` (`served.json`): the tag of every model it imported, and for every model it could not,
+the family and the reason the last `omni train` recorded for skipping it. The service serves
+exactly the manifest's models and answers a missing family's routes with that reason, without
+needing MLflow at run time.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ SERVED_MODELS: dict[str, str] = {
     "omni-send-time": "send_time",
     "omni-nba": "nba",
 }
-REQUIRED_MODELS = ("omni-recommender",)
+BUILD_MANIFEST = "omni-build"  # the BentoML store's record of the last build (see the module doc)
+MANIFEST_FILE = "served.json"
 
 
 @dataclass
@@ -60,22 +68,41 @@ def import_champions(
     tracking_uri: str,
     names: dict[str, str] | None = None,
     precompute: PrecomputeSettings | None = None,
+    on_missing=None,
 ) -> list[ImportedModel]:
-    """Copy every champion into the BentoML store. A required model without a champion is an error;
-    optional ones (e.g. no channel model for data without messages) are skipped. The recommender's
-    copy gets its precomputed lists (`precompute`, default `PrecomputeSettings()`)."""
+    """Copy every champion into the BentoML store, then write the build's manifest. A model without
+    a champion is left out (a family the last `omni train` skipped): `on_missing` gets one line per
+    such model saying which and why. LookupError, with every family's reason, when there is no
+    model at all (nothing is imported then). The recommender's copy gets its precomputed lists
+    (`precompute`, default `PrecomputeSettings()`)."""
     precompute = precompute or PrecomputeSettings()
-    from training.tracking import download_model_folder, registry_client
+    from training.scoring import MODEL_FAMILIES, missing_model_message
+    from training.tracking import download_model_folder, latest_skip_reasons, registry_client
 
     registry_client(tracking_uri)  # a clear LookupError when the store does not exist
-    imported = []
-    for name, artifact in (names or SERVED_MODELS).items():
+    wanted = names or SERVED_MODELS
+    found: dict[str, tuple[Path, str]] = {}
+    missing: dict[str, str] = {}  # name → message
+    reasons: dict[str, str] = {}
+    for name, artifact in wanted.items():
         try:
-            folder, version = download_model_folder(tracking_uri, name, CHAMPION, artifact=artifact)
-        except LookupError:
-            if name in REQUIRED_MODELS:
-                raise
+            found[name] = download_model_folder(tracking_uri, name, CHAMPION, artifact=artifact)
+        except LookupError as exc:
+            if not missing:
+                reasons = latest_skip_reasons(tracking_uri)
+            family = MODEL_FAMILIES.get(name, (name,))[0]
+            missing[name] = missing_model_message(family, reasons, str(exc))
+    if not found:
+        raise LookupError(
+            "no model to serve: "
+            + "; ".join(f"{name}: {message}" for name, message in missing.items())
+            + " (run `omni train` on data that supports at least one model family)"
+        )
+    imported = []
+    for name, artifact in wanted.items():
+        if name not in found:
             continue
+        folder, version = found[name]
         tag = f"{name}:v{version}"
         try:
             bentoml.models.delete(tag)
@@ -92,7 +119,55 @@ def import_champions(
                 # inside the `create` block: if this fails, the half-made model is not kept
                 precomputed = precompute_lists(Path(model.path_of(artifact)), precompute)
         imported.append(ImportedModel(name, version, tag, precomputed))
+    write_manifest(imported, list(missing), reasons)
+    for name, message in missing.items():
+        if on_missing is not None:
+            on_missing(f"{name}: {message}")
     return imported
+
+
+def write_manifest(imported: list[ImportedModel], missing: list[str], skipped: dict[str, str]) -> str:
+    """Record the build in the BentoML store (model `omni-build`, file `served.json`): the tag of
+    each imported model, the names of the missing ones and the skip reasons (family → reason) the
+    last `omni train` recorded; older manifests are removed. Returns the manifest's tag."""
+    import json
+
+    manifest = {
+        "models": {m.name: m.bento_tag for m in imported},
+        "missing": list(missing),
+        # only the training run's reasons (about the data's shape): no registry address and no
+        # path, the service shows them to its clients
+        "skipped": dict(skipped),
+    }
+    with bentoml.models.create(BUILD_MANIFEST, labels={"kind": "build-manifest"}) as model:
+        Path(model.path_of(MANIFEST_FILE)).write_text(json.dumps(manifest, indent=2))
+        tag = model.tag
+    for old in bentoml.models.list(BUILD_MANIFEST):
+        if old.tag != tag:
+            try:
+                bentoml.models.delete(old.tag)
+            except bentoml.exceptions.NotFound:
+                pass
+    return str(tag)
+
+
+def served_manifest() -> dict:
+    """The last build's manifest ({"models": {name: tag}, "missing": [name], "skipped": {family:
+    reason}}); without one (a store filled before manifests existed) the latest import of every
+    model."""
+    import json
+
+    try:
+        model = bentoml.models.get(f"{BUILD_MANIFEST}:latest")
+    except bentoml.exceptions.NotFound:
+        models = {}
+        for name in SERVED_MODELS:
+            try:
+                models[name] = str(bentoml.models.get(f"{name}:latest").tag)
+            except bentoml.exceptions.NotFound:
+                continue
+        return {"models": models, "missing": [n for n in SERVED_MODELS if n not in models], "skipped": {}}
+    return json.loads(Path(model.path_of(MANIFEST_FILE)).read_text())
 
 
 def precompute_lists(folder: Path, settings: PrecomputeSettings) -> int:
@@ -143,13 +218,31 @@ def build_bento() -> str:
     return result.stdout
 
 
-def load_served_model(name: str) -> tuple[Path, str]:
-    """(artefact folder, MLflow version) of the latest import of `name`; LookupError if never imported."""
+def load_served_model(name: str, manifest: dict | None = None) -> tuple[Path, str]:
+    """(artefact folder, MLflow version) of `name` as the last build imported it (`manifest`,
+    default `served_manifest()`); LookupError if that build did not import it."""
+    manifest = served_manifest() if manifest is None else manifest
+    tag = manifest["models"].get(name)
+    if tag is None:
+        raise LookupError(f"model '{name}' is not in the BentoML model store: run `omni build` first")
     try:
-        model = bentoml.models.get(f"{name}:latest")
+        model = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound as exc:
         raise LookupError(
-            f"model '{name}' is not in the BentoML model store: run `omni build` first"
+            f"model '{tag}' of the last `omni build` is no longer in the BentoML model store: "
+            "run `omni build` again"
         ) from exc
     artifact = SERVED_MODELS[name]
     return Path(model.path_of(artifact)), str(model.info.labels.get("mlflow_version", "?"))
+
+
+def missing_served_message(family: str, name: str, manifest: dict) -> str:
+    """Why the service has no model of `family` (registered as `name`): the reason the last
+    `omni train` recorded for skipping it, as `omni build` read it, else what the build saw."""
+    from training.scoring import missing_model_message
+
+    if name in manifest.get("missing", ()):
+        detail = f"the registry had no champion of {name} when `omni build` ran"
+    else:
+        detail = f"the BentoML model store has no {name}: run `omni build`"
+    return missing_model_message(family, manifest.get("skipped") or {}, detail)

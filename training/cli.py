@@ -25,6 +25,13 @@ def fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
+def fail_missing(tracking_uri: str, family: str, error: Exception) -> None:
+    """Exit 2: the family has no champion; the message says why when the last training run did."""
+    from training.scoring import missing_champion_message
+
+    fail(missing_champion_message(tracking_uri, family, error))
+
+
 def channels_option(f):
     return click.option(
         "--channels",
@@ -122,10 +129,20 @@ def validate(data_dir: Path, channels: str | None) -> None:
 )
 @click.option(
     "--promotion-margin",
-    type=float,
-    default=0.0,
+    "promotion_margins",
+    multiple=True,
+    metavar="[FAMILY=]MARGIN",
+    help="A new model becomes champion only if its score on the new window ≥ the deployed champion's "
+    "+ this margin (default 0); FAMILY=MARGIN sets one family's (recommender, channel, send_time, "
+    "next_best_action). Repeatable.",
+)
+@click.option(
+    "--conversion-window-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=14.0,
     show_default=True,
-    help="The new model becomes champion only if its nDCG@10 ≥ the champion's (same window) + this margin.",
+    help="How long after a message a purchase counts as its conversion, for messages whose offer "
+    "gives no validity (offers.duration_days).",
 )
 @click.option(
     "--dask-scheduler",
@@ -143,26 +160,49 @@ def train(
     iterations,
     seed,
     channel_eval_customers,
-    promotion_margin,
+    promotion_margins,
+    conversion_window_days,
     dask_scheduler,
 ) -> None:
-    """Validate, build features, evaluate on a time split, refit on all data, register.
+    """Validate, build features, then train every model family the data support: each evaluated on
+    a time split beside its baselines, refitted on all data and registered.
 
-    The new version is aliased `challenger`, and `champion` moves to it only when it is at least as
-    good as the current champion on the same evaluation window.
+    A family the data cannot support (no product ids: no recommender; no messages: no channel
+    model) is skipped with one line saying why; the command exits 2 only when no family can be
+    trained. Each new version is aliased `challenger`, and `champion` moves to it only when it is at
+    least as good as the deployed champion on the same new window.
     """
     from features.validation import DataValidationError
     from training.distributed import SchedulerUnreachable
+    from training.families import FAMILY_NAMES, NothingTrained
     from training.train import TrainConfig, format_result, run_training
 
     data_dir = data_dir or default_data_dir()
+    margin, margins = 0.0, {}
+    for item in promotion_margins:
+        family, _, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            fail(f"--promotion-margin {item!r}: expected a number or FAMILY=number")
+        if not family:
+            margin = number
+        elif family in FAMILY_NAMES and family != "profiles":
+            margins[family] = number
+        else:
+            fail(
+                f"--promotion-margin {item!r}: unknown family {family!r}; expected one of "
+                + ", ".join(f for f in FAMILY_NAMES if f != "profiles")
+            )
     config = TrainConfig(
         test_days=test_days,
         factors=factors,
         iterations=iterations,
         random_state=seed,
         channel_eval_customers=channel_eval_customers,
-        promotion_margin=promotion_margin,
+        promotion_margin=margin,
+        promotion_margins=margins,
+        conversion_window_days=conversion_window_days,
     )
     try:
         result = run_training(
@@ -176,6 +216,8 @@ def train(
         fail(f"{exc}; nothing was trained or registered")
     except DataValidationError as exc:
         fail(f"{data_dir} does not meet the data contract; nothing was trained or registered\n{exc}")
+    except NothingTrained as exc:
+        fail(f"{exc}; nothing was registered")
     except ValueError as exc:
         fail(f"{exc}; nothing was registered")
     click.echo(format_result(result))
@@ -188,20 +230,31 @@ def train(
 @click.option("--customer", "customer_ids", multiple=True, help="A customer id (repeatable).")
 @click.option("--k", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option(
+    "--exclude-purchased",
+    is_flag=True,
+    help="Only products the customer never bought (the list of new products).",
+)
+@click.option(
     "--out", "out_file", type=click.Path(path_type=Path), default=None, help="Parquet file to write."
 )
-def recommend(data_dir, tracking_uri, all_customers, customer_ids, k, out_file) -> None:
-    """Top-k products per customer from the champion recommender (Parquet with --out, else a table)."""
+def recommend(data_dir, tracking_uri, all_customers, customer_ids, k, exclude_purchased, out_file) -> None:
+    """Top-k products per customer from the champion recommender (Parquet with --out, else a table).
+
+    The lists are what the service answers: the order the recommender chose on validation, with as
+    many already-bought products as the data say; --exclude-purchased leaves those out.
+    """
     from features.io import write_table_atomic
     from training.scoring import load_champion_recommender, recommendations_frame
 
     _ids_or_fail(all_customers, customer_ids, out_file)
+    tracking_uri = tracking_uri or default_tracking_uri()
     try:
-        rec, version = load_champion_recommender(tracking_uri or default_tracking_uri())
+        rec, version = load_champion_recommender(tracking_uri)
     except LookupError as exc:
-        fail(str(exc))
+        fail_missing(tracking_uri, "recommender", exc)
     ids = rec.customer_ids_.tolist() if all_customers else list(customer_ids)
-    frame = recommendations_frame(rec, ids, k, show_progress=True)
+    filters = {"exclude_purchased": True} if exclude_purchased else None
+    frame = recommendations_frame(rec, ids, k, filters=filters, show_progress=True)
     if out_file:
         write_table_atomic(frame, out_file)
         click.echo(
@@ -247,10 +300,11 @@ def channel(tracking_uri, all_customers, customer_ids, out_file, reasons_out) ->
     from training.channel_training import load_champion_channel_model
 
     _ids_or_fail(all_customers, customer_ids, out_file)
+    tracking_uri = tracking_uri or default_tracking_uri()
     try:
-        model, version = load_champion_channel_model(tracking_uri or default_tracking_uri())
+        model, version = load_champion_channel_model(tracking_uri)
     except LookupError as exc:
-        fail(f"{exc} (a data set without a messages table trains no channel model)")
+        fail_missing(tracking_uri, "channel", exc)
     ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
     ranked = model.rank_channels(ids)
     reasons = model.no_channel_reasons(ids)
@@ -296,10 +350,11 @@ def send_time(
     except ValueError as exc:
         fail(f"--quiet-hours/--after: {exc}")
     after_ts = after_ts.tz_localize("UTC") if after_ts.tzinfo is None else after_ts.tz_convert("UTC")
+    tracking_uri = tracking_uri or default_tracking_uri()
     try:
-        model, version = load_champion_send_time_model(tracking_uri or default_tracking_uri())
+        model, version = load_champion_send_time_model(tracking_uri)
     except LookupError as exc:
-        fail(str(exc))
+        fail_missing(tracking_uri, "send_time", exc)
     ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
     plan = model.send_plan(ids, channel_name, after_ts, quiet, horizon_hours)
     _emit(plan, out_file, "send-time", version)
@@ -314,11 +369,13 @@ def profile(customer_id, tracking_uri) -> None:
 
     from training.scoring import load_champion_engine
 
+    tracking_uri = tracking_uri or default_tracking_uri()
     try:
-        engine, _ = load_champion_engine(tracking_uri or default_tracking_uri(), warn=lambda m: None)
-        click.echo(json.dumps(engine.profiles_.profile(customer_id), indent=2, default=str))
+        engine, _ = load_champion_engine(tracking_uri, warn=lambda m: None)
     except LookupError as exc:
-        fail(str(exc))
+        fail_missing(tracking_uri, "profiles", exc)
+    try:
+        click.echo(json.dumps(engine.profiles_.profile(customer_id), indent=2, default=str))
     except KeyError:
         fail(f"unknown customer {customer_id!r}: not in the data the champion models were trained on")
 
@@ -351,12 +408,11 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
     from training.scoring import load_champion_engine
 
     started = _time.perf_counter()
+    tracking_uri = tracking_uri or default_tracking_uri()
     try:
-        engine, versions = load_champion_engine(
-            tracking_uri or default_tracking_uri(), warn=lambda m: click.echo(m, err=True)
-        )
+        engine, versions = load_champion_engine(tracking_uri, warn=lambda m: click.echo(m, err=True))
     except LookupError as exc:
-        fail(str(exc))
+        fail_missing(tracking_uri, "next_best_action", exc)
     if policy:
         from models.contact_policy import load_contact_policy
 
@@ -413,7 +469,11 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
 @click.option("--channel", default=None, help="Channel for every event without a channel column.")
 @click.option("--event-type", default=None, help="Event type for every event without one (e.g. purchase).")
 @click.option(
-    "--timezone", "assume_timezone", default=None, help="IANA zone of timestamps without an offset."
+    "--timezone",
+    "assume_timezone",
+    default=None,
+    help="IANA zone of timestamps without an offset, and of every customer whose zone the customers "
+    "table does not give (a customers table is written or completed with it; a warning gives the count).",
 )
 @click.option(
     "--ts-format",
@@ -526,13 +586,19 @@ def import_command(
     help="Ranked candidates kept per precomputed customer (requests for more take the live path).",
 )
 def build(tracking_uri, no_bento, precompute_customers, precompute_length) -> None:
-    """Import the champion models into the BentoML model store and build the Bento (offline)."""
+    """Import the champion models into the BentoML model store and build the Bento (offline).
+
+    Every model is optional as long as one is there: a family the last `omni train` skipped is left
+    out with its reason, which the service then gives in its answers to that family's routes.
+    """
     from training.build import PrecomputeSettings, build_bento, import_champions
 
+    missing: list[str] = []
     try:
         imported = import_champions(
             tracking_uri or default_tracking_uri(),
             precompute=PrecomputeSettings(max_customers=precompute_customers, length=precompute_length),
+            on_missing=missing.append,
         )
     except LookupError as exc:
         fail(str(exc))
@@ -543,6 +609,8 @@ def build(tracking_uri, no_bento, precompute_customers, precompute_length) -> No
             else ""
         )
         click.echo(f"imported {m.name} version {m.mlflow_version} as {m.bento_tag}{ahead}")
+    for line in missing:
+        click.echo(f"warning: not served: {line}", err=True)
     if not no_bento:
         try:
             out = build_bento()
@@ -568,12 +636,12 @@ model_name_option = click.option(
 def promote(tracking_uri, model_name, version) -> None:
     """Point the `champion` alias at a version by hand (the service picks it up on restart)."""
     from training.registry import promote as do_promote
-    from training.tracking import registry_client
 
+    tracking_uri = tracking_uri or default_tracking_uri()
     try:
-        version = do_promote(registry_client(tracking_uri or default_tracking_uri()), model_name, version)
+        version = do_promote(_registered(tracking_uri, model_name), model_name, version)
     except LookupError as exc:
-        fail(str(exc))
+        fail(f"{exc}{_skip_hint(tracking_uri, model_name)}")
     click.echo(f"{model_name}: champion -> version {version}")
 
 
@@ -583,13 +651,43 @@ def promote(tracking_uri, model_name, version) -> None:
 def rollback(tracking_uri, model_name) -> None:
     """Point `champion` back at the version it had before its last move."""
     from training.registry import rollback as do_rollback
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    try:
+        version = do_rollback(_registered(tracking_uri, model_name), model_name)
+    except LookupError as exc:
+        fail(f"{exc}{_skip_hint(tracking_uri, model_name)}")
+    click.echo(f"{model_name}: champion rolled back to version {version}")
+
+
+def _registered(tracking_uri: str, model_name: str):
+    """A registry client, once `model_name` is known to be registered there (LookupError if not)."""
+    from mlflow.exceptions import MlflowException
+
     from training.tracking import registry_client
 
+    client = registry_client(tracking_uri)
     try:
-        version = do_rollback(registry_client(tracking_uri or default_tracking_uri()), model_name)
-    except LookupError as exc:
-        fail(str(exc))
-    click.echo(f"{model_name}: champion rolled back to version {version}")
+        client.get_registered_model(model_name)
+    except MlflowException as exc:
+        raise LookupError(
+            f"no model '{model_name}' in the registry at {tracking_uri}: run `omni train` first"
+        ) from exc
+    return client
+
+
+def _skip_hint(tracking_uri: str, model_name: str) -> str:
+    """ "; <why the last omni train did not train it>" for a registered model name whose family the
+    last training run skipped, else ""."""
+    from training.scoring import MODEL_FAMILIES, family_name, skip_explanation
+    from training.tracking import latest_skip_reasons
+
+    reasons = latest_skip_reasons(tracking_uri)
+    for family in MODEL_FAMILIES.get(model_name, ()):
+        why = skip_explanation(family, reasons)
+        if why:
+            return f"; no {family_name(family)} in that run: {why}"
+    return ""
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Champion/challenger promotion in the MLflow model registry.
 
 Every trained version is aliased `challenger`. It becomes `champion` only when it scores at least
-as well as the current champion on the same evaluation window (plus a configurable margin), or
-by hand with `omni promote`. Each move of `champion` is appended to the registered model's tag
+as well as the current champion, as deployed, on the same new window (plus a margin per family),
+or by hand with `omni promote`. Each move of `champion` is appended to the registered model's tag
 `champion_history`, which is what `omni rollback` walks back. Moving an alias is one registry call,
 so a reader sees either the old champion or the new one, never a half-updated state.
 """
@@ -128,29 +128,31 @@ def gate(
     params: dict,
     metric: str,
     challenger_score: float,
-    reevaluate=None,
+    champion_score: float | None = None,
     margin: float = 0.0,
+    note: str = "",
+    promote_unscored: bool = True,
 ) -> PromotionDecision:
-    """Score the champion on this run's window, decide, and move the aliases.
+    """Decide whether the new `version` replaces the champion, and move the aliases.
 
-    The champion's own metric came from another window, and the champion model may have been
-    fitted on part of this run's test window, so neither is a fair comparison. Instead the
-    champion's *configuration* (stored on its version as the `params` tag) is re-evaluated here
-    by `reevaluate(params) -> score`, on the same split as the challenger; the same configuration
-    gives the same score without refitting.
+    `champion_score` is the registered champion itself, as deployed, scored on this run's new
+    window, and `challenger_score` the new model fitted before that window, on the same window
+    (the caller computes both: each family knows how to score its models). When the champion
+    could not be scored (`champion_score` None, `note` says why), `promote_unscored` decides: a
+    champion this code cannot read is replaced, one with no new data to be judged on stays.
+    `params` (what defines the new model) is stored on its version.
     """
     client.set_model_version_tag(name, version, PARAMS_TAG, json.dumps(params, sort_keys=True, default=str))
     champion = current_version(client, name)
-    champion_score = None
-    if champion is not None:
-        raw = client.get_model_version(name, champion).tags.get(PARAMS_TAG)
-        champion_params = json.loads(raw) if raw else None
-        if champion_params == json.loads(json.dumps(params, sort_keys=True, default=str)):
-            champion_score = challenger_score
-        elif champion_params is not None and reevaluate is not None:
-            champion_score = float(reevaluate(champion_params))
-    decision = decide_promotion(name, version, champion, metric, challenger_score, champion_score, margin)
     if champion is not None and champion_score is None:
-        decision.reason = "the champion's configuration is unknown, so it cannot be re-scored; promoted"
+        decision = decide_promotion(name, version, champion, metric, challenger_score, None, margin)
+        decision.promoted = promote_unscored
+        decision.reason = (note or "the champion could not be scored on this run's window") + (
+            "; promoted" if promote_unscored else "; the champion stays"
+        )
+    else:
+        decision = decide_promotion(name, version, champion, metric, challenger_score, champion_score, margin)
+        if note and champion is not None:
+            decision.reason += f" ({note})"
     apply_decision(client, decision)
     return decision

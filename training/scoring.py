@@ -1,4 +1,5 @@
-"""Batch scoring with the registry's champion models (`omni recommend --all`, and later the others)."""
+"""Batch scoring with the registry's champion models (`omni recommend --all`, `omni decide`, ...),
+and the messages that say which model family is missing and why."""
 
 from __future__ import annotations
 
@@ -8,6 +9,58 @@ from tqdm.auto import tqdm
 from features import columns as c
 from models.two_stage import TwoStageRecommender
 from training.settings import CHAMPION, REGISTERED_RECOMMENDER
+
+# registered model → the `omni train` model families it holds (the names of the training run's
+# `skipped.<family>` tags); the profiles travel inside the next-best-action engine's folder
+MODEL_FAMILIES: dict[str, tuple[str, ...]] = {
+    REGISTERED_RECOMMENDER: ("recommender",),
+    "omni-channel": ("channel",),
+    "omni-send-time": ("send_time",),
+    "omni-nba": ("next_best_action", "profiles"),
+}
+# family → (what it is called in a sentence, whether that name is plural)
+_FAMILY_NAMES: dict[str, tuple[str, bool]] = {
+    "recommender": ("recommender", False),
+    "channel": ("channel model", False),
+    "send_time": ("send-time model", False),
+    "profiles": ("customer profiles", True),
+    "next_best_action": ("next-best-action model", False),
+}
+# a family registered inside another family's model: that one's skip reason explains it too
+_HELD_BY = {"profiles": "next_best_action"}
+
+
+def family_name(family: str) -> str:
+    return _FAMILY_NAMES.get(family, (family, False))[0]
+
+
+def skip_explanation(family: str, reasons: dict[str, str]) -> str | None:
+    """Why the last `omni train` did not train `family`, from its skip `reasons` (family → reason,
+    `training.tracking.latest_skip_reasons`); None when the run recorded no reason for it."""
+    plural = _FAMILY_NAMES.get(family, (family, False))[1]
+    if reasons.get(family):
+        return f"the last omni train skipped {'them' if plural else 'it'} ({reasons[family]})"
+    holder = _HELD_BY.get(family)
+    if holder and reasons.get(holder):
+        return f"the last omni train skipped the {family_name(holder)} that holds them ({reasons[holder]})"
+    return None
+
+
+def missing_model_message(family: str, reasons: dict[str, str], detail: str | None = None) -> str:
+    """`no <family> has been trained: <why>`: the skip reason of the last training run when it
+    recorded one, else `detail` (e.g. the registry's "no champion" message)."""
+    name, plural = _FAMILY_NAMES.get(family, (family, False))
+    why = skip_explanation(family, reasons) or detail
+    head = f"no {name} {'have' if plural else 'has'} been trained"
+    return f"{head}: {why}" if why else head
+
+
+def missing_champion_message(tracking_uri: str, family: str, error: Exception | str) -> str:
+    """The message of a scoring command whose family has no champion: it names the family and
+    gives the reason the latest `omni train` run recorded for skipping it, when there is one."""
+    from training.tracking import latest_skip_reasons
+
+    return missing_model_message(family, latest_skip_reasons(tracking_uri), str(error))
 
 
 def load_champion_recommender(
@@ -24,17 +77,22 @@ def recommendations_frame(
     rec,
     customer_ids: list[str],
     k: int,
-    model: str = "ranker",
+    model: str = "served",
+    filters=None,
     chunk: int = 2000,
     show_progress: bool = False,
 ) -> pd.DataFrame:
-    """customer_id, rank, product_id, score, reason for every customer, scored in chunks to bound memory."""
+    """customer_id, rank, product_id, score, reason for every customer, scored in chunks to bound
+    memory. `model="served"`: the order the recommender chose on validation (what the service
+    answers); `filters`: `models.rules.Filters` or a dict, e.g. {"exclude_purchased": True} for
+    products the customer never bought."""
+    extra = {} if filters is None else {"filters": filters}
     rows = []
     for start in tqdm(
         range(0, len(customer_ids), chunk), desc="recommend", unit="chunk", disable=not show_progress
     ):
         batch = customer_ids[start : start + chunk]
-        for cid, r in zip(batch, rec.recommend_many(batch, k, model=model), strict=True):
+        for cid, r in zip(batch, rec.recommend_many(batch, k, model=model, **extra), strict=True):
             for rank, (pid, score, reason) in enumerate(
                 zip(r.product_ids, r.scores, r.reasons, strict=True), 1
             ):
@@ -47,24 +105,28 @@ def recommendations_frame(
 
 def load_champion_engine(tracking_uri: str, warn=print):
     """The champion next-best-action engine wired to the champion recommender, channel and send-time
-    models (those missing are replaced by the engine's fallbacks, with a warning); returns
-    (engine, versions)."""
+    models; returns (engine, versions). Each of those three may be missing (a family the last
+    `omni train` skipped): the engine then uses its fallback (no product items without a
+    recommender), with a warning that says why. LookupError when there is no engine."""
     from models.nba import NextBestActionEngine
     from training.channel_training import load_champion_channel_model, load_champion_send_time_model
-    from training.tracking import download_model_folder
+    from training.tracking import download_model_folder, latest_skip_reasons
 
     folder, nba_version = download_model_folder(tracking_uri, "omni-nba", CHAMPION, artifact="nba")
     versions = {"nba": nba_version}
-    rec, versions["recommender"] = load_champion_recommender(tracking_uri)
     loaded = {}
-    for key, loader in (
-        ("channel", load_champion_channel_model),
-        ("send_time", load_champion_send_time_model),
+    reasons = None
+    for key, loader, fallback in (
+        ("recommender", load_champion_recommender, "decisions carry no product items"),
+        ("channel", load_champion_channel_model, "using the engine's fallback for channel"),
+        ("send_time", load_champion_send_time_model, "using the engine's fallback for send_time"),
     ):
         try:
             loaded[key], versions[key] = loader(tracking_uri)
         except LookupError as exc:
             loaded[key] = None
-            warn(f"warning: {exc}; using the engine's fallback for {key}")
-    engine = NextBestActionEngine.load(folder, rec, loaded["channel"], loaded["send_time"])
+            if reasons is None:
+                reasons = latest_skip_reasons(tracking_uri)
+            warn(f"warning: {missing_model_message(key, reasons, str(exc))}; {fallback}")
+    engine = NextBestActionEngine.load(folder, loaded["recommender"], loaded["channel"], loaded["send_time"])
     return engine, versions

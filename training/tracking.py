@@ -50,6 +50,30 @@ def registry_client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def latest_skip_reasons(tracking_uri: str, experiment: str = EXPERIMENT_NAME) -> dict[str, str]:
+    """family → reason for each model family the latest `omni train` run skipped (its
+    `skipped.<family>` tags; the family names of `training.families`). Empty when there is no store,
+    no such run or the store cannot be read: a missing reason only makes a message shorter, so a
+    failed look-up never stops the command that asked."""
+    try:
+        client = registry_client(tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return {}
+        runs = client.search_runs(
+            [found.experiment_id],
+            filter_string="attributes.run_name = 'train'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    except Exception:  # noqa: BLE001 - a reason is extra information, never worth an error
+        return {}
+    if not runs:
+        return {}
+    tags = runs[0].data.tags
+    return {key.removeprefix("skipped."): value for key, value in tags.items() if key.startswith("skipped.")}
+
+
 def log_recommender_model(model_dir: Path, registered_name: str) -> str:
     """Log the recommender folder as a pyfunc model in the active run and register it; returns the version."""
     from mlflow.models import ModelSignature

@@ -1,8 +1,11 @@
-"""`omni train`: validate → stitch identities → features → time-based evaluation → refit → MLflow registry.
+"""`omni train`: validate → stitch identities → features → every model family the data support → registry.
 
-The split is for measuring only: the models evaluated on the held-out window are thrown away, and
-the registered models are refitted on the whole history so that the latest behaviour counts.
-Nothing is registered unless every step before registration succeeded.
+Each family (`training.families`: recommender, channel, send time, profiles, next-best-action)
+says what it needs, is evaluated on a time split beside its baselines (the models evaluated on
+the held-out window are thrown away) and refitted on the whole history, so that the latest
+behaviour counts. A family the data cannot support is skipped with its reason; the run stops
+(exit 2, nothing registered) only when no family can be trained. Nothing is registered unless
+every family's step before registration finished.
 """
 
 from __future__ import annotations
@@ -24,22 +27,18 @@ from features.contract import ContractConfig
 from features.identity import stitch_identities
 from features.io import Tables, load_tables
 from training import distributed
-from training.nba_training import NBAConfig, log_nba_run, train_nba
+from training.families import FAMILIES, FamilyOutcome, NothingTrained, TrainContext, held_out_windows
 from training.profiling import StageTimer
-from training.recs_training import RecsConfig, train_two_stage
+from training.recs_training import RecsConfig
 from training.registry import PromotionDecision, gate
 from training.report import build_report, hash_inputs, metrics_table
 from training.settings import CHAMPION, REGISTERED_RECOMMENDER
-from training.tracking import log_nba_model, log_recommender_model, setup_tracking
-
-# The evaluation sample must not depend on any model setting, so challenger and champion are
-# scored on exactly the same customers.
-EVAL_SAMPLE_SEED = 20_240_601
+from training.tracking import setup_tracking
 
 
 @dataclass
 class TrainConfig:
-    test_days: int = 28  # the held-out window at the end of the history
+    test_days: int = 28  # the held-out window at the end of the history (shorter for short histories)
     k: int = 10
     half_life_days: float = 90.0
     max_eval_customers: int = 10_000  # evaluation sample (paired: every model scores the same customers)
@@ -50,11 +49,14 @@ class TrainConfig:
     two_stage: dict = field(default_factory=dict)  # any other TwoStageRecommender parameter
     random_state: int = 42
     registered_name: str = REGISTERED_RECOMMENDER
-    promotion_metric: str = "ndcg@10"  # compared between challenger and champion on the same window
-    promotion_margin: float = 0.0  # the challenger must reach champion + margin
+    promotion_margin: float = 0.0  # a challenger must reach the champion's score + margin ...
+    promotion_margins: dict = field(default_factory=dict)  # ... or its family's own margin here
     # customers the channel and send-time evaluation is fitted and scored on (a seeded sample
     # when there are more; 0: all); see ChannelTrainingConfig.max_eval_customers
     channel_eval_customers: int = 250_000
+    # how long after a message a purchase counts as its conversion, unless the message's offer
+    # says otherwise (offers.duration_days)
+    conversion_window_days: float = 14.0
 
     def als_params(self) -> dict:
         return {
@@ -65,32 +67,34 @@ class TrainConfig:
             "random_state": self.random_state,
         }
 
+    def margin(self, family: str) -> float:
+        return float(self.promotion_margins.get(family, self.promotion_margin))
+
 
 @dataclass
 class TrainResult:
     run_id: str
-    model_version: str
+    model_version: str | None  # the recommender's (None: not trained)
     metrics: dict[str, float]
     decision: PromotionDecision | None = None  # the recommender's
     decisions: list[PromotionDecision] = field(default_factory=list)  # every registered family's
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # seconds and peak RSS per stage
+    skipped: dict[str, str] = field(default_factory=dict)  # family → why it was not trained
+    versions: dict[str, str] = field(default_factory=dict)  # registered name → new version
 
 
-SERVED_MODEL = "ranker"  # which evaluated model is the one registered and served
-
-# What each registered family is judged on when a new version challenges the champion.
-CHANNEL_PROMOTION_METRIC = "channel.engagement_auc"
-SEND_TIME_PROMOTION_METRICS = ("send_time.heldout_auc", "send_time.activity_hit_rate")
-NBA_PROMOTION_METRICS = ("nba.guard.lower_bound", "nba.churn_auc")
-REGISTERED_NBA = "omni-nba"
+SERVED_MODEL = "served"  # which evaluated recommender is the one registered and served
+REPORT_MODELS = ("popularity", "repeat", "als", "ease", "ranker", SERVED_MODEL)
 
 
-def recs_config(config: TrainConfig, refit: bool = True) -> RecsConfig:
-    """The recommender part of a training configuration."""
+def recs_config(config: TrainConfig, test_days: int | None = None, refit: bool = True) -> RecsConfig:
+    """The recommender part of a training configuration (`test_days`: the run's held-out window,
+    also the ranker's label window)."""
+    days = config.test_days if test_days is None else test_days
     return RecsConfig(
-        test_days=config.test_days,
+        test_days=days,
         k=config.k,
         max_eval_customers=config.max_eval_customers,
         half_life_days=config.half_life_days,
@@ -100,7 +104,12 @@ def recs_config(config: TrainConfig, refit: bool = True) -> RecsConfig:
         iterations=config.iterations,
         random_state=config.random_state,
         refit=refit,
-        two_stage={"factors": config.factors, "iterations": config.iterations, **config.two_stage},
+        two_stage={
+            "factors": config.factors,
+            "iterations": config.iterations,
+            "label_days": days,
+            **config.two_stage,
+        },
     )
 
 
@@ -109,7 +118,8 @@ def recommender_params(config: TrainConfig) -> dict:
     return {
         k: v
         for k, v in asdict(config).items()
-        if not k.startswith("promotion_") and k not in ("registered_name", "channel_eval_customers")
+        if not k.startswith("promotion_")
+        and k not in ("registered_name", "channel_eval_customers", "conversion_window_days")
     }
 
 
@@ -165,23 +175,17 @@ def run_training(
     dask_scheduler: str | None = None,
 ) -> TrainResult:
     """One `omni train` run; with `dask_scheduler` (an address) the feature build and every LightGBM
-    fit run on that Dask cluster (`training/distributed.py`), ALS and EASE on this machine."""
+    fit run on that Dask cluster (`training/distributed.py`), ALS and EASE on this machine.
+    Raises `NothingTrained` (nothing registered) when no family can be trained on the data."""
     if dask_scheduler is not None and distributed.active() is None:
         with distributed.use_cluster(dask_scheduler, distributed.CONNECT_TIMEOUT_S):
             return run_training(data_dir, tracking_uri, config, contract, show_progress, timer)
     import mlflow
 
-    from training.channel_training import (
-        ChannelTrainingConfig,
-        evaluate_channel_and_send_time,
-        log_channel_and_send_time,
-        train_channel_and_send_time,
-    )
-
     config = config or TrainConfig()
     timer = timer or StageTimer()
     started = time.perf_counter()
-    progress = tqdm(total=8, desc="train", unit="stage", disable=not show_progress)
+    progress = tqdm(total=6, desc="train", unit="stage", disable=not show_progress)
 
     def step(name: str):
         progress.set_postfix_str(name)
@@ -208,6 +212,10 @@ def run_training(
             mlflow.log_param("dask_scheduler", cluster.address)
             mlflow.set_tags({"dask.scheduler": cluster.address, "dask.workers": len(cluster.workers())})
             notes.append(distributed.LOCAL_FIT_NOTE)
+        windows = held_out_windows(tables, config.test_days)
+        if windows.note:
+            notes.append(windows.note)
+        mlflow.log_param("test_days_used", windows.test_days)
 
         # the customer features are only logged (at registration): written to a scratch file now
         # instead of held in memory through every later stage (hundreds of MB at 1M customers)
@@ -219,108 +227,53 @@ def run_training(
             del features
         progress.update()
 
-        with step("recommender"):
-            rec, recs_metrics, eval_info = train_two_stage(tables, recs_config(config))
-            metrics = {
-                f"{model}.{name}": float(value)
-                for model, values in recs_metrics.items()
-                for name, value in values.items()
-                if isinstance(value, int | float)
-            }
-            mlflow.log_dict(eval_info, "evaluation/recommender.json")
-        progress.update()
-
-        with step("channel_send_time"):
-            channel_config = ChannelTrainingConfig(
-                test_days=config.test_days,
-                random_state=config.random_state,
-                max_eval_customers=config.channel_eval_customers or None,
-            )
-            channels = train_channel_and_send_time(
-                tables, random_state=config.random_state, config=channel_config
-            )
-            metrics.update(channels.metrics)
-            notes += channels.notes
-        progress.update()
-        with step("next_best_action"):
-            nba_config = NBAConfig(random_state=config.random_state)
-            _, nba_engine, nba_metrics, nba_notes = train_nba(
-                tables, rec, channels.channel_model, channels.send_time_model, nba_config
-            )
-            metrics.update(nba_metrics)
-            notes += nba_notes
-        progress.update()
+        context = TrainContext(tables, config, windows.test_days, tracking_uri=tracking_uri)
+        stage_of = {
+            "recommender": "recommender",
+            "channel": "channel_send_time",
+            "send_time": "channel_send_time",
+            "profiles": "next_best_action",
+            "next_best_action": "next_best_action",
+        }
+        for stage in ("recommender", "channel_send_time", "next_best_action"):
+            with step(stage):
+                for family in FAMILIES:
+                    if stage_of[family.name] == stage:
+                        context.outcomes[family.name] = family.fit(context)
+            progress.update()
+        outcomes = context.outcomes
+        metrics = {k: v for o in outcomes.values() for k, v in o.metrics.items()}
+        for o in outcomes.values():
+            notes += [n for n in o.notes if n not in notes]
+        skipped = {name: o.reason for name, o in outcomes.items() if not o.trained}
+        trained = [name for name, o in outcomes.items() if o.trained]
+        mlflow.set_tags({f"skipped.{name}": reason[:5000] for name, reason in skipped.items()})
+        mlflow.set_tag("families.trained", ",".join(trained))
+        mlflow.log_dict(
+            {
+                f.name: {
+                    "requires": f.requires,
+                    "trained": outcomes[f.name].trained,
+                    "reason": outcomes[f.name].reason,
+                }
+                for f in FAMILIES
+            },
+            "families.json",
+        )
         mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items() if np.isfinite(v)})
+        if "recommender" in outcomes and outcomes["recommender"].trained:
+            mlflow.log_dict(outcomes["recommender"].extra["info"], "evaluation/recommender.json")
+        if not trained:
+            mlflow.log_dict({"notes": notes}, "data_notes.json")
+            raise NothingTrained(
+                "no model family could be trained on this data: "
+                + "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+            )
 
         with step("register"), tempfile.TemporaryDirectory(prefix="omni-train-") as tmp:
             mlflow.log_artifact(str(feat_path), artifact_path="features")
             scratch.cleanup()
-            decisions = []
-
-            version = log_recommender_model(rec.save(Path(tmp) / "recommender"), config.registered_name)
-            key = f"{SERVED_MODEL}.{config.promotion_metric}"
-
-            def rescore_recommender(params: dict) -> float:
-                champion = TrainConfig(
-                    **{k: v for k, v in params.items() if k in TrainConfig.__dataclass_fields__}
-                )
-                champion.test_days, champion.max_eval_customers = config.test_days, config.max_eval_customers
-                return train_two_stage(tables, recs_config(champion, refit=False))[1][SERVED_MODEL][
-                    config.promotion_metric
-                ]
-
-            decisions.append(
-                gate(
-                    client,
-                    config.registered_name,
-                    version,
-                    recommender_params(config),
-                    key,
-                    metrics[key],
-                    rescore_recommender,
-                    config.promotion_margin,
-                )
-            )
-
-            versions = log_channel_and_send_time(channels)
-            channel_params = asdict(channel_config)
-
-            def rescore_channels(metric: str):
-                def rescore(params: dict) -> float:
-                    champion_config = ChannelTrainingConfig(**params)
-                    return evaluate_channel_and_send_time(tables, champion_config)[0].get(
-                        metric, float("nan")
-                    )
-
-                return rescore
-
-            for name, family_version in versions.items():
-                if name.endswith("channel"):
-                    metric = CHANNEL_PROMOTION_METRIC
-                else:
-                    metric = next(
-                        (m for m in SEND_TIME_PROMOTION_METRICS if m in metrics),
-                        SEND_TIME_PROMOTION_METRICS[0],
-                    )
-                score = metrics.get(metric, float("nan"))
-                decisions.append(
-                    gate(
-                        client, name, family_version, channel_params, metric, score, rescore_channels(metric)
-                    )
-                )
-            log_nba_run(nba_engine, {}, nba_notes, nba_config)
-            nba_version = log_nba_model(nba_engine.save(Path(tmp) / "nba"), REGISTERED_NBA)
-            nba_metric = next((m for m in NBA_PROMOTION_METRICS if m in metrics), NBA_PROMOTION_METRICS[0])
-            decisions.append(
-                gate(
-                    client,
-                    REGISTERED_NBA,
-                    nba_version,
-                    {k: v for k, v in asdict(nba_config).items() if k != "uplift_customers"},
-                    nba_metric,
-                    metrics.get(nba_metric, float("nan")),
-                )
-            )
+            decisions, versions = register_families(context, client, Path(tmp))
             for d in decisions:
                 mlflow.log_dict(d.as_dict(), f"promotion/{d.model_name}.json")
                 mlflow.set_tag(f"promoted.{d.model_name}", str(d.promoted))
@@ -328,27 +281,21 @@ def run_training(
                     mlflow.log_metric(
                         f"champion.{d.model_name}.{d.metric}".replace("@", "_at_"), d.champion_score
                     )
-            recommender_decision = decisions[0]
-            mlflow.set_tags(
-                {
-                    "promoted": str(recommender_decision.promoted),
-                    "promotion_reason": recommender_decision.reason,
-                }
+            recommender_decision = next(
+                (d for d in decisions if d.model_name == config.registered_name), None
             )
-            channel_rows = {k: v for k, v in metrics.items() if k.startswith(("channel.", "send_time."))}
-            sections = [
-                (
-                    "Product recommendations (held-out window)",
-                    f"Split at {eval_info['split_time']}; {eval_info['protocol']}.\n\n"
-                    + metrics_table(metrics, ["popularity", "als", SERVED_MODEL], "popularity"),
-                ),
-                (
-                    "Channel and send time (held-out messages)",
-                    "\n".join(f"- {k}: {v:.4f}" for k, v in sorted(channel_rows.items())) or "not evaluated",
-                ),
-            ]
+            if recommender_decision is not None:
+                mlflow.set_tags(
+                    {
+                        "promoted": str(recommender_decision.promoted),
+                        "promotion_reason": recommender_decision.reason,
+                    }
+                )
             mlflow.log_text(
-                build_report(summary, sections, [d.as_dict() for d in decisions], notes), "report.md"
+                build_report(
+                    summary, report_sections(outcomes, metrics), [d.as_dict() for d in decisions], notes
+                ),
+                "report.md",
             )
             mlflow.log_dict({"notes": notes}, "data_notes.json")
         progress.update()
@@ -356,31 +303,105 @@ def run_training(
         mlflow.log_dict(timer.stages, "stage_timings.json")
         return TrainResult(
             run_id=run.info.run_id,
-            model_version=version,
+            model_version=versions.get(config.registered_name),
             metrics=metrics,
             decision=recommender_decision,
             decisions=decisions,
             notes=notes,
             seconds=time.perf_counter() - started,
             stages=dict(timer.stages),
+            skipped=skipped,
+            versions=versions,
         )
+
+
+def register_families(
+    context: TrainContext, client, folder: Path
+) -> tuple[list[PromotionDecision], dict[str, str]]:
+    """Log and register every trained family's model (profiles travel inside the next-best-action
+    engine), then let the gate decide on each against its champion as deployed."""
+    decisions, versions = [], {}
+    config = context.config
+    for family in FAMILIES:
+        outcome = context.outcomes[family.name]
+        if not outcome.trained or family.name == "profiles":
+            continue
+        name = config.registered_name if family.name == "recommender" else family.registered_name
+        version = family.register(outcome, folder)
+        versions[name] = version
+        champion = outcome.extra.get("champion") or {}
+        note = context.champion_notes.get(family.name) or champion.get("note", "")
+        score = outcome.metrics.get(outcome.promotion_metric, float("nan"))
+        if champion.get("challenger_score") is not None:
+            score = champion["challenger_score"]
+        decisions.append(
+            gate(
+                client,
+                name,
+                version,
+                outcome.params,
+                outcome.promotion_metric,
+                score,
+                champion.get("score"),
+                config.margin(family.name),
+                note=note or "this family's champion is not yet scored on new data",
+                # a champion this code cannot read is replaced; one without new data stays
+                promote_unscored=family.name in context.champion_notes or "score" not in champion,
+            )
+        )
+    return decisions, versions
+
+
+def report_sections(outcomes: dict[str, FamilyOutcome], metrics: dict[str, float]) -> list[tuple[str, str]]:
+    sections = []
+    rec = outcomes.get("recommender")
+    if rec is not None and rec.trained:
+        info = rec.extra["info"]
+        served = ", ".join(f"{kind}: {order}" for kind, order in info.get("served", {}).items())
+        all_rows = {
+            k.replace(".all_purchases.", ".", 1): v for k, v in metrics.items() if ".all_purchases." in k
+        }
+        sections.append(
+            (
+                "Product recommendations (held-out window)",
+                f"Split at {info['split_time']}. Served (chosen on validation): {served}.\n\n"
+                f"New products ({info['protocol']}):\n\n"
+                + metrics_table(metrics, list(REPORT_MODELS), "popularity")
+                + "\n\nAll purchases (re-buys count; the served default list):\n\n"
+                + metrics_table(all_rows, list(REPORT_MODELS), "repeat"),
+            )
+        )
+    else:
+        sections.append(("Product recommendations", f"not trained: {rec.reason if rec else 'not run'}"))
+    channel_rows = {k: v for k, v in metrics.items() if k.startswith(("channel.", "send_time."))}
+    sections.append(
+        (
+            "Channel and send time (held-out messages)",
+            "\n".join(f"- {k}: {v:.4f}" for k, v in sorted(channel_rows.items())) or "not evaluated",
+        )
+    )
+    skipped = [o.skip_line() for o in outcomes.values() if not o.trained]
+    sections.append(("Families not trained", "\n".join(f"- {line}" for line in skipped) or "none"))
+    return sections
 
 
 def format_result(result: TrainResult) -> str:
-    models = ("popularity", "als", SERVED_MODEL)
+    models = REPORT_MODELS
     names = sorted(
         {k.split(".", 1)[1] for k in result.metrics if k.startswith(tuple(f"{m}." for m in models))}
     )
-    lines = [f"{'metric':<22}" + "".join(f"{m:>12}" for m in models)]
+    lines = [f"{'metric':<28}" + "".join(f"{m:>12}" for m in models)]
     for n in names:
         lines.append(
-            f"{n:<22}" + "".join(f"{result.metrics.get(f'{m}.{n}', float('nan')):>12.4f}" for m in models)
+            f"{n:<28}" + "".join(f"{result.metrics.get(f'{m}.{n}', float('nan')):>12.4f}" for m in models)
         )
-    lines.append(f"run {result.run_id}, registered version {result.model_version} (alias challenger)")
+    lines.append(f"run {result.run_id}: registered {result.versions or 'nothing'} (alias challenger)")
     for d in result.decisions:
         verdict = "promoted to" if d.promoted else "NOT promoted to"
         lines.append(f"{d.model_name} v{d.challenger_version} {verdict} {CHAMPION}: {d.reason}")
-    for key in (CHANNEL_PROMOTION_METRIC, *SEND_TIME_PROMOTION_METRICS, "send_time.matched_lift"):
+    for family, reason in result.skipped.items():
+        lines.append(f"skipped {family}: {reason}")
+    for key in ("channel.engagement_auc", "send_time.heldout_auc", "send_time.activity_hit_rate"):
         if key in result.metrics:
             lines.append(f"{key}: {result.metrics[key]:.4f}")
     lines.append(f"took {result.seconds:.1f} s")
