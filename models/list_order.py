@@ -71,9 +71,10 @@ class ListOrder:
         return "fusion(" + ",".join(f"{s}={w:g}" for s, w in self.weights) + ")"
 
     @property
-    def complexity(self) -> int:
-        """Single source 0, fusion 1, ranker 2: what a tie on validation is settled by."""
-        return 2 if self.kind == "ranker" else (0 if len(self.weights) == 1 else 1)
+    def complexity(self) -> tuple[int, int]:
+        """(single source 0, fusion 1, ranker 2; then the number of sources): what a tie on
+        validation is settled by, the simpler order winning."""
+        return (2, 0) if self.kind == "ranker" else (0 if len(self.weights) == 1 else 1, len(self.weights))
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "weights": dict(self.weights)}
@@ -195,7 +196,8 @@ def choose_order(
 ) -> OrderChoice:
     """The best order on validation among: each source alone, the plain fusion of all sources, a
     fusion searched greedily from the best single source (each other source added at each weight
-    of `FUSION_WEIGHTS` while it helps), and the ranker when there is one. `evaluate(order)` gives
+    of `FUSION_WEIGHTS` while it helps, then every source it does as well without dropped), and
+    the ranker when there is one. `evaluate(order)` gives
     the validation nDCG (NaN: could not be scored, never chosen)."""
     scores: dict[ListOrder, float] = {}
 
@@ -222,6 +224,13 @@ def choose_order(
                     best_w, best_score = w, value
             if best_w is not None:
                 weights[s], current = best_w, best_score
+        # then drop every source the fusion does as well without (added early, made redundant
+        # by a later one): of orders that tie, the one with fewer sources is served
+        for s in sorted(weights, key=lambda s: -sources.index(s)):
+            if len(weights) > 1:
+                rest = {name: w for name, w in weights.items() if name != s}
+                if score(ListOrder.fusion(rest)) >= current - MIN_GAIN:
+                    weights = rest
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0].complexity, kv[0].name))
     best = ranked[0][0]
     # a more complex order must beat every simpler one by MIN_GAIN, not just tie it

@@ -439,7 +439,8 @@ class TwoStageRecommender:
         purchases are all held out (a view of it would give the answer away); the sources are
         fitted on the rest (`stage`) and the held-out purchases are the labels: re-buys where the
         customer bought the product again, new products where not. None when nobody bought twice."""
-        ev = events.loc[(events[c.TS] < as_of).to_numpy(), list(_SOURCE_COLUMNS)].reset_index(drop=True)
+        columns = [col for col in _SOURCE_COLUMNS if col in events.columns]
+        ev = events.loc[(events[c.TS] < as_of).to_numpy(), columns].reset_index(drop=True)
         is_buy = (ev[c.EVENT_TYPE] == "purchase").to_numpy(dtype=bool, na_value=False)
         is_buy = is_buy & ev[c.PRODUCT_ID].notna().to_numpy()
         customer = positions(pd.Index(pd.unique(ev[c.CUSTOMER_ID])), ev[c.CUSTOMER_ID])

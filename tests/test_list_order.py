@@ -98,3 +98,20 @@ def test_the_fast_row_order_is_the_lexsort_order():
     ):
         fast = _row_then_score_order(rows, items, score)
         assert np.array_equal(fast, np.lexsort((items, -score, rows)))
+
+
+def test_of_two_fusions_that_tie_the_one_with_fewer_sources_wins():
+    def evaluate(order):
+        weights = dict(order.weights) if order.kind == "fusion" else {}
+        if {"ease", "cooc"} <= set(weights):
+            return 0.30  # content changes nothing once ease and cooc are there
+        if set(weights) == {"ease", "content"}:
+            return 0.29
+        return (
+            {"ease": 0.28, "content": 0.1, "cooc": 0.05}.get(next(iter(weights)), 0.0)
+            if len(weights) == 1
+            else 0.2
+        )
+
+    choice = choose_order(evaluate, ["ease", "content", "cooc"], has_ranker=False)
+    assert choice.best.kind == "fusion" and set(dict(choice.best.weights)) == {"ease", "cooc"}

@@ -3,6 +3,7 @@
 import shutil
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
@@ -237,3 +238,15 @@ def test_scoring_commands_on_an_empty_store_exit_2_naming_the_family(tmp_path):
         result = runner.invoke(main, [*args, "--tracking-uri", uri])
         assert result.exit_code == 2, (args, result.output)
         assert f"no {family} ha" in result.output and "omni train" in result.output, result.output
+
+
+def test_a_champion_this_code_cannot_read_is_a_lookup_error_naming_it(tmp_path):
+    """An older format (or a damaged folder) makes the scoring commands exit 2 with the reason."""
+    import json
+
+    from models.two_stage import TwoStageRecommender
+    from training.scoring import read_model
+
+    (tmp_path / "two_stage.json").write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(LookupError, match="omni-recommender v3 cannot be read by this code"):
+        read_model(TwoStageRecommender.load, tmp_path, "omni-recommender", "3")

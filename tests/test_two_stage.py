@@ -425,3 +425,24 @@ def test_both_list_kinds_from_one_candidate_set_equal_each_kind_alone(model):
     }
     assert both == alone
     assert both["new"]["served"] == model.recommend_many(ids, 6, filters={"exclude_purchased": True})
+
+
+def test_customers_who_come_in_bursts_are_chosen_on_purchases_held_out_at_random():
+    """Raters of a film site come once: too few come back within a label window, so the
+    rankers learn and the served orders are chosen on purchases held out at random instead."""
+    from features.io import Tables
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(300):
+        tribe = "toy" if u % 2 else "book"
+        day = END - pd.Timedelta(days=float(rng.uniform(1, 200)))
+        for i in rng.choice(8, 5, replace=False):
+            rows.append((f"u{u}", f"{tribe}{i}", "purchase", day + pd.Timedelta(minutes=float(i)), "web"))
+    events = pd.DataFrame(rows, columns=["customer_id", "product_id", "event_type", "ts", "channel"])
+    model = TwoStageRecommender(**FAST).fit(Tables(events=events))
+    info = model.training_info_
+    assert "held out at random" in info["label_window"]
+    assert info["validation_customers"] > 0 and set(info["served"]) == {"all", "new"}
+    got = model.recommend("u1", k=3, filters={"exclude_purchased": True}).product_ids
+    assert got and all(p.startswith("toy") for p in got)  # the tribe's other toys

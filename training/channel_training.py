@@ -1275,7 +1275,9 @@ def load_champion_channel_model(tracking_uri: str, name: str = REGISTERED_CHANNE
     from training.tracking import download_model_folder
 
     folder, version = download_model_folder(tracking_uri, name, alias, artifact="channel")
-    return ChannelModel.load(folder), version
+    from training.scoring import read_model
+
+    return read_model(ChannelModel.load, folder, name, version), version
 
 
 def load_champion_send_time_model(
@@ -1285,7 +1287,9 @@ def load_champion_send_time_model(
     from training.tracking import download_model_folder
 
     folder, version = download_model_folder(tracking_uri, name, alias, artifact="send_time")
-    return SendTimeModel.load(folder), version
+    from training.scoring import read_model
+
+    return read_model(SendTimeModel.load, folder, name, version), version
 
 
 def log_engagement_run(result: ChannelTrainingResult) -> None:

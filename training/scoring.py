@@ -70,7 +70,18 @@ def load_champion_recommender(
     from training.tracking import download_model_folder
 
     folder, version = download_model_folder(tracking_uri, name, CHAMPION)
-    return TwoStageRecommender.load(folder), version
+    return read_model(TwoStageRecommender.load, folder, name, version), version
+
+
+def read_model(loader, folder, name: str, version: str, *args):
+    """`loader(folder, *args)`; a folder this code cannot read (written by an older version, or
+    damaged) is a LookupError saying so, as a missing model is: the commands exit 2 with it."""
+    try:
+        return loader(folder, *args)
+    except (ValueError, KeyError, OSError) as exc:
+        raise LookupError(
+            f"the champion {name} v{version} cannot be read by this code ({exc}): run `omni train` again"
+        ) from exc
 
 
 def recommendations_frame(
@@ -128,5 +139,13 @@ def load_champion_engine(tracking_uri: str, warn=print):
             if reasons is None:
                 reasons = latest_skip_reasons(tracking_uri)
             warn(f"warning: {missing_model_message(key, reasons, str(exc))}; {fallback}")
-    engine = NextBestActionEngine.load(folder, loaded["recommender"], loaded["channel"], loaded["send_time"])
+    engine = read_model(
+        NextBestActionEngine.load,
+        folder,
+        "omni-nba",
+        nba_version,
+        loaded["recommender"],
+        loaded["channel"],
+        loaded["send_time"],
+    )
     return engine, versions
