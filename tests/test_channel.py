@@ -502,10 +502,17 @@ def test_sampled_evaluation_says_so(generated_data):
     from training.channel_training import ChannelTrainingConfig, evaluate_channel_and_send_time
 
     tables = stitch_identities(load_tables(generated_data))
-    config = ChannelTrainingConfig(test_days=60, max_eval_customers=400)
+    config = ChannelTrainingConfig(test_days=60, max_eval_customers=400, max_validation_customers=200)
     metrics, _, notes = evaluate_channel_and_send_time(tables, config)
     assert metrics["channel.evaluation_customers"] == 400
     assert any("random sample of 400 of 800 customers" in note for note in notes)
+    # the validation's sample is drawn from the evaluation's, and its note counts every customer
+    assert any("served is chosen on a random sample of 200 of 800 customers" in note for note in notes)
+    # what running the evaluation beside the refit adds: about its half of the rows
+    from training.channel_training import _evaluation_rows, _rows
+
+    assert _evaluation_rows(tables, config) == int(_rows(tables) * 0.5)
+    assert _evaluation_rows(tables, ChannelTrainingConfig(max_eval_customers=None)) == _rows(tables)
     assert np.isfinite(metrics["channel.engagement_auc"]) and np.isfinite(metrics["send_time.heldout_auc"])
 
 

@@ -346,3 +346,14 @@ def test_cannot_train_without_events_or_messages():
 
     with pytest.raises(CannotTrain, match="events or messages"):
         SendTimeModel().fit(None, None, None)
+
+
+def test_best_slot_block_by_block_is_the_whole_grids_answer(habits_model, monkeypatch):
+    import models.send_time as send_time
+
+    ids = ["evening", "morning", "owl", "early", "nobody"] + [f"filler{i}" for i in range(20)]
+    whole = habits_model.best_slot(ids, "email", quiet_hours=(21, 8))
+    monkeypatch.setattr(send_time, "_BEST_SLOT_CHUNK", 3)  # many blocks, the last one short
+    blocks = habits_model.best_slot(ids, "email", quiet_hours=(21, 8))
+    pd.testing.assert_frame_equal(whole, blocks)
+    assert whole["best_hour_local"].between(8, 20).all()

@@ -71,10 +71,11 @@ class ChannelTrainingConfig:
     random_state: int = 42
     # The evaluation's models are fitted and scored on a seeded random sample of this many
     # customers (all their rows) when there are more; None or 0: every customer. The registered
-    # models are always refitted on everyone. A quarter of a million customers leave hundreds of
-    # thousands of held-out messages to score, and at a million customers the evaluation's fits
-    # on everyone took as long as the refit.
-    max_eval_customers: int | None = 250_000
+    # models are always refitted on everyone. A hundred thousand customers leave over a hundred
+    # thousand held-out messages to score (intervals of a few tenths of a point); at a million
+    # customers the evaluation's fits on everyone took as long as the refit, and on a sample this
+    # size it runs beside the refit instead of after it.
+    max_eval_customers: int | None = 100_000
     # What is served (each model or its rules) is chosen on a validation window (the last
     # `test_days` before the split), with models fitted before it on a seeded sample of this many
     # customers when there are more (None or 0: every customer): enough held-out messages to tell
@@ -554,11 +555,15 @@ def choose_activity_window(
     return best
 
 
-def choose_what_is_served(tables: Tables, window, config, metrics: dict, data: dict, notes: list) -> dict:
+def choose_what_is_served(
+    tables: Tables, window, config, metrics: dict, data: dict, notes: list, population: int | None = None
+) -> dict:
     """Each family's model and its rules fitted before the validation window and scored on it
     (on a seeded sample of `config.max_validation_customers` customers when there are more);
     the best is what is served (`choose_served`). Returns {"channel": policy, "send_time": policy};
-    the scores go to `metrics` (`<family>.validation.<policy>.<metric>`) and `data`."""
+    the scores go to `metrics` (`<family>.validation.<policy>.<metric>`) and `data`. `tables`
+    may be a random sample of every customer's (the evaluation's): `population` is then how many
+    customers it was drawn from."""
     served = {"channel": "model", "send_time": "model"}
     if window is None:
         notes.append(
@@ -568,11 +573,12 @@ def choose_what_is_served(tables: Tables, window, config, metrics: dict, data: d
         data["validation"] = None
         return served
     fit_end, end = window
-    sample, population = evaluation_sample(tables, config.max_validation_customers, config.random_state)
-    if population is not None:
+    sample, drawn_from = evaluation_sample(tables, config.max_validation_customers, config.random_state)
+    if drawn_from is not None or population is not None:
+        chosen_on = config.max_validation_customers if drawn_from is not None else config.max_eval_customers
         notes.append(
-            f"what is served is chosen on a random sample of {config.max_validation_customers:,} of "
-            f"{population:,} customers (seed {config.random_state})"
+            f"what is served is chosen on a random sample of {chosen_on:,} of "
+            f"{population if population is not None else drawn_from:,} customers (seed {config.random_state})"
         )
     # only what came before the window's end: outcomes after it are the test window's
     sample = dataclasses.replace(
@@ -681,6 +687,9 @@ def evaluate_channel_and_send_time(
     data_end = data_end + pd.Timedelta(seconds=1)
     data["split_time"] = split.isoformat()
     evaluated = data_start < split
+    # the windows come from every customer's data (above), the models from a sample's: the
+    # validation's sample is drawn from the evaluation's (one pass over every customer's rows)
+    tables, population = evaluation_sample(tables, config.max_eval_customers, config.random_state)
     served = choose_what_is_served(
         tables,
         _validation_window(data_start, split, data_end, config.test_days, evaluated),
@@ -688,11 +697,10 @@ def evaluate_channel_and_send_time(
         metrics,
         data,
         notes,
+        population,
     )
     data["served"] = served
 
-    # the window comes from every customer's data (above), the models from a sample's
-    tables, population = evaluation_sample(tables, config.max_eval_customers, config.random_state)
     if population is not None:
         notes.append(
             f"evaluated on a random sample of {config.max_eval_customers:,} of {population:,} customers "
@@ -958,6 +966,20 @@ def _rows(tables: Tables) -> int:
     return sum(len(frame) for frame in (tables.events, tables.messages) if frame is not None)
 
 
+def _evaluation_rows(tables: Tables, config: ChannelTrainingConfig) -> int:
+    """About how many event and message rows the evaluation reads: every row, or on a sample of
+    `max_eval_customers` customers their share of them."""
+    rows = _rows(tables)
+    frames = [f for f in (tables.customers, tables.events, tables.messages) if f is not None and len(f)]
+    if not config.max_eval_customers or not frames:
+        return rows
+    # the customers table lists everyone when there is one (else the ids of the largest table)
+    customers = len(tables.customers) if tables.customers is not None and len(tables.customers) else None
+    if customers is None:
+        customers = int(max(frames, key=len)[c.CUSTOMER_ID].nunique())
+    return int(rows * min(1.0, config.max_eval_customers / max(customers, 1)))
+
+
 def train_channel_and_send_time(
     tables: Tables,
     as_of: pd.Timestamp | None = None,
@@ -1014,8 +1036,10 @@ def train_channel_and_send_time(
 
     # The evaluation's models and the refit are independent and seeded: with a second core, the
     # refit runs beside the evaluation (numpy, pandas and LightGBM release the GIL for their heavy
-    # parts), and the models are the ones a sequential run gives.
-    with fit_pool(2 if evaluate else 1, rows=_rows(tables)) as pool:
+    # parts), and the models are the ones a sequential run gives. What running them side by side
+    # adds to memory is the evaluation's working set (on its sample of customers), so that is what
+    # decides it.
+    with fit_pool(2 if evaluate else 1, rows=_evaluation_rows(tables, config)) as pool:
         refitted = pool.submit(refit) if pool is not None else None
         if evaluate:
             metrics, data, notes = evaluate_channel_and_send_time(tables, config, held_out)

@@ -122,7 +122,7 @@ def validate(data_dir: Path, channels: str | None) -> None:
 @click.option(
     "--channel-eval-customers",
     type=click.IntRange(min=0),
-    default=250_000,
+    default=100_000,
     show_default=True,
     help="Fit and score the channel and send-time evaluation on a seeded sample of this many customers "
     "when there are more (0: all). The registered models are always fitted on every customer.",

@@ -53,7 +53,7 @@ class TrainConfig:
     promotion_margins: dict = field(default_factory=dict)  # ... or its family's own margin here
     # customers the channel and send-time evaluation is fitted and scored on (a seeded sample
     # when there are more; 0: all); see ChannelTrainingConfig.max_eval_customers
-    channel_eval_customers: int = 250_000
+    channel_eval_customers: int = 100_000
     # how long after a message a purchase counts as its conversion, unless the message's offer
     # says otherwise (offers.duration_days)
     conversion_window_days: float = 14.0
