@@ -761,11 +761,15 @@ class CustomerProfiles(BaseEstimator):
         channel_model=None,
         send_time_model=None,
         quiet_hours: tuple[int, int] | None = (21, 8),
+        customer_features: pd.DataFrame | None = None,
     ) -> CustomerProfiles:
         """Profiles of every customer at `as_of` (default: just after the last event or message).
 
         `tables` should be identity-stitched. `channel_model` / `send_time_model` (optional) are
         fitted `models.channel.ChannelModel` / `models.send_time.SendTimeModel`.
+        `customer_features` (optional): `build_customer_features` of the same tables with every
+        event counted, when the caller has built it already (`omni train` has): its activity hours
+        and category shares are read instead of built again, where every event is before `as_of`.
         """
         if tables.events is None or len(tables.events) == 0:
             raise CannotTrain("profiles need an events table with at least one event")
@@ -828,7 +832,12 @@ class CustomerProfiles(BaseEstimator):
         frame[c.TIMEZONE] = timezone.to_numpy().astype(object)
 
         # activity by local hour and category shares (the project's feature builder)
-        activity = build_customer_features(tables.events, tables.customers, tables.products, self.as_of_)
+        every_event = customer_features is not None and tables.events[c.TS].max() < self.as_of_
+        activity = (
+            customer_features
+            if every_event
+            else build_customer_features(tables.events, tables.customers, tables.products, self.as_of_)
+        )
         activity = activity.set_index(c.CUSTOMER_ID).reindex(ids)
         hour_cols = [f"hour_{h:02d}" for h in range(24)]
         self.activity_hours_ = activity[hour_cols].fillna(0.0).to_numpy(np.float32)

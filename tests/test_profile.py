@@ -320,3 +320,19 @@ def test_attributes_become_features_numeric_and_categorical():
     np.testing.assert_array_equal(got["attr.age"], [34, np.nan, 51, 28, np.nan])
     np.testing.assert_array_equal(got["attr.segment=gold"], [1, 0, 0, 1, 0])  # missing: all zeros
     np.testing.assert_array_equal(got["attr.vip"], [1, 0, np.nan, 1, np.nan])
+
+
+def test_customer_features_built_already_give_the_same_profiles(tiny):
+    from features.customer_features import build_customer_features
+
+    built = build_customer_features(tiny.events, tiny.customers, tiny.products)
+    mine = CustomerProfiles(forecast=False).fit(tiny)
+    given = CustomerProfiles(forecast=False).fit(tiny, customer_features=built)
+    pd.testing.assert_frame_equal(given.profiles_frame(), mine.profiles_frame())
+    np.testing.assert_array_equal(given.activity_hours_, mine.activity_hours_)
+    # features of every event cannot stand in for a profile at an earlier time: built again then
+    middle = tiny.events[c.TS].sort_values().iloc[len(tiny.events) // 2]
+    early = CustomerProfiles(forecast=False).fit(tiny, as_of=middle, customer_features=built.iloc[:0])
+    rebuilt = CustomerProfiles(forecast=False).fit(tiny, as_of=middle)
+    assert early.activity_hours_.sum() > 0
+    np.testing.assert_array_equal(early.activity_hours_, rebuilt.activity_hours_)

@@ -443,12 +443,22 @@ def decisions_stage(context: TrainContext):
             conversion_window_days=context.config.conversion_window_days,
         )
         context.shared["nba_config"] = config
+        # the run's customer features (written by its features stage): not built a second time
+        features_path = context.shared.get("customer_features_path")
+        features = None
+        if features_path is not None and Path(features_path).exists():
+            import pyarrow.parquet as pq
+
+            columns = pq.read_schema(features_path).names
+            read = [col for col in columns if col == c.CUSTOMER_ID or col.startswith(("hour_", "cat_"))]
+            features = pd.read_parquet(features_path, columns=read)
         context.shared["decisions"] = train_nba(
             context.tables,
             context.model("recommender"),
             context.model("channel"),
             context.model("send_time"),
             config,
+            customer_features=features,
         )
     return context.shared["decisions"]
 

@@ -77,8 +77,10 @@ def train_nba(
     channel_model=None,
     send_time_model=None,
     config: NBAConfig | None = None,
+    customer_features: pd.DataFrame | None = None,
 ) -> tuple[CustomerProfiles, NextBestActionEngine, dict[str, float], list[str]]:
-    """Fit profiles and the next-best-action engine on stitched `tables` (see the module docstring)."""
+    """Fit profiles and the next-best-action engine on stitched `tables` (see the module docstring);
+    `customer_features`: the tables' customer features when built already (`CustomerProfiles.fit`)."""
     config = config or NBAConfig()
     started = time.perf_counter()
     policy = load_contact_policy(config.policy_file)
@@ -89,7 +91,11 @@ def train_nba(
         random_state=config.random_state,
         n_jobs=config.n_jobs,
     ).fit(
-        tables, channel_model=channel_model, send_time_model=send_time_model, quiet_hours=policy.quiet_hours
+        tables,
+        channel_model=channel_model,
+        send_time_model=send_time_model,
+        quiet_hours=policy.quiet_hours,
+        customer_features=customer_features,
     )
     profile_seconds = time.perf_counter() - started
     notes += [f"profiles: {n}" for n in profiles.notes_]

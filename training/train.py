@@ -228,6 +228,7 @@ def run_training(
         progress.update()
 
         context = TrainContext(tables, config, windows.test_days, tracking_uri=tracking_uri)
+        context.shared["customer_features_path"] = feat_path  # read again by the profiles
         stage_of = {
             "recommender": "recommender",
             "channel": "channel_send_time",
