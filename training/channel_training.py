@@ -1209,19 +1209,7 @@ def log_channel_and_send_time(
     """Inside an active MLflow run: log metrics, notes and plots, log both models as pyfunc models
     and register them; returns {registered name: version}. Aliasing (challenger / champion) is
     left to the caller, as for the recommender (`training.registry`)."""
-    import mlflow
-
-    mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
-    # which policy each registered model serves (chosen on validation): "model" or a rule
-    mlflow.set_tags(
-        {f"{family}.served": policy for family, policy in (result.served or {}).items() if policy}
-    )
-    mlflow.log_dict({"notes": result.notes}, "channel_send_time_notes.json")
-    for name, artifact in result.artifacts.items():
-        if isinstance(artifact, dict):
-            mlflow.log_dict(artifact, name if name.endswith(".json") else f"{name}.json")
-        else:
-            mlflow.log_figure(artifact, name)
+    log_engagement_run(result)
     versions = {}
     with tempfile.TemporaryDirectory(prefix="omni-channel-") as tmp:
         wrapper = Path(tmp) / "channel_send_time_pyfunc.py"
@@ -1322,6 +1310,7 @@ def log_engagement_run(result: ChannelTrainingResult) -> None:
     import mlflow
 
     mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
+    # which policy each registered model serves (chosen on validation): "model" or a rule
     mlflow.set_tags(
         {f"{family}.served": policy for family, policy in (result.served or {}).items() if policy}
     )
