@@ -43,9 +43,11 @@ demo: install train serve
 test: install
 	$(BIN)/python -m pytest -q
 
+# ruff, then the import contracts of pyproject.toml (layers, no import circles)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ["OMNI_WORKDIR"] = str(workdir)
 
     from features.synthetic import generate
+    from training.config import TrainConfig
     from training.profiling import StageTimer
-    from training.train import TrainConfig, run_training
+    from training.train import run_training
 
     timer = StageTimer()
     data_dir = args.data

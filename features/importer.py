@@ -36,8 +36,10 @@ import pandas as pd
 from features import columns as c
 from features.contract import ATTRIBUTE_PREFIX, TABLES, TIMESTAMP, ContractConfig
 from features.identity import STITCHED_TABLES, canonical_customer_ids
-from features.io import read_raw_table, write_dir_atomic
-from features.validation import ERROR, MAX_EXAMPLE_ROWS, STRING_DTYPE, WARNING, Problem, validate_tables
+from features.io import write_dir_atomic
+from features.problems import ERROR, WARNING, Problem
+from features.table_files import read_raw_table
+from features.validation import MAX_EXAMPLE_ROWS, STRING_DTYPE, validate_tables
 
 # Extra targets a mapping may name that are not contract columns but derive one.
 UNIT_PRICE = "unit_price"  # events: amount = quantity × unit_price when no amount is mapped

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -44,14 +43,11 @@ from features.contract import (
     Reference,
     TableSpec,
 )
-
-ERROR = "error"
-WARNING = "warning"
+from features.problems import ERROR, WARNING, DataValidationError, Problem
+from features.table_files import find_table_file, read_raw_table
 
 # At most this many example rows per (table, column, reason); the rest is one summary count.
 MAX_EXAMPLE_ROWS = 20
-# DataValidationError's message lists this many problems, then "... and N more".
-MAX_MESSAGE_PROBLEMS = 50
 
 DEFAULT_CONFIG = ContractConfig()
 
@@ -104,53 +100,6 @@ _KIND_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the data. `row` is the 0-based data row in the file (header excluded)."""
-
-    table: str  # "" for problems with the data folder itself
-    column: str | None
-    row: int | None
-    reason: str
-    severity: str = ERROR  # or WARNING
-
-    def __str__(self) -> str:
-        where = self.table or "data folder"
-        if self.column is not None:
-            where += f".{self.column}"
-        if self.row is not None:
-            where += f" row {self.row}"
-        return f"{where}: {self.reason}"
-
-
-class DataValidationError(ValueError):
-    """The data breaks the contract; `.problems` lists everything found (errors and warnings)."""
-
-    def __init__(self, problems: Iterable[Problem]):
-        self.problems: list[Problem] = list(problems)
-        super().__init__(format_problems(self.problems))
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == ERROR]
-
-
-def format_problems(problems: list[Problem], limit: int = MAX_MESSAGE_PROBLEMS) -> str:
-    """A readable report: a count line, then errors before warnings, at most `limit` lines."""
-    errors = [p for p in problems if p.severity == ERROR]
-    others = [p for p in problems if p.severity != ERROR]
-    ordered = errors + others
-    lines = [f"{len(errors)} error(s) and {len(others)} warning(s) in the data:"]
-    lines += [f"  {p}" if p.severity == ERROR else f"  {p.severity}: {p}" for p in ordered[:limit]]
-    if len(ordered) > limit:
-        lines.append(f"  ... and {len(ordered) - limit} more")
-    return "\n".join(lines)
-
-
-def has_errors(problems: Iterable[Problem]) -> bool:
-    return any(p.severity == ERROR for p in problems)
-
-
 # --------------------------------------------------------------------------------------------
 # Folder level
 
@@ -165,9 +114,6 @@ def read_and_validate(
     data_dir: str | Path, config: ContractConfig = DEFAULT_CONFIG
 ) -> tuple[list[Problem], dict[str, pd.DataFrame]]:
     """Finds and reads every table file in `data_dir`, then validates them: (problems, parsed frames)."""
-    # Imported here because features.io imports this module (load_tables builds on it).
-    from features.io import find_table_file, read_raw_table
-
     folder = Path(data_dir)
     if not folder.exists():
         return [Problem("", None, None, f"{folder} does not exist")], {}

@@ -1,15 +1,17 @@
-"""How models/ fit LightGBM and build customer features: in process, or on the Dask cluster of
-`omni train --dask-scheduler` while one is active (`training/distributed.py` does the work); and
-how independent in-process fits share the cores (`fit_pool`, `run_tasks`).
+"""How models/ fit LightGBM and build customer features, on a backend the caller chooses
+(`FitBackend`: this process by default; `omni train --dask-scheduler` hands in the Dask one of
+`training/distributed.py`), and how independent in-process fits share the cores (`fit_pool`,
+`run_tasks`).
 
-`training` is imported only when a fit runs: MLflow snapshots `models/` and `features/` with each
-registered model, and loading or serving a model must not need the training package.
+Nothing here imports the training package: MLflow snapshots `models/` and `features/` with each
+registered model, and loading or serving a model must not need it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -27,35 +29,118 @@ def side_by_side_max_rows() -> int:
     return int(value) if value else SIDE_BY_SIDE_MAX_ROWS
 
 
-def fit_estimator(estimator, X, y, **kwargs):
-    """`estimator.fit(X, y, **kwargs)`, or the same fit through lightgbm.dask; returns the fitted estimator."""
-    from training.distributed import fit_estimator as fit
+class FitBackend:
+    """Where LightGBM fits and customer-feature builds run: this process.
 
-    return fit(estimator, X, y, **kwargs)
+    The models call `fit_estimator`, `train_booster` and `build_customer_features` below and never
+    choose where they run: whoever runs them (`omni train --dask-scheduler`, through
+    `training/distributed.py`) hands a backend in with `using_backend`, as scikit-learn's
+    `parallel_backend` does for joblib. A subclass overrides the three methods and sets
+    `distributed`; the models stay free of Dask and of the training package.
+    """
+
+    name = "local"
+    distributed = False  # True: fits share a cluster's workers (one distributed fit at a time)
+
+    def fit_estimator(self, estimator, X, y, *, sample_weight=None, **fit_kwargs):
+        """`estimator.fit(X, y, ...)`; returns the fitted estimator."""
+        if sample_weight is None:
+            return estimator.fit(X, y, **fit_kwargs)
+        return estimator.fit(X, y, sample_weight=sample_weight, **fit_kwargs)
+
+    def train_booster(
+        self,
+        params: dict,
+        X,
+        y,
+        *,
+        num_boost_round: int,
+        group=None,
+        valid: tuple | None = None,
+        early_stopping_rounds: int | None = None,
+        feature_name: Sequence[str] | str = "auto",
+        categorical_feature: Sequence[int] | str = "auto",
+    ):
+        """`lgb.train` on (X, y[, group]), early-stopped on `valid` = (X, y[, group]) when given."""
+        import lightgbm as lgb
+
+        train = lgb.Dataset(
+            X,
+            y,
+            group=group,
+            feature_name=feature_name,
+            categorical_feature=categorical_feature,
+            free_raw_data=True,
+        )
+        valid_sets, callbacks = [], []
+        if valid is not None:
+            valid_sets = [
+                lgb.Dataset(
+                    valid[0],
+                    valid[1],
+                    group=valid[2] if len(valid) > 2 else None,
+                    categorical_feature=categorical_feature,
+                    reference=train,
+                )
+            ]
+            if early_stopping_rounds:
+                callbacks = [lgb.early_stopping(early_stopping_rounds, verbose=False)]
+        return lgb.train(
+            params, train, num_boost_round=num_boost_round, valid_sets=valid_sets, callbacks=callbacks
+        )
+
+    def build_customer_features(self, events, customers=None, products=None, as_of=None, channels=None):
+        """`features.customer_features.build_customer_features`."""
+        from features.customer_features import build_customer_features as build
+
+        return build(events, customers, products, as_of, channels)
+
+
+LOCAL_BACKEND = FitBackend()
+_backend: FitBackend = LOCAL_BACKEND
+_backend_lock = threading.Lock()
+
+
+def current_backend() -> FitBackend:
+    """The backend fits run on now (the local one unless a caller handed another in)."""
+    return _backend
+
+
+@contextmanager
+def using_backend(backend: FitBackend) -> Iterator[FitBackend]:
+    """Run the block's fits on `backend` (a module-wide setting, so the threads of `fit_pool` see
+    it too); the previous backend comes back at the end. One non-local backend at a time."""
+    global _backend
+    with _backend_lock:
+        if backend is not LOCAL_BACKEND and _backend is not LOCAL_BACKEND:
+            raise RuntimeError(f"a fit backend is already in use ({_backend.name})")
+        previous, _backend = _backend, backend
+    try:
+        yield backend
+    finally:
+        with _backend_lock:
+            _backend = previous
+
+
+def fit_estimator(estimator, X, y, **kwargs):
+    """`estimator.fit(X, y, **kwargs)` on the current backend; returns the fitted estimator."""
+    return current_backend().fit_estimator(estimator, X, y, **kwargs)
 
 
 def train_booster(params: dict, X, y, **kwargs):
-    """`lgb.train` (with optional early stopping), or the same through lightgbm.dask; returns a Booster."""
-    from training.distributed import train_booster as train
-
-    return train(params, X, y, **kwargs)
+    """`lgb.train` (with optional early stopping) on the current backend; returns a Booster."""
+    return current_backend().train_booster(params, X, y, **kwargs)
 
 
 def build_customer_features(events, customers=None, products=None, as_of=None, channels=None):
-    """`features.customer_features.build_customer_features`, per customer part on the cluster if active."""
-    from training.distributed import build_customer_features as build
-
-    return build(events, customers, products, as_of, channels)
+    """Customer features (`features.customer_features`), built on the current backend."""
+    return current_backend().build_customer_features(events, customers, products, as_of, channels)
 
 
 def fits_locally() -> bool:
-    """False while LightGBM fits go to the Dask cluster of `omni train --dask-scheduler` (one
-    distributed training at a time there: they would share the workers' ports)."""
-    try:
-        from training.distributed import active
-    except ImportError:  # a serving install without the training package fits nothing remotely
-        return True
-    return active() is None
+    """False while fits go to a distributed backend (one distributed training at a time there:
+    they would share the workers' ports)."""
+    return not current_backend().distributed
 
 
 @contextmanager

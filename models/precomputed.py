@@ -259,13 +259,3 @@ class PrecomputedLists:
         lists.fingerprint_ = meta["fingerprint"]
         lists.build_seconds_ = float(meta.get("build_seconds", 0.0))
         return lists
-
-
-def compute_slice(job: tuple) -> dict:
-    """`PrecomputedLists.compute_part` in another process: (model folder, length, max_customers,
-    customer rows) -> the part, for `fit(..., parts=...)`."""
-    from models.two_stage import TwoStageRecommender
-
-    folder, length, max_customers, rows = job
-    recommender = TwoStageRecommender.load(folder)
-    return PrecomputedLists(length=length, max_customers=max_customers).compute_part(recommender, rows)

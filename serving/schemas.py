@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from features.context_store import EVENT_TYPES, PRODUCT_EVENTS
+from serving.context_store import EVENT_TYPES, PRODUCT_EVENTS
 
 ChannelName = Literal["store", "web", "app", "email", "sms", "push", "social", "call_center"]
 MessageChannel = Literal["email", "sms", "push", "social"]

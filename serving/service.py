@@ -1,7 +1,7 @@
 """The BentoML service: loads the champion models once per worker and answers over HTTP.
 
 No business logic lives here: requests are validated by the pydantic schemas and passed to
-`models/` (and the event context to `features/context_store.py`). Models come from the BentoML
+`models/` (and the event context to `serving/context_store.py`). Models come from the BentoML
 model store, imported from the MLflow registry's champions by `omni build` (its manifest says
 which). Every model family is optional: the service starts with whatever the last build imported
 (at least one model), and a route whose model is missing answers 404 with the family and the
@@ -58,11 +58,8 @@ def _request_id() -> str:
 @bentoml.service(workers=WORKERS, traffic={"timeout": 30})
 class OmniService:
     def __init__(self) -> None:
-        from features.context_store import ContextStore, default_context_path
-        from models.channel import ChannelModel
-        from models.nba import NextBestActionEngine
-        from models.send_time import SendTimeModel
-        from models.two_stage import TwoStageRecommender
+        from models.catalog import CHANNEL, NBA, RECOMMENDER, SEND_TIME
+        from serving.context_store import ContextStore, default_context_path
         from training.build import load_served_model, missing_served_message, served_manifest
 
         manifest = served_manifest()
@@ -71,37 +68,33 @@ class OmniService:
         # family → why its routes cannot answer (only for the families this service lacks)
         self.missing: dict[str, str] = {}
 
-        def load(family: str, name: str, loader):
-            try:
-                folder, version = load_served_model(name, manifest)
-            except LookupError:
-                self.missing[family] = missing_served_message(family, name, manifest)
-                return None, None
-            try:
-                return loader(folder), version
-            except Exception as exc:  # a broken artefact must stop start-up, whatever broke
-                raise RuntimeError(f"cannot start: model '{name}' v{version} does not load: {exc}") from exc
+        versions: dict[str, str] = {}
 
-        self.recommender, rec_version = load("recommender", "omni-recommender", TwoStageRecommender.load)
-        self.channel_model, channel_version = load("channel", "omni-channel", ChannelModel.load)
-        self.send_time_model, send_time_version = load("send_time", "omni-send-time", SendTimeModel.load)
+        def load(entry, *args):
+            try:
+                folder, version = load_served_model(entry.name, manifest)
+            except LookupError:
+                for family in entry.families:
+                    self.missing[family] = missing_served_message(family, entry.name, manifest)
+                return None
+            try:
+                model = entry.load(folder, *args)
+            except Exception as exc:  # a broken artefact must stop start-up, whatever broke
+                raise RuntimeError(
+                    f"cannot start: model '{entry.name}' v{version} does not load: {exc}"
+                ) from exc
+            versions[entry.version_key] = version
+            return model
+
+        self.recommender = load(RECOMMENDER)
+        self.channel_model = load(CHANNEL)
+        self.send_time_model = load(SEND_TIME)
         # without a recommender the engine's decisions carry no product items
-        self.engine, nba_version = load(
-            "next_best_action",
-            "omni-nba",
-            lambda folder: NextBestActionEngine.load(
-                folder, self.recommender, self.channel_model, self.send_time_model
-            ),
-        )
-        if self.engine is None:
-            self.missing["profiles"] = missing_served_message("profiles", "omni-nba", manifest)
-        versions = {
-            "recommender": rec_version,
-            "nba": nba_version,
-            "channel": channel_version,
-            "send_time": send_time_version,
+        self.engine = load(NBA, self.recommender, self.channel_model, self.send_time_model)
+        order = (RECOMMENDER, NBA, CHANNEL, SEND_TIME)  # the answers' order of model_versions
+        self.model_versions = {
+            e.version_key: versions[e.version_key] for e in order if e.version_key in versions
         }
-        self.model_versions = {key: version for key, version in versions.items() if version}
         self.context = ContextStore(os.environ.get("OMNI_CONTEXT_DB") or default_context_path())
         # the one-off costs of the first request (look-up tables, the channel model's scores) are
         # paid here, once per worker, not by a client

@@ -43,7 +43,8 @@ def generated_data(workdir):
 
 @pytest.fixture(scope="session")
 def trained(generated_data, tracking_uri):
-    from training.train import TrainConfig, run_training
+    from training.config import TrainConfig
+    from training.train import run_training
 
     config = TrainConfig(factors=16, iterations=5)
     return run_training(generated_data, tracking_uri, config, show_progress=False)

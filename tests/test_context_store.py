@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from features.context_store import EVENT_TYPES, ContextStore
+from serving.context_store import EVENT_TYPES, ContextStore
 
 T0 = 1_750_000_000.0  # a fixed "now" in epoch seconds
 

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from models.catalog import RECOMMENDER
 from training.cli import main
-from training.settings import CHALLENGER, CHAMPION, REGISTERED_RECOMMENDER
+from training.settings import CHALLENGER, CHAMPION
 
 
 def _free_port() -> int:
@@ -74,14 +75,14 @@ def test_train_promote_and_rollback_over_http(mlflow_server, generated_data):
     assert "omni-recommender v2 NOT promoted" in worse.output
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
-    champion = client.get_model_version_by_alias(REGISTERED_RECOMMENDER, CHAMPION)
-    challenger = client.get_model_version_by_alias(REGISTERED_RECOMMENDER, CHALLENGER)
+    champion = client.get_model_version_by_alias(RECOMMENDER.name, CHAMPION)
+    challenger = client.get_model_version_by_alias(RECOMMENDER.name, CHALLENGER)
     assert str(champion.version) == "1" and str(challenger.version) == "2"
 
     assert runner.invoke(main, ["promote", "--tracking-uri", mlflow_server]).exit_code == 0
-    assert str(client.get_model_version_by_alias(REGISTERED_RECOMMENDER, CHAMPION).version) == "2"
+    assert str(client.get_model_version_by_alias(RECOMMENDER.name, CHAMPION).version) == "2"
     assert runner.invoke(main, ["rollback", "--tracking-uri", mlflow_server]).exit_code == 0
-    assert str(client.get_model_version_by_alias(REGISTERED_RECOMMENDER, CHAMPION).version) == "1"
+    assert str(client.get_model_version_by_alias(RECOMMENDER.name, CHAMPION).version) == "1"
 
     # the champion's artefacts come back over HTTP and serve recommendations
     result = runner.invoke(

@@ -673,9 +673,10 @@ def _nba_train_and_gate(tables, uri: str):
 
     import mlflow
 
+    from training.config import TrainConfig
     from training.families import FAMILIES, FamilyOutcome, TrainContext
     from training.tracking import setup_tracking
-    from training.train import TrainConfig, register_families
+    from training.train import register_families
 
     context = TrainContext(tables, TrainConfig(), test_days=28, tracking_uri=uri)
     for family in FAMILIES:

@@ -4,14 +4,16 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from models.catalog import RECOMMENDER
 from training.cli import main
+from training.config import TrainConfig
 from training.registry import champion_history, decide_promotion
-from training.settings import CHALLENGER, CHAMPION, REGISTERED_RECOMMENDER
-from training.train import TrainConfig, run_training
+from training.settings import CHALLENGER, CHAMPION
+from training.train import run_training
 
 
 def _alias(client, alias):
-    return str(client.get_model_version_by_alias(REGISTERED_RECOMMENDER, alias).version)
+    return str(client.get_model_version_by_alias(RECOMMENDER.name, alias).version)
 
 
 def test_decision_rule():
@@ -67,7 +69,7 @@ def test_the_deployed_champion_is_judged_on_new_data(generated_data, older_data,
     result = runner.invoke(main, ["rollback", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     assert _alias(client, CHAMPION) == champion_before
-    assert champion_history(client, REGISTERED_RECOMMENDER)[-1] == champion_before
+    assert champion_history(client, RECOMMENDER.name)[-1] == champion_before
 
     # the champion's own configuration, fitted before the new window, scores like the champion
     # there (within a point: its cut-off and so its recency weights differ by a few hours)

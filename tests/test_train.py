@@ -7,8 +7,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from models.catalog import RECOMMENDER
 from training.cli import main
-from training.settings import CHAMPION, REGISTERED_RECOMMENDER
+from training.settings import CHAMPION
 
 
 def test_train_reports_both_models_side_by_side(trained):
@@ -25,7 +26,7 @@ def test_run_and_champion_alias_are_in_mlflow(trained, tracking_uri):
     run = client.get_run(trained.run_id)
     assert "als.ndcg_at_10" in run.data.metrics and "popularity.ndcg_at_10" in run.data.metrics
     assert run.data.params["recommender.factors"] == "16"
-    mv = client.get_model_version_by_alias(REGISTERED_RECOMMENDER, CHAMPION)
+    mv = client.get_model_version_by_alias(RECOMMENDER.name, CHAMPION)
     assert str(mv.version) == trained.model_version
     assert mv.run_id == trained.run_id
 
@@ -37,12 +38,12 @@ def test_train_on_bad_folder_exits_2_and_registers_nothing(trained, generated_da
     events.loc[3, "channel"] = "carrier-pigeon"
     events.to_parquet(bad / "events.parquet", index=False)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    before = len(client.search_model_versions(f"name='{REGISTERED_RECOMMENDER}'"))
+    before = len(client.search_model_versions(f"name='{RECOMMENDER.name}'"))
     result = CliRunner().invoke(main, ["train", "--data", str(bad), "--tracking-uri", tracking_uri])
     assert result.exit_code == 2
     assert "carrier-pigeon" in result.output
     assert "nothing was trained" in result.output
-    assert len(client.search_model_versions(f"name='{REGISTERED_RECOMMENDER}'")) == before
+    assert len(client.search_model_versions(f"name='{RECOMMENDER.name}'")) == before
 
 
 def test_train_on_missing_folder_exits_2(tmp_path, tracking_uri):

@@ -14,22 +14,10 @@ import pytest
 
 from features import columns as c
 from features.contract import DEFAULT_CHANNELS, ContractConfig
-from features.io import (
-    Tables,
-    find_table_file,
-    load_tables,
-    read_raw_table,
-    write_dir_atomic,
-    write_table_atomic,
-)
-from features.validation import (
-    MAX_EXAMPLE_ROWS,
-    WARNING,
-    DataValidationError,
-    Problem,
-    validate_dir,
-    validate_tables,
-)
+from features.io import Tables, load_tables, write_dir_atomic, write_table_atomic
+from features.problems import WARNING, DataValidationError, Problem
+from features.table_files import find_table_file, read_raw_table
+from features.validation import MAX_EXAMPLE_ROWS, validate_dir, validate_tables
 
 
 def utc(text: str) -> pd.Timestamp:

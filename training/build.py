@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.catalog import CATALOG, RECOMMENDER, by_name
 from training.settings import CHAMPION, quiet_libraries
 
 quiet_libraries()
@@ -31,12 +32,7 @@ import bentoml  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 # registered name → the artefact folder inside the logged MLflow model
-SERVED_MODELS: dict[str, str] = {
-    "omni-recommender": "recommender",
-    "omni-channel": "channel",
-    "omni-send-time": "send_time",
-    "omni-nba": "nba",
-}
+SERVED_MODELS: dict[str, str] = {entry.name: entry.folder for entry in CATALOG}
 BUILD_MANIFEST = "omni-build"  # the BentoML store's record of the last build (see the module doc)
 MANIFEST_FILE = "served.json"
 
@@ -76,7 +72,7 @@ def import_champions(
     model at all (nothing is imported then). The recommender's copy gets its precomputed lists
     (`precompute`, default `PrecomputeSettings()`)."""
     precompute = precompute or PrecomputeSettings()
-    from training.scoring import MODEL_FAMILIES, missing_model_message
+    from training.scoring import missing_model_message
     from training.tracking import download_model_folder, latest_skip_reasons, registry_client
 
     registry_client(tracking_uri)  # a clear LookupError when the store does not exist
@@ -90,7 +86,7 @@ def import_champions(
         except LookupError as exc:
             if not missing:
                 reasons = latest_skip_reasons(tracking_uri)
-            family = MODEL_FAMILIES.get(name, (name,))[0]
+            family = by_name(name).family
             missing[name] = missing_model_message(family, reasons, str(exc))
     if not found:
         raise LookupError(
@@ -115,7 +111,7 @@ def import_champions(
         ) as model:
             shutil.copytree(folder, model.path_of(artifact))
             precomputed = 0
-            if name == "omni-recommender" and precompute.max_customers != 0:
+            if name == RECOMMENDER.name and precompute.max_customers != 0:
                 # inside the `create` block: if this fails, the half-made model is not kept
                 precomputed = precompute_lists(Path(model.path_of(artifact)), precompute)
         imported.append(ImportedModel(name, version, tag, precomputed))
@@ -175,7 +171,7 @@ def precompute_lists(folder: Path, settings: PrecomputeSettings) -> int:
     sub-folder (nothing for other recommenders); returns how many customers they cover."""
     import numpy as np
 
-    from models.precomputed import PrecomputedLists, compute_slice
+    from models.precomputed import PrecomputedLists
     from models.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
 
     if not (folder / "two_stage.json").exists():
@@ -196,10 +192,21 @@ def precompute_lists(folder: Path, settings: PrecomputeSettings) -> int:
         slices = np.array_split(rows, workers)
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             jobs = [(str(folder), settings.length, settings.max_customers, part) for part in slices]
-            parts = list(pool.map(compute_slice, jobs))
+            parts = list(pool.map(_precompute_slice, jobs))
         lists.fit(recommender, parts=parts)
     lists.save(folder / PRECOMPUTED_FOLDER)
     return lists.n_customers
+
+
+def _precompute_slice(job: tuple) -> dict:
+    """`PrecomputedLists.compute_part` in another process: (model folder, length, max_customers,
+    customer rows) -> the part, for `PrecomputedLists.fit(..., parts=...)`."""
+    from models.precomputed import PrecomputedLists
+    from models.two_stage import TwoStageRecommender
+
+    folder, length, max_customers, rows = job
+    recommender = TwoStageRecommender.load(folder)
+    return PrecomputedLists(length=length, max_customers=max_customers).compute_part(recommender, rows)
 
 
 def build_bento() -> str:

@@ -54,12 +54,11 @@ from features import columns as c
 from features.codes import positions
 from features.io import Tables, rows_before
 from models.base import CannotTrain
+from models.catalog import CHANNEL, SEND_TIME
 from models.channel import EVENT_COLUMNS, PROBABILITY, ChannelModel, engagement_ts
 from models.fitting import fit_pool
 from models.send_time import HOURS, SendTimeModel, engaged_before, local_slots
 
-REGISTERED_CHANNEL = "omni-channel"
-REGISTERED_SEND_TIME = "omni-send-time"
 _Z95 = float(norm.ppf(0.975))
 
 
@@ -1203,8 +1202,8 @@ mlflow.models.set_model(ChannelSendTimePyfunc())
 
 def log_channel_and_send_time(
     result: ChannelTrainingResult,
-    registered_channel: str = REGISTERED_CHANNEL,
-    registered_send_time: str = REGISTERED_SEND_TIME,
+    registered_channel: str = CHANNEL.name,
+    registered_send_time: str = SEND_TIME.name,
 ) -> dict[str, str]:
     """Inside an active MLflow run: log metrics, notes and plots, log both models as pyfunc models
     and register them; returns {registered name: version}. Aliasing (challenger / champion) is
@@ -1282,28 +1281,6 @@ def _requirements() -> list[str]:
     ]
 
 
-def load_champion_channel_model(tracking_uri: str, name: str = REGISTERED_CHANNEL, alias: str = "champion"):
-    """The aliased channel model and its version (LookupError with the reason when there is none)."""
-    from training.tracking import download_model_folder
-
-    folder, version = download_model_folder(tracking_uri, name, alias, artifact="channel")
-    from training.scoring import read_model
-
-    return read_model(ChannelModel.load, folder, name, version), version
-
-
-def load_champion_send_time_model(
-    tracking_uri: str, name: str = REGISTERED_SEND_TIME, alias: str = "champion"
-):
-    """The aliased send-time model and its version (LookupError with the reason when there is none)."""
-    from training.tracking import download_model_folder
-
-    folder, version = download_model_folder(tracking_uri, name, alias, artifact="send_time")
-    from training.scoring import read_model
-
-    return read_model(SendTimeModel.load, folder, name, version), version
-
-
 def log_engagement_run(result: ChannelTrainingResult) -> None:
     """Inside an active MLflow run: the stage's metrics, which policy each family serves, its
     notes and plots (once per run, whichever of its families registers)."""
@@ -1322,12 +1299,12 @@ def log_engagement_run(result: ChannelTrainingResult) -> None:
             mlflow.log_figure(artifact, name)
 
 
-def register_channel_model(model: ChannelModel, registered_name: str = REGISTERED_CHANNEL) -> str:
+def register_channel_model(model: ChannelModel, registered_name: str = CHANNEL.name) -> str:
     """Log the channel model as a pyfunc model in the active run and register it; the version."""
     return _register("channel", model, registered_name)
 
 
-def register_send_time_model(model: SendTimeModel, registered_name: str = REGISTERED_SEND_TIME) -> str:
+def register_send_time_model(model: SendTimeModel, registered_name: str = SEND_TIME.name) -> str:
     """Log the send-time model as a pyfunc model in the active run and register it; the version."""
     return _register("send_time", model, registered_name)
 

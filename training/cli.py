@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from training.settings import REGISTERED_RECOMMENDER, default_data_dir, default_tracking_uri, quiet_libraries
+from models.catalog import CHANNEL, RECOMMENDER, SEND_TIME, by_name
+from training.settings import default_data_dir, default_tracking_uri, quiet_libraries
 
 quiet_libraries()
 
@@ -172,10 +173,11 @@ def train(
     trained. Each new version is aliased `challenger`, and `champion` moves to it only when it is at
     least as good as the deployed champion on the same new window.
     """
-    from features.validation import DataValidationError
+    from features.problems import DataValidationError
+    from training.config import TrainConfig
     from training.distributed import SchedulerUnreachable
     from training.families import FAMILY_NAMES, NothingTrained
-    from training.train import TrainConfig, format_result, run_training
+    from training.train import format_result, run_training
 
     data_dir = data_dir or default_data_dir()
     margin, margins = 0.0, {}
@@ -244,12 +246,12 @@ def recommend(data_dir, tracking_uri, all_customers, customer_ids, k, exclude_pu
     many already-bought products as the data say; --exclude-purchased leaves those out.
     """
     from features.io import write_table_atomic
-    from training.scoring import load_champion_recommender, recommendations_frame
+    from training.scoring import load_champion, recommendations_frame
 
     _ids_or_fail(all_customers, customer_ids, out_file)
     tracking_uri = tracking_uri or default_tracking_uri()
     try:
-        rec, version = load_champion_recommender(tracking_uri)
+        rec, version = load_champion(tracking_uri, RECOMMENDER)
     except LookupError as exc:
         fail_missing(tracking_uri, "recommender", exc)
     ids = rec.customer_ids_.tolist() if all_customers else list(customer_ids)
@@ -297,12 +299,12 @@ def channel(tracking_uri, all_customers, customer_ids, out_file, reasons_out) ->
     Parquet columns: customer_id, channel, rank, probability, conversion_probability, fallback
     (fallback = too little message history: the estimate comes from similar customers).
     """
-    from training.channel_training import load_champion_channel_model
+    from training.scoring import load_champion
 
     _ids_or_fail(all_customers, customer_ids, out_file)
     tracking_uri = tracking_uri or default_tracking_uri()
     try:
-        model, version = load_champion_channel_model(tracking_uri)
+        model, version = load_champion(tracking_uri, CHANNEL)
     except LookupError as exc:
         fail_missing(tracking_uri, "channel", exc)
     ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
@@ -341,7 +343,7 @@ def send_time(
     import pandas as pd
 
     from models.send_time import parse_quiet_hours
-    from training.channel_training import load_champion_send_time_model
+    from training.scoring import load_champion
 
     _ids_or_fail(all_customers, customer_ids, out_file)
     try:
@@ -352,7 +354,7 @@ def send_time(
     after_ts = after_ts.tz_localize("UTC") if after_ts.tzinfo is None else after_ts.tz_convert("UTC")
     tracking_uri = tracking_uri or default_tracking_uri()
     try:
-        model, version = load_champion_send_time_model(tracking_uri)
+        model, version = load_champion(tracking_uri, SEND_TIME)
     except LookupError as exc:
         fail_missing(tracking_uri, "send_time", exc)
     ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
@@ -423,7 +425,7 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
     if data_dir:
         from features.identity import stitch_identities
         from features.io import load_tables
-        from features.validation import DataValidationError
+        from features.problems import DataValidationError
         from models.contact_policy import ContactLedger
 
         try:
@@ -623,7 +625,7 @@ def build(tracking_uri, no_bento, precompute_customers, precompute_length) -> No
 model_name_option = click.option(
     "--model",
     "model_name",
-    default=REGISTERED_RECOMMENDER,
+    default=RECOMMENDER.name,
     show_default=True,
     help="Registered model name.",
 )
@@ -679,11 +681,15 @@ def _registered(tracking_uri: str, model_name: str):
 def _skip_hint(tracking_uri: str, model_name: str) -> str:
     """ "; <why the last omni train did not train it>" for a registered model name whose family the
     last training run skipped, else ""."""
-    from training.scoring import MODEL_FAMILIES, family_name, skip_explanation
+    from training.scoring import family_name, skip_explanation
     from training.tracking import latest_skip_reasons
 
     reasons = latest_skip_reasons(tracking_uri)
-    for family in MODEL_FAMILIES.get(model_name, ()):
+    try:
+        families = by_name(model_name).families
+    except KeyError:
+        families = ()
+    for family in families:
         why = skip_explanation(family, reasons)
         if why:
             return f"; no {family_name(family)} in that run: {why}"

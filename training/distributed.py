@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from features import columns as c
+from models.fitting import LOCAL_BACKEND, FitBackend, using_backend
 
 LOCAL_FIT_NOTE = "ALS/EASE fit locally: implicit has no distributed backend"
 
@@ -114,12 +115,42 @@ def use_cluster(
             raise RuntimeError(f"a Dask cluster is already active ({_active.address})")
         _active = ctx
     try:
-        yield ctx
+        with using_backend(DaskBackend(ctx)):
+            yield ctx
     finally:
         with _lock:
             _active = None
         if own:
             ctx.client.close()
+
+
+class DaskBackend(FitBackend):
+    """The fit backend of a cluster (`models.fitting.FitBackend`): LightGBM through
+    `lightgbm.dask`, customer features one customer-hash part per task."""
+
+    name = "dask"
+    distributed = True
+
+    def __init__(self, ctx: DaskContext):
+        self.ctx = ctx
+
+    def fit_estimator(self, estimator, X, y, *, sample_weight=None, **fit_kwargs):
+        local = _fit_on_cluster(self.ctx, estimator, X, y, sample_weight=sample_weight, **fit_kwargs)
+        estimator.__dict__.update(local.__dict__)
+        return estimator
+
+    def train_booster(self, params: dict, X, y, **kwargs):
+        return _train_booster_on_cluster(self.ctx, params, X, y, **kwargs)
+
+    def build_customer_features(
+        self, events, customers=None, products=None, as_of=None, channels=None, n_parts=None
+    ):
+        return _customer_features_on_cluster(self.ctx, events, customers, products, as_of, channels, n_parts)
+
+
+def _backend() -> FitBackend:
+    ctx = active()
+    return LOCAL_BACKEND if ctx is None else DaskBackend(ctx)
 
 
 # ------------------------------------------------------------------------------ features
@@ -137,12 +168,13 @@ def build_customer_features(
     running the same function on its customers' events; the frames are concatenated in customer
     order and a category no customer of a part bought is a 0 share there, as in one process.
     """
-    from features.customer_features import build_customer_features as build_local
+    backend = _backend()
+    if isinstance(backend, DaskBackend):
+        return backend.build_customer_features(events, customers, products, as_of, channels, n_parts)
+    return backend.build_customer_features(events, customers, products, as_of, channels)
 
-    ctx = active()
-    if ctx is None:
-        return build_local(events, customers, products, as_of, channels)
 
+def _customer_features_on_cluster(ctx: DaskContext, events, customers, products, as_of, channels, n_parts):
     ev = events if as_of is None else events[events[c.TS] < as_of]
     as_of = as_of if as_of is not None else (ev[c.TS].max() + pd.Timedelta(seconds=1))
     channels = channels or tuple(sorted(pd.unique(ev[c.CHANNEL].astype(str))))
@@ -161,7 +193,7 @@ def build_customer_features(
         if len(ev_p) or (cust_p is not None and len(cust_p))
     ]
     if not tasks:  # no events and no customers: nothing to spread
-        return build_local(ev, customers, products, as_of, channels)
+        return LOCAL_BACKEND.build_customer_features(ev, customers, products, as_of, channels)
 
     client = ctx.client
     products_f = client.scatter(products, broadcast=True) if products is not None else None
@@ -237,14 +269,7 @@ def fit_estimator(estimator, X, y, *, sample_weight=None, **fit_kwargs):
     either way (as `fit` does), so `est = fit_estimator(est, X, y)` and `fit_estimator(est, X, y)`
     both work. `fit_kwargs` (e.g. `group`, `feature_name`, `categorical_feature`) go to `fit`.
     """
-    ctx = active()
-    if ctx is None:
-        if sample_weight is None:
-            return estimator.fit(X, y, **fit_kwargs)
-        return estimator.fit(X, y, sample_weight=sample_weight, **fit_kwargs)
-    local = _fit_on_cluster(ctx, estimator, X, y, sample_weight=sample_weight, **fit_kwargs)
-    estimator.__dict__.update(local.__dict__)
-    return estimator
+    return _backend().fit_estimator(estimator, X, y, sample_weight=sample_weight, **fit_kwargs)
 
 
 def train_booster(
@@ -267,34 +292,33 @@ def train_booster(
     early-stopping rule replayed on `valid` (see the module's doc); `best_iteration` and
     `best_score["valid_0"]` are set as `lgb.train` sets them.
     """
-    import lightgbm as lgb
+    return _backend().train_booster(
+        params,
+        X,
+        y,
+        num_boost_round=num_boost_round,
+        group=group,
+        valid=valid,
+        early_stopping_rounds=early_stopping_rounds,
+        feature_name=feature_name,
+        categorical_feature=categorical_feature,
+    )
 
-    ctx = active()
-    if ctx is None:
-        train = lgb.Dataset(
-            X,
-            y,
-            group=group,
-            feature_name=feature_name,
-            categorical_feature=categorical_feature,
-            free_raw_data=True,
-        )
-        valid_sets, callbacks = [], []
-        if valid is not None:
-            valid_sets = [
-                lgb.Dataset(
-                    valid[0],
-                    valid[1],
-                    group=valid[2] if len(valid) > 2 else None,
-                    categorical_feature=categorical_feature,
-                    reference=train,
-                )
-            ]
-            if early_stopping_rounds:
-                callbacks = [lgb.early_stopping(early_stopping_rounds, verbose=False)]
-        return lgb.train(
-            params, train, num_boost_round=num_boost_round, valid_sets=valid_sets, callbacks=callbacks
-        )
+
+def _train_booster_on_cluster(
+    ctx: DaskContext,
+    params: dict,
+    X,
+    y,
+    *,
+    num_boost_round: int,
+    group=None,
+    valid: tuple | None = None,
+    early_stopping_rounds: int | None = None,
+    feature_name: Sequence[str] | str = "auto",
+    categorical_feature: Sequence[int] | str = "auto",
+):
+    import lightgbm as lgb
 
     kind = _kind_of_objective(params.get("objective", "regression"))
     fit_kwargs: dict[str, Any] = {}

@@ -31,6 +31,7 @@ import pandas as pd
 from features import columns as c
 from features.io import Tables
 from models.base import CannotTrain
+from models.catalog import CHANNEL, NBA, RECOMMENDER, SEND_TIME
 
 
 class NothingTrained(ValueError):
@@ -180,8 +181,8 @@ class RecommenderFamily(ModelFamily):
     """Which products: the two-stage recommender, serving on each list what won on validation."""
 
     name = "recommender"
-    registered_name = "omni-recommender"
-    artifact = "recommender"
+    registered_name = RECOMMENDER.name
+    artifact = RECOMMENDER.folder
     requires = "events with product_id and purchase events (a products table is optional)"
 
     def missing(self, tables: Tables) -> str | None:
@@ -197,8 +198,8 @@ class RecommenderFamily(ModelFamily):
 
     def train(self, context: TrainContext) -> FamilyOutcome:
         from models.two_stage import TwoStageRecommender
+        from training.config import recommender_params, recs_config
         from training.recs_training import train_two_stage
-        from training.train import recommender_params, recs_config
 
         champion = context.champion(self, TwoStageRecommender.load)
         model, metrics, info = train_two_stage(
@@ -234,8 +235,8 @@ class ChannelFamily(ModelFamily):
     rule when the model does not beat it on validation."""
 
     name = "channel"
-    registered_name = "omni-channel"
-    artifact = "channel"
+    registered_name = CHANNEL.name
+    artifact = CHANNEL.folder
     requires = "a messages table (consent and customers optional)"
 
     def missing(self, tables: Tables) -> str | None:
@@ -276,8 +277,8 @@ class SendTimeFamily(ModelFamily):
     global best hour when the model does not beat them on validation."""
 
     name = "send_time"
-    registered_name = "omni-send-time"
-    artifact = "send_time"
+    registered_name = SEND_TIME.name
+    artifact = SEND_TIME.folder
     requires = "events or messages with timestamps (customers.timezone optional)"
 
     def train(self, context: TrainContext) -> FamilyOutcome:
@@ -352,8 +353,8 @@ class ProfilesFamily(ModelFamily):
     next-best-action engine, whose folder holds them)."""
 
     name = "profiles"
-    registered_name = "omni-nba"
-    artifact = "nba"
+    registered_name = NBA.name
+    artifact = NBA.folder
     requires = "purchase events (messages, offers and customers attributes optional)"
 
     def missing(self, tables: Tables) -> str | None:
@@ -379,8 +380,8 @@ class NextBestActionFamily(ModelFamily):
     """What to do next: uplift learners under the contact policy, guarded by the best fixed action."""
 
     name = "next_best_action"
-    registered_name = "omni-nba"
-    artifact = "nba"
+    registered_name = NBA.name
+    artifact = NBA.folder
     requires = "purchase events; messages (and offers) to learn uplift from"
 
     def missing(self, tables: Tables) -> str | None:

@@ -7,17 +7,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from features import columns as c
-from models.two_stage import TwoStageRecommender
-from training.settings import CHAMPION, REGISTERED_RECOMMENDER
+from models.catalog import CHANNEL, NBA, RECOMMENDER, SEND_TIME, RegisteredModel
+from training.settings import CHAMPION
 
-# registered model → the `omni train` model families it holds (the names of the training run's
-# `skipped.<family>` tags); the profiles travel inside the next-best-action engine's folder
-MODEL_FAMILIES: dict[str, tuple[str, ...]] = {
-    REGISTERED_RECOMMENDER: ("recommender",),
-    "omni-channel": ("channel",),
-    "omni-send-time": ("send_time",),
-    "omni-nba": ("next_best_action", "profiles"),
-}
 # family → (what it is called in a sentence, whether that name is plural)
 _FAMILY_NAMES: dict[str, tuple[str, bool]] = {
     "recommender": ("recommender", False),
@@ -63,14 +55,13 @@ def missing_champion_message(tracking_uri: str, family: str, error: Exception | 
     return missing_model_message(family, latest_skip_reasons(tracking_uri), str(error))
 
 
-def load_champion_recommender(
-    tracking_uri: str, name: str = REGISTERED_RECOMMENDER
-) -> tuple[TwoStageRecommender, str]:
-    """The champion recommender and its registry version; LookupError with the reason if there is none."""
+def load_champion(tracking_uri: str, entry: RegisteredModel = RECOMMENDER, *args, alias: str = CHAMPION):
+    """The registry's `alias` (champion) of a catalogued model and its version; LookupError with the
+    reason when there is none or when this code cannot read it. `args` go to the model's `load`."""
     from training.tracking import download_model_folder
 
-    folder, version = download_model_folder(tracking_uri, name, CHAMPION)
-    return read_model(TwoStageRecommender.load, folder, name, version), version
+    folder, version = download_model_folder(tracking_uri, entry.name, alias, artifact=entry.folder)
+    return read_model(entry.load, folder, entry.name, version, *args), version
 
 
 def read_model(loader, folder, name: str, version: str, *args):
@@ -119,33 +110,25 @@ def load_champion_engine(tracking_uri: str, warn=print):
     models; returns (engine, versions). Each of those three may be missing (a family the last
     `omni train` skipped): the engine then uses its fallback (no product items without a
     recommender), with a warning that says why. LookupError when there is no engine."""
-    from models.nba import NextBestActionEngine
-    from training.channel_training import load_champion_channel_model, load_champion_send_time_model
     from training.tracking import download_model_folder, latest_skip_reasons
 
-    folder, nba_version = download_model_folder(tracking_uri, "omni-nba", CHAMPION, artifact="nba")
-    versions = {"nba": nba_version}
+    folder, nba_version = download_model_folder(tracking_uri, NBA.name, CHAMPION, artifact=NBA.folder)
+    versions = {NBA.version_key: nba_version}
     loaded = {}
     reasons = None
-    for key, loader, fallback in (
-        ("recommender", load_champion_recommender, "decisions carry no product items"),
-        ("channel", load_champion_channel_model, "using the engine's fallback for channel"),
-        ("send_time", load_champion_send_time_model, "using the engine's fallback for send_time"),
+    for entry, fallback in (
+        (RECOMMENDER, "decisions carry no product items"),
+        (CHANNEL, "using the engine's fallback for channel"),
+        (SEND_TIME, "using the engine's fallback for send_time"),
     ):
         try:
-            loaded[key], versions[key] = loader(tracking_uri)
+            loaded[entry.version_key], versions[entry.version_key] = load_champion(tracking_uri, entry)
         except LookupError as exc:
-            loaded[key] = None
+            loaded[entry.version_key] = None
             if reasons is None:
                 reasons = latest_skip_reasons(tracking_uri)
-            warn(f"warning: {missing_model_message(key, reasons, str(exc))}; {fallback}")
+            warn(f"warning: {missing_model_message(entry.family, reasons, str(exc))}; {fallback}")
     engine = read_model(
-        NextBestActionEngine.load,
-        folder,
-        "omni-nba",
-        nba_version,
-        loaded["recommender"],
-        loaded["channel"],
-        loaded["send_time"],
+        NBA.load, folder, NBA.name, nba_version, loaded["recommender"], loaded["channel"], loaded["send_time"]
     )
     return engine, versions

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REGISTERED_RECOMMENDER = "omni-recommender"
 EXPERIMENT_NAME = "omni"
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from features import columns as c
+from training.settings import work_dir
 
 EVENT_TYPES: tuple[str, ...] = (
     "view",
@@ -53,8 +54,6 @@ CREATE INDEX IF NOT EXISTS events_customer_ts ON events ({c.CUSTOMER_ID}, {c.TS}
 
 def default_context_path() -> Path:
     """`<work dir>/context.db`: where the service keeps the event context unless told otherwise."""
-    from training.settings import work_dir
-
     return work_dir() / "context.db"
 
 
