@@ -82,8 +82,16 @@ from features import columns as c  # noqa: E402
 from features.identity import stitch_identities  # noqa: E402
 from features.io import load_tables  # noqa: E402
 from features.synthetic import MESSAGE_CHANNELS, generate, true_open_probability  # noqa: E402
-from models.channel import ChannelModel  # noqa: E402
-from models.send_time import DAYS, HOURS, SLOTS, SendTimeModel, engaged_before, is_quiet, local_slots  # noqa: E402
+from models.engagement.channel import ChannelModel  # noqa: E402
+from models.engagement.send_time import (  # noqa: E402
+    DAYS,
+    HOURS,
+    SLOTS,
+    SendTimeModel,
+    engaged_before,
+    is_quiet,
+    local_slots,
+)
 from training.channel_training import ChannelTrainingConfig, evaluate_channel_and_send_time  # noqa: E402
 
 THIN_MESSAGES = 3

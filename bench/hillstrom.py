@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from models.uplift import (  # noqa: E402
+from models.decisions.uplift import (  # noqa: E402
     MultiArmUpliftLearner,
     ValueGuardedPolicy,
     cross_fit_outcomes,
@@ -69,7 +69,7 @@ CATEGORICAL = ["history_segment", "zip_code", "channel"]
 NUMERIC = ["recency", "history", "mens", "womens", "newbie"]
 FIXED = {"mens_all": 1, "womens_all": 2, "none": 0}
 LEARNER_KINDS = ["t", "x", "dr"]
-OUR_LEARNER = "x"  # the module default; see models/uplift.py for why
+OUR_LEARNER = "x"  # the module default; see models/decisions/uplift.py for why
 CROSSFIT_SPLITS = 5
 # as the engine (`NextBestActionEngine(guard_confidence="validated")`): the guard's one-sided
 # confidence is chosen on nested splits of the training half's cross-fitted rows

@@ -63,10 +63,10 @@ for _path in (str(REPO), str(BENCH)):
 from _cli import Omni  # noqa: E402
 
 from features import columns as c  # noqa: E402
-from models.als import ALSScorer  # noqa: E402
 from models.base import top_k  # noqa: E402
-from models.ease import EASEScorer  # noqa: E402
-from models.popularity import PopularityScorer  # noqa: E402
+from models.recs.als import ALSScorer  # noqa: E402
+from models.recs.ease import EASEScorer  # noqa: E402
+from models.recs.popularity import PopularityScorer  # noqa: E402
 from training.evaluation import ranking_metrics  # noqa: E402
 
 K = 10

@@ -64,8 +64,9 @@ from features import columns as c  # noqa: E402
 from features import synthetic as syn  # noqa: E402
 from features.identity import stitch_identities  # noqa: E402
 from features.io import load_tables  # noqa: E402
-from models.contact_policy import NAT_US, _to_us, offer_eligibility  # noqa: E402
-from models.nba import NO_ACTION, NextBestActionEngine  # noqa: E402
+from models.decisions.contact_policy import offer_eligibility  # noqa: E402
+from models.decisions.nba import NO_ACTION, NextBestActionEngine  # noqa: E402
+from models.timestamps import NAT_US, to_us  # noqa: E402
 from training.nba_training import NBAConfig, train_nba  # noqa: E402
 from training.settings import quiet_libraries  # noqa: E402
 
@@ -113,7 +114,7 @@ def fit_optional_models(tables, use_models: bool) -> tuple[object, object, dict]
         info["channel_model"] = info["send_time_model"] = "disabled (--no-channel-models)"
         return None, None, info
     try:
-        from models.channel import ChannelModel
+        from models.engagement.channel import ChannelModel
 
         t0 = time.perf_counter()
         channel_model = ChannelModel(random_state=0, n_jobs=1).fit(
@@ -123,7 +124,7 @@ def fit_optional_models(tables, use_models: bool) -> tuple[object, object, dict]
     except Exception as exc:  # the bench must run while that module is still being written
         info["channel_model"] = f"not used: {type(exc).__name__}: {exc}"
     try:
-        from models.send_time import SendTimeModel
+        from models.engagement.send_time import SendTimeModel
 
         t0 = time.perf_counter()
         send_time_model = SendTimeModel().fit(tables.events, tables.messages, tables.customers)
@@ -135,7 +136,7 @@ def fit_optional_models(tables, use_models: bool) -> tuple[object, object, dict]
 
 def fit_recommender(tables):
     from features.interactions import build_interactions
-    from models.recommender import ProductRecommender
+    from models.recs.baselines import ProductRecommender
     from training.recs_training import catalogue
 
     product_ids, inactive = catalogue(tables)
@@ -193,7 +194,7 @@ def oracle(
     truth: Truth, plan: pd.DataFrame, channels: list[str], arm_ok: np.ndarray, arms: list
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Best (channel, whole hour in the horizon outside quiet hours, arm) per customer by the truth."""
-    from models.contact_policy import is_quiet_hour, local_hour_and_weekday
+    from models.decisions.contact_policy import is_quiet_hour, local_hour_and_weekday
 
     n = len(truth.ids)
     best_value = np.zeros(n)
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     contactable = plan["reason"].isna().to_numpy() & plan[c.CHANNEL].notna().to_numpy()
     default_channel = plan[c.CHANNEL].to_numpy(dtype=object)
-    default_send = _to_us(plan["send_at"])
+    default_send = to_us(plan["send_at"])
 
     results: dict[str, dict] = {}
 
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
             **(extra or {}),
         }
 
-    ours_send = _to_us(decisions["send_at"])
+    ours_send = to_us(decisions["send_at"])
     ours_offer = np.where(
         decisions["action"].to_numpy() == NO_ACTION,
         NO_ACTION,
@@ -438,8 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
     score("random", default_channel, default_send, offers)
 
     plan = plan.assign(
-        earliest_us=_to_us(plan["earliest"]),
-        latest_us=_to_us(plan["latest"]),
+        earliest_us=to_us(plan["earliest"]),
+        latest_us=to_us(plan["latest"]),
     )
     channels = [col.removeprefix("p_open_") for col in plan.columns if col.startswith("p_open_")]
     t0 = time.perf_counter()

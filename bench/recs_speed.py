@@ -17,7 +17,7 @@ latency of one customer's recommendation in-process at 20,000 products.
    requests through the batch path (`recommend_many([customer], ...)`, the path a request took
    before the single-request path) are timed beside it ("..._batch_path"). Plus batch throughput (`recommendations_frame`,
    256 customers per chunk).
-4. Lists computed ahead (`models.precomputed`, what `omni build` stores for the HTTP service): the
+4. Lists computed ahead (`models.recs.precomputed`, what `omni build` stores for the HTTP service): the
    sampled known customers' lists are computed ("stored_list_build_ms_per_customer"), saved and read
    back memory-mapped; the same plain requests are answered from them ("known_customer_stored_list")
    and by the live path ("..._live_path"), alternating; "stored_list_mismatches" counts answers
@@ -60,7 +60,7 @@ def _train(data_dir: str, model_dir: str, params: dict, queue) -> None:
     """Child process: load, stitch, fit, save; reports timings and its own peak memory."""
     from features.identity import stitch_identities
     from features.io import load_tables
-    from models.two_stage import TwoStageRecommender
+    from models.recs.two_stage import TwoStageRecommender
 
     seconds = {}
     tick = time.perf_counter()
@@ -141,10 +141,10 @@ def latency(model, n_requests: int, seed: int) -> dict:
 
 def stored_lists(model, customers: list[str]) -> dict:
     """The same known customers' plain requests answered from lists computed ahead
-    (`models.precomputed`, as `omni build` stores them, read memory-mapped) against the live
+    (`models.recs.precomputed`, as `omni build` stores them, read memory-mapped) against the live
     single-request path, alternating; plus the build cost per customer and a check that every
     stored answer is the live one."""
-    from models.precomputed import PrecomputedLists
+    from models.recs.precomputed import PrecomputedLists
 
     rows = np.sort(np.array([model.customer_index_[cid] for cid in customers], dtype=np.int64))
     lists = PrecomputedLists()
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_dir, dataset = args.data, f"folder {args.data}"
     generate_seconds = time.perf_counter() - tick
 
-    from models.two_stage import TwoStageRecommender
+    from models.recs.two_stage import TwoStageRecommender
 
     params = TwoStageRecommender().get_params()
     with tempfile.TemporaryDirectory(prefix="recs-speed-") as tmp:

@@ -2,14 +2,14 @@
 
     python bench/send_time_em.py --customers 300000 --messages 3300000 --out FILE
 
-One EM iteration of `models.send_time.SendTimeModel` visits every (message, habit profile) cell:
+One EM iteration of `models.engagement.send_time.SendTimeModel` visits every (message, habit profile) cell:
 the E-step adds each message's log-likelihood under every profile to its customer's posterior row,
 and the M-step takes the engagement Newton step's sums (residual and information per message, per
 hour × profile, the features' gradient and Hessian), moves the residuals by the step, then by the
 profile residuals' change. This times that work on arrays of the given size, both ways, in the
 same run:
 
-- `numpy` (the baseline, the implementation before `models/em_kernels.py`): float32 messages ×
+- `numpy` (the baseline, the implementation before `models/engagement/em_kernels.py`): float32 messages ×
   profiles arrays built per step (in blocks of 65,536 messages where the old code blocked), a sparse
   customers × messages matrix for the per-customer sums and an hours × messages one for the
   per-hour sums;
@@ -40,7 +40,7 @@ from scipy import sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import em_kernels  # noqa: E402
+from models.engagement import em_kernels  # noqa: E402
 
 BLOCK = 65_536  # messages per block in the numpy version (its _MESSAGE_CHUNK)
 N_CHANNELS = 7
@@ -141,7 +141,7 @@ def numpy_iteration(d: dict) -> dict:
 
 
 def kernel_iteration(d: dict) -> dict:
-    """The same work with `models/em_kernels.py` (as `SendTimeModel` now does it)."""
+    """The same work with `models/engagement/em_kernels.py` (as `SendTimeModel` now does it)."""
     k = d["lift"].shape[1]
     log_post = np.zeros((d["n"], k))
     em_kernels.add_message_log_likelihood(d["starts"], d["base"], d["hour"], d["y"], d["lift"], log_post)

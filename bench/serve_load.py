@@ -18,7 +18,7 @@ second of wall time) and the status counts.
 - `recommend`: POST /v1/recommend {"customer_id": <random known customer>, "channel": "web", "k": 10};
   customers from `--customers-file` (one id a line) or `<data>/customers.parquet`. A known
   customer's plain request is answered from the lists `omni build` computed ahead
-  (`models/precomputed.py`) when they hold it.
+  (`models/recs/precomputed.py`) when they hold it.
 - `recommend_live`: the same with `"exclude": [<random product>]`, which the stored lists cannot
   answer: every request runs both stages (the cost of requests with session items or filters).
 - `next_best_action`: POST /v1/next_best_action {"customer_id": ..., "channel": "email"}. A route the

@@ -204,7 +204,7 @@ PRODUCTS = TableSpec(
         ColumnSpec(c.BRAND, STR, required=False, nullable=True),
         ColumnSpec(c.REPLENISHMENT_DAYS, FLOAT, required=False, nullable=True, min_value=1.0),
         ColumnSpec(c.IS_ACTIVE, BOOL, required=False, default=True),
-        # where the product may be offered (models.rules.channel_eligibility); empty = everywhere
+        # where the product may be offered (models.recs.rules.channel_eligibility); empty = everywhere
         ColumnSpec(c.CHANNELS, CHANNEL_LIST, required=False, nullable=True),
         ColumnSpec(c.STORE_ONLY, BOOL, required=False, nullable=True, default=False),
         ColumnSpec(c.ONLINE_ONLY, BOOL, required=False, nullable=True, default=False),

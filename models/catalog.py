@@ -29,6 +29,9 @@ class RegisteredModel:
     families: tuple[str, ...]  # the `omni train` families it holds, the first its own
     version_key: str  # its key in the answers' `model_versions`
     loader: str  # "module:Class": `Class.load(folder, ...)` reads a saved folder
+    # what loading and scoring it imports beyond numpy, pandas, pyarrow and scikit-learn (the
+    # requirements of its logged MLflow model, pinned to the versions that trained it)
+    packages: tuple[str, ...] = ()
 
     @property
     def family(self) -> str:
@@ -44,14 +47,16 @@ class RegisteredModel:
 
 
 RECOMMENDER = RegisteredModel(
-    "omni-recommender", "recommender", ("recommender",), "recommender", "models.two_stage:TwoStageRecommender"
+    "omni-recommender", "recommender", ("recommender",), "recommender", "models.recs:TwoStageRecommender"
 )
-CHANNEL = RegisteredModel("omni-channel", "channel", ("channel",), "channel", "models.channel:ChannelModel")
+CHANNEL = RegisteredModel(
+    "omni-channel", "channel", ("channel",), "channel", "models.engagement:ChannelModel"
+)
 SEND_TIME = RegisteredModel(
-    "omni-send-time", "send_time", ("send_time",), "send_time", "models.send_time:SendTimeModel"
+    "omni-send-time", "send_time", ("send_time",), "send_time", "models.engagement:SendTimeModel"
 )
 NBA = RegisteredModel(
-    "omni-nba", "nba", ("next_best_action", "profiles"), "nba", "models.nba:NextBestActionEngine"
+    "omni-nba", "nba", ("next_best_action", "profiles"), "nba", "models.decisions:NextBestActionEngine"
 )
 # in the order the service loads them (the engine is wired to the other three)
 CATALOG: tuple[RegisteredModel, ...] = (RECOMMENDER, CHANNEL, SEND_TIME, NBA)

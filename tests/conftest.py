@@ -66,7 +66,9 @@ def registry_without_recommender(trained, tracking_uri, workdir):
     import mlflow
     from mlflow import MlflowClient
 
-    from training.tracking import download_model_folder, log_nba_model, setup_tracking
+    from models.catalog import NBA
+    from training.pyfunc import log_pyfunc
+    from training.tracking import download_model_folder, setup_tracking
 
     uri = f"sqlite:///{workdir / 'partial' / 'mlflow.db'}"
     nba_folder, _ = download_model_folder(tracking_uri, "omni-nba", "champion", artifact="nba")
@@ -77,7 +79,7 @@ def registry_without_recommender(trained, tracking_uri, workdir):
         with mlflow.start_run(run_name="train"):
             mlflow.set_tags({f"skipped.{f}": reason for f, reason in SKIPPED_WITHOUT_PRODUCTS.items()})
             mlflow.set_tag("families.trained", "profiles,next_best_action")
-            client.set_registered_model_alias("omni-nba", "champion", log_nba_model(nba_folder, "omni-nba"))
+            client.set_registered_model_alias("omni-nba", "champion", log_pyfunc(NBA, nba_folder))
     finally:
         setup_tracking(tracking_uri)  # back to the session's store for every later test
         for key, value in saved.items():

@@ -1,11 +1,11 @@
-"""Candidate sources (models/candidates.py) on tiny data whose right answer is known by construction."""
+"""Candidate sources (models/recs/candidates.py) on tiny data whose right answer is known by construction."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.candidates import (
+from models.recs.candidates import (
     CoOccurrenceScorer,
     EASENeighbours,
     NewProductScorer,

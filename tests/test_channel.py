@@ -11,7 +11,8 @@ import pytest
 from features import columns as c
 from features.io import Tables
 from models.base import CannotTrain
-from models.channel import ChannelModel, history_features, latest_consent
+from models.consent import latest_consent
+from models.engagement.channel import ChannelModel, history_features
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
 
@@ -516,15 +517,24 @@ def test_sampled_evaluation_says_so(generated_data):
     assert np.isfinite(metrics["channel.engagement_auc"]) and np.isfinite(metrics["send_time.heldout_auc"])
 
 
-def test_registration_in_mlflow(trained_small, tracking_uri):
+def test_registration_in_mlflow(trained_small, tracking_uri, tmp_path):
     import mlflow
 
-    from training.channel_training import log_channel_and_send_time
+    from models.catalog import CHANNEL, SEND_TIME
+    from training.channel_training import log_engagement_run
+    from training.pyfunc import log_pyfunc
     from training.tracking import setup_tracking
 
     client = setup_tracking(tracking_uri)
     with mlflow.start_run(run_name="test-channel") as run:
-        versions = log_channel_and_send_time(trained_small, "test-omni-channel", "test-omni-send-time")
+        log_engagement_run(trained_small)
+        versions = {
+            name: log_pyfunc(entry, model.save(tmp_path / entry.folder), name)
+            for entry, model, name in (
+                (CHANNEL, trained_small.channel_model, "test-omni-channel"),
+                (SEND_TIME, trained_small.send_time_model, "test-omni-send-time"),
+            )
+        }
     tags = client.get_run(run.info.run_id).data.tags
     assert tags["channel.served"] == trained_small.served["channel"]
     assert tags["send_time.served"] == trained_small.served["send_time"]
@@ -658,7 +668,7 @@ SHAPES = (
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_shape_trains_and_answers(few_tables, shape):
-    from models.send_time import SERVE_MODES
+    from models.engagement.send_time import SERVE_MODES
     from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
 
     tables = _shape(few_tables, shape)
@@ -718,7 +728,7 @@ def test_a_champion_is_judged_as_deployed_beside_the_challenger_on_the_same_rows
     be judged on."""
     import dataclasses
 
-    from models.send_time import SendTimeModel
+    from models.engagement.send_time import SendTimeModel
     from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
 
     tables = few_tables if shape == "messages" else dataclasses.replace(few_tables, messages=None)

@@ -11,30 +11,29 @@ import pandas as pd
 import pytest
 
 from features import columns as c
-from models.contact_policy import (
+from models.consent import latest_consent_matrix
+from models.decisions.contact_policy import (
     DEFAULT_POLICY_FILE,
-    NAT_US,
     Caps,
     ContactLedger,
     ContactPolicy,
     OfferRule,
-    _to_us,
     audit_sends,
     control_hash,
     in_control_group,
     is_quiet_hour,
-    latest_consent_matrix,
     load_contact_policy,
     next_send_times,
     offer_eligibility,
     policy_from_toml_dict,
 )
+from models.timestamps import NAT_US, to_us
 
 HOUR = 3_600_000_000
 
 
 def us(text: str) -> int:
-    return int(_to_us(pd.Timestamp(text, tz="UTC"))[0])
+    return int(to_us(pd.Timestamp(text, tz="UTC"))[0])
 
 
 def test_default_policy_file_reads_and_round_trips():
@@ -202,8 +201,8 @@ def batch_engine(tmp_path_factory):
     from features.identity import stitch_identities
     from features.io import load_tables
     from features.synthetic import generate
-    from models.nba import NextBestActionEngine
-    from models.profile import CustomerProfiles
+    from models.decisions.nba import NextBestActionEngine
+    from models.decisions.profile import CustomerProfiles
 
     out = tmp_path_factory.mktemp("policy") / "data"
     generate(N_CUSTOMERS, seed=11, out_dir=out)

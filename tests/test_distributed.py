@@ -23,7 +23,7 @@ from features.contract import ContractConfig
 from features.customer_features import build_customer_features
 from features.identity import stitch_identities
 from features.io import load_tables
-from models.ranker import FEATURE_NAMES, LambdaRankModel
+from models.recs.ranker import FEATURE_NAMES, LambdaRankModel
 from training import distributed as D
 from training.cli import main
 

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from models.base import top_k
-from models.ease import EASEScorer
+from models.recs.ease import EASEScorer
 
 
 def _two_groups(n_users_per_group: int = 60, group_size: int = 4, seed: int = 0) -> sp.csr_matrix:

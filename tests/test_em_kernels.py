@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models import em_kernels as ek
+from models.engagement import em_kernels as ek
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""What orders a served list, and how it is chosen on validation (`models.list_order`)."""
+"""What orders a served list, and how it is chosen on validation (`models.recs.list_order`)."""
 
 import numpy as np
 import pytest
 
-from models import rules
-from models.list_order import ListOrder, choose_order, fusion_scores, ndcg_at_k
+from models.recs import rules
+from models.recs.list_order import ListOrder, choose_order, fusion_scores, ndcg_at_k
 
 
 def test_orders_are_named_and_round_trip():
@@ -86,7 +86,7 @@ def test_a_fusion_is_kept_only_when_it_beats_its_parts():
 
 
 def test_the_fast_row_order_is_the_lexsort_order():
-    from models.list_order import _row_then_score_order
+    from models.recs.list_order import _row_then_score_order
 
     rng = np.random.default_rng(3)
     rows = np.repeat(np.arange(50), 40)

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from features import columns as c
-from models.contact_policy import ContactPolicy, in_control_group
-from models.nba import ACTIONS, DECISION_COLUMNS, NO_ACTION, NextBestActionEngine, arbitrate
-from models.uplift import incremental_value
+from models.decisions.contact_policy import ContactPolicy, in_control_group
+from models.decisions.nba import ACTIONS, DECISION_COLUMNS, NO_ACTION, NextBestActionEngine, arbitrate
+from models.decisions.uplift import incremental_value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def test_gain_is_uplift_times_margin_minus_cost_on_every_redemption():
     assert got["incremental_margin"][0] == pytest.approx(3.0)
     assert got["offer_cost"][0] == pytest.approx(2.0)  # paid by the 0.1 who would have bought anyway too
     assert got["contact_cost"][0] == pytest.approx(0.01)
-    # the same number as models.uplift.incremental_value on the sent-level probabilities
+    # the same number as models.decisions.uplift.incremental_value on the sent-level probabilities
     p = np.array([[0.10, 0.11, 0.20]])
     assert got["gain"][0] == pytest.approx(incremental_value(p, 0.3 * 100, [0, 0, 10.0])[0, 2] - 0.01)
     # the cost is per redemption whatever the order's size: on a 50 order the same offer costs as much
@@ -95,7 +95,7 @@ def tables(generated_data):
 
 @pytest.fixture(scope="module")
 def profiles(tables):
-    from models.profile import CustomerProfiles
+    from models.decisions.profile import CustomerProfiles
 
     return CustomerProfiles(n_estimators=30).fit(tables)
 
@@ -520,7 +520,7 @@ def test_shape_customer_attributes(small):
 # ----------------------------------------------------------------------------------------------
 # marketing logs as they come: offer validity, every message carrying an offer
 def test_duration_days_sets_the_conversion_window(small):
-    from models.profile import CustomerProfiles, message_windows_days
+    from models.decisions.profile import CustomerProfiles, message_windows_days
 
     offers = small.offers.assign(**{c.DURATION_DAYS: np.nan})
     offers.loc[offers[c.OFFER_ID] == "OF_DISC10", c.DURATION_DAYS] = 3.0
@@ -583,7 +583,7 @@ def test_all_offer_messages_learn_arms_against_uncontacted_customers(small):
 # ----------------------------------------------------------------------------------------------
 # the champion gate (issue 14, item 9): what the deployed engine would have sent, valued off-policy
 def test_a_logged_window_values_choices_by_inverse_propensity():
-    from models.nba import LoggedWindow
+    from models.decisions.nba import LoggedWindow
 
     window = LoggedWindow(
         mode="uplift",
@@ -701,8 +701,10 @@ def test_the_deployed_engine_is_judged_on_new_data(tables, tracking_uri, tmp_pat
 
     import mlflow
 
+    from models.catalog import NBA
     from training.nba_training import tables_before
-    from training.tracking import download_model_folder, log_nba_model, setup_tracking
+    from training.pyfunc import log_pyfunc
+    from training.tracking import download_model_folder, setup_tracking
 
     uri = f"sqlite:///{tmp_path / 'gate.db'}"  # its own store: the session's champions stay put
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -736,7 +738,7 @@ def test_the_deployed_engine_is_judged_on_new_data(tables, tracking_uri, tmp_pat
         meta = json.loads((old / "nba.json").read_text())
         (old / "nba.json").write_text(json.dumps({**meta, "format_version": 0}))
         with mlflow.start_run():
-            version = log_nba_model(old, "omni-nba")
+            version = log_pyfunc(NBA, old)
         client.set_registered_model_alias("omni-nba", "champion", version)
         _, fourth, _ = _nba_train_and_gate(tables, uri)
         assert fourth.promoted and "cannot be read by this code" in fourth.reason

@@ -15,15 +15,15 @@ import pytest
 
 from features import columns as c
 from models.base import FEW_IDS
-from models.nba import NO_ACTION, ChannelModelChooser, _decision_dict
+from models.decisions.nba import NO_ACTION, ChannelModelChooser, _decision_dict
 
 
 @pytest.fixture(scope="module")
 def served(trained, tracking_uri):
-    from models.channel import ChannelModel
-    from models.nba import NextBestActionEngine
-    from models.send_time import SendTimeModel
-    from models.two_stage import TwoStageRecommender
+    from models.decisions.nba import NextBestActionEngine
+    from models.engagement.channel import ChannelModel
+    from models.engagement.send_time import SendTimeModel
+    from models.recs.two_stage import TwoStageRecommender
     from training.settings import CHAMPION
     from training.tracking import download_model_folder
 

@@ -1,4 +1,4 @@
-"""Lists computed ahead (`models.precomputed`) give exactly the live single-request answer.
+"""Lists computed ahead (`models.recs.precomputed`) give exactly the live single-request answer.
 
 The store keeps a short head (`length` = 6 here, so that large k, channels that sell few of the
 stored items and the reserved new-product places all come up) and must either answer as the live
@@ -8,9 +8,9 @@ path does, item, score and reason alike, or hand the request to the live path.
 import numpy as np
 import pytest
 
-from models import rules
-from models.precomputed import PrecomputedLists
-from models.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
+from models.recs import rules
+from models.recs.precomputed import PrecomputedLists
+from models.recs.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
 
 CHANNELS = (None, "web", "store", "app", "email", "sms", "not-a-channel")
 

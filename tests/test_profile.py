@@ -9,7 +9,7 @@ import pytest
 
 from features import columns as c
 from features.io import Tables
-from models.profile import (
+from models.decisions.profile import (
     CustomerHistory,
     CustomerProfiles,
     assign_segments,
@@ -286,7 +286,7 @@ def test_forecast_models_use_a_time_split(generated_data):
 
 
 def test_segment_thresholds_follow_the_buying_rhythm():
-    from models.profile import US_PER_DAY, _Stream, segment_thresholds
+    from models.decisions.profile import US_PER_DAY, _Stream, segment_thresholds
 
     # 60 customers ordering every 1..10 days (gaps 1..10 days, 10 of each length, weekly shoppers)
     codes, times = [], []
@@ -304,7 +304,7 @@ def test_segment_thresholds_follow_the_buying_rhythm():
 
 
 def test_attributes_become_features_numeric_and_categorical():
-    from models.profile import encode_attributes
+    from models.decisions.profile import encode_attributes
 
     customers = pd.DataFrame(
         {

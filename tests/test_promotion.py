@@ -110,8 +110,8 @@ def test_the_deployed_channel_and_send_time_models_are_judged_on_new_data(
 
     import pandas as pd
 
-    from models.channel import ChannelModel
-    from models.send_time import SendTimeModel
+    from models.engagement.channel import ChannelModel
+    from models.engagement.send_time import SendTimeModel
     from training.tracking import download_model_folder
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

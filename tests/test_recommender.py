@@ -6,7 +6,7 @@ import pytest
 
 from features.interactions import build_interactions
 from models.base import top_k
-from models.recommender import ProductRecommender
+from models.recs.baselines import ProductRecommender
 
 
 def _events(rows):
@@ -107,7 +107,7 @@ def test_returns_cancel_purchases_in_the_matrix():
 def test_a_shared_als_fitted_with_extra_empty_rows_serves_the_same_customers(two_tribes):
     import scipy.sparse as sp
 
-    from models.als import ALSScorer
+    from models.recs.als import ALSScorer
 
     # the ALS of a model that also has rows for customers without events (empty rows), in
     # another order: the recommender picks each of its customers' rows by id

@@ -1,11 +1,11 @@
-"""The business rules of product lists (models/rules.py), each on arrays whose answer is known by construction."""
+"""The business rules of product lists (models/recs/rules.py), each on arrays whose answer is known by construction."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from models import rules
-from models.rules import Filters
+from models.recs import rules
+from models.recs.rules import Filters
 
 CATEGORIES = ("books", "food", "toys")
 # items:            0        1       2       3       4       5

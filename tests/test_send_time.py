@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from features import columns as c
-from models.send_time import HOURS, SEGMENTS, SLOTS, SendTimeModel, is_quiet, parse_quiet_hours
+from models.engagement.send_time import HOURS, SEGMENTS, SLOTS, SendTimeModel, is_quiet, parse_quiet_hours
 
 NY = "America/New_York"
 
@@ -349,7 +349,7 @@ def test_cannot_train_without_events_or_messages():
 
 
 def test_best_slot_block_by_block_is_the_whole_grids_answer(habits_model, monkeypatch):
-    import models.send_time as send_time
+    import models.engagement.send_time as send_time
 
     ids = ["evening", "morning", "owl", "early", "nobody"] + [f"filler{i}" for i in range(20)]
     whole = habits_model.best_slot(ids, "email", quiet_hours=(21, 8))

@@ -100,7 +100,7 @@ def test_known_customer_gets_personal_items_with_model_version(server, trained, 
 
 def test_plain_requests_come_from_the_stored_lists_and_equal_the_live_answer(server):
     """`omni build` stored the served recommender's lists; the HTTP answers are the live ones."""
-    from models.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
+    from models.recs.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
     from training.build import load_served_model
 
     url, _ = server

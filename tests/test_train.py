@@ -245,7 +245,7 @@ def test_a_champion_this_code_cannot_read_is_a_lookup_error_naming_it(tmp_path):
     """An older format (or a damaged folder) makes the scoring commands exit 2 with the reason."""
     import json
 
-    from models.two_stage import TwoStageRecommender
+    from models.recs.two_stage import TwoStageRecommender
     from training.scoring import read_model
 
     (tmp_path / "two_stage.json").write_text(json.dumps({"format_version": 1}))

@@ -15,8 +15,8 @@ import pytest
 
 from features import columns as c
 from features.io import load_tables
-from models.rules import ONLINE_ONLY, PRODUCT_CHANNELS
-from models.two_stage import TwoStageRecommender
+from models.recs.rules import ONLINE_ONLY, PRODUCT_CHANNELS
+from models.recs.two_stage import TwoStageRecommender
 from training.recs_training import RecsConfig, train_two_stage
 
 END = pd.Timestamp("2026-03-01", tz="UTC")
@@ -342,7 +342,7 @@ def test_training_helper_reports_the_served_order_beside_every_baseline(world):
 def test_fast_top_n_paths_agree_with_the_plain_one(model):
     import scipy.sparse as sp
 
-    from models.two_stage import top_n, top_n_sparse
+    from models.recs.two_stage import top_n, top_n_sparse
 
     rng = np.random.default_rng(0)
     n_items = 700

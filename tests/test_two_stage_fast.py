@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models.two_stage import (
+from models.recs.two_stage import (
     TwoStageRecommender,
     _item_item_scores,
     _top_dense,

@@ -7,7 +7,7 @@ rate by 0.4 for customers with x0 > 0 and does nothing for the others; arm 2 hel
 import numpy as np
 import pytest
 
-from models.uplift import (
+from models.decisions.uplift import (
     MultiArmUpliftLearner,
     ValueGuardedPolicy,
     cross_fit_outcomes,

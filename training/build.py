@@ -47,7 +47,7 @@ class ImportedModel:
 
 @dataclass
 class PrecomputeSettings:
-    """Lists computed ahead for the recommender's plain requests (`models.precomputed`).
+    """Lists computed ahead for the recommender's plain requests (`models.recs.precomputed`).
 
     `max_customers`: at most this many customers, the most recently active first (None: all with
     history; 0: none, every request takes the live path). About 2 ms of one core per customer, so
@@ -171,8 +171,8 @@ def precompute_lists(folder: Path, settings: PrecomputeSettings) -> int:
     sub-folder (nothing for other recommenders); returns how many customers they cover."""
     import numpy as np
 
-    from models.precomputed import PrecomputedLists
-    from models.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
+    from models.recs.precomputed import PrecomputedLists
+    from models.recs.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
 
     if not (folder / "two_stage.json").exists():
         return 0
@@ -201,8 +201,8 @@ def precompute_lists(folder: Path, settings: PrecomputeSettings) -> int:
 def _precompute_slice(job: tuple) -> dict:
     """`PrecomputedLists.compute_part` in another process: (model folder, length, max_customers,
     customer rows) -> the part, for `PrecomputedLists.fit(..., parts=...)`."""
-    from models.precomputed import PrecomputedLists
-    from models.two_stage import TwoStageRecommender
+    from models.recs.precomputed import PrecomputedLists
+    from models.recs.two_stage import TwoStageRecommender
 
     folder, length, max_customers, rows = job
     recommender = TwoStageRecommender.load(folder)

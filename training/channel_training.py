@@ -40,9 +40,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tempfile
-import warnings
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -54,10 +51,9 @@ from features import columns as c
 from features.codes import positions
 from features.io import Tables, rows_before
 from models.base import CannotTrain
-from models.catalog import CHANNEL, SEND_TIME
-from models.channel import EVENT_COLUMNS, PROBABILITY, ChannelModel, engagement_ts
+from models.engagement.channel import EVENT_COLUMNS, PROBABILITY, ChannelModel, engagement_ts
+from models.engagement.send_time import HOURS, SendTimeModel, engaged_before, local_slots
 from models.fitting import fit_pool
-from models.send_time import HOURS, SendTimeModel, engaged_before, local_slots
 
 _Z95 = float(norm.ppf(0.975))
 
@@ -1164,123 +1160,6 @@ def plot_channel_lift(data: dict[str, Any]):
 
 # ----------------------------------------------------------------------------------------------
 # MLflow
-_PYFUNC_SOURCE = '''"""MLflow pyfunc wrapper of the channel and send-time models (code-based: no pickle).
-
-Written next to the model by `training.channel_training.log_channel_and_send_time`; the artefact
-folder it finds ("channel" or "send_time") decides which model it serves.
-"""
-
-import mlflow
-import pandas as pd
-from mlflow.pyfunc import PythonModel
-
-
-class ChannelSendTimePyfunc(PythonModel):
-    def load_context(self, context):
-        if "channel" in context.artifacts:
-            from models.channel import ChannelModel
-
-            self.kind, self.model = "channel", ChannelModel.load(context.artifacts["channel"])
-        else:
-            from models.send_time import SendTimeModel
-
-            self.kind, self.model = "send_time", SendTimeModel.load(context.artifacts["send_time"])
-
-    def predict(self, context, model_input, params=None):
-        params = params or {}
-        ids = model_input["customer_id"].astype(str).tolist()
-        if self.kind == "channel":
-            return self.model.rank_channels(ids)
-        after = params.get("after") or pd.Timestamp.now(tz="UTC").isoformat()
-        start, end = int(params.get("quiet_start", 21)), int(params.get("quiet_end", 8))
-        return self.model.send_plan(ids, params.get("channel") or None, pd.Timestamp(after), (start, end))
-
-
-mlflow.models.set_model(ChannelSendTimePyfunc())
-'''
-
-
-def log_channel_and_send_time(
-    result: ChannelTrainingResult,
-    registered_channel: str = CHANNEL.name,
-    registered_send_time: str = SEND_TIME.name,
-) -> dict[str, str]:
-    """Inside an active MLflow run: log metrics, notes and plots, log both models as pyfunc models
-    and register them; returns {registered name: version}. Aliasing (challenger / champion) is
-    left to the caller, as for the recommender (`training.registry`)."""
-    log_engagement_run(result)
-    versions = {}
-    with tempfile.TemporaryDirectory(prefix="omni-channel-") as tmp:
-        wrapper = Path(tmp) / "channel_send_time_pyfunc.py"
-        wrapper.write_text(_PYFUNC_SOURCE)
-        if result.channel_model is not None:
-            folder = result.channel_model.save(Path(tmp) / "channel")
-            versions[registered_channel] = _log_pyfunc(wrapper, "channel", folder, registered_channel)
-        folder = result.send_time_model.save(Path(tmp) / "send_time")
-        versions[registered_send_time] = _log_pyfunc(wrapper, "send_time", folder, registered_send_time)
-    return versions
-
-
-def _log_pyfunc(wrapper: Path, kind: str, folder: Path, registered_name: str) -> str:
-    import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-    package_root = Path(__file__).resolve().parent.parent
-    if kind == "channel":
-        outputs = [
-            ColSpec("string", c.CUSTOMER_ID),
-            ColSpec("string", c.CHANNEL),
-            ColSpec("long", c.RANK),
-            ColSpec("double", PROBABILITY),
-            ColSpec("double", "conversion_probability"),
-            ColSpec("boolean", "fallback"),
-        ]
-        params = None
-    else:
-        outputs = [
-            ColSpec("string", c.CUSTOMER_ID),
-            ColSpec("string", c.CHANNEL),
-            ColSpec("string", c.TIMEZONE),
-            ColSpec("long", "best_hour_local"),
-            ColSpec("long", "best_weekday"),
-            ColSpec("datetime", "next_send_utc"),
-            ColSpec("boolean", "fallback"),
-        ]
-        params = ParamSchema(
-            [
-                ParamSpec("channel", "string", ""),
-                ParamSpec("after", "string", ""),
-                ParamSpec("quiet_start", "long", 21),
-                ParamSpec("quiet_end", "long", 8),
-            ]
-        )
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string", c.CUSTOMER_ID)]), outputs=Schema(outputs), params=params
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*An input example was not provided")
-        info = mlflow.pyfunc.log_model(
-            name=kind,
-            python_model=str(wrapper),
-            artifacts={kind: str(folder)},
-            code_paths=[str(package_root / "models"), str(package_root / "features")],
-            pip_requirements=_requirements(),
-            signature=signature,
-            registered_model_name=registered_name,
-        )
-    return str(info.registered_model_version)
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [
-        f"{n}=={version(n)}"
-        for n in ("numpy", "pandas", "scipy", "scikit-learn", "lightgbm", "numba", "mlflow")
-    ]
-
-
 def log_engagement_run(result: ChannelTrainingResult) -> None:
     """Inside an active MLflow run: the stage's metrics, which policy each family serves, its
     notes and plots (once per run, whichever of its families registers)."""
@@ -1297,21 +1176,3 @@ def log_engagement_run(result: ChannelTrainingResult) -> None:
             mlflow.log_dict(artifact, name if name.endswith(".json") else f"{name}.json")
         else:
             mlflow.log_figure(artifact, name)
-
-
-def register_channel_model(model: ChannelModel, registered_name: str = CHANNEL.name) -> str:
-    """Log the channel model as a pyfunc model in the active run and register it; the version."""
-    return _register("channel", model, registered_name)
-
-
-def register_send_time_model(model: SendTimeModel, registered_name: str = SEND_TIME.name) -> str:
-    """Log the send-time model as a pyfunc model in the active run and register it; the version."""
-    return _register("send_time", model, registered_name)
-
-
-def _register(kind: str, model, registered_name: str) -> str:
-    with tempfile.TemporaryDirectory(prefix=f"omni-{kind}-") as tmp:
-        wrapper = Path(tmp) / "channel_send_time_pyfunc.py"
-        wrapper.write_text(_PYFUNC_SOURCE)
-        folder = model.save(Path(tmp) / kind)
-        return _log_pyfunc(wrapper, kind, folder, registered_name)

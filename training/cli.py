@@ -342,7 +342,7 @@ def send_time(
     """
     import pandas as pd
 
-    from models.send_time import parse_quiet_hours
+    from models.engagement.send_time import parse_quiet_hours
     from training.scoring import load_champion
 
     _ids_or_fail(all_customers, customer_ids, out_file)
@@ -406,7 +406,7 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
     import pandas as pd
 
     from features.io import write_table_atomic
-    from models.nba import DECISION_COLUMNS
+    from models.decisions.nba import DECISION_COLUMNS
     from training.scoring import load_champion_engine
 
     started = _time.perf_counter()
@@ -416,7 +416,7 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
     except LookupError as exc:
         fail_missing(tracking_uri, "next_best_action", exc)
     if policy:
-        from models.contact_policy import load_contact_policy
+        from models.decisions.contact_policy import load_contact_policy
 
         try:
             engine.policy_ = load_contact_policy(policy)
@@ -426,7 +426,7 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
         from features.identity import stitch_identities
         from features.io import load_tables
         from features.problems import DataValidationError
-        from models.contact_policy import ContactLedger
+        from models.decisions.contact_policy import ContactLedger
 
         try:
             tables = stitch_identities(load_tables(data_dir))

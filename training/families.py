@@ -31,7 +31,7 @@ import pandas as pd
 from features import columns as c
 from features.io import Tables
 from models.base import CannotTrain
-from models.catalog import CHANNEL, NBA, RECOMMENDER, SEND_TIME
+from models.catalog import CHANNEL, NBA, RECOMMENDER, SEND_TIME, RegisteredModel
 
 
 class NothingTrained(ValueError):
@@ -107,11 +107,20 @@ class TrainContext:
 
 
 class ModelFamily(ABC):
-    """One family: `name`, its `registered_name` in the model registry and what it `requires`."""
+    """One family: `name`, the registered model that holds it (`entry`, from `models.catalog`)
+    and what it `requires`."""
 
     name: str
-    registered_name: str
+    entry: RegisteredModel
     requires: str
+
+    @property
+    def registered_name(self) -> str:
+        return self.entry.name
+
+    @property
+    def artifact(self) -> str:
+        return self.entry.folder
 
     def missing(self, tables: Tables) -> str | None:
         """Why `tables` lack what this family needs (checked before any fit), or None."""
@@ -122,9 +131,12 @@ class ModelFamily(ABC):
         """Evaluate on the time split beside the baselines, refit on all history; raises
         `CannotTrain` with the reason when the data cannot support the model after all."""
 
-    @abstractmethod
-    def register(self, outcome: FamilyOutcome, folder: Path) -> str:
-        """Inside the active MLflow run: log the model and register it; returns the version."""
+    def register(self, outcome: FamilyOutcome, folder: Path, registered_name: str | None = None) -> str:
+        """Inside the active MLflow run: save the model under `folder`, log it and register it (as
+        `registered_name`, default the catalog's name); returns the version."""
+        from training.pyfunc import log_pyfunc
+
+        return log_pyfunc(self.entry, outcome.model.save(folder / self.entry.folder), registered_name)
 
     def fit(self, context: TrainContext) -> FamilyOutcome:
         """`train`, or the outcome of a skip with the reason: what the data lack, or what the fit
@@ -181,8 +193,7 @@ class RecommenderFamily(ModelFamily):
     """Which products: the two-stage recommender, serving on each list what won on validation."""
 
     name = "recommender"
-    registered_name = RECOMMENDER.name
-    artifact = RECOMMENDER.folder
+    entry = RECOMMENDER
     requires = "events with product_id and purchase events (a products table is optional)"
 
     def missing(self, tables: Tables) -> str | None:
@@ -197,7 +208,7 @@ class RecommenderFamily(ModelFamily):
         return None
 
     def train(self, context: TrainContext) -> FamilyOutcome:
-        from models.two_stage import TwoStageRecommender
+        from models.recs.two_stage import TwoStageRecommender
         from training.config import recommender_params, recs_config
         from training.recs_training import train_two_stage
 
@@ -224,19 +235,13 @@ class RecommenderFamily(ModelFamily):
             extra={"info": info, "champion": info.pop("champion", None)},
         )
 
-    def register(self, outcome: FamilyOutcome, folder: Path) -> str:
-        from training.tracking import log_recommender_model
-
-        return log_recommender_model(outcome.model.save(folder / "recommender"), self.registered_name)
-
 
 class ChannelFamily(ModelFamily):
     """Which channel reaches a customer: learned from message responses, or the engagement-ratio
     rule when the model does not beat it on validation."""
 
     name = "channel"
-    registered_name = CHANNEL.name
-    artifact = CHANNEL.folder
+    entry = CHANNEL
     requires = "a messages table (consent and customers optional)"
 
     def missing(self, tables: Tables) -> str | None:
@@ -266,19 +271,13 @@ class ChannelFamily(ModelFamily):
             extra={"champion": (result.champion or {}).get(self.name)},
         )
 
-    def register(self, outcome: FamilyOutcome, folder: Path) -> str:
-        from training.channel_training import register_channel_model
-
-        return register_channel_model(outcome.model, self.registered_name)
-
 
 class SendTimeFamily(ModelFamily):
     """When to send: learned from activity and message opens, or the customer's modal hour or the
     global best hour when the model does not beat them on validation."""
 
     name = "send_time"
-    registered_name = SEND_TIME.name
-    artifact = SEND_TIME.folder
+    entry = SEND_TIME
     requires = "events or messages with timestamps (customers.timezone optional)"
 
     def train(self, context: TrainContext) -> FamilyOutcome:
@@ -303,11 +302,11 @@ class SendTimeFamily(ModelFamily):
             extra={"engagement": result, "champion": champion},
         )
 
-    def register(self, outcome: FamilyOutcome, folder: Path) -> str:
-        from training.channel_training import log_engagement_run, register_send_time_model
+    def register(self, outcome: FamilyOutcome, folder: Path, registered_name: str | None = None) -> str:
+        from training.channel_training import log_engagement_run
 
         log_engagement_run(outcome.extra["engagement"])  # the stage's plots and notes, once
-        return register_send_time_model(outcome.model, self.registered_name)
+        return super().register(outcome, folder, registered_name)
 
 
 def engagement_params(context: TrainContext) -> dict:
@@ -332,8 +331,8 @@ def engagement_stage(context: TrainContext):
     Each family's registered champion is judged on the same new window as this run's model fitted
     before it; the champions are loaded (`context.champion`) only once the stage's fits are done."""
     if "engagement" not in context.shared:
-        from models.channel import ChannelModel
-        from models.send_time import SendTimeModel
+        from models.engagement.channel import ChannelModel
+        from models.engagement.send_time import SendTimeModel
         from training.channel_training import train_channel_and_send_time
 
         champions = {"send_time": lambda: context.champion(SendTimeFamily(), SendTimeModel.load)}
@@ -353,8 +352,7 @@ class ProfilesFamily(ModelFamily):
     next-best-action engine, whose folder holds them)."""
 
     name = "profiles"
-    registered_name = NBA.name
-    artifact = NBA.folder
+    entry = NBA
     requires = "purchase events (messages, offers and customers attributes optional)"
 
     def missing(self, tables: Tables) -> str | None:
@@ -372,7 +370,7 @@ class ProfilesFamily(ModelFamily):
             notes=[n for n in notes if n.startswith("profiles:")],
         )
 
-    def register(self, outcome: FamilyOutcome, folder: Path) -> str:
+    def register(self, outcome: FamilyOutcome, folder: Path, registered_name: str | None = None) -> str:
         raise NotImplementedError("profiles are registered inside the next-best-action engine")
 
 
@@ -380,8 +378,7 @@ class NextBestActionFamily(ModelFamily):
     """What to do next: uplift learners under the contact policy, guarded by the best fixed action."""
 
     name = "next_best_action"
-    registered_name = NBA.name
-    artifact = NBA.folder
+    entry = NBA
     requires = "purchase events; messages (and offers) to learn uplift from"
 
     def missing(self, tables: Tables) -> str | None:
@@ -392,7 +389,7 @@ class NextBestActionFamily(ModelFamily):
     def train(self, context: TrainContext) -> FamilyOutcome:
         from dataclasses import asdict
 
-        from models.nba import NextBestActionEngine
+        from models.decisions.nba import NextBestActionEngine
 
         profiles, engine, metrics, notes = decisions_stage(context)
         nba_metrics = finite({k: v for k, v in metrics.items() if not k.startswith("profile.")})
@@ -426,12 +423,11 @@ class NextBestActionFamily(ModelFamily):
             extra={"config": config, "notes": notes, "champion": scores},
         )
 
-    def register(self, outcome: FamilyOutcome, folder: Path) -> str:
+    def register(self, outcome: FamilyOutcome, folder: Path, registered_name: str | None = None) -> str:
         from training.nba_training import log_nba_run
-        from training.tracking import log_nba_model
 
         log_nba_run(outcome.model, {}, outcome.extra["notes"], outcome.extra["config"])
-        return log_nba_model(outcome.model.save(folder / "nba"), self.registered_name)
+        return super().register(outcome, folder, registered_name)
 
 
 def decisions_stage(context: TrainContext):

@@ -1,7 +1,7 @@
 """MLflow pyfunc wrapper of the next-best-action engine, logged as a code-based model (no pickling).
 
 `predict` takes a DataFrame with a `customer_id` column and returns one decision per customer
-(`models.nba.DECISION_COLUMNS`). Loaded alone, the engine uses its fallbacks for items, channel
+(`models.decisions.nba.DECISION_COLUMNS`). Loaded alone, the engine uses its fallbacks for items, channel
 and send time; the service and `omni decide` load it with the champion recommender, channel and
 send-time models.
 """
@@ -15,7 +15,7 @@ from mlflow.pyfunc import PythonModel
 
 class NextBestActionPyfunc(PythonModel):
     def load_context(self, context):
-        from models.nba import NextBestActionEngine
+        from models.decisions.nba import NextBestActionEngine
 
         self.engine = NextBestActionEngine.load(context.artifacts["nba"])
 

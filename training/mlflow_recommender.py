@@ -14,7 +14,7 @@ from mlflow.pyfunc import PythonModel
 
 class RecommenderPyfunc(PythonModel):
     def load_context(self, context):
-        from models.two_stage import TwoStageRecommender
+        from models.recs.two_stage import TwoStageRecommender
 
         self.recommender = TwoStageRecommender.load(context.artifacts["recommender"])
 

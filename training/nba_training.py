@@ -3,9 +3,9 @@
 `train_nba(tables, recommender, channel_model, send_time_model, config)` returns
 `(profiles, engine, metrics, notes)`:
 
-- profiles: `models.profile.CustomerProfiles` at the end of the history (RFM, segments, value tiers,
+- profiles: `models.decisions.profile.CustomerProfiles` at the end of the history (RFM, segments, value tiers,
   90-day spend and churn models trained on a time split, price sensitivity, preferences, consent);
-- engine: `models.nba.NextBestActionEngine` with uplift models learned from the logged messages
+- engine: `models.decisions.nba.NextBestActionEngine` with uplift models learned from the logged messages
   and the contact policy of `config.policy_file` (default `configs/contact_policy.toml`);
 - metrics: flat {name: float} for MLflow (forecast quality, training messages per arm, the guard's
   comparison with the NBA baseline, the best fixed action: the cross-fitted value per message of
@@ -44,9 +44,9 @@ import pandas as pd
 from features import columns as c
 from features.io import Tables, rows_before
 from models.base import CannotTrain
-from models.contact_policy import load_contact_policy
-from models.nba import NO_ACTION, NextBestActionEngine, logged_window
-from models.profile import CustomerProfiles
+from models.decisions.contact_policy import load_contact_policy
+from models.decisions.nba import NO_ACTION, NextBestActionEngine, logged_window
+from models.decisions.profile import CustomerProfiles
 
 
 @dataclass
@@ -232,7 +232,7 @@ def champion_window_scores(
 
     The window: the messages sent from the later of the run's split (`test_days` before the last
     event) and the champion's own training time, whose conversion window has closed
-    (`models.nba.logged_window`, read from `tables` with this run's `profiles`). The challenger is
+    (`models.decisions.nba.logged_window`, read from `tables` with this run's `profiles`). The challenger is
     this run's configuration fitted on the data before the window (`tables_before`); the champion
     is scored as deployed, from its own state, never refitted. Each engine says what it would have
     sent each of these customers at that moment (`NextBestActionEngine.message_choices`), and that

@@ -6,7 +6,7 @@
    `test_days` are the test window;
 2. fit the `TwoStageRecommender` with `as_of=split_time`. Inside, its rankers learn from the
    `label_days` before the split, and customers of that window held out of their training choose
-   what is served (`models.list_order`): the ranker, one source alone or a fusion of sources,
+   what is served (`models.recs.list_order`): the ranker, one source alone or a fusion of sources,
    separately for the default list and for the list of products the customer never bought. The
    test window is never seen;
 3. score on the test window, same customers, same k, same metrics
@@ -42,7 +42,7 @@ from features import columns as c
 from features.io import Tables
 from models.base import CannotTrain
 from models.fitting import fit_pool
-from models.two_stage import TwoStageRecommender
+from models.recs.two_stage import TwoStageRecommender
 from training.evaluation import ranking_metrics
 
 # What the evaluation scores side by side: the baselines (one candidate source each, under the

@@ -86,7 +86,7 @@ def recommendations_frame(
 ) -> pd.DataFrame:
     """customer_id, rank, product_id, score, reason for every customer, scored in chunks to bound
     memory. `model="served"`: the order the recommender chose on validation (what the service
-    answers); `filters`: `models.rules.Filters` or a dict, e.g. {"exclude_purchased": True} for
+    answers); `filters`: `models.recs.rules.Filters` or a dict, e.g. {"exclude_purchased": True} for
     products the customer never bought."""
     extra = {} if filters is None else {"filters": filters}
     rows = []

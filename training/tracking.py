@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 from training.settings import EXPERIMENT_NAME, default_artifact_root, quiet_libraries, work_dir
@@ -16,9 +15,6 @@ quiet_libraries()
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-
-_PYFUNC_FILE = Path(__file__).with_name("mlflow_recommender.py")
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def setup_tracking(tracking_uri: str, experiment: str = EXPERIMENT_NAME) -> MlflowClient:
@@ -72,71 +68,6 @@ def latest_skip_reasons(tracking_uri: str, experiment: str = EXPERIMENT_NAME) ->
         return {}
     tags = runs[0].data.tags
     return {key.removeprefix("skipped."): value for key, value in tags.items() if key.startswith("skipped.")}
-
-
-def log_recommender_model(model_dir: Path, registered_name: str) -> str:
-    """Log the recommender folder as a pyfunc model in the active run and register it; returns the version."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "customer_id")]),
-        outputs=Schema(
-            [
-                ColSpec("string", "customer_id"),
-                ColSpec("long", "rank"),
-                ColSpec("string", "product_id"),
-                ColSpec("double", "score"),
-                ColSpec("string", "reason"),
-            ]
-        ),
-        params=ParamSchema([ParamSpec("k", "long", 10)]),
-    )
-    with warnings.catch_warnings():
-        # MLflow asks for an input example; the explicit signature above already says everything.
-        warnings.filterwarnings("ignore", message="An input example was not provided")
-        info = _log_pyfunc(model_dir, registered_name, signature)
-    return str(info.registered_model_version)
-
-
-def _log_pyfunc(model_dir: Path, registered_name: str, signature):
-    return mlflow.pyfunc.log_model(
-        name="recommender",
-        python_model=str(_PYFUNC_FILE),
-        artifacts={"recommender": str(model_dir)},
-        code_paths=[str(_PACKAGE_ROOT / "models"), str(_PACKAGE_ROOT / "features")],
-        pip_requirements=_pinned_requirements(),
-        signature=signature,
-        registered_model_name=registered_name,
-    )
-
-
-def log_nba_model(model_dir: Path, registered_name: str) -> str:
-    """Log the next-best-action engine folder as a pyfunc model and register it; returns the version."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="An input example was not provided")
-        info = mlflow.pyfunc.log_model(
-            name="nba",
-            python_model=str(Path(__file__).with_name("mlflow_nba.py")),
-            artifacts={"nba": str(model_dir)},
-            code_paths=[str(_PACKAGE_ROOT / "models"), str(_PACKAGE_ROOT / "features")],
-            pip_requirements=_pinned_requirements() + [f"lightgbm=={_version('lightgbm')}"],
-            registered_model_name=registered_name,
-        )
-    return str(info.registered_model_version)
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
-
-
-def _pinned_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    names = ["numpy", "pandas", "scipy", "implicit", "mlflow"]
-    return [f"{n}=={version(n)}" for n in names]
 
 
 def download_model_folder(

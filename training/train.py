@@ -259,7 +259,7 @@ def register_families(
         if not outcome.trained or family.name == "profiles":
             continue
         name = config.registered_name if family.name == "recommender" else family.registered_name
-        version = family.register(outcome, folder)
+        version = family.register(outcome, folder, name)
         versions[name] = version
         champion = outcome.extra.get("champion") or {}
         note = context.champion_notes.get(family.name) or champion.get("note", "")

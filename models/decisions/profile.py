@@ -60,13 +60,11 @@ from features.io import Tables
 # the feature build and the LightGBM fits run on the Dask cluster of `omni train --dask-scheduler`, if any
 from models.base import FEW_IDS, CannotTrain, read_model_meta
 from models.fitting import build_customer_features, fit_estimator, fit_pool, run_tasks
+from models.timestamps import NAT_US, US_PER_DAY, US_PER_SECOND, from_us, to_us
 
 FORMAT_VERSION = 1
 MONETARY_OFFER_KINDS: tuple[str, ...] = ("discount", "bogo", "free_shipping")
 DEFAULT_MESSAGE_CHANNELS: tuple[str, ...] = ("email", "sms", "push", "social")
-US_PER_SECOND = 1_000_000
-US_PER_DAY = 86_400 * US_PER_SECOND
-NAT_US = np.iinfo(np.int64).min
 _SECONDS_BITS = 34
 RATE_PRIOR_STRENGTH = 2.0  # pseudo messages at the population rate in every smoothed rate
 BELOW_LIST_TOLERANCE = 0.99  # a line below 99 % of list price × quantity was sold at a discount
@@ -136,18 +134,6 @@ DERIVED_FROM: dict[str, str] = {
 
 # ----------------------------------------------------------------------------------------------
 # As-of sums over per-customer streams
-def _us(ts) -> np.ndarray:
-    """int64 µs since the epoch (NaT → int64 min); naive timestamps are taken as UTC."""
-    if isinstance(ts, pd.Timestamp):
-        ts = ts.tz_convert("UTC") if ts.tzinfo is not None else ts.tz_localize("UTC")
-        return np.array([ts.as_unit("us").asm8.astype(np.int64)], dtype=np.int64)
-    index = pd.DatetimeIndex(ts)
-    index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
-    return index.as_unit("us").asi8.copy()
-
-
-def _timestamp(us: int) -> pd.Timestamp:
-    return pd.Timestamp(int(us), unit="us", tz="UTC")
 
 
 class _Stream:
@@ -333,11 +319,11 @@ class CustomerHistory:
             [messages[c.SENT_TS].max()] if messages is not None and len(messages) else []
         )
         self.as_of = pd.Timestamp(as_of) if as_of is not None else max(last) + pd.Timedelta(seconds=1)
-        as_of_us = int(_us(self.as_of)[0])
+        as_of_us = int(to_us(self.as_of)[0])
 
         # ---- events
         ev_codes = self._codes(events[c.CUSTOMER_ID])
-        ev_ts = _us(events[c.TS])
+        ev_ts = to_us(events[c.TS])
         self.event_channels = tuple(sorted(events[c.CHANNEL].dropna().astype(str).unique()))
         channel_codes = pd.Categorical(events[c.CHANNEL].astype(str), categories=self.event_channels).codes
         onehot = np.zeros((len(events), 1 + len(self.event_channels)), dtype=np.float64)
@@ -410,11 +396,11 @@ class CustomerHistory:
         )
         returns = events.loc[(events[c.EVENT_TYPE] == "return").to_numpy()]
         returned = returns[c.AMOUNT].fillna(0.0).abs() if c.AMOUNT in returns else np.zeros(len(returns))
-        self.returns = _Stream(self._codes(returns[c.CUSTOMER_ID]), _us(returns[c.TS]), returned)
+        self.returns = _Stream(self._codes(returns[c.CUSTOMER_ID]), to_us(returns[c.TS]), returned)
         signup = pd.Series(NAT_US, index=self.customer_index, dtype=np.int64)
         if tables.customers is not None and c.SIGNUP_TS in tables.customers:
             cust = tables.customers.dropna(subset=[c.SIGNUP_TS])
-            signup.loc[cust[c.CUSTOMER_ID].astype(str).to_numpy()] = _us(cust[c.SIGNUP_TS])
+            signup.loc[cust[c.CUSTOMER_ID].astype(str).to_numpy()] = to_us(cust[c.SIGNUP_TS])
         self.signup_us = signup.to_numpy()
         # free customer attributes (`attr.*`), encoded once per customer
         attributes = encode_attributes(tables.customers, self.customer_index)
@@ -439,10 +425,12 @@ class CustomerHistory:
 
     def _message_streams(self, messages: pd.DataFrame, offers: pd.DataFrame | None, as_of_us: int) -> None:
         m_codes = self._codes(messages[c.CUSTOMER_ID])
-        sent = _us(messages[c.SENT_TS])
-        opened_ts = _us(messages[c.OPENED_TS]) if c.OPENED_TS in messages else np.full(len(messages), NAT_US)
+        sent = to_us(messages[c.SENT_TS])
+        opened_ts = (
+            to_us(messages[c.OPENED_TS]) if c.OPENED_TS in messages else np.full(len(messages), NAT_US)
+        )
         converted_ts = (
-            _us(messages[c.CONVERTED_TS]) if c.CONVERTED_TS in messages else np.full(len(messages), NAT_US)
+            to_us(messages[c.CONVERTED_TS]) if c.CONVERTED_TS in messages else np.full(len(messages), NAT_US)
         )
         opened = opened_ts != NAT_US
         converted = converted_ts != NAT_US
@@ -501,7 +489,7 @@ class CustomerHistory:
         """
         codes = self._codes(customer_ids)
         n = len(codes)
-        t = _us(times) if not isinstance(times, pd.Timestamp) else np.full(n, _us(times)[0])
+        t = to_us(times) if not isinstance(times, pd.Timestamp) else np.full(n, to_us(times)[0])
         if len(t) == 1 and n != 1:
             t = np.full(n, t[0])
         out: dict[str, np.ndarray] = {}
@@ -581,7 +569,7 @@ class CustomerHistory:
     def channel_open_rates(self, customer_ids, t: pd.Timestamp) -> pd.DataFrame:
         """Smoothed open rate per message channel: (opens + 2·rate_ch) / (sent + 2), before t."""
         codes = self._codes(customer_ids)
-        tt = np.full(len(codes), _us(t)[0])
+        tt = np.full(len(codes), to_us(t)[0])
         out = {}
         if self.sent is None:
             return pd.DataFrame(index=range(len(codes)))
@@ -597,7 +585,7 @@ class CustomerHistory:
         out = np.full(len(codes), None, dtype=object)
         if self.sent is None:
             return out
-        tt = np.full(len(codes), _us(t)[0])
+        tt = np.full(len(codes), to_us(t)[0])
         start, pos = self.sent._bounds(codes, tt)
         has = pos > start
         # the one-hot channel columns of the last row = difference of consecutive cumulative sums
@@ -766,7 +754,7 @@ class CustomerProfiles(BaseEstimator):
         """Profiles of every customer at `as_of` (default: just after the last event or message).
 
         `tables` should be identity-stitched. `channel_model` / `send_time_model` (optional) are
-        fitted `models.channel.ChannelModel` / `models.send_time.SendTimeModel`.
+        fitted `models.engagement.channel.ChannelModel` / `models.engagement.send_time.SendTimeModel`.
         `customer_features` (optional): `build_customer_features` of the same tables with every
         event counted, when the caller has built it already (`omni train` has): its activity hours
         and category shares are read instead of built again, where every event is before `as_of`.
@@ -856,7 +844,7 @@ class CustomerProfiles(BaseEstimator):
             )
             or DEFAULT_MESSAGE_CHANNELS
         )
-        from models.contact_policy import (
+        from models.decisions.contact_policy import (
             latest_consent_matrix,
         )  # local: contact_policy imports nothing from here
 
@@ -899,7 +887,7 @@ class CustomerProfiles(BaseEstimator):
         if all(v is not None for v in given.values()):
             self.thresholds_source_ = "given"
             return {k: float(v) for k, v in given.items()}
-        learned = segment_thresholds(history.orders, int(_us(history.as_of)[0]))
+        learned = segment_thresholds(history.orders, int(to_us(history.as_of)[0]))
         if learned is None:
             learned = dict(FALLBACK_THRESHOLDS)
             self.thresholds_source_ = "fallback"
@@ -994,7 +982,7 @@ class CustomerProfiles(BaseEstimator):
         horizon = pd.Timedelta(days=self.horizon_days)
         t = self.as_of_ - horizon
         first_event = self.frame_["first_event_us"].to_numpy()
-        t_us = int(_us(t)[0])
+        t_us = int(to_us(t)[0])
         known = (first_event != NAT_US) & (first_event < t_us)
         span_days = (t_us - first_event[known].min()) / US_PER_DAY if known.any() else 0.0
         if span_days < self.horizon_days or known.sum() < 200:
@@ -1008,7 +996,7 @@ class CustomerProfiles(BaseEstimator):
         x_t = history.features_at(train_ids, t)[self.feature_names_]
         codes = history._codes(train_ids)  # once: mapping string ids to codes is the slow part
         orders_t = history.orders.sums(codes, np.full(len(train_ids), t_us))
-        as_of_us = int(_us(self.as_of_)[0])
+        as_of_us = int(to_us(self.as_of_)[0])
         orders_end = history.orders.sums(codes, np.full(len(train_ids), as_of_us))
         ret_t = history.returns.sums(codes, np.full(len(train_ids), t_us))[:, 0]
         ret_end = history.returns.sums(codes, np.full(len(train_ids), as_of_us))[:, 0]
@@ -1190,7 +1178,7 @@ class CustomerProfiles(BaseEstimator):
         last = buys.groupby([buys[c.CUSTOMER_ID].astype(str), buys[c.PRODUCT_ID].astype(str)])[c.TS].max()
         out = last.reset_index()
         out.columns = [c.CUSTOMER_ID, c.PRODUCT_ID, "ts"]
-        out["last_purchase_us"] = _us(out["ts"])
+        out["last_purchase_us"] = to_us(out["ts"])
         out["cycle_days"] = out[c.PRODUCT_ID].map(cycle).to_numpy(np.float64)
         return out[columns].sort_values([c.CUSTOMER_ID, c.PRODUCT_ID], ignore_index=True)
 
@@ -1219,7 +1207,7 @@ class CustomerProfiles(BaseEstimator):
         Consent changes daily and an opt-out must count at once: a decision job calls this with
         today's table instead of waiting for the next training.
         """
-        from models.contact_policy import latest_consent_matrix
+        from models.consent import latest_consent_matrix
 
         ids = self.frame_[c.CUSTOMER_ID].astype(str).to_numpy()
         matrix = latest_consent_matrix(consent, ids, self.message_channels_, as_of)
@@ -1230,7 +1218,7 @@ class CustomerProfiles(BaseEstimator):
     def model_features(self, rows: np.ndarray, now: pd.Timestamp) -> pd.DataFrame:
         """Model features of `rows` (from `rows()`, all known) with time-relative ones moved to `now`."""
         feats = self.features_.iloc[rows].reset_index(drop=True).copy()
-        now_us = int(_us(now)[0])
+        now_us = int(to_us(now)[0])
         for name, col in TIME_RELATIVE.items():
             if name in feats:
                 feats[name] = _days(np.full(len(rows), now_us), self.frame_[col].to_numpy()[rows])
@@ -1281,7 +1269,7 @@ class CustomerProfiles(BaseEstimator):
             )
             self._feature_columns = cached
         feats = {name: values[rows] for name, values in cached[1].items()}
-        now_us = int(_us(now)[0])
+        now_us = int(to_us(now)[0])
         for name, col in TIME_RELATIVE.items():
             if name in feats:
                 feats[name] = _days(np.full(len(rows), now_us), self.frame_[col].to_numpy()[rows])
@@ -1300,7 +1288,7 @@ class CustomerProfiles(BaseEstimator):
         table = self.replenishment_
         if not table.empty:
             table = table.loc[table[c.CUSTOMER_ID].isin(unique)]
-            now_us = int(_us(now)[0])
+            now_us = int(to_us(now)[0])
             cycle_us = (table["cycle_days"].to_numpy() * US_PER_DAY).astype(np.int64)
             due_at = table["last_purchase_us"].to_numpy() + cycle_us
             lead = int(self.replenishment_lead_days * US_PER_DAY)
@@ -1334,7 +1322,7 @@ class CustomerProfiles(BaseEstimator):
         if positions is None:
             return []
         cycle_days, last_purchase_us, product_ids = (values[positions] for values in cached[2])
-        now_us = int(_us(now)[0])
+        now_us = int(to_us(now)[0])
         cycle_us = (cycle_days * US_PER_DAY).astype(np.int64)
         due_at = last_purchase_us + cycle_us
         lead = int(self.replenishment_lead_days * US_PER_DAY)
@@ -1414,7 +1402,7 @@ class CustomerProfiles(BaseEstimator):
         last_contact = None
         if r["last_message_us"] != NAT_US:
             last_contact = {
-                "ts": _timestamp(r["last_message_us"]).isoformat(),
+                "ts": from_us(r["last_message_us"]).isoformat(),
                 "channel": r["last_contact_channel"],
             }
         return {
@@ -1460,7 +1448,7 @@ class CustomerProfiles(BaseEstimator):
             ),
             "last_contact": field(last_contact, DERIVED_FROM["last_contact"]),
             "last_purchase": field(
-                None if r["last_purchase_us"] == NAT_US else _timestamp(r["last_purchase_us"]).isoformat(),
+                None if r["last_purchase_us"] == NAT_US else from_us(r["last_purchase_us"]).isoformat(),
                 DERIVED_FROM["last_purchase"],
             ),
             "timezone": field(r[c.TIMEZONE], DERIVED_FROM["timezone"]),

@@ -10,7 +10,7 @@ The rules, and where `TwoStageRecommender` applies them:
   request's `exclude` ids and the context items themselves, category include/exclude and the price
   range, and every product the customer bought when the request asks for new ones only
   (`Filters.exclude_purchased`; otherwise how many bought products come back is learned, see
-  `models.list_order`);
+  `models.recs.list_order`);
 - after ranking, on the ranked list: channel eligibility, then at most `max_per_category` items
   per category (greedy, best first), then the reserved slot for new products.
 Channel eligibility is deliberately applied only after ranking: then the same customer and context

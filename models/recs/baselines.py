@@ -17,9 +17,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.interactions import InteractionMatrix
-from models.als import ALSScorer
 from models.base import read_model_meta, top_k
-from models.popularity import PopularityScorer
+from models.recs.als import ALSScorer
+from models.recs.popularity import PopularityScorer
 
 FORMAT_VERSION = 1
 

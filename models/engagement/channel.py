@@ -42,7 +42,7 @@ probabilities are calibrated on later data than the models were fitted on, as th
 
 Outcome windows. A message sent shortly before `as_of` may still be opened or converted: those
 within the open / conversion window are left out of that target's training rows. The windows are
-learned from the delays observed in the data (`models.send_time.outcome_window_days`: their 99th
+learned from the delays observed in the data (`models.engagement.send_time.outcome_window_days`: their 99th
 percentile), not set to a generator's.
 
 The engagement-ratio rule. Beside the model, each fit keeps the simple rule it is validated
@@ -81,8 +81,10 @@ from features import columns as c
 from features.codes import positions
 from features.io import rows_before
 from models.base import CannotTrain, index_rows, read_model_meta
+from models.consent import latest_consent
+from models.engagement.send_time import dirichlet_prior_strength, outcome_window_days
 from models.fitting import train_booster
-from models.send_time import dirichlet_prior_strength, outcome_window_days
+from models.timestamps import to_us
 
 FORMAT_VERSION = 3
 # format 1: a LightGBM engagement model (scored as before); 2: no rule mode, no attributes, fixed
@@ -117,22 +119,6 @@ _MIN_SIGMA2, _MAX_SIGMA2 = 1e-4, 4.0
 EVENT_COLUMNS: tuple[str, ...] = (c.CUSTOMER_ID, c.TS, c.CHANNEL, c.EVENT_TYPE)
 _CHUNK_ROWS = 1 << 18  # rows per chunk where a per-row matrix is built piece by piece
 _NO_EVENT_DAYS = 3650.0  # "days since the last event" of a customer without events
-
-
-def latest_consent(consent: pd.DataFrame, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
-    """The latest consent row per (customer, channel) up to `as_of`: customer_id, channel, opted_in, updated_ts."""
-    rows = consent if as_of is None else consent.loc[consent[c.UPDATED_TS] < as_of]
-    rows = rows.dropna(subset=[c.CUSTOMER_ID, c.CHANNEL, c.UPDATED_TS])
-    rows = rows.sort_values([c.CUSTOMER_ID, c.CHANNEL, c.UPDATED_TS], kind="stable")
-    latest = rows.drop_duplicates([c.CUSTOMER_ID, c.CHANNEL], keep="last")
-    out = latest[[c.CUSTOMER_ID, c.CHANNEL, c.OPTED_IN, c.UPDATED_TS]].reset_index(drop=True)
-    return out.assign(
-        **{
-            c.CUSTOMER_ID: out[c.CUSTOMER_ID].astype(str),
-            c.CHANNEL: out[c.CHANNEL].astype(str),
-            c.OPTED_IN: out[c.OPTED_IN].astype(bool),
-        }
-    )
 
 
 def _check_serve(serve: str) -> None:
@@ -497,7 +483,7 @@ class ChannelModel(BaseEstimator):
     open_window_days, conversion_window_days : messages sent less than this before `as_of` are
         left out of the engagement / conversion training rows (their outcome may still come).
         None (default): learned from the observed delays between send and open or click, and
-        between send and conversion (`models.send_time.outcome_window_days`); the values used
+        between send and conversion (`models.engagement.send_time.outcome_window_days`); the values used
         are `open_window_days_` and `conversion_window_days_`.
     max_training_rows : the conversion LightGBM learns from a random sample of at most this many
         messages (None = all); calibration still uses every calibration message. Its cost grows
@@ -715,7 +701,7 @@ class ChannelModel(BaseEstimator):
         if len(rows) < 50 or len(np.unique(y)) < 2:
             self._constant_target(target, rows, "too few rows or one outcome only")
             return
-        order = np.argsort(_epoch_us(rows["_sent"]), kind="stable")
+        order = np.argsort(to_us(rows["_sent"]), kind="stable")
         n_cal = int(round(len(rows) * self.calibration_share))
         n_cal = min(max(n_cal, 20), len(rows) // 2)
         fit_idx, cal_idx = order[: len(rows) - n_cal], order[len(rows) - n_cal :]
@@ -906,7 +892,7 @@ class ChannelModel(BaseEstimator):
         profile_logit = self._profile_logit(frame)
         last = (
             pd.DataFrame({"customer": rows["_customer"].to_numpy()[fit_idx], "code": code[fit_idx]})
-            .assign(_sent=_epoch_us(rows["_sent"])[fit_idx], _row=fit_idx)
+            .assign(_sent=to_us(rows["_sent"])[fit_idx], _row=fit_idx)
             .sort_values("_sent", kind="stable")
             .drop_duplicates(["customer", "code"], keep="last")["_row"]
             .to_numpy()
@@ -1199,7 +1185,7 @@ class ChannelModel(BaseEstimator):
             consent_customer=consent[c.CUSTOMER_ID].to_numpy().astype(str),
             consent_channel=consent[c.CHANNEL].to_numpy().astype(str),
             consent_opted_in=consent[c.OPTED_IN].to_numpy().astype(bool),
-            consent_updated_us=_epoch_us(consent[c.UPDATED_TS]),
+            consent_updated_us=to_us(consent[c.UPDATED_TS]),
             **{f"calibration_{t}_x": self.calibrators_[t][0] for t in TARGETS},
             **{f"calibration_{t}_y": self.calibrators_[t][1] for t in TARGETS},
             **glm,
@@ -1418,9 +1404,3 @@ def _eb_tau(residual: np.ndarray, info: np.ndarray) -> float:
         return float("inf")
     sigma2 = float((residual[has] ** 2 - info[has]).sum() / (info[has] ** 2).sum())
     return 1.0 / float(np.clip(sigma2, _MIN_SIGMA2, _MAX_SIGMA2))
-
-
-def _epoch_us(ts: pd.Series) -> np.ndarray:
-    """Microseconds since the epoch (UTC) of timestamps, as int64 (a pickle-free array)."""
-    naive = pd.to_datetime(ts, utc=True).dt.tz_localize(None)
-    return naive.to_numpy(dtype="datetime64[us]").astype(np.int64)

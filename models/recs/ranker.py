@@ -1,6 +1,6 @@
 """Second stage: features of (customer, candidate product) pairs and a LightGBM LambdaRank model over them.
 
-The candidate sources (`models.candidates`) each propose products with a score; the ranker learns,
+The candidate sources (`models.recs.candidates`) each propose products with a score; the ranker learns,
 from what customers bought after a cut-off, how to weigh those scores against what is known about
 the customer and the product. One group per customer (LambdaRank optimises nDCG within a group).
 
@@ -15,7 +15,7 @@ Features (`FEATURE_NAMES`, all numeric, NaN = not known, which LightGBM routes o
 - customer: total interaction weight, distinct products, number of sources that proposed the item.
 
 The channel a request comes from is deliberately not a feature: the same customer and context must
-get the same order on every channel, so the channel only filters (see `models.rules`). The
+get the same order on every channel, so the channel only filters (see `models.recs.rules`). The
 customer's own main channel, which does not change between requests, stands in for it.
 
 Building features is numpy only (gathers from CSR rows and per-item arrays), so one request's few
@@ -63,7 +63,7 @@ class CSRRow:
     one-row `csr_matrix` (indptr, indices, data, shape, nnz), without building a scipy matrix.
 
     `indices` must be sorted and unique, as in a canonical CSR. The single-request path of
-    `models.two_stage` passes these, so a request costs no scipy construction.
+    `models.recs.two_stage` passes these, so a request costs no scipy construction.
     """
 
     __slots__ = ("indices", "data", "indptr", "shape", "nnz")

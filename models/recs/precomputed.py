@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models import rules
+from models.recs import rules
 
 FORMAT_VERSION = 1
 _ARRAYS = ("entry_of_row", "indptr", "n_head", "complete", "items", "scores", "reserved", "reason_codes")
@@ -175,7 +175,7 @@ class PrecomputedLists:
     def lookup(self, recommender, row: int, channel_col: int | None, k: int):
         """The stored answer for customer `row` (a `Recommendation`), or None when the store
         cannot give the live path's answer (not stored, or too few eligible items stored)."""
-        from models.recommender import Recommendation
+        from models.recs.baselines import Recommendation
 
         entry = int(self.entry_of_row_[row]) if 0 <= row < len(self.entry_of_row_) else -1
         if entry < 0:

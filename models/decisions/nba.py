@@ -18,7 +18,7 @@ with mu_0 the conversion probability without the message and mu_a the one of a c
 seen the message. `cost_a` is `offers.cost`, currency per redemption (what a campaign system
 records: the discount or reward paid out when the offer is used), whatever the order's size. It
 counts on every redemption, including by customers who would have bought anyway (P(convert | a)
-includes mu_0): that is `models.uplift.incremental_value`. Every conversion in the window after an
+includes mu_0): that is `models.decisions.uplift.incremental_value`. Every conversion in the window after an
 offer message is taken as a redemption, opened or not, because that is how the logged revenue is
 booked (net of the offer). A customer for whom nothing has a gain above the policy's
 `min_expected_gain` gets no action, with the reason.
@@ -38,7 +38,7 @@ learner (`MultiArmUpliftLearner`, X-learner by default) is trained on arms
 
     0 = message not opened (control), 1 = opened, no offer, 1 + j = opened with offer j,
 
-with features known at the send time (`models.profile.CustomerHistory`, leak-free), and outcome
+with features known at the send time (`models.decisions.profile.CustomerHistory`, leak-free), and outcome
 "converted within the window". Opening is not randomised, so it is adjusted for by the features
 (customer-level: history, open and conversion rates); the offer is randomised by the logging
 policy independently of the customer, so among opened messages the offer comparison is a
@@ -105,7 +105,7 @@ smoothed open rate per channel from the message history (`HistoryOpenRates`). Th
 best allowed slot from a `SendTimeChooser`'s weekly local scores: the send-time model's engagement
 grid (`SendTimeModelChooser`) or the customer's activity hours (`ActivityHoursChooser`, everyone's
 hours for a customer without events); consent,
-quiet hours, caps and cooldowns are applied in one place, `models.contact_policy`.
+quiet hours, caps and cooldowns are applied in one place, `models.decisions.contact_policy`.
 
 Batch. `decide(customer_ids, now)` is vectorised (numpy over customers × channels × arms, LightGBM
 on the whole batch, sorted-array ledger look-ups); one decision per distinct customer. Every send
@@ -137,9 +137,7 @@ from sklearn.model_selection import StratifiedKFold
 from features import columns as c
 from features.io import Tables
 from models.base import FEW_IDS, read_model_meta
-from models.contact_policy import (
-    NAT_US,
-    US_PER_HOUR,
+from models.decisions.contact_policy import (
     ContactLedger,
     ContactPolicy,
     audit_sends,
@@ -148,25 +146,23 @@ from models.contact_policy import (
     next_send_times,
     offer_eligibility,
 )
-from models.fitting import (  # on the Dask cluster of `omni train` when one is active
-    fit_estimator,
-    fit_pool,
-    run_tasks,
-)
-from models.profile import (
-    US_PER_DAY,
-    US_PER_SECOND,
+from models.decisions.profile import (
     CustomerHistory,
     CustomerProfiles,
-    _us,
     message_windows_days,
 )
-from models.uplift import (
+from models.decisions.uplift import (
     _Z95,
     MultiArmUpliftLearner,
     ValueGuardedPolicy,
     cross_fit_outcomes,
 )
+from models.fitting import (  # on the Dask cluster of `omni train` when one is active
+    fit_estimator,
+    fit_pool,
+    run_tasks,
+)
+from models.timestamps import NAT_US, US_PER_DAY, US_PER_HOUR, US_PER_SECOND, to_us
 
 FORMAT_VERSION = 1
 NO_ACTION = "no_action"
@@ -242,7 +238,7 @@ class HistoryOpenRates:
 
 
 class ChannelModelChooser:
-    """Adapter: `models.channel.ChannelModel.predict_proba(...)['probability']` (engagement)."""
+    """Adapter: `models.engagement.channel.ChannelModel.predict_proba(...)['probability']` (engagement)."""
 
     name = "channel_model"
 
@@ -325,7 +321,7 @@ class ActivityHoursChooser:
 
 
 class SendTimeModelChooser:
-    """Adapter: `models.send_time.SendTimeModel.score_grid` (engagement per local weekly slot)."""
+    """Adapter: `models.engagement.send_time.SendTimeModel.score_grid` (engagement per local weekly slot)."""
 
     name = "send_time_model"
 
@@ -705,12 +701,12 @@ class NextBestActionEngine(BaseEstimator):
         offer_ids_, offer_kinds_, arm_names_, arm_costs_.
         """
         messages = tables.messages
-        as_of_us = int(_us(profiles.as_of_)[0])
+        as_of_us = int(to_us(profiles.as_of_)[0])
         windows = message_windows_days(messages, tables.offers, self.conversion_window_days)
-        sent_us = _us(messages[c.SENT_TS])
+        sent_us = to_us(messages[c.SENT_TS])
         keep = (sent_us != NAT_US) & (sent_us + (windows * US_PER_DAY).astype(np.int64) < as_of_us)
         if sent_from is not None:
-            keep &= sent_us >= int(_us(pd.Timestamp(sent_from))[0])
+            keep &= sent_us >= int(to_us(pd.Timestamp(sent_from))[0])
         if train_customers is not None:
             train = pd.Index(np.asarray(train_customers, dtype=str))
             keep &= messages[c.CUSTOMER_ID].astype(str).isin(train).to_numpy()
@@ -746,8 +742,10 @@ class NextBestActionEngine(BaseEstimator):
         self.mode_ = "uplift" if has_opens else "plain_base"
         opened = rows[c.OPENED_TS].notna().to_numpy() if has_opens else np.ones(len(rows), dtype=bool)
         converted = rows[c.CONVERTED_TS] if c.CONVERTED_TS in rows else pd.Series(pd.NaT, index=rows.index)
-        converted_us = _us(converted)
-        y = ((converted_us != NAT_US) & (converted_us < _us(rows[c.SENT_TS]) + window_us)).astype(np.float64)
+        converted_us = to_us(converted)
+        y = ((converted_us != NAT_US) & (converted_us < to_us(rows[c.SENT_TS]) + window_us)).astype(
+            np.float64
+        )
         # arms in the engine's numbering: 0 not exposed (unopened), 1 plain message, 2 + j offer j
         engine_arm = offer_idx + 2
         if self.mode_ == "uplift":
@@ -815,7 +813,7 @@ class NextBestActionEngine(BaseEstimator):
             X = _model_matrix(features, names)
             order_value = self._order_value(features)
             customer_id = rows[c.CUSTOMER_ID].astype(str).to_numpy()
-            sent_us = _us(rows[c.SENT_TS])
+            sent_us = to_us(rows[c.SENT_TS])
             window_us = (rows["_window_days"].to_numpy() * US_PER_DAY).astype(np.int64)
             channel = rows[c.CHANNEL].astype(object).to_numpy()
         else:
@@ -863,7 +861,7 @@ class NextBestActionEngine(BaseEstimator):
         """
         self.mode_ = "offers_control"
         history = self._history(tables, profiles)
-        t_us = _us(rows[c.SENT_TS])
+        t_us = to_us(rows[c.SENT_TS])
         msg_codes = history._codes(rows[c.CUSTOMER_ID].astype(str))
         universe = np.arange(len(history.customer_index), dtype=np.int64)
         if train_customers is not None:
@@ -1241,7 +1239,7 @@ class NextBestActionEngine(BaseEstimator):
         for j, ch in enumerate(channels):
             consent[:, j] = frame[f"consent_{ch}"].to_numpy(bool)[safe] & known
         control = in_control_group(ids, policy)
-        now_us = int(_us(now)[0])
+        now_us = int(to_us(now)[0])
         after = np.full(n, now_us, dtype=np.int64)
         last_buy = ledger.last_purchase(ids)
         buy_until = np.where(
@@ -1963,8 +1961,8 @@ def logged_window(
     reader.notes_, reader.metrics_ = [], {}
     reader._set_order_values(profiles)
     reader._set_offers(tables.offers)
-    sent = _us(tables.messages[c.SENT_TS])
-    since = int(((sent != NAT_US) & (sent >= int(_us(pd.Timestamp(sent_from))[0]))).sum())
+    sent = to_us(tables.messages[c.SENT_TS])
+    since = int(((sent != NAT_US) & (sent >= int(to_us(pd.Timestamp(sent_from))[0]))).sum())
     if since == 0:
         return None, "no message was sent since"
     data = reader.training_data(tables, profiles, sent_from=sent_from)

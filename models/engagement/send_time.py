@@ -98,7 +98,12 @@ from features.codes import positions
 from features.customer_features import local_time_parts
 from features.io import rows_before
 from models.base import CannotTrain, index_rows, read_model_meta
-from models.em_kernels import add_message_log_likelihood, customer_starts, engagement_sums, info_dot
+from models.engagement.em_kernels import (
+    add_message_log_likelihood,
+    customer_starts,
+    engagement_sums,
+    info_dot,
+)
 
 FORMAT_VERSION = 3
 # format 1 (learned profile shapes) and 2 (no rule modes: always served as the model) score the same way

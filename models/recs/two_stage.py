@@ -1,12 +1,12 @@
 """Two-stage product recommendations: candidate sources, a LambdaRank ranker, then the business rules.
 
-Stage 1 (`models.candidates`): ALS on the cross-channel interaction matrix, EASE item-item
+Stage 1 (`models.recs.candidates`): ALS on the cross-channel interaction matrix, EASE item-item
 neighbours, "bought together" co-occurrence, popular and trending products per segment and
 channel, replenishment items whose cycle is due, and content-based scores for products without
 history each propose their best products among those the rules allow.
-Stage 2 (`models.ranker`): a LightGBM LambdaRank model orders the union from the sources' scores
+Stage 2 (`models.recs.ranker`): a LightGBM LambdaRank model orders the union from the sources' scores
 and ranks plus customer × product features.
-Then `models.rules`: channel eligibility, the per-category cap and a reserved slot for a new product;
+Then `models.recs.rules`: channel eligibility, the per-category cap and a reserved slot for a new product;
 every returned product carries a reason (`personal`, `similar_to:<id>`, `bought_together:<id>`,
 `replenish`, `popular`).
 
@@ -62,10 +62,12 @@ from features.codes import positions
 from features.contract import DEFAULT_CHANNELS
 from features.interactions import build_interactions
 from features.io import Tables, rows_before
-from models import rules
-from models.als import ALSScorer
 from models.base import read_model_meta
-from models.candidates import (
+from models.fitting import fit_pool
+from models.recs import rules
+from models.recs.als import ALSScorer
+from models.recs.baselines import Recommendation
+from models.recs.candidates import (
     CoOccurrenceScorer,
     EASENeighbours,
     NewProductScorer,
@@ -75,8 +77,7 @@ from models.candidates import (
     estimate_cycle_days,
     replenishment_scores,
 )
-from models.fitting import fit_pool
-from models.list_order import (
+from models.recs.list_order import (
     LIST_KINDS,
     MIN_GAIN,
     ListOrder,
@@ -85,7 +86,7 @@ from models.list_order import (
     fusion_scores,
     ndcg_at_k,
 )
-from models.ranker import (
+from models.recs.ranker import (
     FEATURE_NAMES,
     SOURCES,
     CandidatePairs,
@@ -95,7 +96,6 @@ from models.ranker import (
     gather,
     row_profiles,
 )
-from models.recommender import Recommendation
 
 FORMAT_VERSION = 2  # 2: the buy-again source, a ranker per list kind, the served orders
 # The optional customers column naming a marketing segment (belongs in features/columns.py).
@@ -196,10 +196,10 @@ class TwoStageRecommender:
       random from the whole history are learned and chosen on instead, when that gives more;
     - `n_candidates`: candidates per personal source (ALS, EASE, co-occurrence); `n_popular`,
       `n_trending`, `n_replenish`, `n_repeat` (buy again), `n_content`: per other source;
-    - `factors`, `regularization`, `alpha`, `iterations`: ALS (models.als.ALSScorer);
-    - `ease_l2`, `ease_max_items`, `ease_neighbours`: EASE (models.candidates.EASENeighbours);
+    - `factors`, `regularization`, `alpha`, `iterations`: ALS (models.recs.als.ALSScorer);
+    - `ease_l2`, `ease_max_items`, `ease_neighbours`: EASE (models.recs.candidates.EASENeighbours);
       `ease_max_items=0` turns EASE off;
-    - `cooc_neighbours`, `cooc_shrinkage`: co-occurrence (models.candidates.CoOccurrenceScorer);
+    - `cooc_neighbours`, `cooc_shrinkage`: co-occurrence (models.recs.candidates.CoOccurrenceScorer);
     - `popularity_days`, `trend_days`: popularity windows;
     - `replenish_due_from`: a bought replenishable product may come back from this share of its cycle;
     - `context_boost`: weight of a session item, relative to a past item, in the item-item sources;
@@ -210,7 +210,7 @@ class TwoStageRecommender:
       nothing on validation (`new_slots_`, per list kind: dead stock never bought costs places);
     - `max_train_customers`: customers sampled for each ranker's training set;
       `max_validation_customers`: other customers of the label window, held out to choose what
-      orders the served lists (`models.list_order`); `validation_share`: the share of the label
+      orders the served lists (`models.recs.list_order`); `validation_share`: the share of the label
       window's customers held out when there are fewer than both maxima together;
     - `n_estimators`, `learning_rate`, `num_leaves`, `min_child_samples`: the LambdaRank model;
     - `random_state`, `num_threads` (0 = all cores).
@@ -345,7 +345,7 @@ class TwoStageRecommender:
         """The rankers (`ranker_` for the default list, `ranker_new_` for the list of products the
         customer never bought) and the served orders (`served_`), learned from a state of the
         sources before some known purchases and chosen on customers held out of the rankers'
-        training (`models.list_order`).
+        training (`models.recs.list_order`).
 
         The known purchases are those of the label window (`label_start` to `as_of`: candidates
         as of `label_start`). When too few customers came back in it (`min_label_customers`: the
@@ -752,7 +752,9 @@ class TwoStageRecommender:
         self.customer_index_ = {cid: i for i, cid in enumerate(self.customer_ids_.tolist())}
         self.product_index_ = {pid: i for i, pid in enumerate(self.product_ids_.tolist())}
         self.customer_has_history_ = np.diff(self.user_items_.indptr) > 0
-        self.precomputed_ = None  # lists computed ahead belong to one fitted state (`models.precomputed`)
+        self.precomputed_ = (
+            None  # lists computed ahead belong to one fitted state (`models.recs.precomputed`)
+        )
 
     def _candidate_set(self, customers: np.ndarray, labels: dict[str, np.ndarray]) -> CandidateSet:
         """Every candidate of `customers` (sorted rows of this, earlier, state) for the default
@@ -807,7 +809,7 @@ class TwoStageRecommender:
 
         `exclude` / `context_items`: per customer, ids never to return / items of the current
         session (they shape the list and are not returned themselves). `channel`: the channel
-        asking (None = no channel rule, for batch). `filters`: `models.rules.Filters` or a dict
+        asking (None = no channel rule, for batch). `filters`: `models.recs.rules.Filters` or a dict
         (include_categories / categories, exclude_categories, price_min, price_max,
         max_per_category, exclude_purchased). `model`: "served" (the order chosen on validation for
         the list's kind, what every caller gets), or for a comparison under the same rules "ranker"
@@ -1181,7 +1183,7 @@ class TwoStageRecommender:
         return pairs, features
 
     def _features(self, pairs, profiles, weights, ages, counts, segment, main_channel) -> np.ndarray:
-        """The ranker's features of candidate pairs (`models.ranker.build_features`) from the
+        """The ranker's features of candidate pairs (`models.recs.ranker.build_features`) from the
         customers' rows and this model's item and popularity tables; one call for the batch and
         the single-request paths, so the two cannot drift apart."""
         return build_features(
@@ -1510,7 +1512,7 @@ class TwoStageRecommender:
         model: str = "served",
     ) -> _RankedOne | _ColdOne:
         """One customer's ranked candidates, best first, before the channel and list rules
-        (`_select`): what `_recommend_one` and `models.precomputed` select from."""
+        (`_select`): what `_recommend_one` and `models.recs.precomputed` select from."""
         n_items = len(self.product_ids_)
         idx = self.customer_index_.get(customer_id, -1)
         ctx = self._id_positions(context_items)
@@ -1829,7 +1831,7 @@ class TwoStageRecommender:
         rec._index()
         if (folder / PRECOMPUTED_FOLDER).exists():
             # written beside the served copy by `omni build`; lists of another model stop the load
-            from models.precomputed import PrecomputedLists
+            from models.recs.precomputed import PrecomputedLists
 
             rec.precomputed_ = PrecomputedLists.load(folder / PRECOMPUTED_FOLDER, rec)
         return rec
@@ -1839,7 +1841,7 @@ _PARAM_NAMES: tuple[str, ...] = tuple(inspect.signature(TwoStageRecommender.__in
 
 
 _PLAIN = rules.Filters()  # a request without filters
-PRECOMPUTED_FOLDER = "precomputed"  # `models.precomputed.PrecomputedLists` inside a model folder
+PRECOMPUTED_FOLDER = "precomputed"  # `models.recs.precomputed.PrecomputedLists` inside a model folder
 RANKER_NEW_FOLDER = "ranker_new"  # the ranker of the list without bought products
 
 

@@ -12,7 +12,7 @@ baseline it could have been. Two lists are chosen separately, because the best a
   follows from the data: buy-again and replenishment compete with the rest on the same footing);
 - `new`: the list of products the customer never bought (`exclude_purchased`).
 
-Everything here is numpy over candidate pairs (`models.ranker.CandidatePairs`), so the same code
+Everything here is numpy over candidate pairs (`models.recs.ranker.CandidatePairs`), so the same code
 scores a validation batch and orders a request.
 """
 
@@ -118,7 +118,7 @@ def ndcg_at_k(
     (ties: the lower item index, as served). `relevant`: sorted codes row · n_items + item;
     `n_relevant`: per row (relevant items the candidates missed count in the ideal DCG).
     `reserved` (per pair) and `slots`: places kept for reserved items (new products) as
-    `models.rules.select_positions` keeps them without a category cap: when the top k holds
+    `models.recs.rules.select_positions` keeps them without a category cap: when the top k holds
     fewer than `slots` of them, the best ones further down replace the last ordinary items."""
     rows_with = np.flatnonzero(n_relevant > 0)
     if len(rows_with) == 0:

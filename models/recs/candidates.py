@@ -1,11 +1,11 @@
 """Candidate sources for the two-stage recommender: cheap scorers that each propose a few hundred products.
 
-Every source answers one question, and the LambdaRank ranker (`models.ranker`) weighs their answers:
-- `ALSScorer` (models/als.py): what people with this customer's cross-channel history like;
+Every source answers one question, and the LambdaRank ranker (`models.recs.ranker`) weighs their answers:
+- `ALSScorer` (models/recs/als.py): what people with this customer's cross-channel history like;
 - `EASENeighbours`: EASE's item-item weights, pruned to each item's strongest neighbours ("similar to");
 - `CoOccurrenceScorer`: products bought together in one order or cart session ("bought together");
 - `SegmentChannelPopularity`: popular and trending products, overall, per customer segment and per channel;
-- replenishment (`PurchaseHistory` + `estimate_cycle_days` + `models.rules`): bought products whose cycle is due;
+- replenishment (`PurchaseHistory` + `estimate_cycle_days` + `models.recs.rules`): bought products whose cycle is due;
 - buy again (`PurchaseHistory.repeat_weight_`): the customer's own most bought products, recent ones first;
 - `NewProductScorer`: products without any history, matched on the customer's favourite categories and
   price band, so a new product can be recommended before anyone has bought it.
@@ -248,7 +248,7 @@ class EASENeighbours(ItemItemScorer):
         # The Gram matrix holds co-occurrence counts, exact in float32 below 2**24.
         gram = (xs.T @ xs).toarray()
         gram[np.diag_indices_from(gram)] += np.float32(self.l2)
-        # BLAS is held to one thread for implicit's ALS (models/als.py); the inverse is the one
+        # BLAS is held to one thread for implicit's ALS (models/recs/als.py); the inverse is the one
         # place where every core pays off (2 cores: half the time)
         with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
             p = _spd_inverse(gram)

@@ -38,15 +38,13 @@ import pandas as pd
 
 from features import columns as c
 from models.base import FEW_IDS, index_rows
+from models.timestamps import NAT_US, US_PER_HOUR, US_PER_SECOND, to_us
 
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[1] / "configs" / "contact_policy.toml"
 SEGMENTS: tuple[str, ...] = ("new", "active", "loyal", "champion", "at_risk", "dormant")
 VALUE_TIERS: tuple[str, ...] = ("high", "medium", "low", "none")
 
-US_PER_SECOND = 1_000_000
-US_PER_HOUR = 3600 * US_PER_SECOND
 HOURS_PER_WEEK = 168
-NAT_US = np.iinfo(np.int64).min  # datetime64's NaT as int64
 _SECONDS_BITS = 34  # ledger keys: customer code << 34 | seconds since the epoch (good until 2514)
 
 
@@ -286,27 +284,6 @@ def local_hour_and_weekday(ts_us: np.ndarray, timezones) -> tuple[np.ndarray, np
     return hours, weekdays
 
 
-def latest_consent_matrix(
-    consent: pd.DataFrame | None, customer_ids, channels: tuple[str, ...], as_of: pd.Timestamp | None = None
-) -> np.ndarray:
-    """(n, len(channels)) booleans: the latest consent row (updated_ts < as_of) says opted in.
-
-    No row for a (customer, channel) means not opted in. Without a consent table every channel is
-    allowed (the loader notes that consent filtering is then skipped).
-    """
-    ids = pd.Index(pd.Series(np.asarray(customer_ids, dtype=object)).astype(str))
-    if consent is None:
-        return np.ones((len(ids), len(channels)), dtype=bool)
-    rows = consent if as_of is None else consent.loc[consent[c.UPDATED_TS] < as_of]
-    rows = rows.sort_values([c.CUSTOMER_ID, c.CHANNEL, c.UPDATED_TS], kind="stable")
-    latest = rows.drop_duplicates([c.CUSTOMER_ID, c.CHANNEL], keep="last")
-    out = np.zeros((len(ids), len(channels)), dtype=bool)
-    for j, ch in enumerate(channels):
-        opted = latest.loc[(latest[c.CHANNEL] == ch) & latest[c.OPTED_IN].astype(bool), c.CUSTOMER_ID]
-        out[:, j] = ids.isin(opted.astype(str))
-    return out
-
-
 def offer_eligibility(
     offer_ids, segments, value_tiers, monetary, bought_categories, rules: dict[str, OfferRule]
 ) -> np.ndarray:
@@ -398,19 +375,6 @@ def next_send_times(
 
 # ----------------------------------------------------------------------------------------------
 # The ledger
-def _to_us(ts) -> np.ndarray:
-    """int64 µs since the epoch of timestamps (Series, Index, array or scalar); NaT → int64 min.
-
-    Naive timestamps are taken as UTC.
-    """
-    if isinstance(ts, pd.Timestamp):
-        ts = ts.tz_convert("UTC") if ts.tzinfo is not None else ts.tz_localize("UTC")
-        return np.array([ts.as_unit("us").asm8.astype(np.int64)], dtype=np.int64)
-    if isinstance(ts, np.ndarray) and ts.dtype == np.int64:
-        return ts
-    index = pd.DatetimeIndex(ts)
-    index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
-    return index.as_unit("us").asi8.copy()
 
 
 class ContactLedger:
@@ -444,7 +408,7 @@ class ContactLedger:
             if as_of is not None:
                 buys = buys.loc[buys[c.TS] < as_of]
             last = buys.groupby(buys[c.CUSTOMER_ID].astype(str), sort=False)[c.TS].max()
-            ledger.last_purchase_ = pd.Series(_to_us(last), index=last.index.astype(str))
+            ledger.last_purchase_ = pd.Series(to_us(last), index=last.index.astype(str))
         return ledger
 
     def record(self, customer_ids, channels, ts) -> None:
@@ -454,7 +418,7 @@ class ContactLedger:
             return
         self._ids.append(ids)
         self._channels.append(pd.Series(np.asarray(channels, dtype=object)).astype(str).to_numpy())
-        self._ts.append(_to_us(ts))
+        self._ts.append(to_us(ts))
         self._index_ready = False
 
     def contacts(self) -> pd.DataFrame:
