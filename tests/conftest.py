@@ -1,9 +1,16 @@
-"""Shared fixtures: one generated data set, one MLflow store and one trained model per test session.
+"""Shared fixtures: one generated data set, its stitched tables, one MLflow store and one trained
+model per test session; and the kind of every test, from its folder.
 
 A fresh SQLite store costs over a second and training a few more, so they are built once and shared.
+The tests live by kind: `tests/unit` (one module on hand-made data, no generated data, no store:
+`make test-fast`), `tests/integration` (models and training on generated data, the MLflow store,
+the command line in process) and `tests/e2e` (the service over HTTP, the Bento, an MLflow server,
+every data shape through the command line); each folder's tests carry its marker (`-m unit`).
 """
 
+import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +46,28 @@ def generated_data(workdir):
     out = workdir / "data" / "small"
     generate(800, seed=7, out_dir=out)
     return out
+
+
+@pytest.fixture(scope="session")
+def _generated_tables(generated_data):
+    from features.identity import stitch_identities
+    from features.io import load_tables
+
+    return stitch_identities(load_tables(generated_data))
+
+
+@pytest.fixture()
+def generated_tables(_generated_tables):
+    """The generated data loaded and stitched (`load_tables` + `stitch_identities`), read once per
+    session; each test gets its own copies of the frames, so it may change them."""
+    return dataclasses.replace(
+        _generated_tables,
+        **{
+            f.name: getattr(_generated_tables, f.name).copy()
+            for f in dataclasses.fields(_generated_tables)
+            if hasattr(getattr(_generated_tables, f.name), "copy")
+        },
+    )
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +117,15 @@ def registry_without_recommender(trained, tracking_uri, workdir):
             else:
                 os.environ[key] = value
     return uri, dict(SKIPPED_WITHOUT_PRODUCTS)
+
+
+TEST_KINDS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its kind, the name of its folder under tests/."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        parts = item.path.resolve().relative_to(root).parts
+        if len(parts) > 1 and parts[0] in TEST_KINDS:
+            item.add_marker(getattr(pytest.mark, parts[0]))

@@ -113,6 +113,7 @@ class ModelFamily(ABC):
     name: str
     entry: RegisteredModel
     requires: str
+    stage: str  # the stage of `omni train` it fits in (`FAMILY_STAGES`; timed and shown as one)
 
     @property
     def registered_name(self) -> str:
@@ -193,6 +194,7 @@ class RecommenderFamily(ModelFamily):
     """Which products: the two-stage recommender, serving on each list what won on validation."""
 
     name = "recommender"
+    stage = "recommender"
     entry = RECOMMENDER
     requires = "events with product_id and purchase events (a products table is optional)"
 
@@ -241,6 +243,7 @@ class ChannelFamily(ModelFamily):
     rule when the model does not beat it on validation."""
 
     name = "channel"
+    stage = "channel_send_time"
     entry = CHANNEL
     requires = "a messages table (consent and customers optional)"
 
@@ -277,6 +280,7 @@ class SendTimeFamily(ModelFamily):
     global best hour when the model does not beat them on validation."""
 
     name = "send_time"
+    stage = "channel_send_time"
     entry = SEND_TIME
     requires = "events or messages with timestamps (customers.timezone optional)"
 
@@ -352,6 +356,7 @@ class ProfilesFamily(ModelFamily):
     next-best-action engine, whose folder holds them)."""
 
     name = "profiles"
+    stage = "next_best_action"
     entry = NBA
     requires = "purchase events (messages, offers and customers attributes optional)"
 
@@ -378,6 +383,7 @@ class NextBestActionFamily(ModelFamily):
     """What to do next: uplift learners under the contact policy, guarded by the best fixed action."""
 
     name = "next_best_action"
+    stage = "next_best_action"
     entry = NBA
     requires = "purchase events; messages (and offers) to learn uplift from"
 
@@ -468,3 +474,5 @@ FAMILIES: tuple[ModelFamily, ...] = (
     NextBestActionFamily(),
 )
 FAMILY_NAMES: tuple[str, ...] = tuple(f.name for f in FAMILIES)
+# the stages of `omni train` the families fit in, in order (families of one stage share its data)
+FAMILY_STAGES: tuple[str, ...] = tuple(dict.fromkeys(f.stage for f in FAMILIES))

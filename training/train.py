@@ -28,7 +28,14 @@ from features.identity import stitch_identities
 from features.io import Tables, load_tables
 from training import distributed
 from training.config import TrainConfig
-from training.families import FAMILIES, FamilyOutcome, NothingTrained, TrainContext, held_out_windows
+from training.families import (
+    FAMILIES,
+    FAMILY_STAGES,
+    FamilyOutcome,
+    NothingTrained,
+    TrainContext,
+    held_out_windows,
+)
 from training.profiling import StageTimer
 from training.registry import PromotionDecision, gate
 from training.report import build_report, hash_inputs, metrics_table
@@ -50,6 +57,8 @@ class TrainResult:
     versions: dict[str, str] = field(default_factory=dict)  # registered name → new version
 
 
+# the progress bar's stages: reading the data, the feature build, each family stage, registering
+STAGES: tuple[str, ...] = ("validate", "features", *FAMILY_STAGES, "register")
 SERVED_MODEL = "served"  # which evaluated recommender is the one registered and served
 REPORT_MODELS = ("popularity", "repeat", "als", "ease", "ranker", SERVED_MODEL)
 
@@ -116,7 +125,7 @@ def run_training(
     config = config or TrainConfig()
     timer = timer or StageTimer()
     started = time.perf_counter()
-    progress = tqdm(total=6, desc="train", unit="stage", disable=not show_progress)
+    progress = tqdm(total=len(STAGES), desc="train", unit="stage", disable=not show_progress)
 
     def step(name: str):
         progress.set_postfix_str(name)
@@ -124,25 +133,13 @@ def run_training(
         return timer.stage(name)
 
     with step("validate"):
-        tables = load_tables(
-            data_dir, contract or ContractConfig()
-        )  # raises DataValidationError: nothing logged
+        tables = load_tables(data_dir, contract or ContractConfig())  # DataValidationError: nothing logged
         tables = without_unread_columns(stitch_identities(tables))
     progress.update()
 
     client = setup_tracking(tracking_uri)
     with mlflow.start_run(run_name="train") as run:
-        mlflow.log_params({f"recommender.{k}": v for k, v in asdict(config).items()})
-        summary = data_summary(tables)
-        summary["input_hash"] = hash_inputs(data_dir)
-        summary["data_dir"] = Path(data_dir).name  # the folder's name only: paths can be personal
-        mlflow.log_dict(summary, "data_summary.json")
-        mlflow.set_tag("input_hash", summary["input_hash"])
-        notes = list(tables.notes)
-        if (cluster := distributed.active()) is not None:
-            mlflow.log_param("dask_scheduler", cluster.address)
-            mlflow.set_tags({"dask.scheduler": cluster.address, "dask.workers": len(cluster.workers())})
-            notes.append(distributed.LOCAL_FIT_NOTE)
+        summary, notes = _log_inputs(tables, data_dir, config)
         windows = held_out_windows(tables, config.test_days)
         if windows.note:
             notes.append(windows.note)
@@ -160,69 +157,20 @@ def run_training(
 
         context = TrainContext(tables, config, windows.test_days, tracking_uri=tracking_uri)
         context.shared["customer_features_path"] = feat_path  # read again by the profiles
-        stage_of = {
-            "recommender": "recommender",
-            "channel": "channel_send_time",
-            "send_time": "channel_send_time",
-            "profiles": "next_best_action",
-            "next_best_action": "next_best_action",
-        }
-        for stage in ("recommender", "channel_send_time", "next_best_action"):
+        for stage in FAMILY_STAGES:
             with step(stage):
                 for family in FAMILIES:
-                    if stage_of[family.name] == stage:
+                    if family.stage == stage:
                         context.outcomes[family.name] = family.fit(context)
             progress.update()
         outcomes = context.outcomes
-        metrics = {k: v for o in outcomes.values() for k, v in o.metrics.items()}
-        for o in outcomes.values():
-            notes += [n for n in o.notes if n not in notes]
-        skipped = {name: o.reason for name, o in outcomes.items() if not o.trained}
-        trained = [name for name, o in outcomes.items() if o.trained]
-        mlflow.set_tags({f"skipped.{name}": reason[:5000] for name, reason in skipped.items()})
-        mlflow.set_tag("families.trained", ",".join(trained))
-        mlflow.log_dict(
-            {
-                f.name: {
-                    "requires": f.requires,
-                    "trained": outcomes[f.name].trained,
-                    "reason": outcomes[f.name].reason,
-                }
-                for f in FAMILIES
-            },
-            "families.json",
-        )
-        mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items() if np.isfinite(v)})
-        if "recommender" in outcomes and outcomes["recommender"].trained:
-            mlflow.log_dict(outcomes["recommender"].extra["info"], "evaluation/recommender.json")
-        if not trained:
-            mlflow.log_dict({"notes": notes}, "data_notes.json")
-            raise NothingTrained(
-                "no model family could be trained on this data: "
-                + "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
-            )
+        metrics, skipped = _log_outcomes(outcomes, notes)
 
         with step("register"), tempfile.TemporaryDirectory(prefix="omni-train-") as tmp:
             mlflow.log_artifact(str(feat_path), artifact_path="features")
             scratch.cleanup()
             decisions, versions = register_families(context, client, Path(tmp))
-            for d in decisions:
-                mlflow.log_dict(d.as_dict(), f"promotion/{d.model_name}.json")
-                mlflow.set_tag(f"promoted.{d.model_name}", str(d.promoted))
-                if d.champion_score is not None:
-                    mlflow.log_metric(
-                        f"champion.{d.model_name}.{d.metric}".replace("@", "_at_"), d.champion_score
-                    )
-            recommender_decision = next(
-                (d for d in decisions if d.model_name == config.registered_name), None
-            )
-            if recommender_decision is not None:
-                mlflow.set_tags(
-                    {
-                        "promoted": str(recommender_decision.promoted),
-                        "promotion_reason": recommender_decision.reason,
-                    }
-                )
+            recommender_decision = _log_decisions(decisions, config)
             mlflow.log_text(
                 build_report(
                     summary, report_sections(outcomes, metrics), [d.as_dict() for d in decisions], notes
@@ -245,6 +193,81 @@ def run_training(
             skipped=skipped,
             versions=versions,
         )
+
+
+def _log_inputs(tables: Tables, data_dir: str | Path, config: TrainConfig) -> tuple[dict, list[str]]:
+    """Inside the run: the configuration, a summary of the data (no paths: they can be personal)
+    and where the fits run; returns the summary and the run's first notes."""
+    import mlflow
+
+    mlflow.log_params({f"recommender.{k}": v for k, v in asdict(config).items()})
+    summary = data_summary(tables)
+    summary["input_hash"] = hash_inputs(data_dir)
+    summary["data_dir"] = Path(data_dir).name  # the folder's name only
+    mlflow.log_dict(summary, "data_summary.json")
+    mlflow.set_tag("input_hash", summary["input_hash"])
+    notes = list(tables.notes)
+    if (cluster := distributed.active()) is not None:
+        mlflow.log_param("dask_scheduler", cluster.address)
+        mlflow.set_tags({"dask.scheduler": cluster.address, "dask.workers": len(cluster.workers())})
+        notes.append(distributed.LOCAL_FIT_NOTE)
+    return summary, notes
+
+
+def _log_outcomes(
+    outcomes: dict[str, FamilyOutcome], notes: list[str]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Inside the run: every family's metrics, which families trained and why the others did not
+    (tags `skipped.<family>`, `families.json`); `notes` gains the families' notes. Returns (metrics,
+    skipped). `NothingTrained` when no family trained."""
+    import mlflow
+
+    metrics = {k: v for o in outcomes.values() for k, v in o.metrics.items()}
+    for o in outcomes.values():
+        notes += [n for n in o.notes if n not in notes]
+    skipped = {name: o.reason for name, o in outcomes.items() if not o.trained}
+    trained = [name for name, o in outcomes.items() if o.trained]
+    mlflow.set_tags({f"skipped.{name}": reason[:5000] for name, reason in skipped.items()})
+    mlflow.set_tag("families.trained", ",".join(trained))
+    mlflow.log_dict(
+        {
+            f.name: {
+                "requires": f.requires,
+                "trained": outcomes[f.name].trained,
+                "reason": outcomes[f.name].reason,
+            }
+            for f in FAMILIES
+        },
+        "families.json",
+    )
+    mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items() if np.isfinite(v)})
+    if "recommender" in outcomes and outcomes["recommender"].trained:
+        mlflow.log_dict(outcomes["recommender"].extra["info"], "evaluation/recommender.json")
+    if not trained:
+        mlflow.log_dict({"notes": notes}, "data_notes.json")
+        raise NothingTrained(
+            "no model family could be trained on this data: "
+            + "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        )
+    return metrics, skipped
+
+
+def _log_decisions(decisions: list[PromotionDecision], config: TrainConfig) -> PromotionDecision | None:
+    """Inside the run: each promotion decision (json, tag, the champion's score); returns the
+    recommender's, whose outcome is also the run's `promoted` tag."""
+    import mlflow
+
+    for d in decisions:
+        mlflow.log_dict(d.as_dict(), f"promotion/{d.model_name}.json")
+        mlflow.set_tag(f"promoted.{d.model_name}", str(d.promoted))
+        if d.champion_score is not None:
+            mlflow.log_metric(f"champion.{d.model_name}.{d.metric}".replace("@", "_at_"), d.champion_score)
+    recommender_decision = next((d for d in decisions if d.model_name == config.registered_name), None)
+    if recommender_decision is not None:
+        mlflow.set_tags(
+            {"promoted": str(recommender_decision.promoted), "promotion_reason": recommender_decision.reason}
+        )
+    return recommender_decision
 
 
 def register_families(
