@@ -59,6 +59,7 @@ from features.io import Tables
 
 # the feature build and the LightGBM fits run on the Dask cluster of `omni train --dask-scheduler`, if any
 from models.base import FEW_IDS, CannotTrain, read_model_meta
+from models.consent import latest_consent_matrix
 from models.fitting import build_customer_features, fit_estimator, fit_pool, run_tasks
 from models.timestamps import NAT_US, US_PER_DAY, US_PER_SECOND, from_us, to_us
 
@@ -844,10 +845,6 @@ class CustomerProfiles(BaseEstimator):
             )
             or DEFAULT_MESSAGE_CHANNELS
         )
-        from models.decisions.contact_policy import (
-            latest_consent_matrix,
-        )  # local: contact_policy imports nothing from here
-
         consent = latest_consent_matrix(tables.consent, ids, self.message_channels_, self.as_of_)
         self.has_consent_table_ = tables.consent is not None
         if not self.has_consent_table_:
@@ -1207,8 +1204,6 @@ class CustomerProfiles(BaseEstimator):
         Consent changes daily and an opt-out must count at once: a decision job calls this with
         today's table instead of waiting for the next training.
         """
-        from models.consent import latest_consent_matrix
-
         ids = self.frame_[c.CUSTOMER_ID].astype(str).to_numpy()
         matrix = latest_consent_matrix(consent, ids, self.message_channels_, as_of)
         for j, ch in enumerate(self.message_channels_):

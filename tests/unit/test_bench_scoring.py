@@ -11,7 +11,7 @@ import pytest
 
 from features import columns as c
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import complete_journey as cj  # noqa: E402
 
 

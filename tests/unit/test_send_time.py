@@ -251,25 +251,6 @@ def test_save_load_roundtrip(habits_model, tmp_path):
     assert loaded.get_params() == habits_model.get_params()
 
 
-def test_generated_data_plan(generated_data):
-    from features.identity import stitch_identities
-    from features.io import load_tables
-
-    tables = stitch_identities(load_tables(generated_data))
-    model = SendTimeModel(n_iter=6).fit(tables.events, tables.messages, tables.customers)
-    ids = model.customer_ids_[:200]
-    after = pd.Timestamp("2026-07-01 09:30", tz="UTC")
-    plan = model.send_plan(ids, "email", after)
-    assert len(plan) == len(ids) and plan["best_hour_local"].between(8, 20).all()
-    local_hours = [t.tz_convert(z).hour for t, z in zip(plan["next_send_utc"], plan[c.TIMEZONE], strict=True)]
-    assert all(8 <= h < 21 for h in local_hours)
-    assert (plan["next_send_utc"] >= after).all() and (
-        plan["next_send_utc"] < after + pd.Timedelta(days=7)
-    ).all()
-    # the learned link from activity to engagement points the right way
-    assert model.coef_[0] > 0
-
-
 def _spread_events(width: float, seed: int = 0, n: int = 150, per: int = 25) -> pd.DataFrame:
     """Each customer active around their own hour, `width` hours (sd) either side."""
     rng = np.random.default_rng(seed)

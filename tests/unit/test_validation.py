@@ -772,7 +772,7 @@ def test_the_documented_tables_match_the_contract() -> None:
         contract.TIMEZONE_KIND: "timezone",
         contract.ATTRIBUTE: "number or text",
     }
-    text = (Path(__file__).parent.parent / "docs" / "data-contract.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "data-contract.md").read_text()
     for name, spec in contract.TABLES.items():
         section = text.split(f"### `{name}`", 1)[1].split("\n### ", 1)[0]
         rows = {}

@@ -264,27 +264,6 @@ def test_save_and_load_give_the_same_profiles(tiny, tmp_path):
     pd.testing.assert_frame_equal(loaded.profiles_frame(), profiles.profiles_frame(), check_dtype=False)
 
 
-def test_forecast_models_use_a_time_split(generated_data):
-    from features.identity import stitch_identities
-    from features.io import load_tables
-
-    tables = stitch_identities(load_tables(generated_data))
-    profiles = CustomerProfiles(n_estimators=50).fit(tables)
-    metrics = profiles.forecast_metrics_
-    assert pd.Timestamp(metrics["split_time"]) == profiles.as_of_ - pd.Timedelta(days=90)
-    assert metrics["churn_auc"] > 0.6
-    risk = profiles.frame_["churn_risk"]
-    assert risk.between(0, 1).all() and profiles.frame_["predicted_spend_90d"].ge(0).all()
-    # customers who bought recently are less likely to churn than the dormant
-    by_segment = profiles.frame_.groupby("segment")["churn_risk"].mean()
-    assert by_segment["dormant"] > by_segment["champion"]
-    # the four forecast fits run on a thread pool by default: one at a time gives the same models
-    serial = CustomerProfiles(n_estimators=50, fit_workers=1).fit(tables)
-    assert serial.forecast_metrics_ == metrics
-    for col in ("churn_risk", "predicted_spend_90d"):
-        np.testing.assert_array_equal(serial.frame_[col].to_numpy(), profiles.frame_[col].to_numpy())
-
-
 def test_segment_thresholds_follow_the_buying_rhythm():
     from models.decisions.profile import US_PER_DAY, _Stream, segment_thresholds
 
