@@ -1,7 +1,6 @@
 """Train and promote against a real `mlflow server` over HTTP on 127.0.0.1, as a team would."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,10 @@ from training.cli import main
 from training.settings import CHALLENGER, CHAMPION
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
+def mlflow_server(tmp_path_factory, free_port):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
