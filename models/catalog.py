@@ -47,16 +47,36 @@ class RegisteredModel:
 
 
 RECOMMENDER = RegisteredModel(
-    "omni-recommender", "recommender", ("recommender",), "recommender", "models.recs:TwoStageRecommender"
+    "omni-recommender",
+    "recommender",
+    ("recommender",),
+    "recommender",
+    "models.recs:TwoStageRecommender",
+    ("scipy", "lightgbm", "implicit", "threadpoolctl", "tqdm"),
 )
 CHANNEL = RegisteredModel(
-    "omni-channel", "channel", ("channel",), "channel", "models.engagement:ChannelModel"
+    "omni-channel",
+    "channel",
+    ("channel",),
+    "channel",
+    "models.engagement:ChannelModel",
+    ("scipy", "lightgbm", "numba"),
 )
 SEND_TIME = RegisteredModel(
-    "omni-send-time", "send_time", ("send_time",), "send_time", "models.engagement:SendTimeModel"
+    "omni-send-time",
+    "send_time",
+    ("send_time",),
+    "send_time",
+    "models.engagement:SendTimeModel",
+    ("scipy", "lightgbm", "numba"),
 )
 NBA = RegisteredModel(
-    "omni-nba", "nba", ("next_best_action", "profiles"), "nba", "models.decisions:NextBestActionEngine"
+    "omni-nba",
+    "nba",
+    ("next_best_action", "profiles"),
+    "nba",
+    "models.decisions:NextBestActionEngine",
+    ("scipy", "lightgbm"),
 )
 # in the order the service loads them (the engine is wired to the other three)
 CATALOG: tuple[RegisteredModel, ...] = (RECOMMENDER, CHANNEL, SEND_TIME, NBA)

@@ -176,26 +176,14 @@ def train(
     from features.problems import DataValidationError
     from training.config import TrainConfig
     from training.distributed import SchedulerUnreachable
-    from training.families import FAMILY_NAMES, NothingTrained
+    from training.families import NothingTrained, parse_promotion_margins
     from training.train import format_result, run_training
 
     data_dir = data_dir or default_data_dir()
-    margin, margins = 0.0, {}
-    for item in promotion_margins:
-        family, _, value = item.rpartition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            fail(f"--promotion-margin {item!r}: expected a number or FAMILY=number")
-        if not family:
-            margin = number
-        elif family in FAMILY_NAMES and family != "profiles":
-            margins[family] = number
-        else:
-            fail(
-                f"--promotion-margin {item!r}: unknown family {family!r}; expected one of "
-                + ", ".join(f for f in FAMILY_NAMES if f != "profiles")
-            )
+    try:
+        margin, margins = parse_promotion_margins(promotion_margins)
+    except ValueError as exc:
+        fail(f"--promotion-margin {exc}")
     config = TrainConfig(
         test_days=test_days,
         factors=factors,
@@ -423,18 +411,13 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
         except (ValueError, KeyError) as exc:
             fail(f"--policy {policy}: {exc}")
     if data_dir:
-        from features.identity import stitch_identities
-        from features.io import load_tables
         from features.problems import DataValidationError
-        from models.decisions.contact_policy import ContactLedger
+        from training.scoring import refresh_from_data
 
         try:
-            tables = stitch_identities(load_tables(data_dir))
+            refresh_from_data(engine, data_dir)
         except DataValidationError as exc:
             fail(f"{data_dir} does not meet the data contract\n{exc}")
-        if tables.consent is not None:
-            engine.profiles_.refresh_consent(tables.consent)
-        engine.ledger_ = ContactLedger.from_history(tables.messages, tables.events)
     try:
         when = pd.Timestamp(now) if now else None
     except ValueError as exc:

@@ -476,3 +476,23 @@ FAMILIES: tuple[ModelFamily, ...] = (
 FAMILY_NAMES: tuple[str, ...] = tuple(f.name for f in FAMILIES)
 # the stages of `omni train` the families fit in, in order (families of one stage share its data)
 FAMILY_STAGES: tuple[str, ...] = tuple(dict.fromkeys(f.stage for f in FAMILIES))
+
+
+def parse_promotion_margins(items) -> tuple[float, dict[str, float]]:
+    """`--promotion-margin` values (`M` for every family, `FAMILY=M` for one) → (margin, {family:
+    margin}); ValueError naming the bad item."""
+    gated = [f for f in FAMILY_NAMES if f != "profiles"]  # the profiles travel inside the engine
+    margin, margins = 0.0, {}
+    for item in items:
+        family, _, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: expected a number or FAMILY=number") from None
+        if not family:
+            margin = number
+        elif family in gated:
+            margins[family] = number
+        else:
+            raise ValueError(f"{item!r}: unknown family {family!r}; expected one of {', '.join(gated)}")
+    return margin, margins

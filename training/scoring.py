@@ -132,3 +132,17 @@ def load_champion_engine(tracking_uri: str, warn=print):
         NBA.load, folder, NBA.name, nba_version, loaded["recommender"], loaded["channel"], loaded["send_time"]
     )
     return engine, versions
+
+
+def refresh_from_data(engine, data_dir) -> None:
+    """Bring a loaded engine's consent and contact history up to a data folder's (a later opt-out
+    and the messages sent since training count without retraining). DataValidationError when the
+    folder breaks the contract."""
+    from features.identity import stitch_identities
+    from features.io import load_tables
+    from models.decisions.contact_policy import ContactLedger
+
+    tables = stitch_identities(load_tables(data_dir))
+    if tables.consent is not None:
+        engine.profiles_.refresh_consent(tables.consent)
+    engine.ledger_ = ContactLedger.from_history(tables.messages, tables.events)
