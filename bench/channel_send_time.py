@@ -92,7 +92,8 @@ from models.engagement.send_time import (  # noqa: E402
     is_quiet,
     local_slots,
 )
-from training.channel_training import ChannelTrainingConfig, evaluate_channel_and_send_time  # noqa: E402
+from training.channel_training import evaluate_channel_and_send_time  # noqa: E402
+from training.config import ChannelTrainingConfig  # noqa: E402
 
 THIN_MESSAGES = 3
 CHANNEL_SCORE_HOUR = 10

@@ -67,7 +67,8 @@ from features.io import load_tables  # noqa: E402
 from models.decisions.contact_policy import offer_eligibility  # noqa: E402
 from models.decisions.nba import NO_ACTION, NextBestActionEngine  # noqa: E402
 from models.timestamps import NAT_US, to_us  # noqa: E402
-from training.nba_training import NBAConfig, train_nba  # noqa: E402
+from training.config import NBAConfig  # noqa: E402
+from training.nba_training import train_nba  # noqa: E402
 from training.settings import quiet_libraries  # noqa: E402
 
 quiet_libraries()  # before MLflow is imported (telemetry, progress bars)

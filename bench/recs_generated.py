@@ -42,7 +42,8 @@ if str(REPO) not in sys.path:
 
 from features.identity import stitch_identities  # noqa: E402
 from features.io import load_tables  # noqa: E402
-from training.recs_training import RecsConfig, train_two_stage  # noqa: E402
+from training.config import RecsConfig  # noqa: E402
+from training.recs_training import train_two_stage  # noqa: E402
 
 DEFAULT_DATA = REPO / "work" / "bench-data"
 METRICS = ("map", "ndcg@10", "precision@10", "recall@10", "coverage", "cold_start_share")

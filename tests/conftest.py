@@ -72,10 +72,10 @@ def generated_tables(_generated_tables):
 
 @pytest.fixture(scope="session")
 def trained(generated_data, tracking_uri):
-    from training.config import TrainConfig
+    from training.config import RecsConfig, TrainConfig
     from training.train import run_training
 
-    config = TrainConfig(factors=16, iterations=5)
+    config = TrainConfig(recommender=RecsConfig(factors=16, iterations=5))
     return run_training(generated_data, tracking_uri, config, show_progress=False)
 
 

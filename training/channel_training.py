@@ -54,28 +54,9 @@ from models.base import CannotTrain
 from models.engagement.channel import EVENT_COLUMNS, PROBABILITY, ChannelModel, engagement_ts
 from models.engagement.send_time import HOURS, SendTimeModel, engaged_before, local_slots
 from models.fitting import fit_pool
+from training.config import ChannelTrainingConfig
 
 _Z95 = float(norm.ppf(0.975))
-
-
-@dataclasses.dataclass
-class ChannelTrainingConfig:
-    test_days: int = 28  # held-out window at the end of the message history (or events)
-    match_hours: int = 1  # a held-out send "matches" our hour when it is within this many hours
-    heatmap_customers: int = 4
-    random_state: int = 42
-    # The evaluation's models are fitted and scored on a seeded random sample of this many
-    # customers (all their rows) when there are more; None or 0: every customer. The registered
-    # models are always refitted on everyone. A hundred thousand customers leave over a hundred
-    # thousand held-out messages to score (intervals of a few tenths of a point); at a million
-    # customers the evaluation's fits on everyone took as long as the refit, and on a sample this
-    # size it runs beside the refit instead of after it.
-    max_eval_customers: int | None = 100_000
-    # What is served (each model or its rules) is chosen on a validation window (the last
-    # `test_days` before the split), with models fitted before it on a seeded sample of this many
-    # customers when there are more (None or 0: every customer): enough held-out messages to tell
-    # the policies apart, at a fraction of a fit on everyone.
-    max_validation_customers: int | None = 50_000
 
 
 class ChannelTrainingResult(NamedTuple):

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from models.catalog import CHANNEL, RECOMMENDER, SEND_TIME, by_name
+from training.config import ChannelTrainingConfig, NBAConfig, RecsConfig, TrainConfig
 from training.settings import default_data_dir, default_tracking_uri, quiet_libraries
 
 quiet_libraries()
@@ -113,17 +114,31 @@ def validate(data_dir: Path, channels: str | None) -> None:
 @tracking_option
 @channels_option
 @click.option(
-    "--test-days", type=click.IntRange(min=1), default=28, show_default=True, help="Held-out window."
+    "--test-days",
+    type=click.IntRange(min=1),
+    default=TrainConfig.test_days,
+    show_default=True,
+    help="Held-out window.",
 )
-@click.option("--factors", type=click.IntRange(min=2), default=64, show_default=True, help="ALS factors.")
 @click.option(
-    "--iterations", type=click.IntRange(min=1), default=15, show_default=True, help="ALS iterations."
+    "--factors",
+    type=click.IntRange(min=2),
+    default=RecsConfig.factors,
+    show_default=True,
+    help="ALS factors.",
 )
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=RecsConfig.iterations,
+    show_default=True,
+    help="ALS iterations.",
+)
+@click.option("--seed", type=int, default=TrainConfig.random_state, show_default=True)
 @click.option(
     "--channel-eval-customers",
     type=click.IntRange(min=0),
-    default=100_000,
+    default=ChannelTrainingConfig.max_eval_customers,
     show_default=True,
     help="Fit and score the channel and send-time evaluation on a seeded sample of this many customers "
     "when there are more (0: all). The registered models are always fitted on every customer.",
@@ -140,7 +155,7 @@ def validate(data_dir: Path, channels: str | None) -> None:
 @click.option(
     "--conversion-window-days",
     type=click.FloatRange(min=0, min_open=True),
-    default=14.0,
+    default=NBAConfig.conversion_window_days,
     show_default=True,
     help="How long after a message a purchase counts as its conversion, for messages whose offer "
     "gives no validity (offers.duration_days).",
@@ -174,7 +189,6 @@ def train(
     least as good as the deployed champion on the same new window.
     """
     from features.problems import DataValidationError
-    from training.config import TrainConfig
     from training.distributed import SchedulerUnreachable
     from training.families import NothingTrained, parse_promotion_margins
     from training.train import format_result, run_training
@@ -186,13 +200,12 @@ def train(
         fail(f"--promotion-margin {exc}")
     config = TrainConfig(
         test_days=test_days,
-        factors=factors,
-        iterations=iterations,
         random_state=seed,
-        channel_eval_customers=channel_eval_customers,
+        recommender=RecsConfig(factors=factors, iterations=iterations),
+        engagement=ChannelTrainingConfig(max_eval_customers=channel_eval_customers or None),
+        decisions=NBAConfig(conversion_window_days=conversion_window_days),
         promotion_margin=margin,
         promotion_margins=margins,
-        conversion_window_days=conversion_window_days,
     )
     try:
         result = run_training(

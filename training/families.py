@@ -211,12 +211,12 @@ class RecommenderFamily(ModelFamily):
 
     def train(self, context: TrainContext) -> FamilyOutcome:
         from models.recs.two_stage import TwoStageRecommender
-        from training.config import recommender_params, recs_config
+        from training.config import recommender_params
         from training.recs_training import train_two_stage
 
         champion = context.champion(self, TwoStageRecommender.load)
         model, metrics, info = train_two_stage(
-            context.tables, recs_config(context.config, context.test_days), champion=champion
+            context.tables, context.config.recommender_config(context.test_days), champion=champion
         )
         flat = {f"{m}.{k}": v for m, values in metrics.items() for k, v in values.items()}
         flat |= {
@@ -226,7 +226,7 @@ class RecommenderFamily(ModelFamily):
         }
         if "served_rebuy_share" in info:
             flat["served.all_purchases.rebuy_share"] = info["served_rebuy_share"]
-        k = context.config.k
+        k = context.config.recommender.k
         return FamilyOutcome(
             family=self.name,
             registered_name=self.registered_name,
@@ -320,14 +320,7 @@ def engagement_params(context: TrainContext) -> dict:
 
 
 def engagement_config(context: TrainContext):
-    from training.channel_training import ChannelTrainingConfig
-
-    config = context.config
-    return ChannelTrainingConfig(
-        test_days=context.test_days,
-        random_state=config.random_state,
-        max_eval_customers=config.channel_eval_customers or None,
-    )
+    return context.config.engagement_config(context.test_days)
 
 
 def engagement_stage(context: TrainContext):
@@ -439,12 +432,9 @@ class NextBestActionFamily(ModelFamily):
 def decisions_stage(context: TrainContext):
     """Profiles and the next-best-action engine of this run: one fit serves both families."""
     if "decisions" not in context.shared:
-        from training.nba_training import NBAConfig, train_nba
+        from training.nba_training import train_nba
 
-        config = NBAConfig(
-            random_state=context.config.random_state,
-            conversion_window_days=context.config.conversion_window_days,
-        )
+        config = context.config.decisions_config()
         context.shared["nba_config"] = config
         # the run's customer features (written by its features stage): not built a second time
         features_path = context.shared.get("customer_features_path")

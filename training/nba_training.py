@@ -35,7 +35,7 @@ import dataclasses
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -47,28 +47,7 @@ from models.base import CannotTrain
 from models.decisions.contact_policy import load_contact_policy
 from models.decisions.nba import NO_ACTION, NextBestActionEngine, logged_window
 from models.decisions.profile import CustomerProfiles
-
-
-@dataclass
-class NBAConfig:
-    policy_file: str | None = None  # contact policy TOML (None: configs/contact_policy.toml)
-    learner: str = "x"  # MultiArmUpliftLearner kind: x, t or dr
-    guard: bool = True
-    guard_folds: int = 3
-    # "validated": the guard's one-sided confidence is chosen on nested splits of the training
-    # messages (`ValueGuardedPolicy`); a number fixes it
-    guard_confidence: float | str = "validated"
-    max_training_messages: int | None = 200_000  # random sample to learn from (cost grows with it)
-    min_arm_rows: int = 200
-    conversion_window_days: float = 14.0
-    forecast_horizon_days: int = 90
-    uplift_customers: list[str] | None = None  # learn uplift only from these customers' messages
-    summarise_decisions: bool = True  # decide once for a sample of customers, for the metrics
-    # The decision mix is a share, so a fixed-size random sample estimates it to within about
-    # ±0.7 points (95 %) whatever the customer count; deciding for all 1M customers would cost minutes.
-    summary_customers: int = 20_000
-    random_state: int = 42
-    n_jobs: int = 1
+from training.config import NBAConfig
 
 
 def train_nba(

@@ -33,7 +33,7 @@ and `cold_start_share` says how many of the evaluated lists were cold starts.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -43,42 +43,12 @@ from features.io import Tables
 from models.base import CannotTrain
 from models.fitting import fit_pool
 from models.recs.two_stage import TwoStageRecommender
+from training.config import RecsConfig
 from training.evaluation import ranking_metrics
 
 # What the evaluation scores side by side: the baselines (one candidate source each, under the
 # same rules), the learned ranker, and what is served (the order the model chose on validation).
 MODEL_NAMES = ("served", "popularity", "repeat", "als", "ease", "ranker")
-
-
-@dataclass
-class RecsConfig:
-    test_days: int = 28  # the held-out window at the end of the history
-    k: int = 10
-    max_eval_customers: int = 10_000  # evaluation sample (paired: every model scores the same customers)
-    half_life_days: float = 90.0
-    # the ALS baseline (ProductRecommender), as `omni train` fits it
-    factors: int = 64
-    regularization: float = 0.05
-    alpha: float = 2.0
-    iterations: int = 15
-    random_state: int = 42
-    refit: bool = True  # refit the two-stage model on all history (False: return the split model)
-    all_purchases: bool = True  # also evaluate the "as served" protocol
-    two_stage: dict = field(default_factory=dict)  # TwoStageRecommender parameters
-
-    def als_params(self) -> dict:
-        return {
-            "factors": self.factors,
-            "regularization": self.regularization,
-            "alpha": self.alpha,
-            "iterations": self.iterations,
-            "random_state": self.random_state,
-        }
-
-    def two_stage_params(self) -> dict:
-        params = {"half_life_days": self.half_life_days, "random_state": self.random_state}
-        params.update(self.two_stage)
-        return params
 
 
 def time_split(events: pd.DataFrame, test_days: int) -> tuple[pd.Timestamp, pd.DataFrame, pd.DataFrame]:

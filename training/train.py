@@ -16,7 +16,7 @@ import gc
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +200,7 @@ def _log_inputs(tables: Tables, data_dir: str | Path, config: TrainConfig) -> tu
     and where the fits run; returns the summary and the run's first notes."""
     import mlflow
 
-    mlflow.log_params({f"recommender.{k}": v for k, v in asdict(config).items()})
+    mlflow.log_params(config.flat_params())
     summary = data_summary(tables)
     summary["input_hash"] = hash_inputs(data_dir)
     summary["data_dir"] = Path(data_dir).name  # the folder's name only

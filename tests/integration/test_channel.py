@@ -279,7 +279,8 @@ def _own_propensity_data(seed: int = 0, n: int = 200, per: int = 40, days: int =
 
 
 def test_the_rule_is_served_where_it_wins_on_validation():
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_training import train_channel_and_send_time
+    from training.config import ChannelTrainingConfig
 
     result = train_channel_and_send_time(_own_propensity_data(), config=ChannelTrainingConfig(test_days=28))
     m = result.metrics
@@ -413,7 +414,8 @@ def test_transaction_log_only_training(hand_made):
 def trained_small(generated_data):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_training import train_channel_and_send_time
+    from training.config import ChannelTrainingConfig
 
     tables = stitch_identities(load_tables(generated_data))
     return train_channel_and_send_time(tables, config=ChannelTrainingConfig(test_days=60))
@@ -453,7 +455,8 @@ def test_training_on_generated_data(trained_small):
 def test_the_refit_beside_the_evaluation_gives_the_sequential_models(trained_small, generated_data):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_training import train_channel_and_send_time
+    from training.config import ChannelTrainingConfig
 
     # evaluate=False refits on this thread alone; trained_small refitted on a second thread
     tables = stitch_identities(load_tables(generated_data))
@@ -500,7 +503,8 @@ def test_evaluation_sample_keeps_every_row_of_a_seeded_set_of_customers(generate
 def test_sampled_evaluation_says_so(generated_data):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import ChannelTrainingConfig, evaluate_channel_and_send_time
+    from training.channel_training import evaluate_channel_and_send_time
+    from training.config import ChannelTrainingConfig
 
     tables = stitch_identities(load_tables(generated_data))
     config = ChannelTrainingConfig(test_days=60, max_eval_customers=400, max_validation_customers=200)
@@ -669,7 +673,8 @@ SHAPES = (
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_shape_trains_and_answers(few_tables, shape):
     from models.engagement.send_time import SERVE_MODES
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_training import train_channel_and_send_time
+    from training.config import ChannelTrainingConfig
 
     tables = _shape(few_tables, shape)
     result = train_channel_and_send_time(tables, config=ChannelTrainingConfig(test_days=28))
@@ -701,7 +706,8 @@ def test_every_shape_trains_and_answers(few_tables, shape):
 def test_messages_without_opens_or_clicks_train_send_time_and_say_why_not_channel(few_tables):
     import dataclasses
 
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_training import train_channel_and_send_time
+    from training.config import ChannelTrainingConfig
 
     messages = few_tables.messages.drop(columns=[c.OPENED_TS, c.CLICKED_TS])
     tables = dataclasses.replace(few_tables, messages=messages)
@@ -729,7 +735,8 @@ def test_a_champion_is_judged_as_deployed_beside_the_challenger_on_the_same_rows
     import dataclasses
 
     from models.engagement.send_time import SendTimeModel
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_training import train_channel_and_send_time
+    from training.config import ChannelTrainingConfig
 
     tables = few_tables if shape == "messages" else dataclasses.replace(few_tables, messages=None)
     config = ChannelTrainingConfig(test_days=28)

@@ -313,7 +313,8 @@ def test_guard_fallback_sends_the_best_fixed_arm(engine, profiles):
 # ----------------------------------------------------------------------------------------------
 # without messages, without opens
 def test_without_messages_only_rules_with_an_assumed_uplift(tables):
-    from training.nba_training import NBAConfig, train_nba
+    from training.config import NBAConfig
+    from training.nba_training import train_nba
 
     no_messages = dataclasses.replace(tables, messages=None)
     profiles, engine, metrics, notes = train_nba(no_messages, config=NBAConfig(random_state=0))
@@ -347,7 +348,8 @@ def test_without_opens_offers_are_learned_against_a_plain_message(tables, profil
 
 
 def test_train_nba_reports_metrics_and_notes(tables):
-    from training.nba_training import NBAConfig, train_nba
+    from training.config import NBAConfig
+    from training.nba_training import train_nba
 
     profiles, engine, metrics, notes = train_nba(
         tables, config=NBAConfig(min_arm_rows=30, guard_folds=2, random_state=0)
@@ -393,7 +395,8 @@ def _purchases(tables):
 
 
 def _train_and_decide(tables, **config):
-    from training.nba_training import NBAConfig, train_nba
+    from training.config import NBAConfig
+    from training.nba_training import train_nba
 
     profiles, engine, metrics, notes = train_nba(
         tables, None, None, None, NBAConfig(random_state=0, **config)

@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 
 from models.catalog import RECOMMENDER
 from training.cli import main
-from training.config import TrainConfig
+from training.config import RecsConfig, TrainConfig
 from training.registry import champion_history, decide_promotion
 from training.settings import CHALLENGER, CHAMPION
 from training.train import run_training
@@ -43,7 +43,7 @@ def test_the_deployed_champion_is_judged_on_new_data(generated_data, older_data,
     newer than the champion's, the champion stays; promote and rollback move it by hand."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    fast = {"factors": 16, "iterations": 5}
+    fast = {"recommender": RecsConfig(factors=16, iterations=5)}
     first = run_training(older_data, uri, TrainConfig(**fast), show_progress=False)
     assert first.decision.promoted
     champion_before = _alias(client, CHAMPION)
@@ -51,7 +51,11 @@ def test_the_deployed_champion_is_judged_on_new_data(generated_data, older_data,
     one = {
         f"n_{source}": 1 for source in ("candidates", "popular", "trending", "replenish", "repeat", "content")
     }
-    crippled = TrainConfig(**fast, two_stage={**one, "n_estimators": 1, "ease_max_items": 0})
+    crippled = TrainConfig(
+        recommender=RecsConfig(
+            factors=16, iterations=5, two_stage={**one, "n_estimators": 1, "ease_max_items": 0}
+        )
+    )
     worse = run_training(generated_data, uri, crippled, show_progress=False)
     assert worse.decision is not None and not worse.decision.promoted
     assert worse.decision.champion_score > worse.decision.challenger_score
@@ -117,7 +121,11 @@ def test_the_deployed_channel_and_send_time_models_are_judged_on_new_data(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     # a light recommender: it is not what this test judges
-    fast = {"factors": 16, "iterations": 5, "two_stage": {"n_estimators": 1, "ease_max_items": 0}}
+    fast = {
+        "recommender": RecsConfig(
+            factors=16, iterations=5, two_stage={"n_estimators": 1, "ease_max_items": 0}
+        )
+    }
     families = {
         "omni-channel": ("channel", ChannelModel, "channel.served.engagement_auc"),
         "omni-send-time": ("send_time", SendTimeModel, "send_time.served."),

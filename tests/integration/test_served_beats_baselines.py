@@ -12,7 +12,8 @@ import pytest
 from features.identity import stitch_identities
 from features.io import load_tables
 from features.synthetic import generate
-from training.recs_training import RecsConfig, train_two_stage
+from training.config import RecsConfig
+from training.recs_training import train_two_stage
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from features import columns as c
 from features.io import load_tables
 from models.recs.rules import ONLINE_ONLY, PRODUCT_CHANNELS
 from models.recs.two_stage import TwoStageRecommender
-from training.recs_training import RecsConfig, train_two_stage
+from training.config import RecsConfig
+from training.recs_training import train_two_stage
 
 END = pd.Timestamp("2026-03-01", tz="UTC")
 N_PER_TRIBE = 18
