@@ -29,7 +29,7 @@ _HERE = Path(__file__).resolve().parent
 _PACKAGE_ROOT = _HERE.parent
 # the code a logged model needs to load: these packages, less what only generates data
 _SNAPSHOT_PACKAGES = ("models", "features")
-_NOT_IN_SNAPSHOT = ("synthetic", "synthetic.py", "__pycache__")
+_NOT_IN_SNAPSHOT = ("synthetic", "__pycache__")
 # every logged model needs these beside the catalog's packages of its family
 _BASE_PACKAGES = ("numpy", "pandas", "pyarrow", "scikit-learn", "mlflow")
 

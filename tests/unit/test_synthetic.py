@@ -57,7 +57,8 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
 
 
 def test_chunked_generation_is_deterministic_and_merged_in_time_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(syn, "CHUNK", 150)  # 400 customers → 3 chunks, merged month by month
+    # generate() reads the chunk size where it runs; 400 customers → 3 chunks, merged month by month
+    monkeypatch.setattr(syn._generate, "CHUNK", 150)
     a = syn.generate(400, seed=5, out_dir=tmp_path / "a")
     b = syn.generate(400, seed=5, out_dir=tmp_path / "b")
     assert _digests(a.out_dir) == _digests(b.out_dir)
