@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from models.catalog import RECOMMENDER
+from models.recs import ALS_DEFAULTS
 
 
 @dataclass
@@ -20,11 +21,11 @@ class RecsConfig:
     k: int = 10
     max_eval_customers: int = 10_000  # evaluation sample (paired: every model scores the same customers)
     half_life_days: float = 90.0
-    # the ALS baseline (ProductRecommender), as `omni train` fits it
-    factors: int = 64
-    regularization: float = 0.05
-    alpha: float = 2.0
-    iterations: int = 15
+    # the ALS baseline (ProductRecommender), as `omni train` fits it (also the two-stage model's ALS size)
+    factors: int = ALS_DEFAULTS["factors"]
+    regularization: float = ALS_DEFAULTS["regularization"]
+    alpha: float = ALS_DEFAULTS["alpha"]
+    iterations: int = ALS_DEFAULTS["iterations"]
     random_state: int = 42
     refit: bool = True  # refit the two-stage model on all history (False: return the split model)
     all_purchases: bool = True  # also evaluate the "as served" protocol

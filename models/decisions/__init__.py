@@ -1,15 +1,15 @@
 """Deciding what to do next: the unified customer profile, uplift of each action, the contact
 policy that holds across channel systems, and the next-best-action engine that combines them."""
 
-from models.decisions.contact_policy import ContactPolicy, load_contact_policy
-from models.decisions.nba import NextBestActionEngine
-from models.decisions.profile import CustomerProfiles
-from models.decisions.uplift import MultiArmUpliftLearner
+from models._faces import lazy_face
 
-__all__ = [
-    "ContactPolicy",
-    "CustomerProfiles",
-    "MultiArmUpliftLearner",
-    "NextBestActionEngine",
-    "load_contact_policy",
-]
+__all__, __getattr__, __dir__ = lazy_face(
+    __name__,
+    {
+        "ContactPolicy": "contact_policy",
+        "CustomerProfiles": "profile",
+        "MultiArmUpliftLearner": "uplift",
+        "NextBestActionEngine": "nba",
+        "load_contact_policy": "contact_policy",
+    },
+)

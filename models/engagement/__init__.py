@@ -1,7 +1,9 @@
 """Reaching a customer: which channel (`ChannelModel`) and when (`SendTimeModel`, its EM loops in
 `em_kernels`), from the messages sent and how customers responded."""
 
-from models.engagement.channel import ChannelModel
-from models.engagement.send_time import SendTimeModel, parse_quiet_hours
+from models._faces import lazy_face
 
-__all__ = ["ChannelModel", "SendTimeModel", "parse_quiet_hours"]
+__all__, __getattr__, __dir__ = lazy_face(
+    __name__,
+    {"ChannelModel": "channel", "SendTimeModel": "send_time", "parse_quiet_hours": "send_time"},
+)

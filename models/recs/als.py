@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from models.base import ItemScorer  # noqa: E402
+from models.recs import ALS_DEFAULTS  # noqa: E402
 
 _PARAMS = ("factors", "regularization", "alpha", "iterations", "random_state", "num_threads")
 
@@ -27,10 +28,10 @@ class ALSScorer(ItemScorer):
 
     def __init__(
         self,
-        factors: int = 64,
-        regularization: float = 0.05,
-        alpha: float = 2.0,
-        iterations: int = 15,
+        factors: int = ALS_DEFAULTS["factors"],
+        regularization: float = ALS_DEFAULTS["regularization"],
+        alpha: float = ALS_DEFAULTS["alpha"],
+        iterations: int = ALS_DEFAULTS["iterations"],
         random_state: int = 0,
         num_threads: int = 0,
     ):

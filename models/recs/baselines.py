@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from features.interactions import InteractionMatrix
 from models.base import read_model_meta, top_k
+from models.recs import ALS_DEFAULTS
 from models.recs.als import ALSScorer
 from models.recs.popularity import PopularityScorer
 
@@ -41,10 +42,10 @@ class ProductRecommender:
 
     def __init__(
         self,
-        factors: int = 64,
-        regularization: float = 0.05,
-        alpha: float = 2.0,
-        iterations: int = 15,
+        factors: int = ALS_DEFAULTS["factors"],
+        regularization: float = ALS_DEFAULTS["regularization"],
+        alpha: float = ALS_DEFAULTS["alpha"],
+        iterations: int = ALS_DEFAULTS["iterations"],
         random_state: int = 0,
     ):
         self.factors = factors
