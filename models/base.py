@@ -43,10 +43,17 @@ def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tupl
     `exclude` is a boolean mask of the same shape (True = never return). Rows with fewer than k
     eligible items return fewer valid entries; missing slots carry index -1 and score -inf.
     Deterministic ties matter: the same request must give the same list on every channel.
+
+    The project's one top-k: the baselines and the two-stage recommender's sources
+    (`models.recs`) both use it. Floating-point scores are compared in their own type (a float32
+    row is not copied to float64: the same order, half the memory), and a row with fewer than k
+    finite scores only sorts those, so the many "no opinion" items of a sparse source cost nothing.
     """
-    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64)).copy()
+    scores = np.atleast_2d(np.asarray(scores))
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
     if exclude is not None:
-        scores[np.atleast_2d(exclude)] = -np.inf
+        scores = np.where(np.atleast_2d(exclude), -np.inf, scores)
     n_rows, n_items = scores.shape
     k = max(0, min(k, n_items))
     out_idx = np.full((n_rows, k), -1, dtype=np.int64)
@@ -54,11 +61,16 @@ def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tupl
     if k == 0:
         return out_idx, out_scores
     # the k-th best score per row; every item at or above it is a candidate (ties included), then an
-    # exact sort by (score desc, index asc) on that small set.
+    # exact sort by (score desc, index asc) on that small set. A row whose k-th best is -inf has
+    # fewer than k finite scores: only those are candidates.
     kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
     for row in range(n_rows):
-        cand = np.flatnonzero(scores[row] >= kth[row])
-        cand_scores = scores[row, cand]
+        values = scores[row]
+        if kth[row] == -np.inf:
+            cand = np.flatnonzero(np.isfinite(values))
+        else:
+            cand = np.flatnonzero(values >= kth[row])
+        cand_scores = values[cand]
         order = np.lexsort((cand, -cand_scores))[:k]
         chosen, chosen_scores = cand[order], cand_scores[order]
         valid = np.isfinite(chosen_scores)

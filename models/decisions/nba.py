@@ -1406,7 +1406,7 @@ class NextBestActionEngine(BaseEstimator):
     def _items_one(self, customer_id: str) -> list[str]:
         """`_attach_items` for one customer."""
         k = self.policy_.items_per_message
-        if hasattr(self.recommender_, "_recommend_one"):  # TwoStageRecommender: single-request path
+        if hasattr(self.recommender_, "warm"):  # TwoStageRecommender: single-request path
             return list(self.recommender_.recommend(customer_id, k=k).product_ids)
         return list(self.recommender_.recommend_many([customer_id], k=k)[0].product_ids)
 

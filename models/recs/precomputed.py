@@ -6,12 +6,12 @@ depends on the model only, so it can be computed once, offline (`omni build`), i
 request: a request then costs an array look-up instead of the two stages (about 1.5 ms of CPU on
 this project's 20,000-customer model, twice that inside a loaded server).
 
-What is stored is each customer's ranked candidate list (`TwoStageRecommender._ranked_one`) before
-the list rules: the best `length` candidates, plus every later candidate that may take a place
-reserved for new products, with their ranker scores and reasons. A request then runs the same
-rules as the live path (`_select`: channel eligibility, the reserved places), so the answer is
-the live answer item for item, score for score and reason for reason (tests compare them for every
-customer, channel and several k). When the stored head holds fewer eligible items than the request
+What is stored is each customer's ranked candidate list (`models.recs._single_request.ranked_one`)
+before the list rules: the best `length` candidates, plus every later candidate that may take a
+place reserved for new products, with their ranker scores and reasons. A request then runs the same
+rules as the live path (`models.recs._top_k.select`: channel eligibility, the reserved places), so
+the answer is the live answer item for item, score for score and reason for reason (tests compare
+them for every customer, channel and several k). When the stored head holds fewer eligible items than the request
 needs (a large k, a channel that sells few of them), or the request has anything beyond customer,
 channel and k, the recommender takes the live path.
 
@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from models.recs import rules
+from models.recs._single_request import ranked_one, ranked_reasons
+from models.recs._top_k import reserved_candidates
 
 FORMAT_VERSION = 1
 _ARRAYS = ("entry_of_row", "indptr", "n_head", "complete", "items", "scores", "reserved", "reason_codes")
@@ -123,18 +125,18 @@ class PrecomputedLists:
         for row in tqdm(
             np.asarray(rows).tolist(), desc="precompute", unit="customer", disable=not show_progress
         ):
-            ranked = recommender._ranked_one(str(recommender.customer_ids_[row]), (), (), plain, 0.0)
+            ranked = ranked_one(recommender, str(recommender.customer_ids_[row]), (), (), plain, 0.0)
             if not hasattr(ranked, "items"):  # a cold-start customer: that path is already cheap
                 continue
-            is_reserved = recommender._reserved(
-                ranked.items, ranked.local, ranked.pairs, recommender.new_slots_["all"]
+            is_reserved = reserved_candidates(
+                recommender, ranked.items, ranked.local, ranked.pairs, recommender.new_slots_["all"]
             )
             keep = np.arange(len(ranked.items)) < self.length
             if is_reserved is not None:
                 keep |= is_reserved
             keep = np.flatnonzero(keep)
             kept_items = ranked.items[keep]
-            reasons = recommender._ranked_reasons(ranked, ranked.local[keep], kept_items)
+            reasons = ranked_reasons(recommender, ranked, ranked.local[keep], kept_items)
             kept_rows.append(row)
             sizes.append(len(keep))
             n_head.append(min(self.length, len(ranked.items)))

@@ -63,7 +63,7 @@ class CSRRow:
     one-row `csr_matrix` (indptr, indices, data, shape, nnz), without building a scipy matrix.
 
     `indices` must be sorted and unique, as in a canonical CSR. The single-request path of
-    `models.recs.two_stage` passes these, so a request costs no scipy construction.
+    `models.recs.two_stage` (`models.recs._single_request`) passes these, so a request costs no scipy construction.
     """
 
     __slots__ = ("indices", "data", "indptr", "shape", "nnz")

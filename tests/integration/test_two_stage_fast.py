@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models.recs.two_stage import (
-    TwoStageRecommender,
-    _item_item_scores,
-    _top_dense,
-    top_n_sparse,
-)
+from models.recs._single_request import item_item_scores
+from models.recs._top_k import top_dense, top_n_sparse
+from models.recs.two_stage import TwoStageRecommender
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +88,11 @@ def test_item_item_scores_are_the_sparse_product_bit_for_bit(model):
             values = rng.choice(np.array([1.0, 5.0, 6.0], dtype=np.float32), len(cols))
             row = sp.csr_matrix((values, cols, [0, len(cols)]), shape=(1, n_items))
             expected = scorer.score_sparse(row).toarray()[0]
-            got = _item_item_scores(scorer, cols, values, n_items)
+            got = item_item_scores(scorer, cols, values, n_items)
             assert got.dtype == np.float32 and np.array_equal(got, expected)
             block = rng.random(n_items) < 0.1
             expected_top = top_n_sparse(scorer.score_sparse(row), block[np.newaxis, :], 25)[0]
-            assert np.array_equal(_top_dense(got, block, 25), expected_top[expected_top >= 0])
+            assert np.array_equal(top_dense(got, block, 25), expected_top[expected_top >= 0])
 
 
 def test_anchors_name_the_strongest_contribution_lowest_id_on_ties(model):

@@ -340,10 +340,11 @@ def test_training_helper_reports_the_served_order_beside_every_baseline(world):
     assert "refit" in info["seconds"]
 
 
-def test_fast_top_n_paths_agree_with_the_plain_one(model):
+def test_fast_top_n_paths_agree_with_the_plain_one():
     import scipy.sparse as sp
 
-    from models.recs.two_stage import top_n, top_n_sparse
+    from models.base import top_k
+    from models.recs._top_k import top_n_sparse, top_shared
 
     rng = np.random.default_rng(0)
     n_items = 700
@@ -353,15 +354,15 @@ def test_fast_top_n_paths_agree_with_the_plain_one(model):
     block = rng.random((40, n_items)) < 0.05
     block[:4, : n_items - 30] = True  # rows that block most of the pool: the fallback path
     for n in (5, 50):
-        fast = model._top_shared(key_of_row, vectors, block, n)
+        fast = top_shared(key_of_row, vectors, block, n)
         dense = np.where(block | (vectors[key_of_row] <= 0), -np.inf, vectors[key_of_row])
-        assert np.array_equal(fast, top_n(dense, n)[0])
+        assert np.array_equal(fast, top_k(dense, n)[0])
         sparse = sp.csr_matrix(vectors[key_of_row])
-        assert np.array_equal(top_n_sparse(sparse, block, n), top_n(dense, n)[0])
+        assert np.array_equal(top_n_sparse(sparse, block, n), top_k(dense, n)[0])
         # float32 scores take the one-key sort: same order, ties to the lower index
         single = sp.csr_matrix(vectors[key_of_row].astype(np.float32))
         dense32 = np.where(block | (single.toarray() <= 0), -np.inf, single.toarray())
-        assert np.array_equal(top_n_sparse(single, block, n), top_n(dense32, n)[0])
+        assert np.array_equal(top_n_sparse(single, block, n), top_k(dense32, n)[0])
 
 
 def _batch_of_one(model, cid, k, exclude=(), context_items=(), **kwargs):
