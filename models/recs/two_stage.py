@@ -66,7 +66,7 @@ from features.interactions import build_interactions
 from features.io import Tables, rows_before
 from models.base import read_model_meta
 from models.fitting import fit_pool
-from models.recs import rules
+from models.recs import ALS_DEFAULTS, rules
 from models.recs._batch import BATCH_ROWS, compare
 from models.recs._ranker_training import (
     candidate_set,
@@ -142,10 +142,10 @@ class TwoStageRecommender:
         n_replenish: int = 50,
         n_repeat: int = 50,
         n_content: int = 20,
-        factors: int = 64,
-        regularization: float = 0.05,
-        alpha: float = 2.0,
-        iterations: int = 15,
+        factors: int = ALS_DEFAULTS["factors"],
+        regularization: float = ALS_DEFAULTS["regularization"],
+        alpha: float = ALS_DEFAULTS["alpha"],
+        iterations: int = ALS_DEFAULTS["iterations"],
         ease_l2: float = 500.0,
         ease_max_items: int = 10_000,
         ease_neighbours: int = 200,
