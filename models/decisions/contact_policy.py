@@ -40,7 +40,7 @@ from features import columns as c
 from models.base import FEW_IDS, index_rows
 from models.timestamps import NAT_US, US_PER_HOUR, US_PER_SECOND, to_us
 
-DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[1] / "configs" / "contact_policy.toml"
+DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[2] / "configs" / "contact_policy.toml"
 SEGMENTS: tuple[str, ...] = ("new", "active", "loyal", "champion", "at_risk", "dormant")
 VALUE_TIERS: tuple[str, ...] = ("high", "medium", "low", "none")
 

@@ -844,9 +844,7 @@ class CustomerProfiles(BaseEstimator):
             )
             or DEFAULT_MESSAGE_CHANNELS
         )
-        from models.decisions.contact_policy import (
-            latest_consent_matrix,
-        )  # local: contact_policy imports nothing from here
+        from models.consent import latest_consent_matrix
 
         consent = latest_consent_matrix(tables.consent, ids, self.message_channels_, self.as_of_)
         self.has_consent_table_ = tables.consent is not None
