@@ -520,7 +520,8 @@ def test_shape_customer_attributes(small):
 # ----------------------------------------------------------------------------------------------
 # marketing logs as they come: offer validity, every message carrying an offer
 def test_duration_days_sets_the_conversion_window(small):
-    from models.decisions.profile import CustomerProfiles, message_windows_days
+    from models.decisions.history import message_windows_days
+    from models.decisions.profile import CustomerProfiles
 
     offers = small.offers.assign(**{c.DURATION_DAYS: np.nan})
     offers.loc[offers[c.OFFER_ID] == "OF_DISC10", c.DURATION_DAYS] = 3.0

@@ -38,7 +38,7 @@ learner (`MultiArmUpliftLearner`, X-learner by default) is trained on arms
 
     0 = message not opened (control), 1 = opened, no offer, 1 + j = opened with offer j,
 
-with features known at the send time (`models.decisions.profile.CustomerHistory`, leak-free), and outcome
+with features known at the send time (`models.decisions.history.CustomerHistory`, leak-free), and outcome
 "converted within the window". Opening is not randomised, so it is adjusted for by the features
 (customer-level: history, open and conversion rates); the offer is randomised by the logging
 policy independently of the customer, so among opened messages the offer comparison is a
@@ -146,11 +146,8 @@ from models.decisions.contact_policy import (
     next_send_times,
     offer_eligibility,
 )
-from models.decisions.profile import (
-    CustomerHistory,
-    CustomerProfiles,
-    message_windows_days,
-)
+from models.decisions.history import CustomerHistory, message_windows_days
+from models.decisions.profile import CustomerProfiles
 from models.decisions.uplift import (
     _Z95,
     MultiArmUpliftLearner,
