@@ -11,7 +11,8 @@ import pytest
 
 from features import columns as c
 from models.decisions.contact_policy import ContactPolicy, in_control_group
-from models.decisions.nba import ACTIONS, DECISION_COLUMNS, NO_ACTION, NextBestActionEngine, arbitrate
+from models.decisions.decision_core import ACTIONS, DECISION_COLUMNS, NO_ACTION, arbitrate
+from models.decisions.nba import NextBestActionEngine
 from models.decisions.uplift import incremental_value
 
 
@@ -584,7 +585,7 @@ def test_all_offer_messages_learn_arms_against_uncontacted_customers(small):
 # ----------------------------------------------------------------------------------------------
 # the champion gate (issue 14, item 9): what the deployed engine would have sent, valued off-policy
 def test_a_logged_window_values_choices_by_inverse_propensity():
-    from models.decisions.nba import LoggedWindow
+    from models.decisions.off_policy import LoggedWindow
 
     window = LoggedWindow(
         mode="uplift",
