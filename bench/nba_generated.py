@@ -65,7 +65,8 @@ from features import synthetic as syn  # noqa: E402
 from features.identity import stitch_identities  # noqa: E402
 from features.io import load_tables  # noqa: E402
 from models.decisions.contact_policy import offer_eligibility  # noqa: E402
-from models.decisions.nba import NO_ACTION, NextBestActionEngine  # noqa: E402
+from models.decisions.decision_core import NO_ACTION  # noqa: E402
+from models.decisions.nba import NextBestActionEngine  # noqa: E402
 from models.timestamps import NAT_US, to_us  # noqa: E402
 from training.config import NBAConfig  # noqa: E402
 from training.nba_training import train_nba  # noqa: E402

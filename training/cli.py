@@ -407,7 +407,7 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
     import pandas as pd
 
     from features.io import write_table_atomic
-    from models.decisions.nba import DECISION_COLUMNS
+    from models.decisions.decision_core import DECISION_COLUMNS
     from training.scoring import load_champion_engine
 
     started = _time.perf_counter()

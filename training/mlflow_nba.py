@@ -1,9 +1,9 @@
 """MLflow pyfunc wrapper of the next-best-action engine, logged as a code-based model (no pickling).
 
 `predict` takes a DataFrame with a `customer_id` column and returns one decision per customer
-(`models.decisions.nba.DECISION_COLUMNS`). Loaded alone, the engine uses its fallbacks for items, channel
-and send time; the service and `omni decide` load it with the champion recommender, channel and
-send-time models.
+(`models.decisions.decision_core.DECISION_COLUMNS`). Loaded alone, the engine uses its fallbacks for
+items, channel and send time; the service and `omni decide` load it with the champion recommender,
+channel and send-time models.
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ from features import columns as c
 from features.io import Tables, rows_before
 from models.base import CannotTrain
 from models.decisions.contact_policy import load_contact_policy
-from models.decisions.nba import NO_ACTION, NextBestActionEngine, logged_window
+from models.decisions.decision_core import NO_ACTION
+from models.decisions.nba import NextBestActionEngine
+from models.decisions.off_policy import logged_window
 from models.decisions.profile import CustomerProfiles
 from training.config import NBAConfig
 
@@ -211,9 +213,9 @@ def champion_window_scores(
 
     The window: the messages sent from the later of the run's split (`test_days` before the last
     event) and the champion's own training time, whose conversion window has closed
-    (`models.decisions.nba.logged_window`, read from `tables` with this run's `profiles`). The challenger is
-    this run's configuration fitted on the data before the window (`tables_before`); the champion
-    is scored as deployed, from its own state, never refitted. Each engine says what it would have
+    (`models.decisions.off_policy.logged_window`, read from `tables` with this run's `profiles`). The
+    challenger is this run's configuration fitted on the data before the window (`tables_before`);
+    the champion is scored as deployed, from its own state, never refitted. Each engine says what it would have
     sent each of these customers at that moment (`NextBestActionEngine.message_choices`), and that
     is valued off-policy by the guard's estimator, doubly robust: inverse propensity weighting
     with exposure propensities estimated on the window, and as outcome model the mean of both

@@ -11,7 +11,8 @@ import pytest
 
 from features import columns as c
 from models.decisions.contact_policy import ContactPolicy, in_control_group
-from models.decisions.nba import ACTIONS, DECISION_COLUMNS, NO_ACTION, NextBestActionEngine, arbitrate
+from models.decisions.decision_core import ACTIONS, DECISION_COLUMNS, NO_ACTION, arbitrate
+from models.decisions.nba import NextBestActionEngine
 from models.decisions.uplift import incremental_value
 
 
@@ -523,7 +524,8 @@ def test_shape_customer_attributes(small):
 # ----------------------------------------------------------------------------------------------
 # marketing logs as they come: offer validity, every message carrying an offer
 def test_duration_days_sets_the_conversion_window(small):
-    from models.decisions.profile import CustomerProfiles, message_windows_days
+    from models.decisions.history import message_windows_days
+    from models.decisions.profile import CustomerProfiles
 
     offers = small.offers.assign(**{c.DURATION_DAYS: np.nan})
     offers.loc[offers[c.OFFER_ID] == "OF_DISC10", c.DURATION_DAYS] = 3.0
@@ -586,7 +588,7 @@ def test_all_offer_messages_learn_arms_against_uncontacted_customers(small):
 # ----------------------------------------------------------------------------------------------
 # the champion gate (issue 14, item 9): what the deployed engine would have sent, valued off-policy
 def test_a_logged_window_values_choices_by_inverse_propensity():
-    from models.decisions.nba import LoggedWindow
+    from models.decisions.off_policy import LoggedWindow
 
     window = LoggedWindow(
         mode="uplift",

@@ -15,7 +15,8 @@ import pytest
 
 from features import columns as c
 from models.base import FEW_IDS
-from models.decisions.nba import NO_ACTION, ChannelModelChooser, _decision_dict
+from models.decisions.choosers import ChannelModelChooser
+from models.decisions.decision_core import NO_ACTION, _decision_dict
 
 
 @pytest.fixture(scope="module")

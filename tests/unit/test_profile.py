@@ -9,14 +9,9 @@ import pytest
 
 from features import columns as c
 from features.io import Tables
-from models.decisions.profile import (
-    CustomerHistory,
-    CustomerProfiles,
-    assign_segments,
-    rfm_scores,
-    top_categories,
-    value_tiers,
-)
+from models.decisions.history import CustomerHistory
+from models.decisions.profile import CustomerProfiles
+from models.decisions.profile_rules import assign_segments, rfm_scores, top_categories, value_tiers
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
 AS_OF = pd.Timestamp("2026-04-01", tz="UTC")
@@ -265,7 +260,9 @@ def test_save_and_load_give_the_same_profiles(tiny, tmp_path):
 
 
 def test_segment_thresholds_follow_the_buying_rhythm():
-    from models.decisions.profile import US_PER_DAY, _Stream, segment_thresholds
+    from models.decisions.history import _Stream
+    from models.decisions.profile_rules import segment_thresholds
+    from models.timestamps import US_PER_DAY
 
     # 60 customers ordering every 1..10 days (gaps 1..10 days, 10 of each length, weekly shoppers)
     codes, times = [], []
@@ -283,7 +280,7 @@ def test_segment_thresholds_follow_the_buying_rhythm():
 
 
 def test_attributes_become_features_numeric_and_categorical():
-    from models.decisions.profile import encode_attributes
+    from models.decisions.history import encode_attributes
 
     customers = pd.DataFrame(
         {
