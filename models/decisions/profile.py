@@ -39,8 +39,6 @@ from sklearn.base import BaseEstimator
 
 from features import columns as c
 from features.io import Tables
-
-# the feature build runs on the Dask cluster of `omni train --dask-scheduler`, if any
 from models.base import FEW_IDS, CannotTrain, read_model_meta
 from models.consent import latest_consent_matrix
 from models.decisions._forecast import _SpendChurnForecast
@@ -54,6 +52,9 @@ from models.decisions.profile_rules import (
     top_categories,
     value_tiers,
 )
+
+# the feature build runs on the fit backend of whoever runs the fit (e.g. the Dask cluster of
+# `omni train --dask-scheduler`)
 from models.fitting import build_customer_features
 from models.timestamps import NAT_US, US_PER_DAY, from_us, to_us
 
