@@ -83,15 +83,8 @@ from features.identity import stitch_identities  # noqa: E402
 from features.io import load_tables  # noqa: E402
 from features.synthetic import MESSAGE_CHANNELS, generate, true_open_probability  # noqa: E402
 from models.engagement.channel import ChannelModel  # noqa: E402
-from models.engagement.send_time import (  # noqa: E402
-    DAYS,
-    HOURS,
-    SLOTS,
-    SendTimeModel,
-    engaged_before,
-    is_quiet,
-    local_slots,
-)
+from models.engagement.local_time import DAYS, HOURS, SLOTS, is_quiet, local_slots  # noqa: E402
+from models.engagement.send_time import SendTimeModel, engaged_before  # noqa: E402
 from training.channel_training import ChannelTrainingConfig, evaluate_channel_and_send_time  # noqa: E402
 
 THIN_MESSAGES = 3

@@ -52,7 +52,8 @@ from features.codes import positions
 from features.io import Tables, rows_before
 from models.base import CannotTrain
 from models.engagement.channel import EVENT_COLUMNS, PROBABILITY, ChannelModel, engagement_ts
-from models.engagement.send_time import HOURS, SendTimeModel, engaged_before, local_slots
+from models.engagement.local_time import HOURS, local_slots
+from models.engagement.send_time import SendTimeModel, engaged_before
 from models.fitting import fit_pool
 
 _Z95 = float(norm.ppf(0.975))

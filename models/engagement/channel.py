@@ -82,7 +82,8 @@ from features.codes import positions
 from features.io import rows_before
 from models.base import CannotTrain, index_rows, read_model_meta
 from models.consent import latest_consent
-from models.engagement.send_time import dirichlet_prior_strength, outcome_window_days
+from models.engagement.send_time import outcome_window_days
+from models.engagement.shrinkage import dirichlet_prior_strength
 from models.fitting import train_booster
 from models.timestamps import to_us
 
