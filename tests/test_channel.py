@@ -12,7 +12,8 @@ from features import columns as c
 from features.io import Tables
 from models.base import CannotTrain
 from models.consent import latest_consent
-from models.engagement.channel import ChannelModel, history_features
+from models.engagement.channel import ChannelModel
+from models.engagement.channel_history import history_features
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
 

@@ -51,7 +51,8 @@ from features import columns as c
 from features.codes import positions
 from features.io import Tables, rows_before
 from models.base import CannotTrain
-from models.engagement.channel import EVENT_COLUMNS, PROBABILITY, ChannelModel, engagement_ts
+from models.engagement.channel import PROBABILITY, ChannelModel
+from models.engagement.channel_history import EVENT_COLUMNS, engagement_ts
 from models.engagement.local_time import HOURS, local_slots
 from models.engagement.send_time import SendTimeModel, engaged_before
 from models.fitting import fit_pool
