@@ -280,7 +280,8 @@ def _own_propensity_data(seed: int = 0, n: int = 200, per: int = 40, days: int =
 
 
 def test_the_rule_is_served_where_it_wins_on_validation():
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_evaluation import ChannelTrainingConfig
+    from training.channel_training import train_channel_and_send_time
 
     result = train_channel_and_send_time(_own_propensity_data(), config=ChannelTrainingConfig(test_days=28))
     m = result.metrics
@@ -303,7 +304,7 @@ def test_the_rule_is_served_where_it_wins_on_validation():
 
 
 def test_choose_served_takes_the_best_and_the_simpler_on_a_tie():
-    from training.channel_training import SEND_TIME_POLICIES, choose_served
+    from training.channel_evaluation import SEND_TIME_POLICIES, choose_served
 
     metrics = ("matched_stratified_rate_matched", "activity_hit_rate")
     scores = {
@@ -414,7 +415,8 @@ def test_transaction_log_only_training(hand_made):
 def trained_small(generated_data):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_evaluation import ChannelTrainingConfig
+    from training.channel_training import train_channel_and_send_time
 
     tables = stitch_identities(load_tables(generated_data))
     return train_channel_and_send_time(tables, config=ChannelTrainingConfig(test_days=60))
@@ -454,7 +456,8 @@ def test_training_on_generated_data(trained_small):
 def test_the_refit_beside_the_evaluation_gives_the_sequential_models(trained_small, generated_data):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_evaluation import ChannelTrainingConfig
+    from training.channel_training import train_channel_and_send_time
 
     # evaluate=False refits on this thread alone; trained_small refitted on a second thread
     tables = stitch_identities(load_tables(generated_data))
@@ -477,7 +480,7 @@ def test_the_refit_beside_the_evaluation_gives_the_sequential_models(trained_sma
 def test_evaluation_sample_keeps_every_row_of_a_seeded_set_of_customers(generated_data):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import evaluation_sample
+    from training.channel_evaluation import evaluation_sample
 
     tables = stitch_identities(load_tables(generated_data))
     sample, population = evaluation_sample(tables, 300, random_state=3)
@@ -501,7 +504,7 @@ def test_evaluation_sample_keeps_every_row_of_a_seeded_set_of_customers(generate
 def test_sampled_evaluation_says_so(generated_data):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import ChannelTrainingConfig, evaluate_channel_and_send_time
+    from training.channel_evaluation import ChannelTrainingConfig, evaluate_channel_and_send_time
 
     tables = stitch_identities(load_tables(generated_data))
     config = ChannelTrainingConfig(test_days=60, max_eval_customers=400, max_validation_customers=200)
@@ -604,7 +607,7 @@ def few_tables(generated_data):
     """150 customers of the generated data (every row of theirs), identity-stitched."""
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import evaluation_sample
+    from training.channel_evaluation import evaluation_sample
 
     sample, _ = evaluation_sample(stitch_identities(load_tables(generated_data)), 150, random_state=0)
     return sample
@@ -625,7 +628,7 @@ def _last_days(tables: Tables, days: int) -> Tables:
 def _shape(tables: Tables, shape: str) -> Tables:
     import dataclasses
 
-    from training.channel_training import evaluation_sample
+    from training.channel_evaluation import evaluation_sample
 
     if shape == "no messages":
         return dataclasses.replace(tables, messages=None)
@@ -670,7 +673,8 @@ SHAPES = (
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_shape_trains_and_answers(few_tables, shape):
     from models.engagement.send_time import SERVE_MODES
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_evaluation import ChannelTrainingConfig
+    from training.channel_training import train_channel_and_send_time
 
     tables = _shape(few_tables, shape)
     result = train_channel_and_send_time(tables, config=ChannelTrainingConfig(test_days=28))
@@ -702,7 +706,8 @@ def test_every_shape_trains_and_answers(few_tables, shape):
 def test_messages_without_opens_or_clicks_train_send_time_and_say_why_not_channel(few_tables):
     import dataclasses
 
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_evaluation import ChannelTrainingConfig
+    from training.channel_training import train_channel_and_send_time
 
     messages = few_tables.messages.drop(columns=[c.OPENED_TS, c.CLICKED_TS])
     tables = dataclasses.replace(few_tables, messages=messages)
@@ -730,7 +735,8 @@ def test_a_champion_is_judged_as_deployed_beside_the_challenger_on_the_same_rows
     import dataclasses
 
     from models.engagement.send_time import SendTimeModel
-    from training.channel_training import ChannelTrainingConfig, train_channel_and_send_time
+    from training.channel_evaluation import ChannelTrainingConfig
+    from training.channel_training import train_channel_and_send_time
 
     tables = few_tables if shape == "messages" else dataclasses.replace(few_tables, messages=None)
     config = ChannelTrainingConfig(test_days=28)

@@ -316,7 +316,7 @@ def engagement_params(context: TrainContext) -> dict:
 
 
 def engagement_config(context: TrainContext):
-    from training.channel_training import ChannelTrainingConfig
+    from training.channel_evaluation import ChannelTrainingConfig
 
     config = context.config
     return ChannelTrainingConfig(
