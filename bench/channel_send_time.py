@@ -9,7 +9,7 @@ alone, through `true_open_probability`, which is the exact engagement model of t
 
 Protocol
 --------
-What is served is chosen as `omni train` chooses it (`training.channel_training`: each model
+What is served is chosen as `omni train` chooses it (`training.channel_evaluation`: each model
 against its rules on a validation window before the last 28 days, models fitted before it), then
 the models are fitted on the whole observed history and answer in the chosen mode; every
 customer's choice is scored with the truth. A slot's engagement is the truth averaged over the
@@ -56,7 +56,7 @@ Thin history (`*_thin_history`): customers with fewer than 3 messages before the
 Without truth (`held_out`): the models are refitted before the last 28 days of messages and
 scored on the later ones: the matched-sends estimate (engagement rate of held-out sends within
 ±1 h of our chosen hour vs the rest, raw and channel-stratified, 95% CI) and the channel model's
-AUC / log loss / calibration (`training.channel_training.evaluate_channel_and_send_time`).
+AUC / log loss / calibration (`training.channel_evaluation.evaluate_channel_and_send_time`).
 """
 
 from __future__ import annotations
@@ -83,16 +83,9 @@ from features.identity import stitch_identities  # noqa: E402
 from features.io import load_tables  # noqa: E402
 from features.synthetic import MESSAGE_CHANNELS, generate, true_open_probability  # noqa: E402
 from models.engagement.channel import ChannelModel  # noqa: E402
-from models.engagement.send_time import (  # noqa: E402
-    DAYS,
-    HOURS,
-    SLOTS,
-    SendTimeModel,
-    engaged_before,
-    is_quiet,
-    local_slots,
-)
-from training.channel_training import evaluate_channel_and_send_time  # noqa: E402
+from models.engagement.local_time import DAYS, HOURS, SLOTS, is_quiet, local_slots  # noqa: E402
+from models.engagement.send_time import SendTimeModel, engaged_before  # noqa: E402
+from training.channel_evaluation import evaluate_channel_and_send_time  # noqa: E402
 from training.config import ChannelTrainingConfig  # noqa: E402
 
 THIN_MESSAGES = 3

@@ -122,7 +122,7 @@ class SendTimeRequest(_Request):
     @field_validator("quiet_hours")
     @classmethod
     def quiet_hours_are_hours(cls, value: str) -> str:
-        from models.engagement.send_time import parse_quiet_hours
+        from models.engagement.local_time import parse_quiet_hours
 
         parse_quiet_hours(value)  # ValueError (→ HTTP 400) unless both ends are hours 0-23
         return value

@@ -211,7 +211,7 @@ class OmniService:
     def send_time(self, **req) -> SendTimeResponse:
         import pandas as pd
 
-        from models.engagement.send_time import parse_quiet_hours
+        from models.engagement.local_time import parse_quiet_hours
 
         r = SendTimeRequest(**req)
         self._require("send_time", self.send_time_model)

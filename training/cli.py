@@ -343,7 +343,7 @@ def send_time(
     """
     import pandas as pd
 
-    from models.engagement.send_time import parse_quiet_hours
+    from models.engagement.local_time import parse_quiet_hours
     from training.scoring import load_champion
 
     _ids_or_fail(all_customers, customer_ids, out_file)

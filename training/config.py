@@ -48,6 +48,9 @@ class RecsConfig:
 
 @dataclass
 class ChannelTrainingConfig:
+    """Settings of the channel and send-time step (`training.channel_training`): its windows, the
+    samples its evaluation and validation are fitted on, and its plots."""
+
     test_days: int = 28  # held-out window at the end of the message history (or events)
     match_hours: int = 1  # a held-out send "matches" our hour when it is within this many hours
     heatmap_customers: int = 4

@@ -12,7 +12,8 @@ from features import columns as c
 from features.io import Tables
 from models.base import CannotTrain
 from models.consent import latest_consent
-from models.engagement.channel import ChannelModel, history_features
+from models.engagement.channel import ChannelModel
+from models.engagement.channel_history import history_features
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
 
@@ -303,7 +304,7 @@ def test_the_rule_is_served_where_it_wins_on_validation():
 
 
 def test_choose_served_takes_the_best_and_the_simpler_on_a_tie():
-    from training.channel_training import SEND_TIME_POLICIES, choose_served
+    from training.channel_evaluation import SEND_TIME_POLICIES, choose_served
 
     metrics = ("matched_stratified_rate_matched", "activity_hit_rate")
     scores = {
@@ -479,7 +480,7 @@ def test_the_refit_beside_the_evaluation_gives_the_sequential_models(trained_sma
 def test_evaluation_sample_keeps_every_row_of_a_seeded_set_of_customers(generated_data):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import evaluation_sample
+    from training.channel_evaluation import evaluation_sample
 
     tables = stitch_identities(load_tables(generated_data))
     sample, population = evaluation_sample(tables, 300, random_state=3)
@@ -503,7 +504,7 @@ def test_evaluation_sample_keeps_every_row_of_a_seeded_set_of_customers(generate
 def test_sampled_evaluation_says_so(generated_data):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import evaluate_channel_and_send_time
+    from training.channel_evaluation import evaluate_channel_and_send_time
     from training.config import ChannelTrainingConfig
 
     tables = stitch_identities(load_tables(generated_data))
@@ -607,7 +608,7 @@ def few_tables(generated_data):
     """150 customers of the generated data (every row of theirs), identity-stitched."""
     from features.identity import stitch_identities
     from features.io import load_tables
-    from training.channel_training import evaluation_sample
+    from training.channel_evaluation import evaluation_sample
 
     sample, _ = evaluation_sample(stitch_identities(load_tables(generated_data)), 150, random_state=0)
     return sample
@@ -628,7 +629,7 @@ def _last_days(tables: Tables, days: int) -> Tables:
 def _shape(tables: Tables, shape: str) -> Tables:
     import dataclasses
 
-    from training.channel_training import evaluation_sample
+    from training.channel_evaluation import evaluation_sample
 
     if shape == "no messages":
         return dataclasses.replace(tables, messages=None)

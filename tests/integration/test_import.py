@@ -535,7 +535,8 @@ def _import(*args):
 def test_timezone_becomes_every_customers_zone_when_no_customers_table(tmp_path):
     from features.identity import stitch_identities
     from features.io import load_tables
-    from models.engagement.send_time import SendTimeModel, local_slots
+    from models.engagement.local_time import local_slots
+    from models.engagement.send_time import SendTimeModel
 
     # a store whose customers shop at 18:00 Chicago time, summer (CDT) and winter (CST)
     rows = [

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from features import columns as c
-from models.engagement.send_time import HOURS, SEGMENTS, SLOTS, SendTimeModel, is_quiet, parse_quiet_hours
+from models.engagement.local_time import HOURS, SLOTS, is_quiet, parse_quiet_hours
+from models.engagement.send_time import SendTimeModel
+from models.engagement.send_time_em import SEGMENTS
 
 NY = "America/New_York"
 
