@@ -46,8 +46,8 @@ from features.codes import positions
 from features.io import Tables, rows_before
 from models.base import CannotTrain
 from models.engagement.channel import PROBABILITY, ChannelModel
-from models.engagement.channel_history import EVENT_COLUMNS, engagement_ts
-from models.engagement.send_time import SendTimeModel, engaged_before
+from models.engagement.channel_history import EVENT_COLUMNS
+from models.engagement.send_time import SendTimeModel, engaged_before, engagement_ts
 from training.channel_metrics import (
     active_hours,
     activity_hit_rate,

@@ -59,8 +59,8 @@ from models.consent import latest_consent
 from models.engagement.channel_attributes import attribute_encoding, attribute_feature_names
 from models.engagement.channel_folder import read_meta, restore_arrays, restore_from_meta, write_folder
 from models.engagement.channel_glm import EngagementGLM
-from models.engagement.channel_history import EVENT_COLUMNS, engagement_ts, history_features
-from models.engagement.send_time import outcome_window_days
+from models.engagement.channel_history import EVENT_COLUMNS, history_features
+from models.engagement.send_time import engagement_ts, outcome_window_days
 from models.engagement.shrinkage import dirichlet_prior_strength
 from models.fitting import train_booster
 from models.timestamps import to_us

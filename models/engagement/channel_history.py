@@ -29,18 +29,11 @@ import pandas as pd
 from features import columns as c
 from features.codes import positions
 from models.engagement.channel_attributes import attribute_features
+from models.engagement.send_time import engagement_ts
 
 RATE_PRIOR_MESSAGES = 2.0  # pseudo messages at the channel's population rate in smoothed rates
 # What the channel model reads of the events (`history_features`, `ChannelModel.fit`).
 EVENT_COLUMNS: tuple[str, ...] = (c.CUSTOMER_ID, c.TS, c.CHANNEL, c.EVENT_TYPE)
-
-
-def engagement_ts(messages: pd.DataFrame) -> pd.Series:
-    """When the message was first engaged with: the earlier of open and click (NaT if neither)."""
-    cols = [col for col in (c.OPENED_TS, c.CLICKED_TS) if col in messages.columns]
-    if not cols:
-        return pd.Series(pd.NaT, index=messages.index, dtype="datetime64[us, UTC]")
-    return messages[cols].min(axis=1)
 
 
 def _time_ns(values) -> np.ndarray:

@@ -366,7 +366,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         self.channels_ = np.sort(messages[c.CHANNEL].dropna().astype(str).unique())
         self.n_messages_ = np.bincount(self._customer_rows(messages[c.CUSTOMER_ID].dropna()), minlength=n)
         if self.open_window_days is None:
-            engaged_at = engagement_time(messages)  # only what was known by as_of
+            engaged_at = engagement_ts(messages)  # only what was known by as_of
             self.open_window_days_ = outcome_window_days(
                 messages[c.SENT_TS], engaged_at.where(engaged_at < as_of), 1.0
             )
@@ -690,7 +690,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         return model
 
 
-def engagement_time(messages: pd.DataFrame) -> pd.Series:
+def engagement_ts(messages: pd.DataFrame) -> pd.Series:
     """When the message was first engaged with: the earlier of open and click (NaT if neither)."""
     cols = [col for col in (c.OPENED_TS, c.CLICKED_TS) if col in messages.columns]
     if not cols:

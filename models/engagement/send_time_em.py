@@ -119,11 +119,6 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1.0 - p)))
 
 
-def _log_likelihood(y: np.ndarray, eta: np.ndarray) -> np.ndarray:
-    """Bernoulli log-likelihood of y under log-odds eta, elementwise."""
-    return -(y * np.logaddexp(0.0, -eta) + (1.0 - y) * np.logaddexp(0.0, eta))
-
-
 def _logsumexp(x: np.ndarray) -> np.ndarray:
     top = x.max(axis=1)
     return top + np.log(np.exp(x - top[:, None]).sum(axis=1))
