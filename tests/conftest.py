@@ -56,18 +56,28 @@ def _generated_tables(generated_data):
     return stitch_identities(load_tables(generated_data))
 
 
+def _copy_of(tables):
+    return dataclasses.replace(
+        tables,
+        **{
+            f.name: getattr(tables, f.name).copy()
+            for f in dataclasses.fields(tables)
+            if hasattr(getattr(tables, f.name), "copy")
+        },
+    )
+
+
 @pytest.fixture()
 def generated_tables(_generated_tables):
     """The generated data loaded and stitched (`load_tables` + `stitch_identities`), read once per
     session; each test gets its own copies of the frames, so it may change them."""
-    return dataclasses.replace(
-        _generated_tables,
-        **{
-            f.name: getattr(_generated_tables, f.name).copy()
-            for f in dataclasses.fields(_generated_tables)
-            if hasattr(getattr(_generated_tables, f.name), "copy")
-        },
-    )
+    return _copy_of(_generated_tables)
+
+
+@pytest.fixture(scope="module")
+def module_generated_tables(_generated_tables):
+    """The same, one copy per test module (for module-scoped fixtures)."""
+    return _copy_of(_generated_tables)
 
 
 @pytest.fixture(scope="session")

@@ -28,3 +28,24 @@ def own_store(tmp_path, tracking_uri):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def small_recommender(_generated_tables):
+    """One small two-stage recommender fitted on the session's generated data, shared by the tests
+    of its request paths and of the lists stored ahead (do not change it: build your own to). Two
+    places in every list are kept for new products, whatever validation chose, so that the
+    reserved places are exercised."""
+    from models.recs.two_stage import TwoStageRecommender
+
+    model = TwoStageRecommender(
+        factors=16,
+        iterations=5,
+        n_estimators=40,
+        ease_l2=50.0,
+        num_threads=1,
+        random_state=0,
+        new_product_slots=2,
+    ).fit(_generated_tables)
+    model.new_slots_ = {"all": 2, "new": 2}
+    return model

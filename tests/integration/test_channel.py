@@ -412,13 +412,11 @@ def test_transaction_log_only_training(hand_made):
 
 
 @pytest.fixture(scope="module")
-def trained_small(generated_data):
-    from features.identity import stitch_identities
-    from features.io import load_tables
+def trained_small(module_generated_tables):
     from training.channel_training import train_channel_and_send_time
     from training.config import ChannelTrainingConfig
 
-    tables = stitch_identities(load_tables(generated_data))
+    tables = module_generated_tables
     return train_channel_and_send_time(tables, config=ChannelTrainingConfig(test_days=60))
 
 
@@ -453,14 +451,12 @@ def test_training_on_generated_data(trained_small):
     assert ranked[c.RANK].min() == 1 and ranked["probability"].between(0, 1).all()
 
 
-def test_the_refit_beside_the_evaluation_gives_the_sequential_models(trained_small, generated_data):
-    from features.identity import stitch_identities
-    from features.io import load_tables
+def test_the_refit_beside_the_evaluation_gives_the_sequential_models(trained_small, generated_tables):
     from training.channel_training import train_channel_and_send_time
     from training.config import ChannelTrainingConfig
 
     # evaluate=False refits on this thread alone; trained_small refitted on a second thread
-    tables = stitch_identities(load_tables(generated_data))
+    tables = generated_tables
     alone = train_channel_and_send_time(tables, config=ChannelTrainingConfig(test_days=60), evaluate=False)
     assert alone.served == {"channel": "model", "send_time": "model"}  # not validated: the models
     # the same policies as the evaluated run chose on its validation window
@@ -477,12 +473,10 @@ def test_the_refit_beside_the_evaluation_gives_the_sequential_models(trained_sma
     )
 
 
-def test_evaluation_sample_keeps_every_row_of_a_seeded_set_of_customers(generated_data):
-    from features.identity import stitch_identities
-    from features.io import load_tables
+def test_evaluation_sample_keeps_every_row_of_a_seeded_set_of_customers(generated_tables):
     from training.channel_evaluation import evaluation_sample
 
-    tables = stitch_identities(load_tables(generated_data))
+    tables = generated_tables
     sample, population = evaluation_sample(tables, 300, random_state=3)
     assert population == len(set(tables.customers[c.CUSTOMER_ID]) | set(tables.events[c.CUSTOMER_ID]))
     chosen = set(sample.customers[c.CUSTOMER_ID]) | set(sample.events[c.CUSTOMER_ID])
@@ -501,13 +495,11 @@ def test_evaluation_sample_keeps_every_row_of_a_seeded_set_of_customers(generate
         assert whole is tables and none is None
 
 
-def test_sampled_evaluation_says_so(generated_data):
-    from features.identity import stitch_identities
-    from features.io import load_tables
+def test_sampled_evaluation_says_so(generated_tables):
     from training.channel_evaluation import evaluate_channel_and_send_time
     from training.config import ChannelTrainingConfig
 
-    tables = stitch_identities(load_tables(generated_data))
+    tables = generated_tables
     config = ChannelTrainingConfig(test_days=60, max_eval_customers=400, max_validation_customers=200)
     metrics, _, notes = evaluate_channel_and_send_time(tables, config)
     assert metrics["channel.evaluation_customers"] == 400
@@ -604,13 +596,11 @@ def test_history_features_match_a_brute_force_count_with_tied_times():
 # ----------------------------------------------------------------------------------------------
 # every shape of data trains and answers (or says why)
 @pytest.fixture(scope="module")
-def few_tables(generated_data):
+def few_tables(module_generated_tables):
     """150 customers of the generated data (every row of theirs), identity-stitched."""
-    from features.identity import stitch_identities
-    from features.io import load_tables
     from training.channel_evaluation import evaluation_sample
 
-    sample, _ = evaluation_sample(stitch_identities(load_tables(generated_data)), 150, random_state=0)
+    sample, _ = evaluation_sample(module_generated_tables, 150, random_state=0)
     return sample
 
 

@@ -19,10 +19,7 @@ from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from features import columns as c
-from features.contract import ContractConfig
 from features.customer_features import build_customer_features
-from features.identity import stitch_identities
-from features.io import load_tables
 from models.recs.ranker import FEATURE_NAMES, LambdaRankModel
 from training import distributed as D
 from training.cli import main
@@ -53,8 +50,8 @@ def on_cluster(ctx):
 
 
 @pytest.fixture(scope="module")
-def tables(generated_data):
-    return stitch_identities(load_tables(generated_data, ContractConfig()))
+def tables(module_generated_tables):
+    return module_generated_tables
 
 
 def _train_parts_ran_on(ctx, fit) -> set[str]:

@@ -87,11 +87,8 @@ def test_ineligible_arms_and_the_guard_fallback():
 # ----------------------------------------------------------------------------------------------
 # the engine on generated data
 @pytest.fixture(scope="module")
-def tables(generated_data):
-    from features.identity import stitch_identities
-    from features.io import load_tables
-
-    return stitch_identities(load_tables(generated_data))
+def tables(module_generated_tables):
+    return module_generated_tables
 
 
 @pytest.fixture(scope="module")

@@ -16,23 +16,8 @@ CHANNELS = (None, "web", "store", "app", "email", "sms", "not-a-channel")
 
 
 @pytest.fixture(scope="module")
-def fitted(generated_data):
-    from features.identity import stitch_identities
-    from features.io import load_tables
-
-    tables = stitch_identities(load_tables(generated_data))
-    model = TwoStageRecommender(
-        factors=16,
-        iterations=5,
-        n_estimators=40,
-        ease_l2=50.0,
-        num_threads=1,
-        random_state=0,
-        new_product_slots=2,
-    ).fit(tables)
-    # the store must keep the reserved places whatever validation decided for this data
-    model.new_slots_ = {"all": 2, "new": 2}
-    return model
+def fitted(small_recommender):
+    return small_recommender
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +96,10 @@ def test_max_customers_keeps_the_most_recently_active(fitted):
     assert newest[stored].max() <= newest[others].min()
 
 
-def test_lists_of_another_model_are_refused(fitted, generated_data, tmp_path):
-    from features.identity import stitch_identities
-    from features.io import load_tables
-
+def test_lists_of_another_model_are_refused(fitted, generated_tables, tmp_path):
     other = TwoStageRecommender(
         factors=16, iterations=5, n_estimators=20, ease_l2=50.0, num_threads=1, random_state=1
-    ).fit(stitch_identities(load_tables(generated_data)))
+    ).fit(generated_tables)
     folder = fitted.save(tmp_path / "model")
     PrecomputedLists(length=3).fit(other).save(folder / PRECOMPUTED_FOLDER)
     with pytest.raises(ValueError, match="another model"):

@@ -12,18 +12,11 @@ import scipy.sparse as sp
 
 from models.recs._single_request import item_item_scores
 from models.recs._top_k import top_dense, top_n_sparse
-from models.recs.two_stage import TwoStageRecommender
 
 
 @pytest.fixture(scope="module")
-def model(generated_data):
-    from features.identity import stitch_identities
-    from features.io import load_tables
-
-    tables = stitch_identities(load_tables(generated_data))
-    return TwoStageRecommender(
-        factors=16, iterations=5, n_estimators=40, ease_l2=50.0, num_threads=1, random_state=0
-    ).fit(tables)
+def model(small_recommender):
+    return small_recommender
 
 
 def _batch_of_one(model, cid, k, exclude=(), context_items=(), **kwargs):

@@ -11,7 +11,14 @@ import pytest
 
 # the root conftest's session fixtures that generate data, train or open a store
 NOT_FOR_UNIT_TESTS = frozenset(
-    {"generated_data", "generated_tables", "trained", "tracking_uri", "registry_without_recommender"}
+    {
+        "generated_data",
+        "generated_tables",
+        "module_generated_tables",
+        "trained",
+        "tracking_uri",
+        "registry_without_recommender",
+    }
 )
 
 
