@@ -25,7 +25,7 @@ reason), and with `record=True` the sends go into the ledger, so caps hold acros
 `decide_one` (the HTTP route) runs the same `_decide_arrays` for one customer without the DataFrame
 around it: dict look-ups in the ledger and the profiles instead of pandas indexes, the channel
 model's probabilities scored once per channel (`ChannelModelChooser`), the recommender's
-single-request path; it decides exactly as `decide` (tests/test_nba_fast.py).
+single-request path; it decides exactly as `decide` (tests/integration/test_nba_fast.py).
 
 Saved to a folder: LightGBM text models, Parquet, json, and the profiles' folder. Never pickle.
 """

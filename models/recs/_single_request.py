@@ -4,7 +4,7 @@ An HTTP request is one customer. At that size the batch path's scipy matrices an
 rows × catalogue arrays cost far more than the arithmetic, so `recommend` takes this path:
 the batch path (`models.recs._batch`) step by step on plain arrays of the customer's CSR rows
 (`CSRRow`), with the same floating-point operations in the same order, hence exactly the answer of
-`recommend_many([customer], ...)[0]` (tests/test_two_stage_fast.py compares the two).
+`recommend_many([customer], ...)[0]` (tests/integration/test_two_stage_fast.py compares the two).
 Popularity vectors and their order are cached per (segment, channel).
 
 Every function takes the fitted recommender `rec` first; `ranked_one` and `ranked_reasons` are

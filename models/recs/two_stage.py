@@ -20,7 +20,7 @@ a few dense vectors over the catalogue, popularity orders cached per segment and
 LightGBM's `Booster.predict` on a few hundred candidates with one thread. Batch scoring
 (`recommend_many`, `recommendations_frame`) runs the same steps on scipy matrices of up to 256
 customers. Both do the same floating-point operations in the same order, so they cannot disagree:
-tests/test_two_stage_fast.py checks that lists, scores and reasons are identical.
+tests/integration/test_two_stage_fast.py checks that lists, scores and reasons are identical.
 
 Context items (viewed or carted in the current session) change the list at once: ALS folds the
 customer in again with them (like a cart add), the item-item sources read them with extra weight,
