@@ -692,13 +692,12 @@ def _nba_train_and_gate(tables, uri: str):
     return context.outcomes["next_best_action"], decision, client
 
 
-def test_the_deployed_engine_is_judged_on_new_data(tables, tracking_uri, tmp_path):
+def test_the_deployed_engine_is_judged_on_new_data(tables, own_store, tmp_path):
     """An engine trained four weeks before the end and this run's engine fitted before those four
     weeks are both valued on the messages sent since: same data before the window, same settings,
     same value, so the new version is promoted and both scores are logged. With nothing newer than
     the champion, the champion stays; a champion this code cannot read is replaced."""
     import json
-    import os
     import shutil
 
     import mlflow
@@ -706,48 +705,39 @@ def test_the_deployed_engine_is_judged_on_new_data(tables, tracking_uri, tmp_pat
     from models.catalog import NBA
     from training.nba_training import tables_before
     from training.pyfunc import log_pyfunc
-    from training.tracking import download_model_folder, setup_tracking
+    from training.tracking import download_model_folder
 
-    uri = f"sqlite:///{tmp_path / 'gate.db'}"  # its own store: the session's champions stay put
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    try:
-        cut = tables.events[c.TS].max() - pd.Timedelta(days=28)
-        _, first, client = _nba_train_and_gate(tables_before(tables, cut), uri)
-        assert first.promoted and first.reason == "no current champion"
+    uri = own_store  # its own store: the session's champions stay put
+    cut = tables.events[c.TS].max() - pd.Timedelta(days=28)
+    _, first, client = _nba_train_and_gate(tables_before(tables, cut), uri)
+    assert first.promoted and first.reason == "no current champion"
 
-        outcome, second, _ = _nba_train_and_gate(tables, uri)
-        scores = outcome.extra["champion"]
-        assert scores["window_mode"] == "uplift" and scores["window_rows"] > 100
-        assert pd.Timestamp(scores["window_start"]) >= cut
-        assert second.metric == outcome.promotion_metric == "nba.window_value"
-        assert second.champion_score == pytest.approx(scores["score"])
-        assert second.challenger_score == pytest.approx(scores["challenger_score"])
-        assert second.challenger_score == pytest.approx(second.champion_score, rel=1e-9)
-        assert second.promoted and "as deployed" in second.reason and second.previous_champion == "1"
-        logged = json.loads(client.get_model_version("omni-nba", second.challenger_version).tags["promotion"])
-        assert logged["champion_score"] == pytest.approx(scores["score"])
-        assert logged["challenger_score"] == pytest.approx(scores["challenger_score"])
+    outcome, second, _ = _nba_train_and_gate(tables, uri)
+    scores = outcome.extra["champion"]
+    assert scores["window_mode"] == "uplift" and scores["window_rows"] > 100
+    assert pd.Timestamp(scores["window_start"]) >= cut
+    assert second.metric == outcome.promotion_metric == "nba.window_value"
+    assert second.champion_score == pytest.approx(scores["score"])
+    assert second.challenger_score == pytest.approx(scores["challenger_score"])
+    assert second.challenger_score == pytest.approx(second.champion_score, rel=1e-9)
+    assert second.promoted and "as deployed" in second.reason and second.previous_champion == "1"
+    logged = json.loads(client.get_model_version("omni-nba", second.challenger_version).tags["promotion"])
+    assert logged["champion_score"] == pytest.approx(scores["score"])
+    assert logged["challenger_score"] == pytest.approx(scores["challenger_score"])
 
-        _, third, _ = _nba_train_and_gate(tables, uri)  # nothing newer than champion v2
-        assert not third.promoted and third.champion_score is None
-        assert "cannot be judged on new data" in third.reason and "the champion stays" in third.reason
+    _, third, _ = _nba_train_and_gate(tables, uri)  # nothing newer than champion v2
+    assert not third.promoted and third.champion_score is None
+    assert "cannot be judged on new data" in third.reason and "the champion stays" in third.reason
 
-        # a champion in a format this code cannot read is replaced, with the reason
-        folder, _ = download_model_folder(uri, "omni-nba", "champion", artifact="nba")
-        old = tmp_path / "old" / "nba"
-        old.parent.mkdir()
-        shutil.copytree(folder, old)
-        meta = json.loads((old / "nba.json").read_text())
-        (old / "nba.json").write_text(json.dumps({**meta, "format_version": 0}))
-        with mlflow.start_run():
-            version = log_pyfunc(NBA, old)
-        client.set_registered_model_alias("omni-nba", "champion", version)
-        _, fourth, _ = _nba_train_and_gate(tables, uri)
-        assert fourth.promoted and "cannot be read by this code" in fourth.reason
-    finally:
-        setup_tracking(tracking_uri)  # back to the session's store for every later test
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # a champion in a format this code cannot read is replaced, with the reason
+    folder, _ = download_model_folder(uri, "omni-nba", "champion", artifact="nba")
+    old = tmp_path / "old" / "nba"
+    old.parent.mkdir()
+    shutil.copytree(folder, old)
+    meta = json.loads((old / "nba.json").read_text())
+    (old / "nba.json").write_text(json.dumps({**meta, "format_version": 0}))
+    with mlflow.start_run():
+        version = log_pyfunc(NBA, old)
+    client.set_registered_model_alias("omni-nba", "champion", version)
+    _, fourth, _ = _nba_train_and_gate(tables, uri)
+    assert fourth.promoted and "cannot be read by this code" in fourth.reason
