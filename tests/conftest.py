@@ -129,6 +129,29 @@ def registry_without_recommender(trained, tracking_uri, workdir):
     return uri, dict(SKIPPED_WITHOUT_PRODUCTS)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_store_restored():
+    """A test that points MLflow at a store of its own (`run_training` with another tracking URI
+    does) leaves it pointing where it was before, so later tests meet the session's store whatever
+    order they run in."""
+    import sys
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env = {k: os.environ.get(k) for k in keys}
+    mlflow = sys.modules.get("mlflow")
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) if mlflow is not None else None
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and before is not None:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 TEST_KINDS = ("unit", "integration", "e2e")
 
 
