@@ -36,7 +36,7 @@ serve: | $(BIN)/.installed
 	@echo "Serving on http://127.0.0.1:$(PORT) (OpenAPI: http://127.0.0.1:$(PORT)/docs.json). Try:"
 	@echo "  curl -s -H 'content-type: application/json' -d '{\"customer_id\": \"C0000001\", \"channel\": \"web\", \"k\": 5}' http://127.0.0.1:$(PORT)/v1/recommend"
 	@echo
-	$(BIN)/bentoml serve serving.service:OmniService --host 127.0.0.1 -p $(PORT)
+	$(BIN)/omni serve --host 127.0.0.1 --port $(PORT)
 
 demo: install train serve
 

@@ -67,9 +67,38 @@ tracking_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# `omni --help` lists the commands in the order of their use, not alphabetically
+LIFECYCLE_ORDER: tuple[str, ...] = (
+    "generate",
+    "import",
+    "validate",
+    "train",
+    "promote",
+    "rollback",
+    "build",
+    "serve",
+    "recommend",
+    "channel",
+    "send-time",
+    "decide",
+    "profile",
+)
+
+
+class LifecycleGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        known = [name for name in LIFECYCLE_ORDER if name in self.commands]
+        return known + sorted(set(self.commands) - set(known))
+
+
+@click.group(cls=LifecycleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Omnichannel recommendations and next-best-action: data, training, scoring, serving."""
+    """Omnichannel recommendations and next-best-action: data, training, scoring, serving.
+
+    In the order of use: get data (generate or import, then validate), train, move champions by
+    hand if needed (promote, rollback), build and serve, and score in batch (recommend, channel,
+    send-time, decide, profile).
+    """
 
 
 @main.command()
@@ -616,6 +645,25 @@ def build(tracking_uri, no_bento, precompute_customers, precompute_length) -> No
             fail(str(exc))
         tag = next((line for line in out.splitlines() if "Successfully built Bento" in line), "").strip()
         click.echo(tag or "built the Bento")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", "-p", type=click.IntRange(1, 65535), default=3000, show_default=True)
+def serve(host, port) -> None:
+    """Serve the models of the last `omni build` over HTTP (BentoML; OpenAPI at /docs.json)."""
+    import os
+
+    from training.build import served_manifest
+
+    if not served_manifest()["models"]:
+        fail("the BentoML model store holds no model: run `omni build` first")
+    bentoml = Path(sys.executable).parent / "bentoml"
+    click.echo(f"serving on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs.json)", err=True)
+    # this process becomes the server (signals reach it directly); it imports the service from
+    # the project's root
+    os.chdir(Path(__file__).resolve().parents[1])
+    os.execv(bentoml, [str(bentoml), "serve", "serving.service:OmniService", "--host", host, "-p", str(port)])
 
 
 model_name_option = click.option(

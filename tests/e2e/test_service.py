@@ -1,5 +1,7 @@
 """The BentoML service, started for real on a free 127.0.0.1 port against the session's trained model."""
 
+import os
+import time
 from pathlib import Path
 
 import httpx
@@ -327,3 +329,49 @@ def test_service_starts_without_a_recommender_and_says_why_on_its_routes(server_
         )
         assert r.status_code == 200, r.text
         assert r.json()["product_ids"] == [] and r.json()["action"]
+
+
+def test_omni_serve_answers_on_the_port_it_was_given(server, free_port):
+    """`omni serve` starts the service on the models of the last build (the session's)."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    omni = Path(sys.executable).parent / "omni"
+    proc = subprocess.Popen(
+        [str(omni), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("omni serve did not become ready")
+        assert httpx.post(f"{url}/v1/ping", json={}, timeout=10).json() == {"ok": True}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_omni_serve_without_a_build_exits_2_and_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path / "empty-store"))
+    omni = Path(sys.executable).parent / "omni"
+    done = subprocess.run([str(omni), "serve"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "run `omni build` first" in done.stderr
