@@ -32,22 +32,35 @@ def _serving(env: dict[str, str] | None = None):
     port = _free_port()
     try:
         with bentoml.serve("serving.service:OmniService", host="127.0.0.1", port=port) as srv:
-            deadline = time.monotonic() + 120
             url = f"http://127.0.0.1:{port}"
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-            else:
-                pytest.fail("service did not become ready")
+            _wait_until_ready(url)
             _restore(saved)
             saved = {}
             yield url, srv
     finally:
         _restore(saved)
+
+
+def _wait_until_ready(url: str, process=None, seconds: float = 120) -> None:
+    """Until the service at `url` says it is ready; fails the test after `seconds`, or at once
+    (with the end of its error output) when `process` (a `subprocess.Popen`) has exited."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the server exited ({process.returncode}): {process.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the service at {url} did not become ready in {seconds:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def wait_until_ready():
+    """`(url, process=None, seconds=120)`: wait until a service a test started is ready."""
+    return _wait_until_ready
 
 
 def _restore(saved: dict) -> None:

@@ -1,7 +1,6 @@
 """The BentoML service, started for real on a free 127.0.0.1 port against the session's trained model."""
 
 import os
-import time
 from pathlib import Path
 
 import httpx
@@ -331,7 +330,7 @@ def test_service_starts_without_a_recommender_and_says_why_on_its_routes(server_
         assert r.json()["product_ids"] == [] and r.json()["action"]
 
 
-def test_omni_serve_answers_on_the_port_it_was_given(server, free_port):
+def test_omni_serve_answers_on_the_port_it_was_given(server, free_port, wait_until_ready):
     """`omni serve` starts the service on the models of the last build (the session's)."""
     import signal
     import subprocess
@@ -349,17 +348,7 @@ def test_omni_serve_answers_on_the_port_it_was_given(server, free_port):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("omni serve did not become ready")
+        wait_until_ready(url, proc)
         assert httpx.post(f"{url}/v1/ping", json={}, timeout=10).json() == {"ok": True}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
