@@ -115,16 +115,20 @@ class SendTimeRequest(_Request):
     customer_id: str = CustomerId
     channel: MessageChannel
     after: AwareDatetime | None = Field(None, description="Earliest send moment (default: now).")
-    quiet_hours: str = Field(
-        "21-8", pattern=r"^(none|\d{1,2}-\d{1,2})$", description="Local START-END or none."
+    quiet_hours: str | None = Field(
+        None,
+        pattern=r"^(none|\d{1,2}-\d{1,2})$",
+        description="Local START-END or none (default: the contact policy's quiet hours, as for "
+        "next-best-action).",
     )
 
     @field_validator("quiet_hours")
     @classmethod
-    def quiet_hours_are_hours(cls, value: str) -> str:
+    def quiet_hours_are_hours(cls, value: str | None) -> str | None:
         from models.engagement.local_time import parse_quiet_hours
 
-        parse_quiet_hours(value)  # ValueError (→ HTTP 400) unless both ends are hours 0-23
+        if value is not None:
+            parse_quiet_hours(value)  # ValueError (→ HTTP 400) unless both ends are hours 0-23
         return value
 
     @field_validator("after")

@@ -59,6 +59,7 @@ def _request_id() -> str:
 class OmniService:
     def __init__(self) -> None:
         from models.catalog import CHANNEL, NBA, RECOMMENDER, SEND_TIME
+        from models.decisions.contact_policy import load_contact_policy
         from serving.context_store import ContextStore, default_context_path
         from training.build import load_served_model, missing_served_message, served_manifest
 
@@ -95,6 +96,9 @@ class OmniService:
         self.model_versions = {
             e.version_key: versions[e.version_key] for e in order if e.version_key in versions
         }
+        # one quiet-hours setting: the contact policy the engine decides under (or the default file)
+        policy = self.engine.policy_ if self.engine is not None else load_contact_policy()
+        self.quiet_hours = policy.quiet_hours
         self.context = ContextStore(os.environ.get("OMNI_CONTEXT_DB") or default_context_path())
         # the one-off costs of the first request (look-up tables, the channel model's scores) are
         # paid here, once per worker, not by a client
@@ -215,7 +219,7 @@ class OmniService:
 
         r = SendTimeRequest(**req)
         self._require("send_time", self.send_time_model)
-        quiet = parse_quiet_hours(r.quiet_hours)
+        quiet = parse_quiet_hours(r.quiet_hours) if r.quiet_hours is not None else self.quiet_hours
         after = pd.Timestamp(r.after) if r.after else pd.Timestamp.now(tz="UTC")
         best = self.send_time_model.best_slot([r.customer_id], r.channel, quiet).iloc[0]
         nxt = self.send_time_model.next_send_time(r.customer_id, r.channel, after.tz_convert("UTC"), quiet)

@@ -357,14 +357,31 @@ def channel(tracking_uri, all_customers, customer_ids, out_file, reasons_out) ->
 )
 @click.option("--after", default=None, help="Earliest send time, ISO 8601 (default: now, UTC).")
 @click.option(
-    "--quiet-hours", default="21-8", show_default=True, help="Local quiet hours START-END, or none."
+    "--quiet-hours",
+    default=None,
+    help="Local quiet hours START-END, or none (default: the contact policy's [quiet_hours], the same "
+    "hours `omni decide` and the service keep).",
+)
+@click.option(
+    "--policy",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Contact policy TOML whose quiet hours apply (default: configs/contact_policy.toml).",
 )
 @click.option("--horizon-hours", type=click.IntRange(1, 24 * 28), default=168, show_default=True)
 @click.option(
     "--out", "out_file", type=click.Path(path_type=Path), default=None, help="Parquet file to write."
 )
 def send_time(
-    tracking_uri, all_customers, customer_ids, channel_name, after, quiet_hours, horizon_hours, out_file
+    tracking_uri,
+    all_customers,
+    customer_ids,
+    channel_name,
+    after,
+    quiet_hours,
+    policy,
+    horizon_hours,
+    out_file,
 ):
     """Best local hour and weekday per customer, and the next send moment in UTC outside quiet hours.
 
@@ -377,10 +394,17 @@ def send_time(
 
     _ids_or_fail(all_customers, customer_ids, out_file)
     try:
-        quiet = parse_quiet_hours(quiet_hours)
+        quiet = parse_quiet_hours(quiet_hours) if quiet_hours is not None else None
         after_ts = pd.Timestamp(after) if after else pd.Timestamp.now(tz="UTC")
     except ValueError as exc:
         fail(f"--quiet-hours/--after: {exc}")
+    if quiet_hours is None:  # one setting: the contact policy's
+        from models.decisions.contact_policy import load_contact_policy
+
+        try:
+            quiet = load_contact_policy(policy).quiet_hours
+        except (ValueError, KeyError) as exc:
+            fail(f"--policy {policy}: {exc}")
     after_ts = after_ts.tz_localize("UTC") if after_ts.tzinfo is None else after_ts.tz_convert("UTC")
     tracking_uri = tracking_uri or default_tracking_uri()
     try:

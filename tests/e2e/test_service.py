@@ -171,6 +171,18 @@ def test_channel_send_time_batch_and_ping(server, generated_data):
     st = r.json()
     assert len(st["scores"]) == 168 and 0 <= st["best_hour_local"] <= 23
     assert st["next_send_utc"] >= "2026-07-01T12:00:00"
+    # one quiet-hours setting: without quiet_hours, the contact policy's (configs: 21-8)
+    explicit = httpx.post(
+        f"{url}/v1/send_time",
+        json={
+            "customer_id": reachable,
+            "channel": "email",
+            "after": "2026-07-01T12:00:00+00:00",
+            "quiet_hours": "21-8",
+        },
+        timeout=10,
+    ).json()
+    assert explicit == {**st, "request_id": explicit["request_id"]}
     assert (
         httpx.post(
             f"{url}/v1/send_time", json={"customer_id": "x", "channel": "store"}, timeout=10

@@ -251,3 +251,30 @@ def test_a_champion_this_code_cannot_read_is_a_lookup_error_naming_it(tmp_path):
     (tmp_path / "two_stage.json").write_text(json.dumps({"format_version": 1}))
     with pytest.raises(LookupError, match="omni-recommender v3 cannot be read by this code"):
         read_model(TwoStageRecommender.load, tmp_path, "omni-recommender", "3")
+
+
+def test_send_time_keeps_the_contact_policys_quiet_hours(trained, tracking_uri, tmp_path):
+    """One quiet-hours setting: `omni send-time` keeps the policy file's hours unless told others."""
+    import re
+
+    from models.decisions.contact_policy import DEFAULT_POLICY_FILE
+
+    text = DEFAULT_POLICY_FILE.read_text()
+    policy = tmp_path / "policy.toml"
+    # quiet from 10:00 to 09:00: nine in the morning is the only hour left
+    policy.write_text(
+        re.sub(r"(?ms)^\[quiet_hours\].*?(?=^\[)", "[quiet_hours]\nstart = 10\nend = 9\n\n", text)
+    )
+    base = ["send-time", "--all", "--channel", "email", "--after", "2026-07-01T12:00:00+00:00"]
+    base += ["--tracking-uri", tracking_uri]
+
+    def local_hours(extra):
+        out = tmp_path / f"plan{len(extra)}.parquet"
+        result = CliRunner().invoke(main, base + extra + ["--out", str(out)])
+        assert result.exit_code == 0, result.output
+        plan = pd.read_parquet(out)
+        return {t.tz_convert(z).hour for t, z in zip(plan["next_send_utc"], plan["timezone"], strict=True)}
+
+    assert local_hours(["--policy", str(policy)]) == {9}
+    assert local_hours([]) <= set(range(8, 21))  # the default file: 21-8
+    assert len(local_hours(["--policy", str(policy), "--quiet-hours", "none"])) > 1
