@@ -256,7 +256,6 @@ def train(
 
 
 @main.command()
-@data_option
 @tracking_option
 @click.option("--all", "all_customers", is_flag=True, help="Recommend for every customer of the model.")
 @click.option("--customer", "customer_ids", multiple=True, help="A customer id (repeatable).")
@@ -269,7 +268,7 @@ def train(
 @click.option(
     "--out", "out_file", type=click.Path(path_type=Path), default=None, help="Parquet file to write."
 )
-def recommend(data_dir, tracking_uri, all_customers, customer_ids, k, exclude_purchased, out_file) -> None:
+def recommend(tracking_uri, all_customers, customer_ids, k, exclude_purchased, out_file) -> None:
     """Top-k products per customer from the champion recommender (Parquet with --out, else a table).
 
     The lists are what the service answers: the order the recommender chose on validation, with as
@@ -438,7 +437,13 @@ def profile(customer_id, tracking_uri) -> None:
 
 @main.command()
 @tracking_option
-@data_option
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Bring consent and contact history up to this data folder first (default: as trained).",
+)
 @click.option("--customer", "customer_ids", multiple=True, help="Decide for these only (default: everyone).")
 @click.option("--now", default=None, help="Decision time, ISO 8601 (default: the end of the training data).")
 @click.option(
