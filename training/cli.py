@@ -354,7 +354,7 @@ def channel(tracking_uri, all_customers, customer_ids, out_file, reasons_out) ->
 @click.option(
     "--channel", "channel_name", required=True, help="Channel the message goes out on (e.g. email)."
 )
-@click.option("--after", default=None, help="Earliest send time, ISO 8601 (default: now, UTC).")
+@click.option("--after", default=None, help="Earliest send time, ISO 8601 with a time zone (default: now).")
 @click.option(
     "--quiet-hours",
     default=None,
@@ -404,7 +404,9 @@ def send_time(
             quiet = load_contact_policy(policy).quiet_hours
         except (ValueError, KeyError) as exc:
             fail(f"--policy {policy}: {exc}")
-    after_ts = after_ts.tz_localize("UTC") if after_ts.tzinfo is None else after_ts.tz_convert("UTC")
+    if after_ts.tzinfo is None:  # refused as everywhere (data contract, decide, the service)
+        fail("--after: give a time zone, e.g. 2026-07-01T09:00:00+00:00")
+    after_ts = after_ts.tz_convert("UTC")
     tracking_uri = tracking_uri or default_tracking_uri()
     try:
         model, version = load_champion(tracking_uri, SEND_TIME)

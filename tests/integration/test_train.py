@@ -278,3 +278,8 @@ def test_send_time_keeps_the_contact_policys_quiet_hours(trained, tracking_uri, 
     assert local_hours(["--policy", str(policy)]) == {9}
     assert local_hours([]) <= set(range(8, 21))  # the default file: 21-8
     assert len(local_hours(["--policy", str(policy), "--quiet-hours", "none"])) > 1
+    # a time without a zone is refused, as `decide --now` and the service refuse it
+    naive = CliRunner().invoke(
+        main, ["send-time", "--customer", "C0000001", "--channel", "email", "--after", "2026-07-01T12:00"]
+    )
+    assert naive.exit_code == 2 and "--after: give a time zone" in naive.output
