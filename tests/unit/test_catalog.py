@@ -73,3 +73,24 @@ def test_promotion_margins_for_all_and_per_family():
         parse_promotion_margins(["profiles=0.1"])
     with pytest.raises(ValueError, match="expected a number"):
         parse_promotion_margins(["channel=high"])
+
+
+def test_a_wing_face_loads_a_module_only_when_its_name_is_used():
+    """`import models.recs.rules` reads the rules alone (no LightGBM, no implicit); the face's names
+    load their module on first use and are listed by `dir`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, models.recs.rules, models.engagement, models.decisions;"
+        "print('lightgbm' in sys.modules, 'implicit' in sys.modules);"
+        "import models.recs as recs; from models.recs import TwoStageRecommender;"
+        "print(TwoStageRecommender.__module__, 'TwoStageRecommender' in dir(recs), sorted(recs.__all__) == recs.__all__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "models.recs.two_stage", "True", "True"]
+    import models.recs
+
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        models.recs.Nothing  # noqa: B018
