@@ -78,6 +78,21 @@ class RecommendResponse(BaseModel):
     model_versions: dict[str, str]
 
 
+class SimilarItemsRequest(_Request):
+    product_ids: list[str] = Field(
+        min_length=1, max_length=100, description="The products of a product page or a cart."
+    )
+    k: int = Field(10, ge=1, le=100, description="How many products.")
+    channel: ChannelName | None = Field(None, description="Channel asking (only what it sells).")
+    filters: Filters | None = None
+
+
+class SimilarItemsResponse(BaseModel):
+    request_id: str
+    items: list[RecommendedItem] = Field(description="Never one of the given products.")
+    model_versions: dict[str, str]
+
+
 class RecommendBatchRequest(_Request):
     customer_ids: list[str] = Field(min_length=1, max_length=1000)
     channel: ChannelName

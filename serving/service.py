@@ -42,6 +42,8 @@ from serving.schemas import (  # noqa: E402
     RecommendResponse,
     SendTimeRequest,
     SendTimeResponse,
+    SimilarItemsRequest,
+    SimilarItemsResponse,
 )
 
 # the answer to a route whose model this service was built without (a client error: retrying
@@ -166,6 +168,22 @@ class OmniService:
         r = RecommendRequest(**req)
         return self._recommend(
             r.customer_id, r.channel, r.k, r.context_items, r.exclude, r.filters, r.exclude_purchased
+        )
+
+    @bentoml.api(route="/v1/similar_items", input_spec=SimilarItemsRequest)
+    async def similar_items(self, **req) -> SimilarItemsResponse:
+        """Products that go with a product page or a cart, no customer needed."""
+        r = SimilarItemsRequest(**req)
+        recommender = self._require("recommender", self.recommender)
+        filters = r.filters.model_dump(exclude_none=True) if r.filters is not None else None
+        rec = recommender.similar_items(r.product_ids, r.k, r.channel, filters or None)
+        return SimilarItemsResponse(
+            request_id=_request_id(),
+            items=[
+                RecommendedItem(product_id=p, score=s, reason=r)
+                for p, s, r in zip(rec.product_ids, rec.scores, rec.reasons, strict=True)
+            ],
+            model_versions=self.model_versions,
         )
 
     @bentoml.api(route="/v1/recommend_batch", input_spec=RecommendBatchRequest)

@@ -553,6 +553,20 @@ class TwoStageRecommender:
         )
 
     # ================================================================== recommending
+    def similar_items(
+        self,
+        product_ids: list[str],
+        k: int = 10,
+        channel: str | None = None,
+        filters: rules.Filters | dict | None = None,
+    ) -> Recommendation:
+        """What goes with `product_ids` (a product page, a cart), for nobody in particular: the list
+        a new customer with exactly these products in the session gets (each item's reason names
+        the product it goes with; popular products fill what the session cannot), without the
+        products themselves. Unknown products only leave the list to popularity."""
+        given = [str(p) for p in product_ids]
+        return self.recommend(NOBODY, k, exclude=given, context_items=given, channel=channel, filters=filters)
+
     def recommend_many(
         self,
         customer_ids: list[str],
@@ -816,6 +830,7 @@ _PARAM_NAMES: tuple[str, ...] = tuple(inspect.signature(TwoStageRecommender.__in
 
 
 _PLAIN = rules.Filters()  # a request without filters
+NOBODY = ""  # the customer of `similar_items`: customer ids are never empty, so no one's history
 PRECOMPUTED_FOLDER = "precomputed"  # `models.recs.precomputed.PrecomputedLists` inside a model folder
 RANKER_NEW_FOLDER = "ranker_new"  # the ranker of the list without bought products
 

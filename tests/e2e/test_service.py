@@ -314,6 +314,7 @@ def test_service_starts_without_a_recommender_and_says_why_on_its_routes(server_
         ("/v1/recommend", {"customer_id": "C0000001", "channel": "web"}),
         ("/v1/recommend", {"customer_id": "C0000001", "channel": "web", "exclude_purchased": True}),
         ("/v1/recommend_batch", {"customer_ids": ["C0000001"], "channel": "web"}),
+        ("/v1/similar_items", {"product_ids": ["P000001"]}),
     ):
         r = httpx.post(url + route, json=body, timeout=10)
         assert r.status_code == 404, (route, r.text)
@@ -376,3 +377,27 @@ def test_omni_serve_without_a_build_exits_2_and_says_so(tmp_path):
     done = subprocess.run([str(omni), "serve"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "run `omni build` first" in done.stderr
+
+
+def test_similar_items_for_a_product_page_without_a_customer(server):
+    url, _ = server
+    shown = _post(url, {"customer_id": "C0000001", "channel": "web", "k": 2}).json()["items"]
+    page = [item["product_id"] for item in shown]
+    r = httpx.post(
+        f"{url}/v1/similar_items", json={"product_ids": page, "k": 5, "channel": "web"}, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"request_id", "items", "model_versions"}
+    assert len(body["items"]) == 5 and not {i["product_id"] for i in body["items"]} & set(page)
+    assert all(i["reason"] for i in body["items"]) and body["model_versions"]["recommender"]
+    filtered = httpx.post(
+        f"{url}/v1/similar_items", json={"product_ids": page, "filters": {"price_max": 0.0}}, timeout=10
+    )
+    assert filtered.status_code == 200 and filtered.json()["items"] == []
+    for bad in (
+        {"product_ids": []},
+        {"product_ids": page, "k": 0},
+        {"product_ids": page, "customer_id": "x"},
+    ):
+        assert httpx.post(f"{url}/v1/similar_items", json=bad, timeout=10).status_code == 400, bad

@@ -448,3 +448,14 @@ def test_customers_who_come_in_bursts_are_chosen_on_purchases_held_out_at_random
     assert info["validation_customers"] > 0 and set(info["served"]) == {"all", "new"}
     got = model.recommend("u1", k=3, filters={"exclude_purchased": True}).product_ids
     assert got and all(p.startswith("toy") for p in got)  # the tribe's other toys
+
+
+def test_similar_items_go_with_the_given_products_and_never_are_them(model):
+    got = model.similar_items(["lamp"], k=3)
+    assert got.product_ids[0] == "bulb" and "lamp" not in got.product_ids
+    assert got.reasons[0] in ("bought_together:lamp", "similar_to:lamp")
+    # the same list a stranger with the product in the session gets, without it
+    stranger = model.recommend("someone-new", k=3, exclude=["lamp"], context_items=["lamp"])
+    assert got.product_ids == stranger.product_ids and got.reasons == stranger.reasons
+    unknown = model.similar_items(["no-such-product"], k=3)
+    assert len(unknown.product_ids) == 3 and "no-such-product" not in unknown.product_ids
