@@ -11,12 +11,17 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serving.context_store import EVENT_TYPES, PRODUCT_EVENTS
+from features.live_store import CONSENT, MESSAGE_SENT, POSTED_EVENT_TYPES, PRODUCT_EVENTS
 
 ChannelName = Literal["store", "web", "app", "email", "sms", "push", "social", "call_center"]
 MessageChannel = Literal["email", "sms", "push", "social"]
-EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
-CustomerId = Field(min_length=1, max_length=128, description="Canonical customer id.")
+EventType = Literal[POSTED_EVENT_TYPES]  # type: ignore[valid-type]
+CustomerId = Field(
+    min_length=1,
+    max_length=128,
+    description="The canonical customer id or any source id linked to it (identities, events); answers "
+    "name the canonical id.",
+)
 ProductIds = list[str]
 
 
@@ -159,7 +164,10 @@ class SendTimeResponse(BaseModel):
     timezone: str
     best_weekday: int = Field(description="0 = Monday, local time.")
     best_hour_local: int
-    next_send_utc: datetime
+    next_send_utc: datetime | None = Field(
+        description="None when the customer did not consent to the channel."
+    )
+    no_consent: bool = Field(False, description="True: the customer may not be messaged on this channel now.")
     scores: list[float] = Field(description="168 scores, index = local weekday * 24 + hour.")
     fallback: bool
     model_versions: dict[str, str]
@@ -167,10 +175,24 @@ class SendTimeResponse(BaseModel):
 
 class EventRequest(_Request):
     customer_id: str = CustomerId
-    event_type: EventType
+    event_type: EventType = Field(
+        description="Behaviour (view, add_to_cart, remove_from_cart, purchase, return, message_open, "
+        "message_click), a message a channel system sent on its own (message_sent: counts toward caps "
+        "and cooldowns at once) or a consent change (consent, with opted_in)."
+    )
     channel: ChannelName
     product_id: str | None = Field(None, min_length=1, max_length=128)
     ts: AwareDatetime | None = Field(None, description="When it happened (default: now).")
+    campaign_id: str | None = Field(None, min_length=1, max_length=128, description="message_sent only.")
+    offer_id: str | None = Field(None, min_length=1, max_length=128, description="message_sent only.")
+    opted_in: bool | None = Field(None, description="consent only: true = opt-in, false = opt-out.")
+    source_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Another id of the same customer (e.g. the app's device id when customer_id is the "
+        "loyalty card): linked to the customer, so later calls may use either.",
+    )
 
     @field_validator("ts")
     @classmethod
@@ -181,6 +203,13 @@ class EventRequest(_Request):
     def product_events_name_a_product(self) -> EventRequest:
         if self.event_type in PRODUCT_EVENTS and self.product_id is None:
             raise ValueError(f"product_id: a {self.event_type} event must name the product")
+        if self.event_type == CONSENT and self.opted_in is None:
+            raise ValueError("opted_in: a consent event must say opted_in true or false")
+        if self.event_type != CONSENT and self.opted_in is not None:
+            raise ValueError(f"opted_in: only a consent event carries it, not {self.event_type}")
+        for name in ("campaign_id", "offer_id"):
+            if self.event_type != MESSAGE_SENT and getattr(self, name) is not None:
+                raise ValueError(f"{name}: only a message_sent event carries it, not {self.event_type}")
         return self
 
 
@@ -211,6 +240,11 @@ class NextBestActionRequest(_Request):
     customer_id: str = CustomerId
     channel: ChannelName | None = Field(None, description="Channel asking (informational).")
     now: AwareDatetime | None = Field(None, description="Decision time (default: now).")
+    commit: bool = Field(
+        False,
+        description="True: a contact decided here is written to the shared contact ledger before the "
+        "answer returns, so caps and cooldowns count it on every channel system and worker.",
+    )
 
     @field_validator("now")
     @classmethod
@@ -230,4 +264,20 @@ class NextBestActionResponse(BaseModel):
         description="value = uplift × margin − offer cost − contact cost, with its parts."
     )
     reasons: list[str]
+    committed: bool = Field(False, description="True: this contact is in the ledger (commit was asked).")
     model_versions: dict[str, str]
+
+
+class StockItem(_Request):
+    product_id: str = Field(min_length=1, max_length=128)
+    in_stock: bool
+
+
+class InventoryRequest(_Request):
+    items: list[StockItem] = Field(min_length=1, max_length=10_000)
+
+
+class InventoryResponse(BaseModel):
+    request_id: str
+    accepted: int = Field(description="Products whose stock was recorded.")
+    out_of_stock: int = Field(description="Products out of stock now, in all.")

@@ -1,7 +1,8 @@
 """The BentoML service: loads the champion models once per worker and answers over HTTP.
 
 No business logic lives here: requests are validated by the pydantic schemas and passed to
-`models/` (and the event context to `serving/context_store.py`). Models come from the BentoML
+`models/` (and the live state to `features/live_store/`: session context, the contact ledger,
+consent changes, stock). Models come from the BentoML
 model store, imported from the MLflow registry's champions by `omni build` (its manifest says
 which). Every model family is optional: the service starts with whatever the last build imported
 (at least one model), and a route whose model is missing answers 404 with the family and the
@@ -29,6 +30,8 @@ from serving.schemas import (  # noqa: E402
     ChannelResponse,
     EventRequest,
     EventResponse,
+    InventoryRequest,
+    InventoryResponse,
     NextBestActionRequest,
     NextBestActionResponse,
     PingResponse,
@@ -60,10 +63,11 @@ def _request_id() -> str:
 @bentoml.service(workers=WORKERS, traffic={"timeout": 30})
 class OmniService:
     def __init__(self) -> None:
+        from features.live_store import open_live_store, store_url
         from models.catalog import CHANNEL, NBA, RECOMMENDER, SEND_TIME
         from models.decisions.contact_policy import load_contact_policy
-        from serving.context_store import ContextStore, default_context_path
         from training.build import load_served_model, missing_served_message, served_manifest
+        from training.settings import work_dir
 
         manifest = served_manifest()
         if not manifest["models"]:
@@ -101,13 +105,19 @@ class OmniService:
         # one quiet-hours setting: the contact policy the engine decides under (or the default file)
         policy = self.engine.policy_ if self.engine is not None else load_contact_policy()
         self.quiet_hours = policy.quiet_hours
-        self.context = ContextStore(os.environ.get("OMNI_CONTEXT_DB") or default_context_path())
+        # one live store for every worker (and every host, with a server database)
+        self.live = open_live_store(store_url(work_dir()))
         # the one-off costs of the first request (look-up tables, the channel model's scores) are
         # paid here, once per worker, not by a client
         if self.recommender is not None:
             self.recommender.warm()
         if self.engine is not None:
             self.engine.warm()
+
+    def _canonical(self, request):
+        """The request with its customer id made canonical: a channel system may call a customer
+        by any id it knows (a loyalty card, an app device id) that `identities` or an event linked."""
+        return request.model_copy(update={"customer_id": self.live.resolve(request.customer_id)})
 
     def _require(self, family: str, model):
         """`model`, or the 404 that names the family and says why this service has none."""
@@ -132,9 +142,9 @@ class OmniService:
         # products bought since then are excluded, so they count as bought for exclude_purchased too
         session: list[str] = []
         bought: list[str] = []
-        if self.context.count(customer_id):
-            session = self.context.session_items(customer_id)
-            bought = self.context.purchased_since(customer_id, since=0)
+        if self.live.count(customer_id):
+            session = self.live.session_items(customer_id)
+            bought = self.live.purchased_since(customer_id, since=0)
         rules = {} if filters is None else filters.model_dump(exclude_none=True)
         if exclude_purchased:
             # only products never bought: a request the precomputed lists never answer
@@ -142,7 +152,7 @@ class OmniService:
         rec = recommender.recommend(
             customer_id,
             k,
-            exclude=[*exclude, *bought],
+            exclude=[*exclude, *bought, *self.live.out_of_stock()],
             context_items=[*context_items, *session][:100],
             channel=channel,
             filters=rules or None,
@@ -165,7 +175,7 @@ class OmniService:
     # writes that may wait for a lock) stay on the thread.
     @bentoml.api(route="/v1/recommend", input_spec=RecommendRequest)
     async def recommend(self, **req) -> RecommendResponse:
-        r = RecommendRequest(**req)
+        r = self._canonical(RecommendRequest(**req))
         return self._recommend(
             r.customer_id, r.channel, r.k, r.context_items, r.exclude, r.filters, r.exclude_purchased
         )
@@ -176,7 +186,9 @@ class OmniService:
         r = SimilarItemsRequest(**req)
         recommender = self._require("recommender", self.recommender)
         filters = r.filters.model_dump(exclude_none=True) if r.filters is not None else None
-        rec = recommender.similar_items(r.product_ids, r.k, r.channel, filters or None)
+        rec = recommender.similar_items(
+            r.product_ids, r.k, r.channel, filters or None, exclude=list(self.live.out_of_stock())
+        )
         return SimilarItemsResponse(
             request_id=_request_id(),
             items=[
@@ -192,16 +204,35 @@ class OmniService:
         self._require("recommender", self.recommender)
         results = [
             self._recommend(cid, r.channel, r.k, exclude_purchased=r.exclude_purchased)
-            for cid in r.customer_ids
+            for cid in self.live.resolve_many(r.customer_ids)
         ]
         return RecommendBatchResponse(
             request_id=_request_id(), results=results, model_versions=self.model_versions
         )
 
     # ------------------------------------------------------------------ channel and send time
+    def _consented(self, customer_id: str, channel: str) -> bool:
+        """May this customer be messaged on this channel now: the latest live opt-in or opt-out,
+        else the consent the models were trained with (no row = not opted in), else (no consent
+        table in the training data) yes."""
+        live = self.live.state(customer_id).consent.get(channel)
+        if live is not None:
+            return live
+        if self.channel_model is not None:
+            if not self.channel_model.has_consent_table_:
+                return True
+            allowed = self.channel_model.allowed_channels([customer_id])
+            return bool((allowed["channel"] == channel).any())
+        if self.engine is not None:
+            profiles = self.engine.profiles_
+            column = f"consent_{channel}"
+            row = profiles.rows([customer_id])[0]
+            return bool(row >= 0 and column in profiles.frame_ and profiles.frame_[column].iloc[row])
+        return True
+
     @bentoml.api(route="/v1/channel", input_spec=ChannelRequest)
     def channel(self, **req) -> ChannelResponse:
-        r = ChannelRequest(**req)
+        r = self._canonical(ChannelRequest(**req))
         if self.channel_model is None:
             return ChannelResponse(
                 request_id=_request_id(),
@@ -211,7 +242,15 @@ class OmniService:
                 no_channel_reason=self.missing["channel"],
                 model_versions=self.model_versions,
             )
-        ranked = self.channel_model.rank_channels([r.customer_id])
+        changes = self.live.consent_changes([r.customer_id])
+        ranked = self.channel_model.rank_channels([r.customer_id], consent_changes=changes)
+        opted_out = changes.loc[~changes["opted_in"], "channel"].tolist()
+        if ranked.empty and opted_out:
+            reason = f"opted out since training on {', '.join(sorted(opted_out))}; no other channel consented"
+        elif ranked.empty:
+            reason = self.channel_model.no_channel_reason(r.customer_id)
+        else:
+            reason = None
         return ChannelResponse(
             request_id=_request_id(),
             customer_id=r.customer_id,
@@ -225,7 +264,7 @@ class OmniService:
                 for row in ranked.itertuples(index=False)
             ],
             fallback=bool(self.channel_model.fallback([r.customer_id])[0]),
-            no_channel_reason=self.channel_model.no_channel_reason(r.customer_id) if ranked.empty else None,
+            no_channel_reason=reason,
             model_versions=self.model_versions,
         )
 
@@ -235,12 +274,17 @@ class OmniService:
 
         from models.engagement.local_time import parse_quiet_hours
 
-        r = SendTimeRequest(**req)
+        r = self._canonical(SendTimeRequest(**req))
         self._require("send_time", self.send_time_model)
         quiet = parse_quiet_hours(r.quiet_hours) if r.quiet_hours is not None else self.quiet_hours
         after = pd.Timestamp(r.after) if r.after else pd.Timestamp.now(tz="UTC")
         best = self.send_time_model.best_slot([r.customer_id], r.channel, quiet).iloc[0]
-        nxt = self.send_time_model.next_send_time(r.customer_id, r.channel, after.tz_convert("UTC"), quiet)
+        consented = self._consented(r.customer_id, r.channel)
+        nxt = (
+            self.send_time_model.next_send_time(r.customer_id, r.channel, after.tz_convert("UTC"), quiet)
+            if consented
+            else None
+        )
         return SendTimeResponse(
             request_id=_request_id(),
             customer_id=r.customer_id,
@@ -248,7 +292,8 @@ class OmniService:
             timezone=str(best["timezone"]),
             best_weekday=int(best["best_weekday"]),
             best_hour_local=int(best["best_hour_local"]),
-            next_send_utc=nxt.to_pydatetime(),
+            next_send_utc=None if nxt is None else nxt.to_pydatetime(),
+            no_consent=not consented,
             scores=[round(float(x), 6) for x in self.send_time_model.scores(r.customer_id, r.channel)],
             fallback=bool(best["fallback"]),
             model_versions=self.model_versions,
@@ -257,19 +302,29 @@ class OmniService:
     # ------------------------------------------------------------------ real-time events
     @bentoml.api(route="/v1/events", input_spec=EventRequest)
     def events(self, **req) -> EventResponse:
-        r = EventRequest(**req)
-        self.context.add(r.customer_id, r.event_type, r.channel, r.product_id, r.ts)
+        r = self._canonical(EventRequest(**req))
+        self.live.add(
+            r.customer_id,
+            r.event_type,
+            r.channel,
+            r.product_id,
+            r.ts,
+            campaign_id=r.campaign_id,
+            offer_id=r.offer_id,
+            opted_in=r.opted_in,
+            source_id=r.source_id,
+        )
         return EventResponse(
             request_id=_request_id(),
             accepted=True,
             customer_id=r.customer_id,
-            session_items=self.context.session_items(r.customer_id),
+            session_items=self.live.session_items(r.customer_id),
         )
 
     # ------------------------------------------------------------------ profile and next-best-action
     @bentoml.api(route="/v1/profile", input_spec=ProfileRequest)
     def profile(self, **req) -> ProfileResponse:
-        r = ProfileRequest(**req)
+        r = self._canonical(ProfileRequest(**req))
         self._require("profiles", self.engine)
         try:
             profile, known = self.engine.profiles_.profile(r.customer_id), True
@@ -287,10 +342,39 @@ class OmniService:
     def next_best_action(self, **req) -> NextBestActionResponse:
         import pandas as pd
 
-        r = NextBestActionRequest(**req)
-        self._require("next_best_action", self.engine)
+        from features.live_store import Contact
+        from models.decisions.contact_policy import LayeredLedger
+
+        r = self._canonical(NextBestActionRequest(**req))
+        engine = self._require("next_best_action", self.engine)
         now = pd.Timestamp(r.now) if r.now else pd.Timestamp.now(tz="UTC")
-        d = self.engine.decide_one(r.customer_id, now)
+        unavailable = self.live.out_of_stock()
+        decision: dict = {}
+
+        def decide(state) -> Contact | None:
+            # the customer's contacts, purchases and consent changes since training count at once
+            ledger = LayeredLedger.of_customer(
+                engine.ledger_, r.customer_id, state.contacts, state.last_purchase, state.consent
+            )
+            decision.update(engine.decide_one(r.customer_id, now, ledger=ledger, unavailable=unavailable))
+            if not r.commit or decision["channel"] is None or decision["send_at"] is None:
+                return None
+            offer = decision["offer_id"]
+            return Contact(
+                r.customer_id,
+                str(decision["channel"]),
+                decision["send_at"],
+                source="decision",
+                action=str(decision["action"]),
+                offer_id=None if offer is None or pd.isna(offer) else str(offer),
+            )
+
+        if r.commit:
+            # read, decide and write under the customer's lock: two workers cannot both use one cap
+            _, contact = self.live.decide_and_record(r.customer_id, decide)
+        else:
+            contact = decide(self.live.state(r.customer_id))
+        d = decision
         return NextBestActionResponse(
             request_id=_request_id(),
             customer_id=r.customer_id,
@@ -301,7 +385,18 @@ class OmniService:
             product_ids=[str(p) for p in d["product_ids"]],
             expected_gain=json.loads(json.dumps(d["expected_gain"], default=float)),
             reasons=[str(x) for x in d["reasons"]],
+            committed=bool(r.commit and contact is not None),
             model_versions=self.model_versions,
+        )
+
+    # ------------------------------------------------------------------ stock
+    @bentoml.api(route="/v1/inventory", input_spec=InventoryRequest)
+    def inventory(self, **req) -> InventoryResponse:
+        """Products out of stock leave every list and similar-items answer at once, on every worker."""
+        r = InventoryRequest(**req)
+        changed = self.live.set_stock([(item.product_id, item.in_stock) for item in r.items])
+        return InventoryResponse(
+            request_id=_request_id(), accepted=changed, out_of_stock=len(self.live.out_of_stock())
         )
 
     @bentoml.api(route="/v1/ping")

@@ -421,9 +421,13 @@ def send_time(
 @click.argument("customer_id")
 @tracking_option
 def profile(customer_id, tracking_uri) -> None:
-    """The unified profile of one customer as JSON; every field says how it was derived."""
+    """The unified profile of one customer as JSON; every field says how it was derived.
+
+    CUSTOMER_ID may be the canonical id or any source id (loyalty card, app device id) the
+    identities table or an event linked to it."""
     import json
 
+    from training.live import open_store
     from training.scoring import load_champion_engine
 
     tracking_uri = tracking_uri or default_tracking_uri()
@@ -432,6 +436,8 @@ def profile(customer_id, tracking_uri) -> None:
     except LookupError as exc:
         fail_missing(tracking_uri, "profiles", exc)
     try:
+        with open_store() as store:  # a source id (loyalty card, device id) names its customer
+            customer_id = store.resolve(customer_id)
         click.echo(json.dumps(engine.profiles_.profile(customer_id), indent=2, default=str))
     except KeyError:
         fail(f"unknown customer {customer_id!r}: not in the data the champion models were trained on")
@@ -454,19 +460,29 @@ def profile(customer_id, tracking_uri) -> None:
 @click.option(
     "--out", "out_file", type=click.Path(path_type=Path), required=True, help="Parquet file to write."
 )
-def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Decide without writing the sends to the shared contact ledger (a simulation).",
+)
+def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file, dry_run) -> None:
     """Next-best-action for every customer (Parquet), respecting consent, caps, cooldowns, quiet hours
     and the control group across the whole batch.
 
     Columns: customer_id, action, channel, send_at (UTC), offer_id, product_ids, expected_gain,
-    reasons (+ the parts of the expected gain). With --data, consent and contact history are
-    refreshed from that folder first (a later opt-out counts without retraining).
+    reasons (+ the parts of the expected gain), consented (opted in to at least one message channel
+    now), control_group. With --data, consent and contact history are refreshed from that folder
+    first (a later opt-out counts without retraining). The live store's contacts, purchases,
+    consent changes and stock (what the service and the channel systems posted) count too, and the
+    sends are written to its contact ledger, so the service and the next batch respect them
+    (unless --dry-run).
     """
     import time as _time
 
     import pandas as pd
 
     from features.io import write_table_atomic
+    from models.decisions.contact_policy import in_control_group
     from models.decisions.decision_core import DECISION_COLUMNS
     from training.scoring import load_champion_engine
 
@@ -497,14 +513,26 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file) -> None:
         fail(f"--now: {exc}")
     if when is not None and when.tzinfo is None:
         fail("--now: give a time zone, e.g. 2026-07-01T09:00:00+00:00")
+    from training.live import batch_ledger, consented_any, open_store, record_batch_sends
+
     ids = list(customer_ids) or engine.profiles_.frame_["customer_id"].astype(str).tolist()
-    decisions = engine.decide(ids, when, record=True)
-    write_table_atomic(decisions[list(DECISION_COLUMNS)], out_file)
+    with open_store() as store:
+        ledger = batch_ledger(engine, store, ids)
+        decisions = engine.decide(ids, when, ledger=ledger, unavailable=store.out_of_stock())
+        decisions["consented"] = consented_any(engine, ledger, decisions["customer_id"])
+        decisions["control_group"] = in_control_group(decisions["customer_id"], engine.policy_)
+        write_table_atomic(decisions[[*DECISION_COLUMNS, "consented", "control_group"]], out_file)
+        recorded = 0 if dry_run else record_batch_sends(store, decisions)
     counts = decisions["action"].value_counts().to_dict()
     click.echo(
         f"wrote {len(decisions)} decisions to {out_file} in {_time.perf_counter() - started:.1f} s: "
         + ", ".join(f"{a}={n}" for a, n in sorted(counts.items()))
-        + f"; expected gain {decisions['expected_gain'].sum():.2f} (models {versions})"
+        + f"; expected gain {decisions['expected_gain'].sum():.2f} (models {versions}); "
+        + (
+            "dry run: nothing written to the contact ledger"
+            if dry_run
+            else f"{recorded} sends written to the contact ledger"
+        )
     )
 
 

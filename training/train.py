@@ -135,6 +135,10 @@ def run_training(
     with step("validate"):
         tables = load_tables(data_dir, contract or ContractConfig())  # DataValidationError: nothing logged
         tables = without_unread_columns(stitch_identities(tables))
+    # the service and the scoring commands accept any source id the identities table knows
+    from training.live import link_identities
+
+    link_identities(tables)
     progress.update()
 
     client = setup_tracking(tracking_uri)

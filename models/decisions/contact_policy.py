@@ -22,7 +22,8 @@ What the policy decides (`configs/contact_policy.toml` is the default file; ever
 `ContactLedger` holds who was contacted on which channel when (from the messages history and from
 decisions already made) and when each customer last bought, and answers the cap and cooldown
 questions for a whole batch at once with sorted-array searches (a million customers in seconds).
-`audit_sends` re-checks finished decisions against every rule; the engine applies it as a last
+`LayeredLedger` lays what the live store learned since training (contacts, purchases, consent
+changes) over the fitted ledger without copying it. `audit_sends` re-checks finished decisions against every rule; the engine applies it as a last
 guard and the tests use it to prove that no send breaks the policy.
 """
 
@@ -503,6 +504,118 @@ class ContactLedger:
             return np.array([values.get(str(cid), NAT_US) for cid in ids.tolist()], dtype=np.int64)
         return pd.Series(ids).astype(str).map(last).fillna(NAT_US).astype(np.int64).to_numpy()
 
+    def consent_matrix(self, customer_ids, channels, consent: np.ndarray) -> np.ndarray:
+        """`consent` (n, len(channels)) as the ledger knows it: the history's, unchanged."""
+        return consent
+
+
+class LayeredLedger:
+    """The ledger a model was fitted with, plus what happened since (the live store's contacts,
+    purchases and consent changes), answering the same questions as `ContactLedger`.
+
+    The fitted ledger is never copied or changed: a request layers a few live rows over it at the
+    cost of those rows, and contacts recorded here go to the live layer only.
+    """
+
+    def __init__(
+        self,
+        base: ContactLedger,
+        contacts: pd.DataFrame | None = None,
+        last_purchases: pd.DataFrame | None = None,
+        consent: pd.DataFrame | None = None,
+    ) -> None:
+        """`contacts`: customer_id, channel, ts; `last_purchases`: customer_id, ts;
+        `consent`: customer_id, channel, opted_in (the latest change of each pair)."""
+        self.base = base
+        self.live = ContactLedger()
+        if contacts is not None and len(contacts):
+            self.live.record(contacts[c.CUSTOMER_ID], contacts[c.CHANNEL], contacts[c.TS])
+        if last_purchases is not None and len(last_purchases):
+            self.live.last_purchase_ = pd.Series(
+                to_us(last_purchases[c.TS]), index=last_purchases[c.CUSTOMER_ID].astype(str).to_numpy()
+            )
+        self.consent_ = {}
+        if consent is not None and len(consent):
+            self.consent_ = {
+                (str(cid), str(ch)): bool(v)
+                for cid, ch, v in zip(
+                    consent[c.CUSTOMER_ID], consent[c.CHANNEL], consent[c.OPTED_IN], strict=True
+                )
+            }
+
+    @classmethod
+    def of_customer(
+        cls,
+        base: ContactLedger,
+        customer_id: str,
+        contacts: list[tuple[str, float]],
+        last_purchase: float | None,
+        consent: dict[str, bool],
+    ) -> ContactLedger | LayeredLedger:
+        """One customer's live rows (contacts as (channel, epoch seconds), the newest purchase in
+        epoch seconds, consent per channel) over `base`; `base` itself when there are none."""
+        if not contacts and last_purchase is None and not consent:
+            return base
+        cid = str(customer_id)
+        return cls(
+            base,
+            contacts=pd.DataFrame(
+                {
+                    c.CUSTOMER_ID: [cid] * len(contacts),
+                    c.CHANNEL: [ch for ch, _ in contacts],
+                    c.TS: pd.to_datetime([ts for _, ts in contacts], unit="s", utc=True),
+                }
+            ),
+            last_purchases=None
+            if last_purchase is None
+            else pd.DataFrame(
+                {c.CUSTOMER_ID: [cid], c.TS: pd.to_datetime([last_purchase], unit="s", utc=True)}
+            ),
+            consent=pd.DataFrame(
+                {
+                    c.CUSTOMER_ID: [cid] * len(consent),
+                    c.CHANNEL: list(consent),
+                    c.OPTED_IN: list(consent.values()),
+                }
+            ),
+        )
+
+    def record(self, customer_ids, channels, ts) -> None:
+        self.live.record(customer_ids, channels, ts)
+
+    def contacts(self) -> pd.DataFrame:
+        return pd.concat([self.base.contacts(), self.live.contacts()], ignore_index=True)
+
+    def count_near(self, customer_ids, ts_us, window_hours: float, channel: str | None = None) -> np.ndarray:
+        return self.base.count_near(customer_ids, ts_us, window_hours, channel) + self.live.count_near(
+            customer_ids, ts_us, window_hours, channel
+        )
+
+    def last_contact_before(self, customer_ids, ts_us) -> np.ndarray:
+        return np.maximum(
+            self.base.last_contact_before(customer_ids, ts_us),
+            self.live.last_contact_before(customer_ids, ts_us),
+        )
+
+    def last_purchase(self, customer_ids) -> np.ndarray:
+        return np.maximum(self.base.last_purchase(customer_ids), self.live.last_purchase(customer_ids))
+
+    def consent_matrix(self, customer_ids, channels, consent: np.ndarray) -> np.ndarray:
+        """`consent` with the live opt-ins and opt-outs applied (they are newer than any history)."""
+        if not self.consent_:
+            return consent
+        out = np.array(consent, dtype=bool, copy=True)
+        for i, cid in enumerate(np.asarray(customer_ids, dtype=object).tolist()):
+            for j, ch in enumerate(channels):
+                value = self.consent_.get((str(cid), ch))
+                if value is not None:
+                    out[i, j] = value
+        return out
+
+
+# what the engine decides under: the fitted ledger, or the fitted ledger with live rows laid over it
+Ledger = ContactLedger | LayeredLedger
+
 
 # ----------------------------------------------------------------------------------------------
 # Checking finished decisions
@@ -523,7 +636,7 @@ def audit_sends(
     send_at_us,
     timezones,
     consented: np.ndarray,
-    ledger: ContactLedger,
+    ledger: Ledger,
     policy: ContactPolicy,
 ) -> pd.DataFrame:
     """One row per send, one boolean column per rule it breaks (`AUDIT_COLUMNS`; all False = ok).

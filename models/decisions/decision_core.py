@@ -41,7 +41,7 @@ import pandas as pd
 from features import columns as c
 from models.base import FEW_IDS
 from models.decisions.contact_policy import (
-    ContactLedger,
+    Ledger,
     audit_sends,
     in_control_group,
     next_send_times,
@@ -174,7 +174,7 @@ class _DecisionCore:
     (`_arm_outcomes`, `_order_value`, `_allowed_arms`, `_fallback_arm`, `_intent_to_treat`).
     """
 
-    def _plan(self, ids: np.ndarray, now: pd.Timestamp, ledger: ContactLedger) -> dict:
+    def _plan(self, ids: np.ndarray, now: pd.Timestamp, ledger: Ledger) -> dict:
         """Who may be contacted, when at the earliest, on which channels, with which p_open."""
         policy = self.policy_
         profiles = self.profiles_
@@ -187,6 +187,8 @@ class _DecisionCore:
         consent = np.zeros((n, len(channels)), dtype=bool)
         for j, ch in enumerate(channels):
             consent[:, j] = frame[f"consent_{ch}"].to_numpy(bool)[safe] & known
+        # opt-ins and opt-outs posted since training (a layered ledger) count from the next decision
+        consent = ledger.consent_matrix(ids, channels, consent) & known[:, None]
         control = in_control_group(ids, policy)
         now_us = int(to_us(now)[0])
         after = np.full(n, now_us, dtype=np.int64)
@@ -254,10 +256,10 @@ class _DecisionCore:
             )
         return out
 
-    def _decide_block(self, ids: np.ndarray, now: pd.Timestamp, ledger: ContactLedger) -> pd.DataFrame:
+    def _decide_block(self, ids: np.ndarray, now: pd.Timestamp, ledger: Ledger) -> pd.DataFrame:
         return _decisions_frame(self._decide_arrays(ids, now, ledger))
 
-    def _decide_arrays(self, ids: np.ndarray, now: pd.Timestamp, ledger: ContactLedger) -> dict:
+    def _decide_arrays(self, ids: np.ndarray, now: pd.Timestamp, ledger: Ledger) -> dict:
         """The decisions of distinct `ids` as columns (`DECISION_COLUMNS`; send_at in int64 µs),
         before the batch-wide channel capacity and the recommended items.
 
@@ -361,7 +363,7 @@ class _DecisionCore:
         return result, forced
 
     def _schedule_and_audit(
-        self, ids: np.ndarray, plan: dict, live_idx: np.ndarray, result: dict, ledger: ContactLedger
+        self, ids: np.ndarray, plan: dict, live_idx: np.ndarray, result: dict, ledger: Ledger
     ) -> dict:
         """The send time of every send the arbitration chose and the audit of each against every
         rule: idx_send (customer positions), channel, send_at, audit (`audit_sends`) and broken

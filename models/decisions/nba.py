@@ -52,6 +52,7 @@ from models.decisions.choosers import (
 from models.decisions.contact_policy import (
     ContactLedger,
     ContactPolicy,
+    Ledger,
     in_control_group,
     load_contact_policy,
     offer_eligibility,
@@ -306,7 +307,7 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         now = self.profiles_.as_of_ if now is None else pd.Timestamp(now)
         return now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
 
-    def channel_plan(self, customer_ids, now=None, ledger: ContactLedger | None = None) -> pd.DataFrame:
+    def channel_plan(self, customer_ids, now=None, ledger: Ledger | None = None) -> pd.DataFrame:
         """For each customer, the allowed channel with the highest p_open and its send time, ignoring
         value (what a fixed policy would use): customer_id, channel, send_at, p_open, reason
         (why nobody may be contacted; None when someone may), plus p_open_<channel> per channel
@@ -345,16 +346,18 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         self,
         customer_ids,
         now=None,
-        ledger: ContactLedger | None = None,
+        ledger: Ledger | None = None,
         record: bool = False,
         items: bool = True,
+        unavailable: frozenset[str] = frozenset(),
     ) -> pd.DataFrame:
         """One decision per distinct customer (`DECISION_COLUMNS`); send_at in UTC.
 
         `ledger`: contact history to respect (default: the one built at fit time). `record`: add the
         sends to that ledger, so later batches respect them. `items=False`: leave product_ids empty
         except for replenishment (no recommender calls; the decisions are the same otherwise), for
-        summaries that only count actions and gains.
+        summaries that only count actions and gains. `unavailable`: products never to send (out of
+        stock now).
         """
         now = self._now(now)
         ledger = ledger if ledger is not None else self.ledger_
@@ -365,7 +368,9 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         out = pd.concat(parts, ignore_index=True)
         out = self._apply_capacity(out, ledger)
         if items:
-            self._attach_items(out, now)
+            self._attach_items(out, now, unavailable)
+        if unavailable:
+            out["product_ids"] = [[p for p in ps if p not in unavailable] for ps in out["product_ids"]]
         if record:
             sends = out.loc[out["action"] != NO_ACTION]
             ledger.record(sends[c.CUSTOMER_ID], sends[c.CHANNEL], sends["send_at"])
@@ -382,36 +387,47 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
             self.decide_one(str(ids.iloc[0]))
 
     def decide_one(
-        self, customer_id: str, now=None, ledger: ContactLedger | None = None, record: bool = False
+        self,
+        customer_id: str,
+        now=None,
+        ledger: Ledger | None = None,
+        record: bool = False,
+        unavailable: frozenset[str] = frozenset(),
     ) -> dict:
         """The decision for one customer as a dict; expected_gain holds its parts.
 
         The same decision as `decide([customer_id], now, ledger, record)`: the same `_decide_arrays`,
         without the DataFrame around it (and the recommender's single-request path for the items).
         Recording and per-day channel capacity (which counts the whole ledger) take `decide`.
+        `unavailable`: products that may not be sent (out of stock now).
         """
         if record or self.policy_.capacity_per_day:
-            return _decision_dict(self.decide([customer_id], now, ledger, record).iloc[0])
+            out = _decision_dict(self.decide([customer_id], now, ledger, record).iloc[0])
+            out["product_ids"] = [p for p in out["product_ids"] if p not in unavailable]
+            return out
         now = self._now(now)
         ledger = ledger if ledger is not None else self.ledger_
         ids = np.array([str(customer_id)], dtype=object)
         cols = self._decide_arrays(ids, now, ledger)
         row = {name: values[0] for name, values in cols.items()}
         if row["action"] in ITEM_ACTIONS and self.recommender_ is not None:
-            row["product_ids"] = self._items_one(str(ids[0]))
+            row["product_ids"] = self._items_one(str(ids[0]), unavailable)
+        elif unavailable and row["product_ids"] is not None:
+            row["product_ids"] = [p for p in row["product_ids"] if p not in unavailable]
         row["send_at"] = (
             None if row["send_at"] == NAT_US else pd.Timestamp(int(row["send_at"]), unit="us", tz="UTC")
         )
         return _decision_dict(row)
 
-    def _items_one(self, customer_id: str) -> list[str]:
-        """`_attach_items` for one customer."""
+    def _items_one(self, customer_id: str, unavailable: frozenset[str] = frozenset()) -> list[str]:
+        """`_attach_items` for one customer, never an unavailable product."""
         k = self.policy_.items_per_message
         if hasattr(self.recommender_, "warm"):  # TwoStageRecommender: single-request path
-            return list(self.recommender_.recommend(customer_id, k=k).product_ids)
-        return list(self.recommender_.recommend_many([customer_id], k=k)[0].product_ids)
+            return list(self.recommender_.recommend(customer_id, k=k, exclude=list(unavailable)).product_ids)
+        recs = self.recommender_.recommend_many([customer_id], k=k + len(unavailable))[0].product_ids
+        return [p for p in recs if p not in unavailable][:k]
 
-    def _apply_capacity(self, out: pd.DataFrame, ledger: ContactLedger) -> pd.DataFrame:
+    def _apply_capacity(self, out: pd.DataFrame, ledger: Ledger) -> pd.DataFrame:
         """At most `capacity_per_day[channel]` sends per channel and UTC day, highest gain first."""
         capacity = self.policy_.capacity_per_day
         if not capacity:
@@ -443,8 +459,11 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         out.loc[over, "send_at"] = pd.NaT
         return out
 
-    def _attach_items(self, out: pd.DataFrame, now: pd.Timestamp) -> None:
-        """Recommended products for sends that show products (replenishment already has its items)."""
+    def _attach_items(
+        self, out: pd.DataFrame, now: pd.Timestamp, unavailable: frozenset[str] = frozenset()
+    ) -> None:
+        """Recommended products for sends that show products (replenishment already has its items),
+        never an unavailable one."""
         need = out.index[out["action"].isin(list(ITEM_ACTIONS))]
         if self.recommender_ is None or len(need) == 0:
             return
@@ -452,8 +471,8 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         ids = out.loc[need, c.CUSTOMER_ID].tolist()
         items: list[list[str]] = []
         for lo in range(0, len(ids), _RECOMMEND_BATCH):
-            recs = self.recommender_.recommend_many(ids[lo : lo + _RECOMMEND_BATCH], k=k)
-            items.extend(r.product_ids for r in recs)
+            recs = self.recommender_.recommend_many(ids[lo : lo + _RECOMMEND_BATCH], k=k + len(unavailable))
+            items.extend([p for p in r.product_ids if p not in unavailable][:k] for r in recs)
         out.loc[need, "product_ids"] = pd.Series(items, index=need, dtype=object)
 
     # ------------------------------------------------------------------------------------------

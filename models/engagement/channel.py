@@ -538,32 +538,46 @@ class ChannelModel(EngagementGLM, BaseEstimator):
         out[known] = self.n_messages_[rows[known]] < self.min_history
         return out
 
-    def allowed_channels(self, customer_ids) -> pd.DataFrame:
-        """(customer_id, channel) pairs the model may rank: latest consent opted in, channel known."""
+    def allowed_channels(self, customer_ids, consent_changes: pd.DataFrame | None = None) -> pd.DataFrame:
+        """(customer_id, channel) pairs the model may rank: latest consent opted in, channel known.
+
+        `consent_changes` (customer_id, channel, opted_in): opt-ins and opt-outs since `as_of`
+        (the live store's), which override the consent the model was fitted with."""
         ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str).drop_duplicates()
         if not self.has_consent_table_:
             known = ids.loc[ids.isin(self.customer_index_)]
-            return pd.DataFrame(
+            allowed = pd.DataFrame(
                 {
                     c.CUSTOMER_ID: np.repeat(known.to_numpy(), len(self.channels_)),
                     c.CHANNEL: np.tile(self.channels_, len(known)),
+                    c.OPTED_IN: True,
                 }
             )
-        consent = self.consent_
-        allowed = consent.loc[
-            consent[c.OPTED_IN] & consent[c.CHANNEL].isin(self.channels_) & consent[c.CUSTOMER_ID].isin(ids)
-        ]
+        else:
+            consent = self.consent_
+            allowed = consent.loc[consent[c.CHANNEL].isin(self.channels_) & consent[c.CUSTOMER_ID].isin(ids)]
+        if consent_changes is not None and len(consent_changes):
+            changes = consent_changes.loc[
+                consent_changes[c.CHANNEL].isin(self.channels_) & consent_changes[c.CUSTOMER_ID].isin(ids),
+                [c.CUSTOMER_ID, c.CHANNEL, c.OPTED_IN],
+            ].astype({c.CUSTOMER_ID: str, c.CHANNEL: str, c.OPTED_IN: bool})
+            allowed = pd.concat([allowed[[c.CUSTOMER_ID, c.CHANNEL, c.OPTED_IN]], changes], ignore_index=True)
+            allowed = allowed.drop_duplicates([c.CUSTOMER_ID, c.CHANNEL], keep="last")
+        allowed = allowed.loc[allowed[c.OPTED_IN].astype(bool)]
         return allowed[[c.CUSTOMER_ID, c.CHANNEL]].reset_index(drop=True)
 
-    def rank_channels(self, customer_ids=None, serve: str | None = None) -> pd.DataFrame:
+    def rank_channels(
+        self, customer_ids=None, serve: str | None = None, consent_changes: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """Consented channels per customer ranked by engagement probability (rank 1 = best).
 
         Columns: customer_id, channel, rank, probability (engagement), conversion_probability,
         fallback. Customers with no allowed channel get no rows (see `no_channel_reasons`).
-        `customer_ids=None` ranks every customer known at `as_of`; `serve` as in `predict_proba`.
+        `customer_ids=None` ranks every customer known at `as_of`; `serve` as in `predict_proba`;
+        `consent_changes` as in `allowed_channels`.
         """
         ids = self.customer_ids_ if customer_ids is None else customer_ids
-        pairs = self.allowed_channels(ids)
+        pairs = self.allowed_channels(ids, consent_changes)
         if pairs.empty:
             return pd.DataFrame(
                 {

@@ -559,13 +559,22 @@ class TwoStageRecommender:
         k: int = 10,
         channel: str | None = None,
         filters: rules.Filters | dict | None = None,
+        exclude: list[str] | None = None,
     ) -> Recommendation:
         """What goes with `product_ids` (a product page, a cart), for nobody in particular: the list
         a new customer with exactly these products in the session gets (each item's reason names
         the product it goes with; popular products fill what the session cannot), without the
-        products themselves. Unknown products only leave the list to popularity."""
+        products themselves nor `exclude` (e.g. out of stock). Unknown products only leave the
+        list to popularity."""
         given = [str(p) for p in product_ids]
-        return self.recommend(NOBODY, k, exclude=given, context_items=given, channel=channel, filters=filters)
+        return self.recommend(
+            NOBODY,
+            k,
+            exclude=[*given, *(exclude or [])],
+            context_items=given,
+            channel=channel,
+            filters=filters,
+        )
 
     def recommend_many(
         self,

@@ -153,7 +153,9 @@ def test_channel_send_time_batch_and_ping(server, generated_data):
 
     url, _ = server
     consent = pd.read_parquet(generated_data / "consent.parquet")
-    reachable = consent.loc[consent["opted_in"], "customer_id"].iloc[0]
+    # opted in to e-mail (the latest row): send times are only given where a customer consented
+    latest = consent.sort_values("updated_ts").drop_duplicates(["customer_id", "channel"], keep="last")
+    reachable = latest.loc[latest["opted_in"] & (latest["channel"] == "email"), "customer_id"].iloc[0]
     r = httpx.post(f"{url}/v1/channel", json={"customer_id": reachable}, timeout=10)
     assert r.status_code == 200, r.text
     body = r.json()

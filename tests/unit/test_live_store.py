@@ -1,4 +1,4 @@
-"""The event context store: one SQLite file in WAL mode shared by worker processes, bounded, surviving restarts."""
+"""The live store (SQLite backend): one SQLite file in WAL mode shared by worker processes, bounded, surviving restarts."""
 
 import multiprocessing as mp
 import sqlite3
@@ -7,21 +7,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from serving.context_store import EVENT_TYPES, ContextStore
+from features.live_store import EVENT_TYPES, SQLiteLiveStore
 
 T0 = 1_750_000_000.0  # a fixed "now" in epoch seconds
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = ContextStore(tmp_path / "context.db")
+    s = SQLiteLiveStore(tmp_path / "context.db")
     yield s
     s.close()
 
 
 def _writer(path: str, worker: int, n: int, start, out) -> None:
     start.wait(30)
-    store = ContextStore(path, max_events_per_customer=1000)
+    store = SQLiteLiveStore(path, max_events_per_customer=1000)
     for i in range(n):
         # both workers write the shared customer and one of their own, interleaved
         store.add("shared", "view", "web", f"W{worker}-P{i}", ts=T0 + i)
@@ -32,7 +32,7 @@ def _writer(path: str, worker: int, n: int, start, out) -> None:
 
 def test_two_processes_write_and_read_the_same_file(tmp_path):
     path = str(tmp_path / "context.db")
-    ContextStore(path).close()  # created up front, as the service does at start-up
+    SQLiteLiveStore(path).close()  # created up front, as the service does at start-up
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     n = 200
@@ -44,7 +44,7 @@ def test_two_processes_write_and_read_the_same_file(tmp_path):
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
-    with ContextStore(path, max_events_per_customer=1000) as store:
+    with SQLiteLiveStore(path, max_events_per_customer=1000) as store:
         assert store.count("shared") == 2 * n  # no write lost to a lock
         assert len(store.session_items("own-0", now=T0 + n)) == n
         assert len(store.session_items("own-1", now=T0 + n)) == n
@@ -57,16 +57,16 @@ def test_two_processes_write_and_read_the_same_file(tmp_path):
 
 def test_survives_reopen(tmp_path):
     path = tmp_path / "context.db"
-    with ContextStore(path) as store:
+    with SQLiteLiveStore(path) as store:
         store.add("C1", "add_to_cart", "app", "P1", ts=T0)
         store.add("C1", "view", "web", "P2", ts=T0 + 1)
-    with ContextStore(path) as again:
+    with SQLiteLiveStore(path) as again:
         assert again.session_items("C1", now=T0 + 2) == ["P2", "P1"]
         assert [e["product_id"] for e in again.recent("C1", 10)] == ["P2", "P1"]
 
 
 def test_bound_per_customer_keeps_the_newest(tmp_path):
-    with ContextStore(tmp_path / "context.db", max_events_per_customer=5) as store:
+    with SQLiteLiveStore(tmp_path / "context.db", max_events_per_customer=5) as store:
         for i in range(20):
             store.add("C1", "view", "web", f"P{i}", ts=T0 + i)
         store.add("C2", "view", "web", "Q", ts=T0)
@@ -80,7 +80,7 @@ def test_bound_per_customer_keeps_the_newest(tmp_path):
 
 
 def test_bound_by_age(tmp_path):
-    with ContextStore(tmp_path / "context.db", max_age_days=30) as store:
+    with SQLiteLiveStore(tmp_path / "context.db", max_age_days=30) as store:
         store.add("C1", "add_to_cart", "app", "old", ts=T0)
         store.add("C1", "add_to_cart", "app", "new", ts=T0 + 31 * 86400)
         assert [e["product_id"] for e in store.recent("C1", 10)] == ["new"]
@@ -154,7 +154,7 @@ def test_invalid_events_raise_value_error_naming_the_field(store, kwargs, field)
 
 
 def test_known_channels_can_be_enforced(tmp_path):
-    with ContextStore(tmp_path / "c.db", channels=("web", "app")) as store:
+    with SQLiteLiveStore(tmp_path / "c.db", channels=("web", "app")) as store:
         store.add("C1", "view", "web", "P1")
         with pytest.raises(ValueError, match="channel"):
             store.add("C1", "view", "fax", "P1")
@@ -176,3 +176,98 @@ def test_add_and_session_items_are_fast_with_thousands_of_customers(store):
         store.session_items(f"C{i * 7 % 4000}", now=T0 + 20_000 + i)
     per_call_ms = (time.perf_counter() - start) / n * 1000
     assert per_call_ms < 1.0, per_call_ms
+
+
+# -- the contact ledger, consent changes and stock ----------------------------------------------------
+def test_message_sent_and_consent_events_go_to_the_ledger_and_consent(store):
+    from features.live_store import Contact
+
+    store.add("C1", "message_sent", "email", ts=T0, campaign_id="spring", offer_id="O1")
+    store.record_contacts([Contact("C1", "sms", T0 + 60, source="batch", action="offer", offer_id="O2")])
+    ledger = store.contacts(["C1"])
+    assert ledger["channel"].tolist() == ["email", "sms"]
+    assert ledger["source"].tolist() == ["event", "batch"] and ledger["campaign_id"].iloc[0] == "spring"
+    assert store.count("C1") == 0  # not behaviour: no session context
+    store.add("C1", "consent", "email", ts=T0, opted_in=False)
+    store.add("C1", "consent", "email", ts=T0 - 10, opted_in=True)  # older: the latest change wins
+    state = store.state("C1")
+    assert state.consent == {"email": False} and len(state.contacts) == 2 and state.last_purchase is None
+    store.add("C1", "purchase", "store", "P1", ts=T0 + 5)
+    assert store.state("C1").last_purchase == T0 + 5
+    assert store.contacts(["nobody"]).empty and len(store.contacts()) == 2
+    with pytest.raises(ValueError, match="opted_in"):
+        store.add("C1", "consent", "sms")
+
+
+def test_stock_changes_are_seen_by_another_connection_at_once(tmp_path):
+    path = tmp_path / "live.db"
+    with SQLiteLiveStore(path) as writer, SQLiteLiveStore(path) as reader:
+        assert reader.out_of_stock() == frozenset()
+        assert writer.set_stock([("P1", False), ("P2", False)]) == 2
+        assert reader.out_of_stock() == {"P1", "P2"}
+        writer.set_stock([("P1", True)])
+        assert reader.out_of_stock() == {"P2"}
+        with pytest.raises(ValueError, match="product_id"):
+            writer.set_stock([("", False)])
+        assert reader.out_of_stock() == {"P2"}  # nothing half-written
+
+
+def _committer(path: str, n: int, start, out) -> None:
+    from features.live_store import Contact
+
+    start.wait(30)
+    store = SQLiteLiveStore(path)
+    made = 0
+    for _ in range(n):
+        # the rule: at most one contact in all; without the lock two processes would both see none
+        _, contact = store.decide_and_record(
+            "shared", lambda state: None if state.contacts else Contact("shared", "email", T0, "decision")
+        )
+        made += contact is not None
+    out.put(made)
+    store.close()
+
+
+def test_decide_and_record_lets_no_two_processes_use_the_same_room(tmp_path):
+    path = str(tmp_path / "live.db")
+    SQLiteLiveStore(path).close()
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_committer, args=(path, 50, start, out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    start.set()
+    made = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert sum(made) == 1
+    with SQLiteLiveStore(path) as store:
+        assert len(store.contacts(["shared"])) == 1
+
+
+def test_store_urls(tmp_path, monkeypatch):
+    from features.live_store import open_live_store, store_url
+
+    monkeypatch.delenv("OMNI_STORE_URL", raising=False)
+    monkeypatch.delenv("OMNI_CONTEXT_DB", raising=False)
+    assert store_url(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'context.db'}"
+    with open_live_store(store_url(tmp_path)) as live:
+        assert live.path == tmp_path.resolve() / "context.db"
+    monkeypatch.setenv("OMNI_STORE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    assert store_url(tmp_path).endswith("other.db")
+    for bad in ("just-a-path", "sqlite://", "mysql://host/db"):
+        with pytest.raises(ValueError, match="OMNI_STORE_URL"):
+            open_live_store(bad)
+
+
+def test_identity_links_resolve_source_ids_and_follow_the_latest_link(store):
+    assert store.link_identities([("L1", "C1"), ("D1", "C1"), ("C2", "C2")]) == 2  # an id is not its own link
+    assert (
+        store.resolve("L1") == "C1" and store.resolve("C1") == "C1" and store.resolve("unknown") == "unknown"
+    )
+    store.link_identities([("D1", "C3")])  # the device changed hands
+    assert store.resolve_many(["D1", "L1", "x"]) == ["C3", "C1", "x"]
+    store.add("C4", "view", "app", "P1", ts=T0, source_id="D9")  # an event carrying both ids
+    assert store.resolve("D9") == "C4"
+    with pytest.raises(ValueError, match="source_id"):
+        store.link_identities([("", "C1")])

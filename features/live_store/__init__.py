@@ -1,0 +1,67 @@
+"""The live store: what changes between two trainings, shared by every worker, host and batch.
+
+One interface (`LiveStore`), one module per backend. `open_live_store` picks the backend from a
+URL: `OMNI_STORE_URL` (``sqlite:////absolute/path``, as SQLAlchemy spells it) or, by default, one SQLite file under the
+working folder (`OMNI_CONTEXT_DB` names another file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from features.live_store._base import (
+    CONSENT,
+    CONTACT_COLUMNS,
+    EVENT_TYPES,
+    MESSAGE_SENT,
+    POSTED_EVENT_TYPES,
+    PRODUCT_EVENTS,
+    Contact,
+    LiveState,
+    LiveStore,
+    to_epoch,
+)
+from features.live_store._sqlite import SQLiteLiveStore
+
+__all__ = [
+    "CONSENT",
+    "CONTACT_COLUMNS",
+    "EVENT_TYPES",
+    "MESSAGE_SENT",
+    "POSTED_EVENT_TYPES",
+    "PRODUCT_EVENTS",
+    "Contact",
+    "LiveState",
+    "LiveStore",
+    "SQLiteLiveStore",
+    "open_live_store",
+    "store_url",
+    "to_epoch",
+]
+
+STORE_FILE = "context.db"
+
+
+def store_url(work_dir: str | os.PathLike[str]) -> str:
+    """The live store this process uses: `OMNI_STORE_URL`, else `OMNI_CONTEXT_DB`, else
+    `<work_dir>/context.db`, as a URL."""
+    url = os.environ.get("OMNI_STORE_URL")
+    if url:
+        return url
+    path = os.environ.get("OMNI_CONTEXT_DB") or Path(work_dir) / STORE_FILE
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def open_live_store(url: str, **options) -> LiveStore:
+    """The live store at `url` (``sqlite:///PATH``); `options` go to the backend."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"OMNI_STORE_URL: {url!r} is not a URL (expected sqlite:///PATH)")
+    if scheme == "sqlite":
+        # as SQLAlchemy spells it: sqlite:///relative/path, sqlite:////absolute/path
+        path = rest[1:] if rest.startswith("/") else ""
+        if not path:
+            raise ValueError(f"OMNI_STORE_URL: {url!r} names no file (expected sqlite:///PATH)")
+        return SQLiteLiveStore(path, **options)
+    raise ValueError(f"OMNI_STORE_URL: unknown store {scheme!r} in {url!r}; expected sqlite:///PATH")

@@ -1,0 +1,279 @@
+"""The live loop on a real server (two workers, one SQLite live store): every contact counts wherever
+it was decided, consent changes and stock take effect on the next call, on every worker."""
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import httpx
+import pytest
+
+from features.live_store import open_live_store, store_url
+
+# a decision time of its own, weeks after the other tests' (their contacts lie outside every window)
+NOW = "2026-09-01T09:00:00+00:00"
+COOLDOWN = timedelta(hours=24)  # configs/contact_policy.toml: [cooldown] after_message_hours
+MESSAGE_CHANNELS = ("email", "sms", "push", "social")
+
+
+def _post(url: str, route: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{url}{route}", json=body, timeout=30)
+
+
+def _nba(url: str, customer: str, commit: bool = False, now: str = NOW) -> dict:
+    r = _post(url, "/v1/next_best_action", {"customer_id": customer, "now": now, "commit": commit})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _when(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
+@pytest.fixture(scope="module")
+def senders(server):
+    """Customers who get a contact at NOW (nothing committed for them yet), in the order found."""
+    url, _ = server
+    found = []
+    for i in range(300, 900):
+        customer = f"C{i:07d}"
+        if _nba(url, customer)["channel"] is not None:
+            found.append(customer)
+        if len(found) == 6:
+            return found
+    pytest.fail("no customer gets a contact at NOW in 600 tries")
+
+
+@pytest.fixture(scope="module")
+def store(workdir):
+    with open_live_store(store_url(workdir)) as live:
+        yield live
+
+
+def _respects(later: dict, contact_at: datetime) -> bool:
+    """A later decision is no send, or a send at least the cooldown away from a contact."""
+    if later["channel"] is None:
+        return True
+    return abs(_when(later["send_at"]) - contact_at) >= COOLDOWN
+
+
+def test_a_committed_decision_is_in_the_ledger_and_the_next_decision_respects_it(server, senders, store):
+    url, _ = server
+    customer = senders[0]
+    first = _nba(url, customer, commit=True)
+    assert first["committed"] is True and first["channel"] in MESSAGE_CHANNELS
+    ledger = store.contacts([customer])
+    assert len(ledger) == 1 and ledger["source"].iloc[0] == "decision"
+    assert ledger["channel"].iloc[0] == first["channel"] and ledger["action"].iloc[0] == first["action"]
+    second = _nba(url, customer)
+    assert second["committed"] is False
+    assert _respects(second, _when(first["send_at"])), second
+
+
+def test_concurrent_commits_on_two_workers_never_break_a_cap_or_cooldown(server, senders, store):
+    url, _ = server
+    customer = senders[1]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: _nba(url, customer, commit=True), range(16)))
+    committed = [a for a in answers if a["committed"]]
+    # with commit asked, every contact answered is in the ledger; the others were told "no contact"
+    assert all(a["committed"] == (a["channel"] is not None) for a in answers)
+    ledger = store.contacts([customer]).sort_values("ts")
+    assert len(ledger) == len(committed) >= 1
+    gaps = ledger["ts"].diff().dropna()
+    assert (gaps >= COOLDOWN).all(), ledger  # 24 h apart: the cooldown, and one a day (per_day = 1)
+    assert len(ledger) <= 3  # per_week = 3
+
+
+def test_a_message_sent_by_a_channel_system_counts_at_once(server, senders):
+    url, _ = server
+    customer = senders[2]
+    r = _post(
+        url,
+        "/v1/events",
+        {
+            "customer_id": customer,
+            "event_type": "message_sent",
+            "channel": "email",
+            "ts": NOW,
+            "campaign_id": "spring-sale",
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert _respects(_nba(url, customer), _when(NOW))
+
+
+def test_opt_out_and_opt_in_take_effect_on_the_next_call_everywhere(server, senders):
+    url, _ = server
+    customer = senders[3]
+    for channel in MESSAGE_CHANNELS:
+        r = _post(
+            url,
+            "/v1/events",
+            {"customer_id": customer, "event_type": "consent", "channel": channel, "opted_in": False},
+        )
+        assert r.status_code == 200, r.text
+    decision = _nba(url, customer)
+    assert decision["channel"] is None and decision["action"] == "no_action"
+    assert "no_consent" in decision["reasons"]
+    channels = _post(url, "/v1/channel", {"customer_id": customer}).json()
+    assert channels["channels"] == [] and "opted out" in channels["no_channel_reason"]
+    st = _post(url, "/v1/send_time", {"customer_id": customer, "channel": "email"}).json()
+    assert st["no_consent"] is True and st["next_send_utc"] is None
+
+    r = _post(
+        url,
+        "/v1/events",
+        {"customer_id": customer, "event_type": "consent", "channel": "email", "opted_in": True},
+    )
+    assert r.status_code == 200, r.text
+    st = _post(url, "/v1/send_time", {"customer_id": customer, "channel": "email"}).json()
+    assert st["no_consent"] is False and st["next_send_utc"] is not None
+    ranked = [x["channel"] for x in _post(url, "/v1/channel", {"customer_id": customer}).json()["channels"]]
+    assert ranked == ["email"]
+    decision = _nba(url, customer)
+    assert decision["channel"] in (None, "email")
+
+
+def test_out_of_stock_products_leave_every_list_and_come_back(server, senders):
+    url, _ = server
+    customer = senders[4]
+    listed = [
+        x["product_id"]
+        for x in _post(url, "/v1/recommend", {"customer_id": customer, "channel": "web"}).json()["items"]
+    ]
+    similar = [
+        x["product_id"] for x in _post(url, "/v1/similar_items", {"product_ids": [listed[0]]}).json()["items"]
+    ]
+    decision = _nba(url, customer)
+    gone = sorted({listed[0], listed[1], similar[0], *decision["product_ids"]})
+    try:
+        r = _post(url, "/v1/inventory", {"items": [{"product_id": p, "in_stock": False} for p in gone]})
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == len(gone) and r.json()["out_of_stock"] >= len(gone)
+        # every worker, at once: ask several times (requests are spread over the workers)
+        for _ in range(4):
+            now_listed = _post(url, "/v1/recommend", {"customer_id": customer, "channel": "email"}).json()
+            assert not set(gone) & {x["product_id"] for x in now_listed["items"]}
+            now_similar = _post(url, "/v1/similar_items", {"product_ids": [listed[0]]}).json()
+            assert not set(gone) & {x["product_id"] for x in now_similar["items"]}
+            assert not set(gone) & set(_nba(url, customer)["product_ids"])
+    finally:
+        back = _post(url, "/v1/inventory", {"items": [{"product_id": p, "in_stock": True} for p in gone]})
+        assert back.status_code == 200, back.text
+    again = [
+        x["product_id"]
+        for x in _post(url, "/v1/recommend", {"customer_id": customer, "channel": "web"}).json()["items"]
+    ]
+    assert again[:2] == listed[:2]
+
+
+@pytest.mark.parametrize(
+    "route, body, field",
+    [
+        ("/v1/events", {"customer_id": "x", "event_type": "consent", "channel": "email"}, "opted_in"),
+        (
+            "/v1/events",
+            {"customer_id": "x", "event_type": "view", "channel": "web", "product_id": "p", "opted_in": True},
+            "opted_in",
+        ),
+        (
+            "/v1/events",
+            {
+                "customer_id": "x",
+                "event_type": "view",
+                "channel": "web",
+                "product_id": "p",
+                "campaign_id": "c",
+            },
+            "campaign_id",
+        ),
+        ("/v1/events", {"customer_id": "x", "event_type": "message_sent", "channel": "fax"}, "channel"),
+        ("/v1/inventory", {"items": []}, "items"),
+        ("/v1/inventory", {"items": [{"product_id": "p"}]}, "in_stock"),
+        ("/v1/next_best_action", {"customer_id": "x", "commit": "yes please"}, "commit"),
+    ],
+)
+def test_live_inputs_are_validated_naming_the_field(server, route, body, field):
+    url, _ = server
+    r = _post(url, route, body)
+    assert r.status_code == 400, r.text
+    assert field in r.text
+
+
+def test_omni_decide_writes_its_sends_to_the_ledger_the_service_reads(
+    server, senders, store, tracking_uri, tmp_path
+):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    url, _ = server
+    customer = senders[5]
+    runner = CliRunner()
+    args = ["decide", "--customer", customer, "--now", NOW, "--tracking-uri", tracking_uri]
+    dry = runner.invoke(main, [*args, "--dry-run", "--out", str(tmp_path / "dry.parquet")])
+    assert dry.exit_code == 0, dry.output
+    assert "dry run" in dry.output and store.contacts([customer]).empty
+    result = runner.invoke(main, [*args, "--out", str(tmp_path / "d.parquet")])
+    assert result.exit_code == 0, result.output
+    decisions = pd.read_parquet(tmp_path / "d.parquet")
+    assert {"consented", "control_group"} <= set(decisions.columns)
+    assert decisions["consented"].iloc[0] and not decisions["control_group"].iloc[0]
+    ledger = store.contacts([customer])
+    assert len(ledger) == 1 and ledger["source"].iloc[0] == "batch"
+    assert "1 sends written to the contact ledger" in result.output
+    # the service, on any worker, respects the batch's send
+    assert _respects(_nba(url, customer), ledger["ts"].iloc[0].to_pydatetime())
+
+
+def test_any_source_id_names_its_customer_on_every_route(server, generated_data, tracking_uri):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    url, _ = server
+    identities = pd.read_parquet(generated_data / "identities.parquet")
+    card = identities.loc[identities["source_system"] == "pos_loyalty"].iloc[-1]
+    source, customer = str(card["source_id"]), str(card["customer_id"])
+    by_card = _post(url, "/v1/recommend", {"customer_id": source, "channel": "store", "k": 5}).json()
+    by_id = _post(url, "/v1/recommend", {"customer_id": customer, "channel": "store", "k": 5}).json()
+    assert by_card["customer_id"] == customer and by_card["cold_start"] is False
+    assert by_card["items"] == by_id["items"]
+    for route, body in (
+        ("/v1/profile", {}),
+        ("/v1/channel", {}),
+        ("/v1/send_time", {"channel": "email"}),
+        ("/v1/next_best_action", {"now": NOW}),
+    ):
+        answer = _post(url, route, {"customer_id": source, **body})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["customer_id"] == customer, route
+    assert _post(url, "/v1/profile", {"customer_id": source}).json()["known"] is True
+    # an event posted under the card reaches the customer's context
+    r = _post(
+        url,
+        "/v1/events",
+        {"customer_id": source, "event_type": "add_to_cart", "channel": "store", "product_id": "P-card"},
+    )
+    assert (
+        r.status_code == 200 and r.json()["customer_id"] == customer and "P-card" in r.json()["session_items"]
+    )
+    # an id learned later: an event that carries both links them
+    r = _post(
+        url,
+        "/v1/events",
+        {
+            "customer_id": customer,
+            "source_id": "device-new-42",
+            "event_type": "view",
+            "channel": "app",
+            "product_id": "P-x",
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert _post(url, "/v1/channel", {"customer_id": "device-new-42"}).json()["customer_id"] == customer
+    result = CliRunner().invoke(main, ["profile", source, "--tracking-uri", tracking_uri])
+    assert result.exit_code == 0, result.output
+    assert f'"{customer}"' in result.output

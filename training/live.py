@@ -1,0 +1,90 @@
+"""Batch commands and the live store: the same ledger, consent and stock the service decides with.
+
+`omni decide` reads the contacts, purchases and consent changes the channel systems posted since
+training (and the decisions the service committed), decides under them, and writes its own sends
+back, so caps and cooldowns hold across the batch, the service and the next batch. `omni train`
+links the identities table's source ids to their customers there, for every route and command that
+takes a customer id.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features import columns as c
+from features.live_store import Contact, LiveStore, open_live_store, store_url
+from models.decisions.contact_policy import LayeredLedger, Ledger
+from models.decisions.decision_core import NO_ACTION
+from training.settings import work_dir
+
+
+def open_store() -> LiveStore:
+    """The live store this machine's service uses (`OMNI_STORE_URL`, else the working folder's file)."""
+    return open_live_store(store_url(work_dir()))
+
+
+def link_identities(tables) -> int:
+    """Writes the identities table's (source_id, customer_id) links into the live store, so the
+    service and the scoring commands accept any source id as a customer id. Returns how many."""
+    identities = tables.identities
+    if identities is None or len(identities) == 0:
+        return 0
+    pairs = (
+        identities[[c.SOURCE_ID, c.CUSTOMER_ID]]
+        .dropna()
+        .astype(str)
+        .drop_duplicates(c.SOURCE_ID, keep="last")
+    )
+    with open_store() as store:
+        return store.link_identities(zip(pairs[c.SOURCE_ID], pairs[c.CUSTOMER_ID], strict=True))
+
+
+def batch_ledger(engine, store: LiveStore, customer_ids) -> LayeredLedger:
+    """The engine's fitted ledger with the live store's rows of these customers laid over it."""
+    ids = [str(x) for x in customer_ids]
+    return LayeredLedger(
+        engine.ledger_,
+        contacts=store.contacts(ids),
+        last_purchases=store.last_purchases(),
+        consent=store.consent_changes(ids),
+    )
+
+
+def consented_any(engine, ledger: Ledger, customer_ids) -> np.ndarray:
+    """Whether each customer may be messaged on at least one of the policy's channels now (the
+    consent trained with, then the live opt-ins and opt-outs)."""
+    profiles = engine.profiles_
+    ids = np.asarray(pd.Series(customer_ids).astype(str), dtype=object)
+    channels = tuple(ch for ch in engine.policy_.channels if ch in profiles.message_channels_)
+    rows = profiles.rows(ids)
+    known = rows >= 0
+    safe = np.where(known, rows, 0)
+    consent = np.zeros((len(ids), len(channels)), dtype=bool)
+    for j, ch in enumerate(channels):
+        consent[:, j] = profiles.frame_[f"consent_{ch}"].to_numpy(bool)[safe] & known
+    return ledger.consent_matrix(ids, channels, consent).any(axis=1) if channels else np.zeros(len(ids), bool)
+
+
+def record_batch_sends(store: LiveStore, decisions: pd.DataFrame) -> int:
+    """Writes the sends of a batch to the contact ledger (one transaction); returns how many."""
+    sends = decisions.loc[(decisions["action"] != NO_ACTION) & decisions["send_at"].notna()]
+    contacts = [
+        Contact(
+            str(cid),
+            str(channel),
+            pd.Timestamp(at).timestamp(),
+            source="batch",
+            action=str(action),
+            offer_id=None if offer is None or pd.isna(offer) else str(offer),
+        )
+        for cid, channel, at, action, offer in zip(
+            sends[c.CUSTOMER_ID],
+            sends[c.CHANNEL],
+            sends["send_at"],
+            sends["action"],
+            sends[c.OFFER_ID],
+            strict=True,
+        )
+    ]
+    return store.record_contacts(contacts)
