@@ -326,7 +326,9 @@ def channel(tracking_uri, all_customers, customer_ids, out_file, reasons_out) ->
     """Each customer's consented channels, ranked by calibrated engagement probability.
 
     Parquet columns: customer_id, channel, rank, probability, conversion_probability, fallback
-    (fallback = too little message history: the estimate comes from similar customers).
+    (fallback = too little message history: the estimate comes from similar customers), consented
+    (always true: only channels the customer consented to, live opt-ins and opt-outs included, are
+    ranked), control_group (the contact policy's global control group: never to be contacted).
     """
     from training.scoring import load_champion
 
@@ -336,8 +338,16 @@ def channel(tracking_uri, all_customers, customer_ids, out_file, reasons_out) ->
         model, version = load_champion(tracking_uri, CHANNEL)
     except LookupError as exc:
         fail_missing(tracking_uri, "channel", exc)
+    from models.decisions.contact_policy import in_control_group, load_contact_policy
+    from training.live import open_store
+
     ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
-    ranked = model.rank_channels(ids)
+    with open_store() as store:
+        ids = store.resolve_many(ids)
+        changes = store.consent_changes(ids)
+    ranked = model.rank_channels(ids, consent_changes=changes)  # live opt-ins and opt-outs count
+    ranked["consented"] = True  # only consented channels are ranked
+    ranked["control_group"] = in_control_group(ranked["customer_id"], load_contact_policy())
     reasons = model.no_channel_reasons(ids)
     _emit(ranked, out_file, "channel", version)
     click.echo(f"{len(reasons)} of {len(ids)} customers have no channel to be reached on", err=True)
@@ -384,7 +394,9 @@ def send_time(
 ):
     """Best local hour and weekday per customer, and the next send moment in UTC outside quiet hours.
 
-    Parquet columns: customer_id, channel, timezone, best_hour_local, best_weekday, next_send_utc, fallback.
+    Parquet columns: customer_id, channel, timezone, best_hour_local, best_weekday, next_send_utc, fallback,
+    consented (the latest consent, live opt-ins and opt-outs included; next_send_utc is empty where
+    false), control_group (the contact policy's global control group: never to be contacted).
     """
     import pandas as pd
 
@@ -412,9 +424,25 @@ def send_time(
         model, version = load_champion(tracking_uri, SEND_TIME)
     except LookupError as exc:
         fail_missing(tracking_uri, "send_time", exc)
+    from models.decisions.contact_policy import in_control_group, load_contact_policy
+    from training.live import channel_consent, open_store
+
     ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
+    with open_store() as store:
+        ids = store.resolve_many(ids)
+        consented, note = channel_consent(tracking_uri, ids, channel_name, store)
+    if note:
+        click.echo(f"note: {note}", err=True)
     plan = model.send_plan(ids, channel_name, after_ts, quiet, horizon_hours)
+    # no send moment where the customer may not be messaged on the channel (the row stays, flagged)
+    plan["consented"] = consented
+    plan.loc[~plan["consented"], "next_send_utc"] = pd.NaT
+    plan["control_group"] = in_control_group(plan["customer_id"], load_contact_policy(policy))
     _emit(plan, out_file, "send-time", version)
+    click.echo(
+        f"{int((~plan['consented']).sum())} of {len(plan)} customers have not consented to {channel_name}: no send moment",
+        err=True,
+    )
 
 
 @main.command()

@@ -88,3 +88,47 @@ def record_batch_sends(store: LiveStore, decisions: pd.DataFrame) -> int:
         )
     ]
     return store.record_contacts(contacts)
+
+
+def channel_consent(
+    tracking_uri: str, customer_ids, channel: str, store: LiveStore
+) -> tuple[np.ndarray, str | None]:
+    """Whether each customer may be messaged on `channel` now: the consent the champion channel
+    model was trained with, else the next-best-action engine's, with the live opt-ins and opt-outs
+    over it. Returns the booleans and a note when the training data had no consent (then everyone
+    may, but for a live opt-out)."""
+    from models.catalog import CHANNEL
+    from training.scoring import load_champion, load_champion_engine
+
+    ids = [str(x) for x in customer_ids]
+    changes = store.consent_changes(ids)
+    try:
+        model, _ = load_champion(tracking_uri, CHANNEL)
+    except LookupError:
+        model = None
+    if model is not None and model.has_consent_table_:
+        allowed = model.allowed_channels(ids, consent_changes=changes)
+        ok = set(allowed.loc[allowed[c.CHANNEL] == channel, c.CUSTOMER_ID])
+        return np.array([x in ok for x in ids], dtype=bool), None
+    try:
+        engine, _ = load_champion_engine(tracking_uri, warn=lambda m: None)
+    except LookupError:
+        engine = None
+    column = f"consent_{channel}"
+    if engine is not None and column in engine.profiles_.frame_:
+        profiles = engine.profiles_
+        rows = profiles.rows(np.asarray(ids, dtype=object))
+        known = rows >= 0
+        trained = profiles.frame_[column].to_numpy(bool)[np.where(known, rows, 0)] & known
+        ledger = LayeredLedger(engine.ledger_, consent=changes)
+        return ledger.consent_matrix(np.asarray(ids, dtype=object), (channel,), trained[:, None])[:, 0], None
+    live = {
+        cid: bool(v)
+        for cid, ch, v in zip(changes[c.CUSTOMER_ID], changes[c.CHANNEL], changes[c.OPTED_IN], strict=True)
+        if ch == channel
+    }
+    note = (
+        f"no consent known for {channel} (no consent table in the training data): every customer "
+        "counts as consented, but for live opt-outs"
+    )
+    return np.array([live.get(x, True) for x in ids], dtype=bool), note

@@ -64,4 +64,9 @@ def open_live_store(url: str, **options) -> LiveStore:
         if not path:
             raise ValueError(f"OMNI_STORE_URL: {url!r} names no file (expected sqlite:///PATH)")
         return SQLiteLiveStore(path, **options)
+    if scheme.startswith("postgres"):
+        raise ValueError(
+            "OMNI_STORE_URL: a PostgreSQL live store is not available in this version yet; "
+            "use sqlite:///PATH (one host, any number of workers)"
+        )
     raise ValueError(f"OMNI_STORE_URL: unknown store {scheme!r} in {url!r}; expected sqlite:///PATH")

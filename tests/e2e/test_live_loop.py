@@ -49,6 +49,13 @@ def store(workdir):
         yield live
 
 
+def _ledger(store, customer: str):
+    """The customer's ledger rows from a week before NOW on (other tests' batches decide at earlier
+    times in the same store)."""
+    rows = store.contacts([customer])
+    return rows.loc[rows["ts"] >= _when(NOW) - timedelta(days=7)]
+
+
 def _respects(later: dict, contact_at: datetime) -> bool:
     """A later decision is no send, or a send at least the cooldown away from a contact."""
     if later["channel"] is None:
@@ -61,7 +68,7 @@ def test_a_committed_decision_is_in_the_ledger_and_the_next_decision_respects_it
     customer = senders[0]
     first = _nba(url, customer, commit=True)
     assert first["committed"] is True and first["channel"] in MESSAGE_CHANNELS
-    ledger = store.contacts([customer])
+    ledger = _ledger(store, customer)
     assert len(ledger) == 1 and ledger["source"].iloc[0] == "decision"
     assert ledger["channel"].iloc[0] == first["channel"] and ledger["action"].iloc[0] == first["action"]
     second = _nba(url, customer)
@@ -77,7 +84,7 @@ def test_concurrent_commits_on_two_workers_never_break_a_cap_or_cooldown(server,
     committed = [a for a in answers if a["committed"]]
     # with commit asked, every contact answered is in the ledger; the others were told "no contact"
     assert all(a["committed"] == (a["channel"] is not None) for a in answers)
-    ledger = store.contacts([customer]).sort_values("ts")
+    ledger = _ledger(store, customer).sort_values("ts")
     assert len(ledger) == len(committed) >= 1
     gaps = ledger["ts"].diff().dropna()
     assert (gaps >= COOLDOWN).all(), ledger  # 24 h apart: the cooldown, and one a day (per_day = 1)
@@ -214,13 +221,13 @@ def test_omni_decide_writes_its_sends_to_the_ledger_the_service_reads(
     args = ["decide", "--customer", customer, "--now", NOW, "--tracking-uri", tracking_uri]
     dry = runner.invoke(main, [*args, "--dry-run", "--out", str(tmp_path / "dry.parquet")])
     assert dry.exit_code == 0, dry.output
-    assert "dry run" in dry.output and store.contacts([customer]).empty
+    assert "dry run" in dry.output and _ledger(store, customer).empty
     result = runner.invoke(main, [*args, "--out", str(tmp_path / "d.parquet")])
     assert result.exit_code == 0, result.output
     decisions = pd.read_parquet(tmp_path / "d.parquet")
     assert {"consented", "control_group"} <= set(decisions.columns)
     assert decisions["consented"].iloc[0] and not decisions["control_group"].iloc[0]
-    ledger = store.contacts([customer])
+    ledger = _ledger(store, customer)
     assert len(ledger) == 1 and ledger["source"].iloc[0] == "batch"
     assert "1 sends written to the contact ledger" in result.output
     # the service, on any worker, respects the batch's send
@@ -277,3 +284,45 @@ def test_any_source_id_names_its_customer_on_every_route(server, generated_data,
     result = CliRunner().invoke(main, ["profile", source, "--tracking-uri", tracking_uri])
     assert result.exit_code == 0, result.output
     assert f'"{customer}"' in result.output
+
+
+def test_batch_send_time_and_channel_follow_consent_and_flag_the_control_group(
+    server, generated_data, tracking_uri, tmp_path
+):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    url, _ = server
+    consent = pd.read_parquet(generated_data / "consent.parquet").sort_values("updated_ts")
+    latest = consent.drop_duplicates(["customer_id", "channel"], keep="last")
+    email_ok = set(latest.loc[(latest["channel"] == "email") & latest["opted_in"], "customer_id"])
+    # a customer opted in to e-mail at training, who opts out now (live)
+    leaver = sorted(email_ok)[-1]
+    r = _post(
+        url,
+        "/v1/events",
+        {"customer_id": leaver, "event_type": "consent", "channel": "email", "opted_in": False},
+    )
+    assert r.status_code == 200, r.text
+    runner = CliRunner()
+    out = tmp_path / "st.parquet"
+    args = ["send-time", "--all", "--channel", "email", "--after", NOW, "--out", str(out)]
+    result = runner.invoke(main, [*args, "--tracking-uri", tracking_uri])
+    assert result.exit_code == 0, result.output
+    plan = pd.read_parquet(out).set_index("customer_id")
+    assert {"consented", "control_group"} <= set(plan.columns)
+    expected = plan.index.isin(list(email_ok - {leaver}))
+    assert (plan["consented"].to_numpy() == expected).all()
+    assert plan.loc[~plan["consented"], "next_send_utc"].isna().all()
+    assert plan.loc[plan["consented"], "next_send_utc"].notna().all()
+    assert 0 < plan["control_group"].mean() < 0.15  # the policy's 5 % share
+    out = tmp_path / "ch.parquet"
+    result = runner.invoke(main, ["channel", "--all", "--out", str(out), "--tracking-uri", tracking_uri])
+    assert result.exit_code == 0, result.output
+    ranked = pd.read_parquet(out)
+    assert ranked["consented"].all() and "control_group" in ranked
+    assert "email" not in set(ranked.loc[ranked["customer_id"] == leaver, "channel"])
+    email_rows = set(ranked.loc[ranked["channel"] == "email", "customer_id"])
+    assert email_rows <= email_ok - {leaver}

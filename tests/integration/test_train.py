@@ -273,6 +273,7 @@ def test_send_time_keeps_the_contact_policys_quiet_hours(trained, tracking_uri, 
         result = CliRunner().invoke(main, base + extra + ["--out", str(out)])
         assert result.exit_code == 0, result.output
         plan = pd.read_parquet(out)
+        plan = plan.loc[plan["consented"]]  # no send moment without consent to e-mail
         return {t.tz_convert(z).hour for t, z in zip(plan["next_send_utc"], plan["timezone"], strict=True)}
 
     assert local_hours(["--policy", str(policy)]) == {9}

@@ -255,7 +255,7 @@ def test_store_urls(tmp_path, monkeypatch):
         assert live.path == tmp_path.resolve() / "context.db"
     monkeypatch.setenv("OMNI_STORE_URL", f"sqlite:///{tmp_path / 'other.db'}")
     assert store_url(tmp_path).endswith("other.db")
-    for bad in ("just-a-path", "sqlite://", "mysql://host/db"):
+    for bad in ("just-a-path", "sqlite://", "mysql://host/db", "postgresql://host/db"):
         with pytest.raises(ValueError, match="OMNI_STORE_URL"):
             open_live_store(bad)
 
