@@ -8,6 +8,8 @@ which). Every model family is optional: the service starts with whatever the las
 (at least one model), and a route whose model is missing answers 404 with the family and the
 reason the last `omni train` recorded for skipping it (/v1/channel answers a flagged empty list
 instead, its schema has the flag). A model that is there but broken stops start-up with the reason.
+The next `omni build` is served without a restart (`serving/served_models.py`: each request reads
+one build's models; a background watcher swaps in the next build's once they load).
 BentoML adds /healthz, /livez, /readyz, /metrics and the OpenAPI page (/docs.json). Set
 OMNI_API_KEY to require an API key.
 """
@@ -64,70 +66,41 @@ def _request_id() -> str:
 class OmniService:
     def __init__(self) -> None:
         from features.live_store import open_live_store, store_url
-        from models.catalog import CHANNEL, NBA, RECOMMENDER, SEND_TIME
-        from models.decisions.contact_policy import load_contact_policy
-        from training.build import load_served_model, missing_served_message, served_manifest
+        from serving.served_models import ModelWatcher, load_served_models
         from training.settings import work_dir
 
-        manifest = served_manifest()
-        if not manifest["models"]:
-            raise RuntimeError("cannot start: the BentoML model store holds no model: run `omni build` first")
-        # family → why its routes cannot answer (only for the families this service lacks)
-        self.missing: dict[str, str] = {}
-
-        versions: dict[str, str] = {}
-
-        def load(entry, *args):
-            try:
-                folder, version = load_served_model(entry.name, manifest)
-            except LookupError:
-                for family in entry.families:
-                    self.missing[family] = missing_served_message(family, entry.name, manifest)
-                return None
-            try:
-                model = entry.load(folder, *args)
-            except Exception as exc:  # a broken artefact must stop start-up, whatever broke
-                raise RuntimeError(
-                    f"cannot start: model '{entry.name}' v{version} does not load: {exc}"
-                ) from exc
-            versions[entry.version_key] = version
-            return model
-
-        self.recommender = load(RECOMMENDER)
-        self.channel_model = load(CHANNEL)
-        self.send_time_model = load(SEND_TIME)
-        # without a recommender the engine's decisions carry no product items
-        self.engine = load(NBA, self.recommender, self.channel_model, self.send_time_model)
-        order = (RECOMMENDER, NBA, CHANNEL, SEND_TIME)  # the answers' order of model_versions
-        self.model_versions = {
-            e.version_key: versions[e.version_key] for e in order if e.version_key in versions
-        }
-        # one quiet-hours setting: the contact policy the engine decides under (or the default file)
-        policy = self.engine.policy_ if self.engine is not None else load_contact_policy()
-        self.quiet_hours = policy.quiet_hours
+        try:
+            # every request reads `self.models` once: an answer never mixes two builds
+            self.models = load_served_models()
+        except RuntimeError as exc:  # a broken artefact stops start-up, whatever broke
+            raise RuntimeError(f"cannot start: {exc}") from exc
         # one live store for every worker (and every host, with a server database)
         self.live = open_live_store(store_url(work_dir()))
-        # the one-off costs of the first request (look-up tables, the channel model's scores) are
-        # paid here, once per worker, not by a client
-        if self.recommender is not None:
-            self.recommender.warm()
-        if self.engine is not None:
-            self.engine.warm()
+        # the next `omni build` is served without a restart (0 turns the watcher off)
+        interval = float(os.environ.get("OMNI_RELOAD_SECONDS", "10"))
+        self.watcher = None
+        if interval > 0:
+            self.watcher = ModelWatcher(lambda: self.models, self._swap, interval).start()
+
+    def _swap(self, models) -> None:
+        self.models = models  # one reference assignment: atomic for the requests that follow
 
     def _canonical(self, request):
         """The request with its customer id made canonical: a channel system may call a customer
         by any id it knows (a loyalty card, an app device id) that `identities` or an event linked."""
         return request.model_copy(update={"customer_id": self.live.resolve(request.customer_id)})
 
-    def _require(self, family: str, model):
-        """`model`, or the 404 that names the family and says why this service has none."""
+    @staticmethod
+    def _require(m, family: str, model):
+        """`model`, or the 404 that names the family and says why this build has none."""
         if model is None:
-            raise MissingModel(self.missing.get(family, f"no {family} model in this service"))
+            raise MissingModel(m.missing.get(family, f"no {family} model in this service"))
         return model
 
     # ------------------------------------------------------------------ recommendations
     def _recommend(
         self,
+        m,
         customer_id: str,
         channel: str,
         k: int,
@@ -136,7 +109,7 @@ class OmniService:
         filters=None,
         exclude_purchased: bool = False,
     ) -> RecommendResponse:
-        recommender = self._require("recommender", self.recommender)
+        recommender = self._require(m, "recommender", m.recommender)
         # what the customer did on any channel since the model was trained counts at once (one
         # indexed count first: most customers have no live events, and then nothing else is read);
         # products bought since then are excluded, so they count as bought for exclude_purchased too
@@ -166,7 +139,7 @@ class OmniService:
                 RecommendedItem(product_id=p, score=s, reason=r)
                 for p, s, r in zip(rec.product_ids, rec.scores, rec.reasons, strict=True)
             ],
-            model_versions=self.model_versions,
+            model_versions=m.model_versions,
         )
 
     # Quick CPU-bound routes are `async def`: they run on the worker's event loop. A plain `def`
@@ -177,14 +150,22 @@ class OmniService:
     async def recommend(self, **req) -> RecommendResponse:
         r = self._canonical(RecommendRequest(**req))
         return self._recommend(
-            r.customer_id, r.channel, r.k, r.context_items, r.exclude, r.filters, r.exclude_purchased
+            self.models,
+            r.customer_id,
+            r.channel,
+            r.k,
+            r.context_items,
+            r.exclude,
+            r.filters,
+            r.exclude_purchased,
         )
 
     @bentoml.api(route="/v1/similar_items", input_spec=SimilarItemsRequest)
     async def similar_items(self, **req) -> SimilarItemsResponse:
         """Products that go with a product page or a cart, no customer needed."""
         r = SimilarItemsRequest(**req)
-        recommender = self._require("recommender", self.recommender)
+        m = self.models
+        recommender = self._require(m, "recommender", m.recommender)
         filters = r.filters.model_dump(exclude_none=True) if r.filters is not None else None
         rec = recommender.similar_items(
             r.product_ids, r.k, r.channel, filters or None, exclude=list(self.live.out_of_stock())
@@ -195,36 +176,37 @@ class OmniService:
                 RecommendedItem(product_id=p, score=s, reason=r)
                 for p, s, r in zip(rec.product_ids, rec.scores, rec.reasons, strict=True)
             ],
-            model_versions=self.model_versions,
+            model_versions=m.model_versions,
         )
 
     @bentoml.api(route="/v1/recommend_batch", input_spec=RecommendBatchRequest)
     def recommend_batch(self, **req) -> RecommendBatchResponse:
         r = RecommendBatchRequest(**req)
-        self._require("recommender", self.recommender)
+        m = self.models
+        self._require(m, "recommender", m.recommender)
         results = [
-            self._recommend(cid, r.channel, r.k, exclude_purchased=r.exclude_purchased)
+            self._recommend(m, cid, r.channel, r.k, exclude_purchased=r.exclude_purchased)
             for cid in self.live.resolve_many(r.customer_ids)
         ]
         return RecommendBatchResponse(
-            request_id=_request_id(), results=results, model_versions=self.model_versions
+            request_id=_request_id(), results=results, model_versions=m.model_versions
         )
 
     # ------------------------------------------------------------------ channel and send time
-    def _consented(self, customer_id: str, channel: str) -> bool:
+    def _consented(self, m, customer_id: str, channel: str) -> bool:
         """May this customer be messaged on this channel now: the latest live opt-in or opt-out,
         else the consent the models were trained with (no row = not opted in), else (no consent
         table in the training data) yes."""
         live = self.live.state(customer_id).consent.get(channel)
         if live is not None:
             return live
-        if self.channel_model is not None:
-            if not self.channel_model.has_consent_table_:
+        if m.channel_model is not None:
+            if not m.channel_model.has_consent_table_:
                 return True
-            allowed = self.channel_model.allowed_channels([customer_id])
+            allowed = m.channel_model.allowed_channels([customer_id])
             return bool((allowed["channel"] == channel).any())
-        if self.engine is not None:
-            profiles = self.engine.profiles_
+        if m.engine is not None:
+            profiles = m.engine.profiles_
             column = f"consent_{channel}"
             row = profiles.rows([customer_id])[0]
             return bool(row >= 0 and column in profiles.frame_ and profiles.frame_[column].iloc[row])
@@ -233,22 +215,23 @@ class OmniService:
     @bentoml.api(route="/v1/channel", input_spec=ChannelRequest)
     def channel(self, **req) -> ChannelResponse:
         r = self._canonical(ChannelRequest(**req))
-        if self.channel_model is None:
+        m = self.models
+        if m.channel_model is None:
             return ChannelResponse(
                 request_id=_request_id(),
                 customer_id=r.customer_id,
                 channels=[],
                 fallback=True,
-                no_channel_reason=self.missing["channel"],
-                model_versions=self.model_versions,
+                no_channel_reason=m.missing["channel"],
+                model_versions=m.model_versions,
             )
         changes = self.live.consent_changes([r.customer_id])
-        ranked = self.channel_model.rank_channels([r.customer_id], consent_changes=changes)
+        ranked = m.channel_model.rank_channels([r.customer_id], consent_changes=changes)
         opted_out = changes.loc[~changes["opted_in"], "channel"].tolist()
         if ranked.empty and opted_out:
             reason = f"opted out since training on {', '.join(sorted(opted_out))}; no other channel consented"
         elif ranked.empty:
-            reason = self.channel_model.no_channel_reason(r.customer_id)
+            reason = m.channel_model.no_channel_reason(r.customer_id)
         else:
             reason = None
         return ChannelResponse(
@@ -263,9 +246,9 @@ class OmniService:
                 )
                 for row in ranked.itertuples(index=False)
             ],
-            fallback=bool(self.channel_model.fallback([r.customer_id])[0]),
+            fallback=bool(m.channel_model.fallback([r.customer_id])[0]),
             no_channel_reason=reason,
-            model_versions=self.model_versions,
+            model_versions=m.model_versions,
         )
 
     @bentoml.api(route="/v1/send_time", input_spec=SendTimeRequest)
@@ -275,13 +258,14 @@ class OmniService:
         from models.engagement.local_time import parse_quiet_hours
 
         r = self._canonical(SendTimeRequest(**req))
-        self._require("send_time", self.send_time_model)
-        quiet = parse_quiet_hours(r.quiet_hours) if r.quiet_hours is not None else self.quiet_hours
+        m = self.models
+        self._require(m, "send_time", m.send_time_model)
+        quiet = parse_quiet_hours(r.quiet_hours) if r.quiet_hours is not None else m.quiet_hours
         after = pd.Timestamp(r.after) if r.after else pd.Timestamp.now(tz="UTC")
-        best = self.send_time_model.best_slot([r.customer_id], r.channel, quiet).iloc[0]
-        consented = self._consented(r.customer_id, r.channel)
+        best = m.send_time_model.best_slot([r.customer_id], r.channel, quiet).iloc[0]
+        consented = self._consented(m, r.customer_id, r.channel)
         nxt = (
-            self.send_time_model.next_send_time(r.customer_id, r.channel, after.tz_convert("UTC"), quiet)
+            m.send_time_model.next_send_time(r.customer_id, r.channel, after.tz_convert("UTC"), quiet)
             if consented
             else None
         )
@@ -294,9 +278,9 @@ class OmniService:
             best_hour_local=int(best["best_hour_local"]),
             next_send_utc=None if nxt is None else nxt.to_pydatetime(),
             no_consent=not consented,
-            scores=[round(float(x), 6) for x in self.send_time_model.scores(r.customer_id, r.channel)],
+            scores=[round(float(x), 6) for x in m.send_time_model.scores(r.customer_id, r.channel)],
             fallback=bool(best["fallback"]),
-            model_versions=self.model_versions,
+            model_versions=m.model_versions,
         )
 
     # ------------------------------------------------------------------ real-time events
@@ -325,9 +309,10 @@ class OmniService:
     @bentoml.api(route="/v1/profile", input_spec=ProfileRequest)
     def profile(self, **req) -> ProfileResponse:
         r = self._canonical(ProfileRequest(**req))
-        self._require("profiles", self.engine)
+        m = self.models
+        self._require(m, "profiles", m.engine)
         try:
-            profile, known = self.engine.profiles_.profile(r.customer_id), True
+            profile, known = m.engine.profiles_.profile(r.customer_id), True
         except KeyError:
             profile, known = {}, False
         return ProfileResponse(
@@ -335,7 +320,7 @@ class OmniService:
             customer_id=r.customer_id,
             known=known,
             profile=json.loads(json.dumps(profile, default=str)),
-            model_versions=self.model_versions,
+            model_versions=m.model_versions,
         )
 
     @bentoml.api(route="/v1/next_best_action", input_spec=NextBestActionRequest)
@@ -346,7 +331,8 @@ class OmniService:
         from models.decisions.contact_policy import LayeredLedger
 
         r = self._canonical(NextBestActionRequest(**req))
-        engine = self._require("next_best_action", self.engine)
+        m = self.models
+        engine = self._require(m, "next_best_action", m.engine)
         now = pd.Timestamp(r.now) if r.now else pd.Timestamp.now(tz="UTC")
         unavailable = self.live.out_of_stock()
         decision: dict = {}
@@ -386,7 +372,7 @@ class OmniService:
             expected_gain=json.loads(json.dumps(d["expected_gain"], default=float)),
             reasons=[str(x) for x in d["reasons"]],
             committed=bool(r.commit and contact is not None),
-            model_versions=self.model_versions,
+            model_versions=m.model_versions,
         )
 
     # ------------------------------------------------------------------ stock

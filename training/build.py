@@ -147,14 +147,22 @@ def write_manifest(imported: list[ImportedModel], missing: list[str], skipped: d
     return str(tag)
 
 
-def served_manifest() -> dict:
-    """The last build's manifest ({"models": {name: tag}, "missing": [name], "skipped": {family:
-    reason}}); without one (a store filled before manifests existed) the latest import of every
-    model."""
+def served_build_tag() -> str | None:
+    """The tag of the last build's manifest (a new one per `omni build`), None before the first."""
+    try:
+        return str(bentoml.models.get(f"{BUILD_MANIFEST}:latest").tag)
+    except bentoml.exceptions.NotFound:
+        return None
+
+
+def served_manifest(tag: str | None = None) -> dict:
+    """The last build's manifest, or the build `tag`'s ({"models": {name: tag}, "missing": [name],
+    "skipped": {family: reason}}); without one (a store filled before manifests existed) the latest
+    import of every model."""
     import json
 
     try:
-        model = bentoml.models.get(f"{BUILD_MANIFEST}:latest")
+        model = bentoml.models.get(tag or f"{BUILD_MANIFEST}:latest")
     except bentoml.exceptions.NotFound:
         models = {}
         for name in SERVED_MODELS:

@@ -767,7 +767,8 @@ model_name_option = click.option(
 @model_name_option
 @click.option("--version", default=None, help="Version to promote (default: the current challenger).")
 def promote(tracking_uri, model_name, version) -> None:
-    """Point the `champion` alias at a version by hand (the service picks it up on restart)."""
+    """Point the `champion` alias at a version by hand; `omni build` then imports it, and every
+    running service worker serves it within OMNI_RELOAD_SECONDS (default 10 s), no restart."""
     from training.registry import promote as do_promote
 
     tracking_uri = tracking_uri or default_tracking_uri()
@@ -782,7 +783,8 @@ def promote(tracking_uri, model_name, version) -> None:
 @tracking_option
 @model_name_option
 def rollback(tracking_uri, model_name) -> None:
-    """Point `champion` back at the version it had before its last move."""
+    """Point `champion` back at the version it had before its last move (served after `omni build`,
+    as for promote)."""
     from training.registry import rollback as do_rollback
 
     tracking_uri = tracking_uri or default_tracking_uri()

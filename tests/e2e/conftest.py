@@ -114,6 +114,13 @@ def server_without_recommender(registry_without_recommender, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def service_env():
+    """The environment a service subprocess gets: this process's, without MLflow's variables (a
+    real deployment only has OMNI_TRACKING_URI)."""
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
+@pytest.fixture(scope="session")
 def free_port():
     """A function giving a port on 127.0.0.1 that nothing listens on now (for servers a test starts)."""
     return _free_port
