@@ -15,30 +15,8 @@ import pytest
 
 OMNI = Path(sys.executable).parent / "omni"
 
-# A new build in the service's BentoML store, as `omni build` makes one: the model `name` copied
-# under a new MLflow version (or, "broken", an artefact folder that loads nothing), then the
-# manifest. Run in a subprocess: BentoML reads BENTOML_HOME once per process.
-NEW_BUILD = """
-import shutil, sys
-from pathlib import Path
-import bentoml
-from training.build import SERVED_MODELS, ImportedModel, served_manifest, write_manifest
-
-name, version, broken = sys.argv[1], sys.argv[2], sys.argv[3] == "broken"
-manifest = served_manifest()
-old = bentoml.models.get(manifest["models"][name])
-tag = f"{name}:v{version}"
-labels = {**old.info.labels, "mlflow_version": version}
-with bentoml.models.create(tag, labels=labels) as model:
-    target = Path(model.path_of(SERVED_MODELS[name]))
-    if broken:
-        target.mkdir(parents=True)
-        (target / "model.json").write_text("not a model")
-    else:
-        shutil.copytree(old.path_of(SERVED_MODELS[name]), target)
-imported = [ImportedModel(n, "?", t) for n, t in manifest["models"].items() if n != name]
-write_manifest([*imported, ImportedModel(name, version, tag)], manifest["missing"], manifest["skipped"])
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from live_loop import new_build  # noqa: E402  (a new build, as `omni build` writes one)
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +58,6 @@ def reloading_server(trained, tracking_uri, tmp_path_factory, free_port, wait_un
         proc.wait(timeout=60)
 
 
-def _new_build(env: dict, name: str, version: str, broken: bool = False) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", NEW_BUILD, name, version, "broken" if broken else "ok"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 def _versions(url: str) -> dict:
     r = httpx.post(
         f"{url}/v1/recommend", json={"customer_id": "C0000001", "channel": "web", "k": 3}, timeout=30
@@ -126,7 +93,7 @@ def test_a_new_build_is_served_by_every_worker_without_a_failed_request(reloadin
     for t in threads:
         t.start()
     try:
-        _new_build(env, "omni-recommender", "99")
+        new_build(env, "omni-recommender", "99")
         started = time.monotonic()
         in_a_row = 0
         while in_a_row < 20:  # 20 answers in a row from the new build: both workers serve it
@@ -148,7 +115,7 @@ def test_a_new_build_is_served_by_every_worker_without_a_failed_request(reloadin
 def test_a_broken_build_leaves_the_old_models_serving_and_says_why(reloading_server):
     url, env, log = reloading_server
     before = _versions(url)
-    _new_build(env, "omni-channel", "98", broken=True)
+    new_build(env, "omni-channel", "98", broken=True)
     deadline = time.monotonic() + 30
     while "not served, still serving" not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()[-3000:]
