@@ -272,7 +272,10 @@ def recommend(tracking_uri, all_customers, customer_ids, k, exclude_purchased, o
     """Top-k products per customer from the champion recommender (Parquet with --out, else a table).
 
     The lists are what the service answers: the order the recommender chose on validation, with as
-    many already-bought products as the data say; --exclude-purchased leaves those out.
+    many already-bought products as the data say; --exclude-purchased leaves those out. Products out
+    of stock now (the live store's, set through /v1/inventory) are left out. Columns: customer_id,
+    rank, product_id, score, reason, consented (may be messaged on at least one channel now, live
+    opt-ins and opt-outs included), control_group (the contact policy's: never to be contacted).
     """
     from features.io import write_table_atomic
     from training.scoring import load_champion, recommendations_frame
@@ -283,9 +286,21 @@ def recommend(tracking_uri, all_customers, customer_ids, k, exclude_purchased, o
         rec, version = load_champion(tracking_uri, RECOMMENDER)
     except LookupError as exc:
         fail_missing(tracking_uri, "recommender", exc)
+    from models.decisions.contact_policy import in_control_group, load_contact_policy
+    from training.live import channel_consent, open_store
+
     ids = rec.customer_ids_.tolist() if all_customers else list(customer_ids)
     filters = {"exclude_purchased": True} if exclude_purchased else None
-    frame = recommendations_frame(rec, ids, k, filters=filters, show_progress=True)
+    with open_store() as store:
+        ids = store.resolve_many(ids)
+        consented, note = channel_consent(tracking_uri, ids, None, store)
+        unavailable = sorted(store.out_of_stock())
+    if note:
+        click.echo(f"note: {note}", err=True)
+    frame = recommendations_frame(rec, ids, k, filters=filters, show_progress=True, exclude=unavailable)
+    reachable = dict(zip(ids, consented, strict=True))
+    frame["consented"] = frame["customer_id"].map(reachable).astype(bool)
+    frame["control_group"] = in_control_group(frame["customer_id"].astype(str), load_contact_policy())
     if out_file:
         write_table_atomic(frame, out_file)
         click.echo(

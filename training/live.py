@@ -54,16 +54,11 @@ def batch_ledger(engine, store: LiveStore, customer_ids) -> LayeredLedger:
 def consented_any(engine, ledger: Ledger, customer_ids) -> np.ndarray:
     """Whether each customer may be messaged on at least one of the policy's channels now (the
     consent trained with, then the live opt-ins and opt-outs)."""
-    profiles = engine.profiles_
-    ids = np.asarray(pd.Series(customer_ids).astype(str), dtype=object)
-    channels = tuple(ch for ch in engine.policy_.channels if ch in profiles.message_channels_)
-    rows = profiles.rows(ids)
-    known = rows >= 0
-    safe = np.where(known, rows, 0)
-    consent = np.zeros((len(ids), len(channels)), dtype=bool)
-    for j, ch in enumerate(channels):
-        consent[:, j] = profiles.frame_[f"consent_{ch}"].to_numpy(bool)[safe] & known
-    return ledger.consent_matrix(ids, channels, consent).any(axis=1) if channels else np.zeros(len(ids), bool)
+    ids = pd.Series(customer_ids).astype(str).tolist()
+    channels = tuple(ch for ch in engine.policy_.channels if ch in engine.profiles_.message_channels_)
+    if not channels:
+        return np.zeros(len(ids), dtype=bool)
+    return _trained_consent(engine, ledger, ids, channels).any(axis=1)
 
 
 def record_batch_sends(store: LiveStore, decisions: pd.DataFrame) -> int:
@@ -91,12 +86,12 @@ def record_batch_sends(store: LiveStore, decisions: pd.DataFrame) -> int:
 
 
 def channel_consent(
-    tracking_uri: str, customer_ids, channel: str, store: LiveStore
+    tracking_uri: str, customer_ids, channel: str | None, store: LiveStore
 ) -> tuple[np.ndarray, str | None]:
-    """Whether each customer may be messaged on `channel` now: the consent the champion channel
-    model was trained with, else the next-best-action engine's, with the live opt-ins and opt-outs
-    over it. Returns the booleans and a note when the training data had no consent (then everyone
-    may, but for a live opt-out)."""
+    """Whether each customer may be messaged on `channel` now (None: on at least one message
+    channel): the consent the champion channel model was trained with, else the next-best-action
+    engine's, with the live opt-ins and opt-outs over it. Returns the booleans and a note when the
+    training data had no consent (then everyone may, but for a live opt-out)."""
     from models.catalog import CHANNEL
     from training.scoring import load_champion, load_champion_engine
 
@@ -108,27 +103,44 @@ def channel_consent(
         model = None
     if model is not None and model.has_consent_table_:
         allowed = model.allowed_channels(ids, consent_changes=changes)
-        ok = set(allowed.loc[allowed[c.CHANNEL] == channel, c.CUSTOMER_ID])
+        if channel is not None:
+            allowed = allowed.loc[allowed[c.CHANNEL] == channel]
+        ok = set(allowed[c.CUSTOMER_ID])
         return np.array([x in ok for x in ids], dtype=bool), None
     try:
         engine, _ = load_champion_engine(tracking_uri, warn=lambda m: None)
     except LookupError:
         engine = None
-    column = f"consent_{channel}"
-    if engine is not None and column in engine.profiles_.frame_:
-        profiles = engine.profiles_
-        rows = profiles.rows(np.asarray(ids, dtype=object))
-        known = rows >= 0
-        trained = profiles.frame_[column].to_numpy(bool)[np.where(known, rows, 0)] & known
-        ledger = LayeredLedger(engine.ledger_, consent=changes)
-        return ledger.consent_matrix(np.asarray(ids, dtype=object), (channel,), trained[:, None])[:, 0], None
-    live = {
-        cid: bool(v)
+    if engine is not None:
+        frame = engine.profiles_.frame_
+        channels = tuple(
+            ch for ch in ((channel,) if channel else engine.policy_.channels) if f"consent_{ch}" in frame
+        )
+        if channels:
+            ledger = LayeredLedger(engine.ledger_, consent=changes)
+            return _trained_consent(engine, ledger, ids, channels).any(axis=1), None
+    opted_out = {
+        (cid, ch)
         for cid, ch, v in zip(changes[c.CUSTOMER_ID], changes[c.CHANNEL], changes[c.OPTED_IN], strict=True)
-        if ch == channel
+        if not v
     }
     note = (
-        f"no consent known for {channel} (no consent table in the training data): every customer "
-        "counts as consented, but for live opt-outs"
+        f"no consent known for {channel or 'any channel'} (no consent table in the training data): every "
+        "customer counts as consented, but for live opt-outs"
     )
-    return np.array([live.get(x, True) for x in ids], dtype=bool), note
+    if channel is None:
+        return np.ones(len(ids), dtype=bool), note
+    return np.array([(x, channel) not in opted_out for x in ids], dtype=bool), note
+
+
+def _trained_consent(engine, ledger: Ledger, ids: list[str], channels: tuple[str, ...]) -> np.ndarray:
+    """(n, len(channels)): the profiles' consent at training with the ledger's live changes over it."""
+    profiles = engine.profiles_
+    arr = np.asarray(ids, dtype=object)
+    rows = profiles.rows(arr)
+    known = rows >= 0
+    safe = np.where(known, rows, 0)
+    consent = np.zeros((len(ids), len(channels)), dtype=bool)
+    for j, ch in enumerate(channels):
+        consent[:, j] = profiles.frame_[f"consent_{ch}"].to_numpy(bool)[safe] & known
+    return ledger.consent_matrix(arr, channels, consent)

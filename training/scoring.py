@@ -83,17 +83,20 @@ def recommendations_frame(
     filters=None,
     chunk: int = 2000,
     show_progress: bool = False,
+    exclude: list[str] | None = None,
 ) -> pd.DataFrame:
     """customer_id, rank, product_id, score, reason for every customer, scored in chunks to bound
     memory. `model="served"`: the order the recommender chose on validation (what the service
     answers); `filters`: `models.recs.rules.Filters` or a dict, e.g. {"exclude_purchased": True} for
-    products the customer never bought."""
+    products the customer never bought; `exclude`: products no list may hold (e.g. out of stock)."""
     extra = {} if filters is None else {"filters": filters}
     rows = []
     for start in tqdm(
         range(0, len(customer_ids), chunk), desc="recommend", unit="chunk", disable=not show_progress
     ):
         batch = customer_ids[start : start + chunk]
+        if exclude:
+            extra["exclude"] = [exclude] * len(batch)
         for cid, r in zip(batch, rec.recommend_many(batch, k, model=model, **extra), strict=True):
             for rank, (pid, score, reason) in enumerate(
                 zip(r.product_ids, r.scores, r.reasons, strict=True), 1

@@ -326,3 +326,33 @@ def test_batch_send_time_and_channel_follow_consent_and_flag_the_control_group(
     assert "email" not in set(ranked.loc[ranked["customer_id"] == leaver, "channel"])
     email_rows = set(ranked.loc[ranked["channel"] == "email", "customer_id"])
     assert email_rows <= email_ok - {leaver}
+
+
+def test_batch_recommend_leaves_out_of_stock_products_and_flags_consent_and_control(
+    server, tracking_uri, tmp_path
+):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    url, _ = server
+    runner = CliRunner()
+    args = ["recommend", "--all", "--k", "5", "--tracking-uri", tracking_uri]
+    result = runner.invoke(main, [*args, "--out", str(tmp_path / "before.parquet")])
+    assert result.exit_code == 0, result.output
+    before = pd.read_parquet(tmp_path / "before.parquet")
+    assert {"consented", "control_group"} <= set(before.columns)
+    assert before["consented"].any() and not before["consented"].all()  # generated consent: some opted out
+    assert 0 < before.drop_duplicates("customer_id")["control_group"].mean() < 0.15
+    top = before["product_id"].value_counts().index[:3].tolist()
+    try:
+        r = _post(url, "/v1/inventory", {"items": [{"product_id": p, "in_stock": False} for p in top]})
+        assert r.status_code == 200, r.text
+        result = runner.invoke(main, [*args, "--out", str(tmp_path / "after.parquet")])
+        assert result.exit_code == 0, result.output
+    finally:
+        _post(url, "/v1/inventory", {"items": [{"product_id": p, "in_stock": True} for p in top]})
+    after = pd.read_parquet(tmp_path / "after.parquet")
+    assert not set(top) & set(after["product_id"])
+    assert after.groupby("customer_id").size().max() == 5
