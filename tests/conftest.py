@@ -152,6 +152,22 @@ def _mlflow_store_restored():
             os.environ[key] = value
 
 
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server for the session (a temporary data folder, a free 127.0.0.1
+    port, run as the `postgres` user when the tests run as root); yields the URL of its database
+    `omni`. Skipped, with the reason, where the PostgreSQL binaries are not installed."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from _postgres import postgres_binary, throwaway_postgres
+
+    if postgres_binary("initdb") is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed")
+    with throwaway_postgres() as url:
+        yield url
+
+
 TEST_KINDS = ("unit", "integration", "e2e")
 
 

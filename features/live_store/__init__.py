@@ -1,8 +1,9 @@
 """The live store: what changes between two trainings, shared by every worker, host and batch.
 
-One interface (`LiveStore`), one module per backend. `open_live_store` picks the backend from a
-URL: `OMNI_STORE_URL` (``sqlite:////absolute/path``, as SQLAlchemy spells it) or, by default, one SQLite file under the
-working folder (`OMNI_CONTEXT_DB` names another file).
+One interface (`LiveStore`), one module per backend: SQLite (one host, any number of workers; the
+default: one file under the working folder, `OMNI_CONTEXT_DB` names another) and PostgreSQL
+(several hosts: `OMNI_STORE_URL=postgresql://USER@HOST:PORT/DATABASE`). `open_live_store` picks the
+backend from the URL (``sqlite:////absolute/path``, as SQLAlchemy spells it, or ``postgresql://``).
 """
 
 from __future__ import annotations
@@ -54,19 +55,25 @@ def store_url(work_dir: str | os.PathLike[str]) -> str:
 
 
 def open_live_store(url: str, **options) -> LiveStore:
-    """The live store at `url` (``sqlite:///PATH``); `options` go to the backend."""
+    """The live store at `url` (``sqlite:///PATH`` or ``postgresql://...``); `options` go to the
+    backend (busy_timeout_ms is SQLite's only)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError(f"OMNI_STORE_URL: {url!r} is not a URL (expected sqlite:///PATH)")
+        raise ValueError(
+            f"OMNI_STORE_URL: {url!r} is not a URL (expected sqlite:///PATH or postgresql://...)"
+        )
     if scheme == "sqlite":
         # as SQLAlchemy spells it: sqlite:///relative/path, sqlite:////absolute/path
         path = rest[1:] if rest.startswith("/") else ""
         if not path:
             raise ValueError(f"OMNI_STORE_URL: {url!r} names no file (expected sqlite:///PATH)")
         return SQLiteLiveStore(path, **options)
-    if scheme.startswith("postgres"):
-        raise ValueError(
-            "OMNI_STORE_URL: a PostgreSQL live store is not available in this version yet; "
-            "use sqlite:///PATH (one host, any number of workers)"
-        )
-    raise ValueError(f"OMNI_STORE_URL: unknown store {scheme!r} in {url!r}; expected sqlite:///PATH")
+    if scheme in ("postgresql", "postgres"):
+        # imported here: psycopg is loaded only by those who use a server database
+        from features.live_store._postgres import PostgresLiveStore
+
+        allowed = {"max_events_per_customer", "max_age_days", "view_window_hours", "channels"}
+        return PostgresLiveStore(url, **{k: v for k, v in options.items() if k in allowed})
+    raise ValueError(
+        f"OMNI_STORE_URL: unknown store {scheme!r}; expected sqlite:///PATH or postgresql://HOST/DATABASE"
+    )

@@ -1,8 +1,15 @@
-"""The live loop on a real server (two workers, one SQLite live store): every contact counts wherever
-it was decided, consent changes and stock take effect on the next call, on every worker."""
+"""The live loop on real servers: one service with two workers on one SQLite live store, and two
+service processes on one PostgreSQL database. Every contact counts wherever it was decided, consent
+changes and stock take effect on the next call, on every worker and process."""
 
+import itertools
+import os
+import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +22,62 @@ COOLDOWN = timedelta(hours=24)  # configs/contact_policy.toml: [cooldown] after_
 MESSAGE_CHANNELS = ("email", "sms", "push", "social")
 
 
-def _post(url: str, route: str, body: dict) -> httpx.Response:
+class Live:
+    """The service processes under test and their live store: each request goes to the next
+    process in turn (two processes on PostgreSQL must answer as one); `env` is what a command
+    needs to use the same store."""
+
+    def __init__(self, urls: list[str], store, env: dict[str, str]) -> None:
+        self.urls, self.store, self.env = urls, store, env
+        self._turn = itertools.count()
+
+    def next_url(self) -> str:
+        return self.urls[next(self._turn) % len(self.urls)]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(request, server, workdir, generated_data, free_port, wait_until_ready, service_env):
+    """SQLite: the session's server (two workers) on the working folder's store. PostgreSQL: two
+    `omni serve` processes on one PostgreSQL database (a throwaway server), the identities table's
+    links written there first (as `omni train` writes them to the store it is given)."""
+    if request.param == "sqlite":
+        url, _ = server
+        with open_live_store(store_url(workdir)) as store:
+            yield Live([url], store, {})
+        return
+    import pandas as pd
+
+    postgres = request.getfixturevalue("postgres_url")
+    env = dict(service_env, OMNI_STORE_URL=postgres, OMNI_WORKERS="1")
+    procs, urls = [], []
+    with open_live_store(postgres) as store:
+        identities = pd.read_parquet(generated_data / "identities.parquet")
+        store.link_identities(zip(identities["source_id"], identities["customer_id"], strict=True))
+        try:
+            for _ in range(2):
+                port = free_port()
+                procs.append(
+                    subprocess.Popen(
+                        [str(Path(sys.executable).parent / "omni"), "serve", "--port", str(port)],
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+                urls.append(f"http://127.0.0.1:{port}")
+            for url in urls:
+                wait_until_ready(url)
+            yield Live(urls, store, {"OMNI_STORE_URL": postgres})
+        finally:
+            for proc in procs:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+
+
+def _post(url, route: str, body: dict) -> httpx.Response:
+    if isinstance(url, Live):
+        url = url.next_url()
     return httpx.post(f"{url}{route}", json=body, timeout=30)
 
 
@@ -30,9 +92,9 @@ def _when(iso: str) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def senders(server):
+def senders(live):
     """Customers who get a contact at NOW (nothing committed for them yet), in the order found."""
-    url, _ = server
+    url = live
     found = []
     for i in range(300, 900):
         customer = f"C{i:07d}"
@@ -44,9 +106,8 @@ def senders(server):
 
 
 @pytest.fixture(scope="module")
-def store(workdir):
-    with open_live_store(store_url(workdir)) as live:
-        yield live
+def store(live):
+    return live.store
 
 
 def _ledger(store, customer: str):
@@ -63,8 +124,8 @@ def _respects(later: dict, contact_at: datetime) -> bool:
     return abs(_when(later["send_at"]) - contact_at) >= COOLDOWN
 
 
-def test_a_committed_decision_is_in_the_ledger_and_the_next_decision_respects_it(server, senders, store):
-    url, _ = server
+def test_a_committed_decision_is_in_the_ledger_and_the_next_decision_respects_it(live, senders, store):
+    url = live
     customer = senders[0]
     first = _nba(url, customer, commit=True)
     assert first["committed"] is True and first["channel"] in MESSAGE_CHANNELS
@@ -76,8 +137,8 @@ def test_a_committed_decision_is_in_the_ledger_and_the_next_decision_respects_it
     assert _respects(second, _when(first["send_at"])), second
 
 
-def test_concurrent_commits_on_two_workers_never_break_a_cap_or_cooldown(server, senders, store):
-    url, _ = server
+def test_concurrent_commits_on_two_workers_never_break_a_cap_or_cooldown(live, senders, store):
+    url = live
     customer = senders[1]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: _nba(url, customer, commit=True), range(16)))
@@ -91,8 +152,8 @@ def test_concurrent_commits_on_two_workers_never_break_a_cap_or_cooldown(server,
     assert len(ledger) <= 3  # per_week = 3
 
 
-def test_a_message_sent_by_a_channel_system_counts_at_once(server, senders):
-    url, _ = server
+def test_a_message_sent_by_a_channel_system_counts_at_once(live, senders):
+    url = live
     customer = senders[2]
     r = _post(
         url,
@@ -109,8 +170,8 @@ def test_a_message_sent_by_a_channel_system_counts_at_once(server, senders):
     assert _respects(_nba(url, customer), _when(NOW))
 
 
-def test_opt_out_and_opt_in_take_effect_on_the_next_call_everywhere(server, senders):
-    url, _ = server
+def test_opt_out_and_opt_in_take_effect_on_the_next_call_everywhere(live, senders):
+    url = live
     customer = senders[3]
     for channel in MESSAGE_CHANNELS:
         r = _post(
@@ -141,8 +202,8 @@ def test_opt_out_and_opt_in_take_effect_on_the_next_call_everywhere(server, send
     assert decision["channel"] in (None, "email")
 
 
-def test_out_of_stock_products_leave_every_list_and_come_back(server, senders):
-    url, _ = server
+def test_out_of_stock_products_leave_every_list_and_come_back(live, senders):
+    url = live
     customer = senders[4]
     listed = [
         x["product_id"]
@@ -200,29 +261,29 @@ def test_out_of_stock_products_leave_every_list_and_come_back(server, senders):
         ("/v1/next_best_action", {"customer_id": "x", "commit": "yes please"}, "commit"),
     ],
 )
-def test_live_inputs_are_validated_naming_the_field(server, route, body, field):
-    url, _ = server
+def test_live_inputs_are_validated_naming_the_field(live, route, body, field):
+    url = live
     r = _post(url, route, body)
     assert r.status_code == 400, r.text
     assert field in r.text
 
 
 def test_omni_decide_writes_its_sends_to_the_ledger_the_service_reads(
-    server, senders, store, tracking_uri, tmp_path
+    live, senders, store, tracking_uri, tmp_path
 ):
     import pandas as pd
     from click.testing import CliRunner
 
     from training.cli import main
 
-    url, _ = server
+    url = live
     customer = senders[5]
     runner = CliRunner()
     args = ["decide", "--customer", customer, "--now", NOW, "--tracking-uri", tracking_uri]
-    dry = runner.invoke(main, [*args, "--dry-run", "--out", str(tmp_path / "dry.parquet")])
+    dry = runner.invoke(main, [*args, "--dry-run", "--out", str(tmp_path / "dry.parquet")], env=live.env)
     assert dry.exit_code == 0, dry.output
     assert "dry run" in dry.output and _ledger(store, customer).empty
-    result = runner.invoke(main, [*args, "--out", str(tmp_path / "d.parquet")])
+    result = runner.invoke(main, [*args, "--out", str(tmp_path / "d.parquet")], env=live.env)
     assert result.exit_code == 0, result.output
     decisions = pd.read_parquet(tmp_path / "d.parquet")
     assert {"consented", "control_group"} <= set(decisions.columns)
@@ -234,13 +295,13 @@ def test_omni_decide_writes_its_sends_to_the_ledger_the_service_reads(
     assert _respects(_nba(url, customer), ledger["ts"].iloc[0].to_pydatetime())
 
 
-def test_any_source_id_names_its_customer_on_every_route(server, generated_data, tracking_uri):
+def test_any_source_id_names_its_customer_on_every_route(live, generated_data, tracking_uri):
     import pandas as pd
     from click.testing import CliRunner
 
     from training.cli import main
 
-    url, _ = server
+    url = live
     identities = pd.read_parquet(generated_data / "identities.parquet")
     card = identities.loc[identities["source_system"] == "pos_loyalty"].iloc[-1]
     source, customer = str(card["source_id"]), str(card["customer_id"])
@@ -281,20 +342,20 @@ def test_any_source_id_names_its_customer_on_every_route(server, generated_data,
     )
     assert r.status_code == 200, r.text
     assert _post(url, "/v1/channel", {"customer_id": "device-new-42"}).json()["customer_id"] == customer
-    result = CliRunner().invoke(main, ["profile", source, "--tracking-uri", tracking_uri])
+    result = CliRunner().invoke(main, ["profile", source, "--tracking-uri", tracking_uri], env=live.env)
     assert result.exit_code == 0, result.output
     assert f'"{customer}"' in result.output
 
 
 def test_batch_send_time_and_channel_follow_consent_and_flag_the_control_group(
-    server, generated_data, tracking_uri, tmp_path
+    live, generated_data, tracking_uri, tmp_path
 ):
     import pandas as pd
     from click.testing import CliRunner
 
     from training.cli import main
 
-    url, _ = server
+    url = live
     consent = pd.read_parquet(generated_data / "consent.parquet").sort_values("updated_ts")
     latest = consent.drop_duplicates(["customer_id", "channel"], keep="last")
     email_ok = set(latest.loc[(latest["channel"] == "email") & latest["opted_in"], "customer_id"])
@@ -309,7 +370,7 @@ def test_batch_send_time_and_channel_follow_consent_and_flag_the_control_group(
     runner = CliRunner()
     out = tmp_path / "st.parquet"
     args = ["send-time", "--all", "--channel", "email", "--after", NOW, "--out", str(out)]
-    result = runner.invoke(main, [*args, "--tracking-uri", tracking_uri])
+    result = runner.invoke(main, [*args, "--tracking-uri", tracking_uri], env=live.env)
     assert result.exit_code == 0, result.output
     plan = pd.read_parquet(out).set_index("customer_id")
     assert {"consented", "control_group"} <= set(plan.columns)
@@ -319,7 +380,9 @@ def test_batch_send_time_and_channel_follow_consent_and_flag_the_control_group(
     assert plan.loc[plan["consented"], "next_send_utc"].notna().all()
     assert 0 < plan["control_group"].mean() < 0.15  # the policy's 5 % share
     out = tmp_path / "ch.parquet"
-    result = runner.invoke(main, ["channel", "--all", "--out", str(out), "--tracking-uri", tracking_uri])
+    result = runner.invoke(
+        main, ["channel", "--all", "--out", str(out), "--tracking-uri", tracking_uri], env=live.env
+    )
     assert result.exit_code == 0, result.output
     ranked = pd.read_parquet(out)
     assert ranked["consented"].all() and "control_group" in ranked
@@ -329,17 +392,17 @@ def test_batch_send_time_and_channel_follow_consent_and_flag_the_control_group(
 
 
 def test_batch_recommend_leaves_out_of_stock_products_and_flags_consent_and_control(
-    server, tracking_uri, tmp_path
+    live, tracking_uri, tmp_path
 ):
     import pandas as pd
     from click.testing import CliRunner
 
     from training.cli import main
 
-    url, _ = server
+    url = live
     runner = CliRunner()
     args = ["recommend", "--all", "--k", "5", "--tracking-uri", tracking_uri]
-    result = runner.invoke(main, [*args, "--out", str(tmp_path / "before.parquet")])
+    result = runner.invoke(main, [*args, "--out", str(tmp_path / "before.parquet")], env=live.env)
     assert result.exit_code == 0, result.output
     before = pd.read_parquet(tmp_path / "before.parquet")
     assert {"consented", "control_group"} <= set(before.columns)
@@ -349,7 +412,7 @@ def test_batch_recommend_leaves_out_of_stock_products_and_flags_consent_and_cont
     try:
         r = _post(url, "/v1/inventory", {"items": [{"product_id": p, "in_stock": False} for p in top]})
         assert r.status_code == 200, r.text
-        result = runner.invoke(main, [*args, "--out", str(tmp_path / "after.parquet")])
+        result = runner.invoke(main, [*args, "--out", str(tmp_path / "after.parquet")], env=live.env)
         assert result.exit_code == 0, result.output
     finally:
         _post(url, "/v1/inventory", {"items": [{"product_id": p, "in_stock": True} for p in top]})

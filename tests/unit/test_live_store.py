@@ -7,21 +7,28 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from features.live_store import EVENT_TYPES, SQLiteLiveStore
+from features.live_store import EVENT_TYPES, open_live_store
 
 T0 = 1_750_000_000.0  # a fixed "now" in epoch seconds
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SQLiteLiveStore(tmp_path / "context.db")
+def live_url(tmp_path):
+    """`live_url(name)`: the URL of a store of this test's own (the same name, the same store).
+    tests/integration/test_live_store_postgres.py runs these tests again on PostgreSQL."""
+    return lambda name="live": f"sqlite:///{tmp_path / name}.db"
+
+
+@pytest.fixture
+def store(live_url):
+    s = open_live_store(live_url())
     yield s
     s.close()
 
 
-def _writer(path: str, worker: int, n: int, start, out) -> None:
+def _writer(url: str, worker: int, n: int, start, out) -> None:
     start.wait(30)
-    store = SQLiteLiveStore(path, max_events_per_customer=1000)
+    store = open_live_store(url, max_events_per_customer=1000)
     for i in range(n):
         # both workers write the shared customer and one of their own, interleaved
         store.add("shared", "view", "web", f"W{worker}-P{i}", ts=T0 + i)
@@ -30,9 +37,9 @@ def _writer(path: str, worker: int, n: int, start, out) -> None:
     store.close()
 
 
-def test_two_processes_write_and_read_the_same_file(tmp_path):
-    path = str(tmp_path / "context.db")
-    SQLiteLiveStore(path).close()  # created up front, as the service does at start-up
+def test_two_processes_write_and_read_the_same_store(live_url):
+    path = live_url()
+    open_live_store(path).close()  # created up front, as the service does at start-up
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     n = 200
@@ -44,29 +51,34 @@ def test_two_processes_write_and_read_the_same_file(tmp_path):
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
-    with SQLiteLiveStore(path, max_events_per_customer=1000) as store:
+    with open_live_store(path, max_events_per_customer=1000) as store:
         assert store.count("shared") == 2 * n  # no write lost to a lock
         assert len(store.session_items("own-0", now=T0 + n)) == n
         assert len(store.session_items("own-1", now=T0 + n)) == n
         assert store.session_items("own-1", now=T0 + n)[0] == f"P{n - 1}"  # most recent first
     # each process could read the other's writes while running (at least the ones committed by then)
     assert all(count >= n for _, count, _ in results)
-    with sqlite3.connect(path) as conn:
+
+
+def test_sqlite_store_is_one_file_in_wal_mode(tmp_path):
+    with open_live_store(f"sqlite:///{tmp_path / 'live.db'}"):
+        pass
+    with sqlite3.connect(tmp_path / "live.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_survives_reopen(tmp_path):
-    path = tmp_path / "context.db"
-    with SQLiteLiveStore(path) as store:
+def test_survives_reopen(live_url):
+    path = live_url()
+    with open_live_store(path) as store:
         store.add("C1", "add_to_cart", "app", "P1", ts=T0)
         store.add("C1", "view", "web", "P2", ts=T0 + 1)
-    with SQLiteLiveStore(path) as again:
+    with open_live_store(path) as again:
         assert again.session_items("C1", now=T0 + 2) == ["P2", "P1"]
         assert [e["product_id"] for e in again.recent("C1", 10)] == ["P2", "P1"]
 
 
-def test_bound_per_customer_keeps_the_newest(tmp_path):
-    with SQLiteLiveStore(tmp_path / "context.db", max_events_per_customer=5) as store:
+def test_bound_per_customer_keeps_the_newest(live_url):
+    with open_live_store(live_url(), max_events_per_customer=5) as store:
         for i in range(20):
             store.add("C1", "view", "web", f"P{i}", ts=T0 + i)
         store.add("C2", "view", "web", "Q", ts=T0)
@@ -79,8 +91,8 @@ def test_bound_per_customer_keeps_the_newest(tmp_path):
         assert store.count("C1") == 5
 
 
-def test_bound_by_age(tmp_path):
-    with SQLiteLiveStore(tmp_path / "context.db", max_age_days=30) as store:
+def test_bound_by_age(live_url):
+    with open_live_store(live_url(), max_age_days=30) as store:
         store.add("C1", "add_to_cart", "app", "old", ts=T0)
         store.add("C1", "add_to_cart", "app", "new", ts=T0 + 31 * 86400)
         assert [e["product_id"] for e in store.recent("C1", 10)] == ["new"]
@@ -153,8 +165,8 @@ def test_invalid_events_raise_value_error_naming_the_field(store, kwargs, field)
     assert store.count() == 0
 
 
-def test_known_channels_can_be_enforced(tmp_path):
-    with SQLiteLiveStore(tmp_path / "c.db", channels=("web", "app")) as store:
+def test_known_channels_can_be_enforced(live_url):
+    with open_live_store(live_url(), channels=("web", "app")) as store:
         store.add("C1", "view", "web", "P1")
         with pytest.raises(ValueError, match="channel"):
             store.add("C1", "view", "fax", "P1")
@@ -199,9 +211,9 @@ def test_message_sent_and_consent_events_go_to_the_ledger_and_consent(store):
         store.add("C1", "consent", "sms")
 
 
-def test_stock_changes_are_seen_by_another_connection_at_once(tmp_path):
-    path = tmp_path / "live.db"
-    with SQLiteLiveStore(path) as writer, SQLiteLiveStore(path) as reader:
+def test_stock_changes_are_seen_by_another_connection_at_once(live_url):
+    path = live_url()
+    with open_live_store(path) as writer, open_live_store(path) as reader:
         assert reader.out_of_stock() == frozenset()
         assert writer.set_stock([("P1", False), ("P2", False)]) == 2
         assert reader.out_of_stock() == {"P1", "P2"}
@@ -212,11 +224,11 @@ def test_stock_changes_are_seen_by_another_connection_at_once(tmp_path):
         assert reader.out_of_stock() == {"P2"}  # nothing half-written
 
 
-def _committer(path: str, n: int, start, out) -> None:
+def _committer(url: str, n: int, start, out) -> None:
     from features.live_store import Contact
 
     start.wait(30)
-    store = SQLiteLiveStore(path)
+    store = open_live_store(url)
     made = 0
     for _ in range(n):
         # the rule: at most one contact in all; without the lock two processes would both see none
@@ -228,9 +240,9 @@ def _committer(path: str, n: int, start, out) -> None:
     store.close()
 
 
-def test_decide_and_record_lets_no_two_processes_use_the_same_room(tmp_path):
-    path = str(tmp_path / "live.db")
-    SQLiteLiveStore(path).close()
+def test_decide_and_record_lets_no_two_processes_use_the_same_room(live_url):
+    path = live_url()
+    open_live_store(path).close()
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_committer, args=(path, 50, start, out)) for _ in range(3)]
@@ -241,7 +253,7 @@ def test_decide_and_record_lets_no_two_processes_use_the_same_room(tmp_path):
     for p in procs:
         p.join(30)
     assert sum(made) == 1
-    with SQLiteLiveStore(path) as store:
+    with open_live_store(path) as store:
         assert len(store.contacts(["shared"])) == 1
 
 
@@ -255,7 +267,7 @@ def test_store_urls(tmp_path, monkeypatch):
         assert live.path == tmp_path.resolve() / "context.db"
     monkeypatch.setenv("OMNI_STORE_URL", f"sqlite:///{tmp_path / 'other.db'}")
     assert store_url(tmp_path).endswith("other.db")
-    for bad in ("just-a-path", "sqlite://", "mysql://host/db", "postgresql://host/db"):
+    for bad in ("just-a-path", "sqlite://", "mysql://host/db"):
         with pytest.raises(ValueError, match="OMNI_STORE_URL"):
             open_live_store(bad)
 
