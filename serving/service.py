@@ -340,7 +340,12 @@ class OmniService:
         def decide(state) -> Contact | None:
             # the customer's contacts, purchases and consent changes since training count at once
             ledger = LayeredLedger.of_customer(
-                engine.ledger_, r.customer_id, state.contacts, state.last_purchase, state.consent
+                engine.ledger_,
+                r.customer_id,
+                state.contacts,
+                state.last_purchase,
+                state.consent,
+                state.purchased,
             )
             decision.update(engine.decide_one(r.customer_id, now, ledger=ledger, unavailable=unavailable))
             if not r.commit or decision["channel"] is None or decision["send_at"] is None:

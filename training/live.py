@@ -43,11 +43,15 @@ def link_identities(tables) -> int:
 def batch_ledger(engine, store: LiveStore, customer_ids) -> LayeredLedger:
     """The engine's fitted ledger with the live store's rows of these customers laid over it."""
     ids = [str(x) for x in customer_ids]
+    bought = store.last_purchases()
+    bought = bought.loc[bought[c.CUSTOMER_ID].isin(ids)]
     return LayeredLedger(
         engine.ledger_,
         contacts=store.contacts(ids),
-        last_purchases=store.last_purchases(),
+        last_purchases=bought,
         consent=store.consent_changes(ids),
+        # the few customers who bought since training: what they bought (no reminder for it)
+        purchased={cid: frozenset(store.purchased_since(cid, 0)) for cid in bought[c.CUSTOMER_ID]},
     )
 
 

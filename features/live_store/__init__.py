@@ -3,7 +3,8 @@
 One interface (`LiveStore`), one module per backend: SQLite (one host, any number of workers; the
 default: one file under the working folder, `OMNI_CONTEXT_DB` names another) and PostgreSQL
 (several hosts: `OMNI_STORE_URL=postgresql://USER@HOST:PORT/DATABASE`). `open_live_store` picks the
-backend from the URL (``sqlite:////absolute/path``, as SQLAlchemy spells it, or ``postgresql://``).
+backend from the URL (``sqlite:////absolute/path``, as SQLAlchemy spells it, or ``postgresql://``
+or ``postgres://``). `PostgresLiveStore` is imported on first use: SQLite users never load psycopg.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "Contact",
     "LiveState",
     "LiveStore",
+    "PostgresLiveStore",
     "SQLiteLiveStore",
     "open_live_store",
     "store_url",
@@ -42,6 +44,15 @@ __all__ = [
 ]
 
 STORE_FILE = "context.db"
+
+
+def __getattr__(name: str):
+    """`PostgresLiveStore`, imported on first use (its module and psycopg only load for a server database)."""
+    if name == "PostgresLiveStore":
+        from features.live_store._postgres import PostgresLiveStore
+
+        return PostgresLiveStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def store_url(work_dir: str | os.PathLike[str]) -> str:

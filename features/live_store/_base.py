@@ -124,6 +124,7 @@ class LiveState:
     contacts: list[tuple[str, float]] = field(default_factory=list)  # (channel, ts), any order
     last_purchase: float | None = None  # the newest purchase event's ts
     consent: dict[str, bool] = field(default_factory=dict)  # channel -> the latest opted_in
+    purchased: list[str] = field(default_factory=list)  # products bought, newest first
 
 
 def session_from_rows(rows: Iterable[tuple], at: float, view_window_s: float) -> list[str]:

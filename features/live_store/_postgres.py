@@ -205,7 +205,8 @@ class PostgresLiveStore(LiveStore):
 
     def link_identities(self, pairs) -> int:
         rows = [(check_id(s, c.SOURCE_ID), check_id(cid, c.CUSTOMER_ID)) for s, cid in pairs]
-        rows = list(dict((s, cid) for s, cid in rows if s != cid).items())  # the last link of a source wins
+        # the last link of a source wins; sorted, so concurrent writers lock rows in one order (no deadlock)
+        rows = sorted(dict((s, cid) for s, cid in rows if s != cid).items())
         if not rows:
             return 0
 
@@ -236,6 +237,8 @@ class PostgresLiveStore(LiveStore):
 
     def set_stock(self, items, ts=None) -> int:
         rows = [(check_id(p, c.PRODUCT_ID), bool(s)) for p, s in items]
+        # rows locked in one order by every writer (no deadlock); a stable sort: the last of a product wins
+        rows.sort(key=lambda row: row[0])
         when = to_epoch(ts)
 
         def upsert(conn) -> int:
@@ -266,10 +269,12 @@ class PostgresLiveStore(LiveStore):
         contacts = conn.execute(
             f"SELECT {c.CHANNEL}, {c.TS} FROM contacts WHERE {c.CUSTOMER_ID} = %s", (customer_id,)
         ).fetchall()
-        (last_purchase,) = conn.execute(
-            f"SELECT MAX({c.TS}) FROM events WHERE {c.CUSTOMER_ID} = %s AND {c.EVENT_TYPE} = 'purchase'",
+        bought = conn.execute(
+            f"SELECT {c.PRODUCT_ID}, {c.TS} FROM events WHERE {c.CUSTOMER_ID} = %s "
+            f"AND {c.EVENT_TYPE} = 'purchase' ORDER BY {c.TS} DESC, id DESC",
             (customer_id,),
-        ).fetchone()
+        ).fetchall()
+        last_purchase = bought[0][1] if bought else None
         consent = conn.execute(
             f"SELECT {c.CHANNEL}, {c.OPTED_IN} FROM consent WHERE {c.CUSTOMER_ID} = %s", (customer_id,)
         ).fetchall()
@@ -278,6 +283,7 @@ class PostgresLiveStore(LiveStore):
             contacts=[(ch, float(ts)) for ch, ts in contacts],
             last_purchase=None if last_purchase is None else float(last_purchase),
             consent={ch: bool(v) for ch, v in consent},
+            purchased=list(dict.fromkeys(p for p, _ in bought)),
         )
 
     def state(self, customer_id: str) -> LiveState:

@@ -253,10 +253,12 @@ class SQLiteLiveStore(LiveStore):
         contacts = conn.execute(
             f"SELECT {c.CHANNEL}, {c.TS} FROM contacts WHERE {c.CUSTOMER_ID} = ?", (customer_id,)
         ).fetchall()
-        (last_purchase,) = conn.execute(
-            f"SELECT MAX({c.TS}) FROM events WHERE {c.CUSTOMER_ID} = ? AND {c.EVENT_TYPE} = 'purchase'",
+        bought = conn.execute(
+            f"SELECT {c.PRODUCT_ID}, {c.TS} FROM events WHERE {c.CUSTOMER_ID} = ? "
+            f"AND {c.EVENT_TYPE} = 'purchase' ORDER BY {c.TS} DESC, id DESC",
             (customer_id,),
-        ).fetchone()
+        ).fetchall()
+        last_purchase = bought[0][1] if bought else None
         consent = conn.execute(
             f"SELECT {c.CHANNEL}, {c.OPTED_IN} FROM consent WHERE {c.CUSTOMER_ID} = ?", (customer_id,)
         ).fetchall()
@@ -265,6 +267,7 @@ class SQLiteLiveStore(LiveStore):
             contacts=[(ch, float(ts)) for ch, ts in contacts],
             last_purchase=None if last_purchase is None else float(last_purchase),
             consent={ch: bool(v) for ch, v in consent},
+            purchased=list(dict.fromkeys(p for p, _ in bought)),
         )
 
     def state(self, customer_id: str) -> LiveState:

@@ -508,6 +508,13 @@ class ContactLedger:
         """`consent` (n, len(channels)) as the ledger knows it: the history's, unchanged."""
         return consent
 
+    def bought_since_training(self, customer_ids) -> np.ndarray:
+        """Whether each customer bought since training: the history alone knows of nothing."""
+        return np.zeros(len(customer_ids), dtype=bool)
+
+    def products_bought_since_training(self, customer_id: str) -> frozenset[str]:
+        return frozenset()
+
 
 class LayeredLedger:
     """The ledger a model was fitted with, plus what happened since (the live store's contacts,
@@ -523,9 +530,11 @@ class LayeredLedger:
         contacts: pd.DataFrame | None = None,
         last_purchases: pd.DataFrame | None = None,
         consent: pd.DataFrame | None = None,
+        purchased: dict[str, frozenset[str]] | None = None,
     ) -> None:
-        """`contacts`: customer_id, channel, ts; `last_purchases`: customer_id, ts;
-        `consent`: customer_id, channel, opted_in (the latest change of each pair)."""
+        """`contacts`: customer_id, channel, ts; `last_purchases`: customer_id, ts (purchases posted
+        since training); `consent`: customer_id, channel, opted_in (the latest change of each
+        pair); `purchased`: customer_id → the products those purchases were of."""
         self.base = base
         self.live = ContactLedger()
         if contacts is not None and len(contacts):
@@ -534,6 +543,7 @@ class LayeredLedger:
             self.live.last_purchase_ = pd.Series(
                 to_us(last_purchases[c.TS]), index=last_purchases[c.CUSTOMER_ID].astype(str).to_numpy()
             )
+        self.purchased_ = dict(purchased or {})
         self.consent_ = {}
         if consent is not None and len(consent):
             self.consent_ = {
@@ -551,9 +561,11 @@ class LayeredLedger:
         contacts: list[tuple[str, float]],
         last_purchase: float | None,
         consent: dict[str, bool],
+        purchased: list[str] | tuple[str, ...] = (),
     ) -> ContactLedger | LayeredLedger:
         """One customer's live rows (contacts as (channel, epoch seconds), the newest purchase in
-        epoch seconds, consent per channel) over `base`; `base` itself when there are none."""
+        epoch seconds, consent per channel, the products bought) over `base`; `base` itself when
+        there are none."""
         if not contacts and last_purchase is None and not consent:
             return base
         cid = str(customer_id)
@@ -578,6 +590,7 @@ class LayeredLedger:
                     c.OPTED_IN: list(consent.values()),
                 }
             ),
+            purchased={cid: frozenset(purchased)} if purchased else None,
         )
 
     def record(self, customer_ids, channels, ts) -> None:
@@ -599,6 +612,13 @@ class LayeredLedger:
 
     def last_purchase(self, customer_ids) -> np.ndarray:
         return np.maximum(self.base.last_purchase(customer_ids), self.live.last_purchase(customer_ids))
+
+    def bought_since_training(self, customer_ids) -> np.ndarray:
+        """Whether each customer has a purchase posted since training (the live layer's)."""
+        return self.live.last_purchase(customer_ids) != NAT_US
+
+    def products_bought_since_training(self, customer_id: str) -> frozenset[str]:
+        return self.purchased_.get(str(customer_id), frozenset())
 
     def consent_matrix(self, customer_ids, channels, consent: np.ndarray) -> np.ndarray:
         """`consent` with the live opt-ins and opt-outs applied (they are newer than any history)."""

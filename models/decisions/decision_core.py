@@ -273,7 +273,7 @@ class _DecisionCore:
         out = _empty_columns(ids)
         reasons: list[list[str]] = [[r] if r is not None else [] for r in plan["reason"]]
         live_idx = np.flatnonzero(plan["live"])
-        context = self._customer_context(ids, plan["rows"], live_idx, now)
+        context = self._customer_context(ids, plan["rows"], live_idx, now, ledger)
         if len(live_idx):
             result, forced = self._arbitrate_live(plan, live_idx, context, now)
             sends = self._schedule_and_audit(ids, plan, live_idx, result, ledger)
@@ -282,9 +282,13 @@ class _DecisionCore:
         out["reasons"] = _object_array(reasons)
         return out
 
-    def _customer_context(self, ids: np.ndarray, rows: np.ndarray, live_idx: np.ndarray, now) -> dict:
+    def _customer_context(
+        self, ids: np.ndarray, rows: np.ndarray, live_idx: np.ndarray, now, ledger: Ledger
+    ) -> dict:
         """Segment and value tier of every known customer, and the replenishments due at `now`
-        for those who may be contacted (`has_due`, `due_items`)."""
+        for those who may be contacted (`has_due`, `due_items`). A purchase posted since training
+        (a layered ledger's) counts at once: the customer is no longer dormant or at risk (no
+        win-back), and what they just bought is no longer due for a reminder."""
         n = len(ids)
         frame = self.profiles_.frame_
         segment = np.full(n, None, dtype=object)
@@ -293,11 +297,19 @@ class _DecisionCore:
         # gather the rows, then convert: a request converts one value, not a whole column
         segment[known] = frame["segment"].iloc[rows[known]].to_numpy(dtype=object)
         tier[known] = frame["value_tier"].iloc[rows[known]].to_numpy(dtype=object)
+        came_back = ledger.bought_since_training(ids)
+        lapsed = np.isin(segment, ("dormant", "at_risk"))
+        segment[came_back & lapsed] = "active"
         due = (
             self.profiles_.due_replenishments(ids[live_idx], now, k=self.policy_.items_per_message)
             if len(live_idx)
             else []
         )
+        if came_back.any():
+            due = [
+                [p for p in items if p not in ledger.products_bought_since_training(ids[i])]
+                for i, items in zip(live_idx, due, strict=True)
+            ]
         has_due = np.zeros(n, dtype=bool)
         due_items = np.empty(n, dtype=object)
         for i, items in zip(live_idx, due, strict=True):

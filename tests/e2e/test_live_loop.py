@@ -419,3 +419,31 @@ def test_batch_recommend_leaves_out_of_stock_products_and_flags_consent_and_cont
     after = pd.read_parquet(tmp_path / "after.parquet")
     assert not set(top) & set(after["product_id"])
     assert after.groupby("customer_id").size().max() == 5
+
+
+def test_a_purchase_posted_since_training_ends_a_win_back(live):
+    url = live
+    lapsed = None
+    for i in range(100, 300):  # customers no other test of this module decides for
+        customer = f"C{i:07d}"
+        if _nba(url, customer)["action"] == "win_back":
+            lapsed = customer
+            break
+    assert lapsed is not None, "no win-back among 200 customers at NOW"
+    bought = (
+        _when(NOW) - timedelta(days=3)
+    ).isoformat()  # after the purchase cooldown: only the segment moves
+    r = _post(
+        url,
+        "/v1/events",
+        {
+            "customer_id": lapsed,
+            "event_type": "purchase",
+            "channel": "store",
+            "product_id": "P-back",
+            "ts": bought,
+        },
+    )
+    assert r.status_code == 200, r.text
+    after = _nba(url, lapsed)
+    assert after["action"] != "win_back", after

@@ -62,3 +62,34 @@ def test_two_hosts_see_one_ledger(live_url):
         assert state.contacts == [("email", T0)] and state.consent == {"sms": False}
         assert b.out_of_stock() == {"P1"} and b.resolve("L1") == "C1"
         assert b.resolve_many(["L1", "x"]) == ["C1", "x"]
+
+
+def test_postgres_scheme_is_accepted_too(live_url):
+    from features.live_store import PostgresLiveStore, open_live_store
+
+    with open_live_store(
+        live_url().replace("postgresql://", "postgres://", 1), max_events_per_customer=3
+    ) as store:
+        assert isinstance(store, PostgresLiveStore) and store.max_events_per_customer == 3
+
+
+def test_stock_written_in_opposite_orders_at_once_does_not_deadlock(live_url):
+    """Two writers upserting the same products in opposite orders: rows are locked in one order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from features.live_store import open_live_store
+
+    url = live_url()
+    items = [(f"P{i}", i % 2 == 0) for i in range(200)]
+
+    def write(reverse: bool) -> None:
+        with open_live_store(url) as store:
+            for k in range(15):
+                batch = [(p, s ^ bool(k % 2)) for p, s in items]
+                store.set_stock(batch[::-1] if reverse else batch)
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(write, r) for r in (False, True)]:
+            done.result()  # re-raises a DeadlockDetected
+    with open_live_store(url) as store:
+        assert store.out_of_stock() == {p for p, s in items if not s}

@@ -140,3 +140,36 @@ def test_profile_lookups_for_one_customer_equal_the_batch_ones(served):
         for name in frame.columns:
             assert np.array_equal(arrays[name], frame[name].to_numpy(), equal_nan=True), name
     assert due_somewhere
+
+
+def test_a_purchase_since_training_ends_the_reminder_for_what_was_bought(served):
+    """At the moment a product's replenishment is due, a purchase of it posted since training (a
+    layered ledger) takes it off the customer's due items, which reminders are made of; single and
+    batch decisions agree under that ledger."""
+    from models.decisions.contact_policy import LayeredLedger
+
+    engine, _ = served
+    table = engine.profiles_.replenishment_
+    assert len(table), "the session's data has no replenishment cycles"
+    due_us = table["last_purchase_us"] + (table["cycle_days"] * 86_400e6).astype("int64")
+    checked = 0
+    for cid, product, at in zip(table[c.CUSTOMER_ID], table[c.PRODUCT_ID], due_us, strict=True):
+        now = pd.Timestamp(int(at), unit="us", tz="UTC")
+        cid, product = str(cid), str(product)
+        ids = np.array([cid], dtype=object)
+        rows = engine.profiles_.rows(ids)
+        everyone = np.arange(1)
+        before = engine._customer_context(ids, rows, everyone, now, engine.ledger_)["due_items"][0]
+        if product not in before:
+            continue
+        bought_at = (now - pd.Timedelta(days=3)).timestamp()  # past the purchase cooldown
+        ledger = LayeredLedger.of_customer(engine.ledger_, cid, [], bought_at, {}, purchased=[product])
+        after = engine._customer_context(ids, rows, everyone, now, ledger)["due_items"][0]
+        assert product not in after and set(after) == set(before) - {product}
+        assert _decision_dict(engine.decide([cid], now, ledger=ledger).iloc[0]) == engine.decide_one(
+            cid, now, ledger=ledger
+        )
+        checked += 1
+        if checked == 10:
+            break
+    assert checked == 10
