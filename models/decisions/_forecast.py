@@ -282,3 +282,4 @@ class _SpendChurnForecast:
                 }
                 flag_now = (self.features_["orders_90d"].to_numpy() == 0).astype(float)
                 self.frame_["churn_risk"] = np.where(flag_now == 1.0, rate[1.0], rate[0.0])
+        self._frame_changed()

@@ -29,6 +29,7 @@ guard and the tests use it to prove that no send breaks the policy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,8 @@ SEGMENTS: tuple[str, ...] = ("new", "active", "loyal", "champion", "at_risk", "d
 VALUE_TIERS: tuple[str, ...] = ("high", "medium", "low", "none")
 
 HOURS_PER_WEEK = 168
+_NO_KEYS = np.array([], dtype=np.int64)
+_NO_KEYS.flags.writeable = False
 _SECONDS_BITS = 34  # ledger keys: customer code << 34 | seconds since the epoch (good until 2514)
 
 
@@ -277,12 +280,73 @@ def local_hour_and_weekday(ts_us: np.ndarray, timezones) -> tuple[np.ndarray, np
     hours = np.full(len(ts_us), -1, dtype=np.int64)
     weekdays = np.full(len(ts_us), -1, dtype=np.int64)
     valid = ts_us != NAT_US
-    for zone in pd.unique(zones[valid]):
+    for zone in _distinct(zones[valid]):
         sel = np.flatnonzero(valid & (zones == zone))
-        local = pd.DatetimeIndex(ts_us[sel].astype("datetime64[us]")).tz_localize("UTC").tz_convert(zone)
+        t = ts_us[sel]
+        if isinstance(zone, str) and not (t % US_PER_HOUR).any():
+            # whole UTC hours (every send time is one): the zone's cached hour table
+            h = t // US_PER_HOUR
+            table = _local_hours(zone, int(h.min()), int(h.max()))
+            if table is not None:
+                hours[sel] = table[0][h - h.min()]
+                weekdays[sel] = table[1][h - h.min()]
+                continue
+        local = pd.DatetimeIndex(t.astype("datetime64[us]")).tz_localize("UTC").tz_convert(zone)
         hours[sel] = local.hour
         weekdays[sel] = local.day_of_week
     return hours, weekdays
+
+
+def _str_ids(customer_ids) -> np.ndarray:
+    """Customer ids as an object array of str (`pd.Series(ids).astype(str)`; a request's ids,
+    already strings, without the Series)."""
+    ids = np.asarray(customer_ids, dtype=object)
+    if len(ids) <= FEW_IDS and all(type(cid) is str for cid in ids.tolist()):
+        return ids.copy()
+    return pd.Series(ids).astype(str).to_numpy()
+
+
+def _distinct(values: np.ndarray) -> list:
+    """The distinct values (`pd.unique`; a request's one or two without pandas' set-up)."""
+    if len(values) <= FEW_IDS:
+        return list(dict.fromkeys(values.tolist()))
+    return list(pd.unique(values))
+
+
+_ZONE_CHUNK_HOURS = 1024  # UTC hours per cached piece of a zone's hour table (~6 weeks)
+_ZONE_TABLE_MAX_HOURS = 200_000  # longer spans are converted directly
+
+
+@functools.lru_cache(maxsize=2048)
+def _zone_chunk(zone: str, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Local hour and weekday of the UTC hour starts of one piece of time, in `zone` (pandas' own
+    conversion, real DST rules): computed once per zone and piece, not per request."""
+    hours_utc = np.arange(chunk * _ZONE_CHUNK_HOURS, (chunk + 1) * _ZONE_CHUNK_HOURS, dtype=np.int64)
+    local = (
+        pd.DatetimeIndex((hours_utc * US_PER_HOUR).astype("datetime64[us]"))
+        .tz_localize("UTC")
+        .tz_convert(zone)
+    )
+    hour = np.asarray(local.hour, dtype=np.int64)
+    weekday = np.asarray(local.day_of_week, dtype=np.int64)
+    hour.flags.writeable = False
+    weekday.flags.writeable = False
+    return hour, weekday
+
+
+def _local_hours(zone: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Local hour and weekday of the UTC hour starts lo..hi (hours since the epoch) in `zone`,
+    from the cached pieces; None for a span too long to cache."""
+    if hi - lo > _ZONE_TABLE_MAX_HOURS:
+        return None
+    first, last = lo // _ZONE_CHUNK_HOURS, hi // _ZONE_CHUNK_HOURS
+    pieces = [_zone_chunk(zone, k) for k in range(first, last + 1)]
+    start, stop = lo - first * _ZONE_CHUNK_HOURS, hi - first * _ZONE_CHUNK_HOURS + 1
+    if len(pieces) == 1:
+        return pieces[0][0][start:stop], pieces[0][1][start:stop]
+    hour = np.concatenate([piece[0] for piece in pieces])[start:stop]
+    weekday = np.concatenate([piece[1] for piece in pieces])[start:stop]
+    return hour, weekday
 
 
 def offer_eligibility(
@@ -345,17 +409,20 @@ def next_send_times(
         return out
     width = int(span[live].max())
     steps = np.arange(width, dtype=np.int64)
-    for zone in pd.unique(zones[live]):
+    for zone in _distinct(zones[live]):
         members = np.flatnonzero(live & (zones == zone))
         lo, hi = int(first_hour[members].min()), int(first_hour[members].max()) + width
-        hours_utc = np.arange(lo, hi + 1, dtype=np.int64)
-        local = (
-            pd.DatetimeIndex((hours_utc * US_PER_HOUR).astype("datetime64[us]"))
-            .tz_localize("UTC")
-            .tz_convert(str(zone))
-        )
-        local_slot = np.asarray(local.day_of_week, dtype=np.int64) * 24 + np.asarray(local.hour)
-        quiet = is_quiet_hour(np.asarray(local.hour), quiet_hours)
+        table = _local_hours(str(zone), lo, hi)
+        if table is None:
+            hours_utc = np.arange(lo, hi + 1, dtype=np.int64)
+            local = (
+                pd.DatetimeIndex((hours_utc * US_PER_HOUR).astype("datetime64[us]"))
+                .tz_localize("UTC")
+                .tz_convert(str(zone))
+            )
+            table = (np.asarray(local.hour, dtype=np.int64), np.asarray(local.day_of_week, dtype=np.int64))
+        local_slot = table[1] * 24 + table[0]
+        quiet = is_quiet_hour(table[0], quiet_hours)
         for start in range(0, len(members), chunk):
             rows = members[start : start + chunk]
             offset = (first_hour[rows] - lo)[:, None] + steps[None, :]
@@ -469,9 +536,21 @@ class ContactLedger:
     def count_near(self, customer_ids, ts_us, window_hours: float, channel: str | None = None) -> np.ndarray:
         """Contacts of each customer strictly within `window_hours` before or after `ts_us` (µs)."""
         codes = self._codes(customer_ids)
-        keys = self._all_keys if channel is None else self._channel_keys.get(channel, np.array([], np.int64))
+        keys = self._all_keys if channel is None else self._channel_keys.get(channel, _NO_KEYS)
         t = np.asarray(ts_us, dtype=np.int64) // US_PER_SECOND
         w = int(round(window_hours * 3600))
+        if len(codes) <= FEW_IDS:
+            # a request: the same keys as below, as Python ints (a dozen tiny numpy ops cost more)
+            out = np.zeros(len(codes), dtype=np.int64)
+            seconds = (t if t.shape == codes.shape else np.broadcast_to(t, codes.shape)).tolist()
+            for i, (code, s) in enumerate(zip(codes.tolist(), seconds, strict=True)):
+                if code >= 0:
+                    lo, hi = (
+                        (code << _SECONDS_BITS) | max(s - w + 1, 0),
+                        (code << _SECONDS_BITS) | max(s + w - 1, 0),
+                    )
+                    out[i] = keys.searchsorted(hi, side="right") - keys.searchsorted(lo, side="left")
+            return out
         lo = (codes << _SECONDS_BITS) | np.maximum(t - w + 1, 0)
         hi = (codes << _SECONDS_BITS) | np.maximum(t + w - 1, 0)
         counts = np.searchsorted(keys, hi, side="right") - np.searchsorted(keys, lo, side="left")
@@ -664,7 +743,22 @@ def audit_sends(
     `consented` (n,) says whether the customer is opted in to that send's channel. The ledger must
     not yet contain these sends: each is checked against the contacts *already* there.
     """
-    ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str).to_numpy()
+    return pd.DataFrame(
+        audit_columns(customer_ids, channels, send_at_us, timezones, consented, ledger, policy)
+    )
+
+
+def audit_columns(
+    customer_ids,
+    channels,
+    send_at_us,
+    timezones,
+    consented: np.ndarray,
+    ledger: Ledger,
+    policy: ContactPolicy,
+) -> dict[str, np.ndarray]:
+    """`audit_sends` as {rule: booleans} in `AUDIT_COLUMNS` order, without the frame (a request)."""
+    ids = _str_ids(customer_ids)
     channels = np.asarray(channels, dtype=object).astype(str)
     send = np.asarray(send_at_us, dtype=np.int64)
     hours, _ = local_hour_and_weekday(send, timezones)
@@ -687,11 +781,11 @@ def audit_sends(
             over |= ledger.count_near(ids, send, hours_window) >= cap
     out["over_cap_overall"] = over
     over = np.zeros(len(ids), dtype=bool)
-    for ch in pd.unique(channels):
+    for ch in _distinct(channels):
         caps = policy.caps_for(ch)
         sel = channels == ch
         for cap, hours_window in ((caps.per_day, 24), (caps.per_week, 168)):
             if cap is not None:
                 over[sel] |= ledger.count_near(ids[sel], send[sel], hours_window, channel=ch) >= cap
     out["over_cap_channel"] = over
-    return pd.DataFrame(out)
+    return out

@@ -42,7 +42,8 @@ from features import columns as c
 from models.base import FEW_IDS
 from models.decisions.contact_policy import (
     Ledger,
-    audit_sends,
+    _distinct,
+    audit_columns,
     in_control_group,
     next_send_times,
     offer_eligibility,
@@ -182,11 +183,11 @@ class _DecisionCore:
         rows = profiles.rows(ids)
         known = rows >= 0
         safe = np.where(known, rows, 0)
-        frame = profiles.frame_
         channels = tuple(ch for ch in policy.channels if ch in profiles.message_channels_)
         consent = np.zeros((n, len(channels)), dtype=bool)
+        # `profiles.take`: the fields of these rows, without a pandas column per question
         for j, ch in enumerate(channels):
-            consent[:, j] = frame[f"consent_{ch}"].to_numpy(bool)[safe] & known
+            consent[:, j] = np.asarray(profiles.take(f"consent_{ch}", safe), dtype=bool) & known
         # opt-ins and opt-outs posted since training (a layered ledger) count from the next decision
         consent = ledger.consent_matrix(ids, channels, consent) & known[:, None]
         control = in_control_group(ids, policy)
@@ -243,12 +244,12 @@ class _DecisionCore:
             "after": after,
             "deadline": np.full(n, deadline, dtype=np.int64),
             "p_open": p_open,
-            "timezone": np.where(known, frame[c.TIMEZONE].iloc[safe].to_numpy(dtype=object), "UTC"),
+            "timezone": np.where(known, np.asarray(profiles.take(c.TIMEZONE, safe), dtype=object), "UTC"),
         }
 
     def _send_times(self, ids, channel_names, after, deadline, timezone) -> np.ndarray:
         out = np.full(len(ids), NAT_US, dtype=np.int64)
-        for ch in pd.unique(channel_names):
+        for ch in _distinct(channel_names):
             sel = np.flatnonzero(channel_names == ch)
             scores = self.send_time_chooser_.slot_scores(ids[sel], str(ch))
             out[sel] = next_send_times(
@@ -290,13 +291,12 @@ class _DecisionCore:
         (a layered ledger's) counts at once: the customer is no longer dormant or at risk (no
         win-back), and what they just bought is no longer due for a reminder."""
         n = len(ids)
-        frame = self.profiles_.frame_
+        profiles = self.profiles_
         segment = np.full(n, None, dtype=object)
         tier = np.full(n, None, dtype=object)
         known = rows >= 0
-        # gather the rows, then convert: a request converts one value, not a whole column
-        segment[known] = frame["segment"].iloc[rows[known]].to_numpy(dtype=object)
-        tier[known] = frame["value_tier"].iloc[rows[known]].to_numpy(dtype=object)
+        segment[known] = np.asarray(profiles.take("segment", rows[known]), dtype=object)
+        tier[known] = np.asarray(profiles.take("value_tier", rows[known]), dtype=object)
         came_back = ledger.bought_since_training(ids)
         lapsed = np.isin(segment, ("dormant", "at_risk"))
         segment[came_back & lapsed] = "active"
@@ -326,7 +326,6 @@ class _DecisionCore:
         policy = self.policy_
         profiles = self.profiles_
         rows = plan["rows"]
-        frame = profiles.frame_
         segment, tier, has_due = context["segment"], context["tier"], context["has_due"]
         K = len(self.arm_names_)
         feats = (
@@ -337,7 +336,7 @@ class _DecisionCore:
         rules_kind = None
         arm_ok = np.ones((len(live_idx), K), dtype=bool)
         if self.mode_ == "rules":
-            feats["_churn_risk"] = frame["churn_risk"].iloc[rows[live_idx]].to_numpy(np.float64)
+            feats["_churn_risk"] = np.asarray(profiles.take("churn_risk", rows[live_idx]), dtype=np.float64)
             dormant = segment[live_idx] == "dormant"
             rules_kind = np.where(
                 has_due[live_idx], "replenishment", np.where(dormant, "win_back", "product_message")
@@ -347,8 +346,8 @@ class _DecisionCore:
                 self.offer_ids_,
                 segment[live_idx],
                 tier[live_idx],
-                frame["monetary"].iloc[rows[live_idx]].to_numpy(),
-                frame["bought_categories"].iloc[rows[live_idx]].to_numpy(dtype=object),
+                profiles.take("monetary", rows[live_idx]),
+                np.asarray(profiles.take("bought_categories", rows[live_idx]), dtype=object),
                 policy.offer_rules,
             )
             arm_ok[:, 2:] = eligible
@@ -378,8 +377,8 @@ class _DecisionCore:
         self, ids: np.ndarray, plan: dict, live_idx: np.ndarray, result: dict, ledger: Ledger
     ) -> dict:
         """The send time of every send the arbitration chose and the audit of each against every
-        rule: idx_send (customer positions), channel, send_at, audit (`audit_sends`) and broken
-        (a rule broken, or no send slot)."""
+        rule: idx_send (customer positions), channel, send_at, audit (`audit_sends`' booleans,
+        sends × rules), audit_names (the rules) and broken (a rule broken, or no send slot)."""
         send = result["send"]
         idx_send = live_idx[send]
         channel_names = np.asarray(plan["channels"], dtype=object)
@@ -395,7 +394,8 @@ class _DecisionCore:
         consented = (
             plan["consent"][idx_send, result["channel"][send]] if send.any() else np.array([], dtype=bool)
         )
-        audit = audit_sends(
+        # `audit_sends` without its frame: (sends, rules) booleans and the rules' names
+        columns = audit_columns(
             ids[idx_send],
             chosen_channel,
             send_at,
@@ -404,12 +404,14 @@ class _DecisionCore:
             ledger,
             self.policy_,
         )
-        broken = audit.to_numpy().any(axis=1) | (send_at == NAT_US)
+        audit = np.column_stack(list(columns.values())).reshape(len(idx_send), len(columns))
+        broken = audit.any(axis=1) | (send_at == NAT_US)
         return {
             "idx_send": idx_send,
             "channel": chosen_channel,
             "send_at": send_at,
             "audit": audit,
+            "audit_names": np.array(list(columns), dtype=object),
             "broken": broken,
         }
 
@@ -437,9 +439,7 @@ class _DecisionCore:
                 reasons[i] = ["no_positive_gain", f"best_candidate:{arm_name}@{best_channel}:{best:.4f}"]
             else:
                 reasons[i] = ["no_allowed_action"]
-        audit = sends["audit"]
-        audit_names = np.asarray(audit.columns)
-        audit_values = audit.to_numpy()
+        audit_names, audit_values = sends["audit_names"], sends["audit"]
         for pos in np.flatnonzero(sends["broken"]):
             reasons[sends["idx_send"][pos]] = audit_names[audit_values[pos]].tolist() or ["no_send_slot"]
 

@@ -414,6 +414,30 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
             self._row_of_cache = cached
         return cached[1]
 
+    def take(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """`frame_[name].iloc[rows].to_numpy()` (text as Python strings, `to_numpy(dtype=object)`).
+
+        A request reads a handful of fields of one customer: `frame_[name]` and a pyarrow take
+        cost 50-400 µs per column, more than the decision itself. Each column is converted once
+        (text as codes into its distinct values, so not one string object per customer) and
+        kept until `frame_` is replaced or changed (`_frame_changed`: fit, refresh_consent).
+        """
+        cached = getattr(self, "_columns_cache", None)
+        if cached is None or cached[0] is not self.frame_:
+            cached = (self.frame_, {})
+            self._columns_cache = cached
+        found = cached[1].get(name)
+        if found is None:
+            found = _column_lookup(self.frame_[name])
+            cached[1][name] = found
+        values, codes = found
+        rows = np.asarray(rows, dtype=np.intp)
+        return values[rows] if codes is None else values[codes[rows]]
+
+    def _frame_changed(self) -> None:
+        """Columns of `frame_` were replaced in place: `take` converts them again."""
+        self._columns_cache = None
+
     def refresh_consent(self, consent: pd.DataFrame | None, as_of: pd.Timestamp | None = None) -> None:
         """Re-reads consent from a (newer) consent table, latest row up to `as_of` (default: all rows).
 
@@ -424,6 +448,7 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
         matrix = latest_consent_matrix(consent, ids, self.message_channels_, as_of)
         for j, ch in enumerate(self.message_channels_):
             self.frame_[f"consent_{ch}"] = matrix[:, j]
+        self._frame_changed()
         self.has_consent_table_ = consent is not None
 
     def model_features(self, rows: np.ndarray, now: pd.Timestamp) -> pd.DataFrame:
@@ -483,7 +508,7 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
         now_us = int(to_us(now)[0])
         for name, col in TIME_RELATIVE.items():
             if name in feats:
-                feats[name] = _days(np.full(len(rows), now_us), self.frame_[col].to_numpy()[rows])
+                feats[name] = _days(np.full(len(rows), now_us), self.take(col, rows))
         return feats
 
     def due_replenishments(self, customer_ids, now: pd.Timestamp, k: int = 3) -> list[list[str]]:
@@ -491,7 +516,11 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
 
         Due: now is between (last purchase + cycle - lead days) and (last purchase + 1.5 cycles).
         """
-        ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
+        raw = np.asarray(customer_ids, dtype=object)
+        if len(raw) <= FEW_IDS and all(type(cid) is str for cid in raw.tolist()):
+            # a request's ids, already strings: no Series (a few hundred µs for one id)
+            return [self._due_of(cid, now, k) for cid in raw.tolist()]
+        ids = pd.Series(raw).astype(str)
         if len(ids) <= FEW_IDS:
             return [self._due_of(cid, now, k) for cid in ids.tolist()]
         unique = pd.Index(ids.unique())
@@ -731,6 +760,19 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
         model.notes_ = list(meta["notes"])
         model._index()
         return model
+
+
+def _column_lookup(column: pd.Series) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values, codes) of `CustomerProfiles.take`: a text column as its distinct values (plus
+    its missing value last, as `to_numpy(dtype=object)` gives it) and each row's code; any
+    other column as `to_numpy()` itself (no copy) and None."""
+    if not isinstance(column.dtype, pd.StringDtype):
+        return column.to_numpy(), None
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    missing = column.isna().to_numpy()
+    na = column[missing].iloc[:1].to_numpy(dtype=object)
+    values = np.concatenate([np.asarray(uniques, dtype=object), na if len(na) else np.array([None], object)])
+    return values, np.where(missing, len(values) - 1, codes).astype(np.intp)
 
 
 def _timezones(tables: Tables, ids: np.ndarray) -> np.ndarray:

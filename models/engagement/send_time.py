@@ -424,6 +424,16 @@ class SendTimeModel(HabitMixture, BaseEstimator):
             rows = self._id_lookup[1].get_indexer(ids).astype(np.int64)
         return ids, rows, rows < 0
 
+    def _row_codes(self, customer_ids) -> tuple[np.ndarray, np.ndarray]:
+        """`_rows` without the ids: (rows, unknown). A request's ids, already strings, skip the
+        Series `_rows` builds (a few hundred µs for one id)."""
+        ids = np.asarray(customer_ids, dtype=object)
+        if len(ids) <= 256 and all(type(cid) is str for cid in ids.tolist()):
+            rows = index_rows(self.customer_index_, ids)
+            return rows, rows < 0
+        _, rows, unknown = self._rows(customer_ids)
+        return rows, unknown
+
     def _channel_code(self, channel: str | None) -> int:
         """Index of `channel`, or -1 for a channel without message history (channel-agnostic grid)."""
         if channel is None:
@@ -465,7 +475,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
 
     def _model_grid(self, customer_ids, channel: str | None) -> np.ndarray:
         """The model's grid (see `score_grid`), whatever `serve` says."""
-        _, rows, unknown = self._rows(customer_ids)
+        rows, unknown = self._row_codes(customer_ids)
         known = ~unknown
         posterior = np.tile(self.segment_weights_[0], (len(rows), 1))
         posterior[known] = self.posterior_[rows[known]]
