@@ -75,7 +75,10 @@ class OmniService:
         except RuntimeError as exc:  # a broken artefact stops start-up, whatever broke
             raise RuntimeError(f"cannot start: {exc}") from exc
         # one live store for every worker (and every host, with a server database)
-        self.live = open_live_store(store_url(work_dir()))
+        try:
+            self.live = open_live_store(store_url(work_dir()))
+        except (ValueError, ConnectionError, OSError) as exc:  # a wrong URL, an unreachable server
+            raise RuntimeError(f"cannot start: the live store cannot be opened: {exc}") from None
         # the next `omni build` is served without a restart (0 turns the watcher off)
         interval = float(os.environ.get("OMNI_RELOAD_SECONDS", "10"))
         self.watcher = None

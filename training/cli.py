@@ -287,11 +287,11 @@ def recommend(tracking_uri, all_customers, customer_ids, k, exclude_purchased, o
     except LookupError as exc:
         fail_missing(tracking_uri, "recommender", exc)
     from models.decisions.contact_policy import in_control_group, load_contact_policy
-    from training.live import channel_consent, open_store
+    from training.live import channel_consent
 
     ids = rec.customer_ids_.tolist() if all_customers else list(customer_ids)
     filters = {"exclude_purchased": True} if exclude_purchased else None
-    with open_store() as store:
+    with _live_store() as store:
         ids = store.resolve_many(ids)
         consented, note = channel_consent(tracking_uri, ids, None, store)
         unavailable = sorted(store.out_of_stock())
@@ -308,6 +308,16 @@ def recommend(tracking_uri, all_customers, customer_ids, k, exclude_purchased, o
         )
     else:
         click.echo(frame.to_string(index=False))
+
+
+def _live_store():
+    """The live store (`OMNI_STORE_URL`, else the working folder's file), or exit 2 saying why."""
+    from training.live import LiveStoreUnavailable, open_store
+
+    try:
+        return open_store()
+    except LiveStoreUnavailable as exc:
+        fail(str(exc))
 
 
 def _ids_or_fail(all_customers: bool, customer_ids: tuple[str, ...], out_file) -> None:
@@ -354,10 +364,9 @@ def channel(tracking_uri, all_customers, customer_ids, out_file, reasons_out) ->
     except LookupError as exc:
         fail_missing(tracking_uri, "channel", exc)
     from models.decisions.contact_policy import in_control_group, load_contact_policy
-    from training.live import open_store
 
     ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
-    with open_store() as store:
+    with _live_store() as store:
         ids = store.resolve_many(ids)
         changes = store.consent_changes(ids)
     ranked = model.rank_channels(ids, consent_changes=changes)  # live opt-ins and opt-outs count
@@ -440,10 +449,10 @@ def send_time(
     except LookupError as exc:
         fail_missing(tracking_uri, "send_time", exc)
     from models.decisions.contact_policy import in_control_group, load_contact_policy
-    from training.live import channel_consent, open_store
+    from training.live import channel_consent
 
     ids = model.customer_ids_.tolist() if all_customers else list(customer_ids)
-    with open_store() as store:
+    with _live_store() as store:
         ids = store.resolve_many(ids)
         consented, note = channel_consent(tracking_uri, ids, channel_name, store)
     if note:
@@ -470,7 +479,6 @@ def profile(customer_id, tracking_uri) -> None:
     identities table or an event linked to it."""
     import json
 
-    from training.live import open_store
     from training.scoring import load_champion_engine
 
     tracking_uri = tracking_uri or default_tracking_uri()
@@ -479,7 +487,7 @@ def profile(customer_id, tracking_uri) -> None:
     except LookupError as exc:
         fail_missing(tracking_uri, "profiles", exc)
     try:
-        with open_store() as store:  # a source id (loyalty card, device id) names its customer
+        with _live_store() as store:  # a source id (loyalty card, device id) names its customer
             customer_id = store.resolve(customer_id)
         click.echo(json.dumps(engine.profiles_.profile(customer_id), indent=2, default=str))
     except KeyError:
@@ -556,10 +564,10 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file, dry_run)
         fail(f"--now: {exc}")
     if when is not None and when.tzinfo is None:
         fail("--now: give a time zone, e.g. 2026-07-01T09:00:00+00:00")
-    from training.live import batch_ledger, consented_any, open_store, record_batch_sends
+    from training.live import batch_ledger, consented_any, record_batch_sends
 
     ids = list(customer_ids) or engine.profiles_.frame_["customer_id"].astype(str).tolist()
-    with open_store() as store:
+    with _live_store() as store:
         ledger = batch_ledger(engine, store, ids)
         decisions = engine.decide(ids, when, ledger=ledger, unavailable=store.out_of_stock())
         decisions["consented"] = consented_any(engine, ledger, decisions["customer_id"])

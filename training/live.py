@@ -9,6 +9,8 @@ takes a customer id.
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pandas as pd
 
@@ -19,9 +21,17 @@ from models.decisions.decision_core import NO_ACTION
 from training.settings import work_dir
 
 
+class LiveStoreUnavailable(ValueError):
+    """The live store's URL is wrong, or its file or server cannot be opened."""
+
+
 def open_store() -> LiveStore:
-    """The live store this machine's service uses (`OMNI_STORE_URL`, else the working folder's file)."""
-    return open_live_store(store_url(work_dir()))
+    """The live store this machine's service uses (`OMNI_STORE_URL`, else the working folder's
+    file); LiveStoreUnavailable, with the reason, when it cannot be opened."""
+    try:
+        return open_live_store(store_url(work_dir()))
+    except (ValueError, ConnectionError, OSError, sqlite3.Error) as exc:
+        raise LiveStoreUnavailable(f"the live store cannot be opened: {exc}") from None
 
 
 def link_identities(tables) -> int:

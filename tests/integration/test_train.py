@@ -60,7 +60,15 @@ def test_recommend_all_writes_parquet_for_every_customer(trained, tracking_uri, 
     )
     assert result.exit_code == 0, result.output
     recs = pd.read_parquet(out)
-    assert list(recs.columns) == ["customer_id", "rank", "product_id", "score", "reason"]
+    assert list(recs.columns) == [
+        "customer_id",
+        "rank",
+        "product_id",
+        "score",
+        "reason",
+        "consented",
+        "control_group",
+    ]
     per_customer = recs.groupby("customer_id").size()
     assert per_customer.max() == 5
     assert not recs.duplicated(["customer_id", "product_id"]).any()
@@ -284,3 +292,23 @@ def test_send_time_keeps_the_contact_policys_quiet_hours(trained, tracking_uri, 
         main, ["send-time", "--customer", "C0000001", "--channel", "email", "--after", "2026-07-01T12:00"]
     )
     assert naive.exit_code == 2 and "--after: give a time zone" in naive.output
+
+
+def test_a_live_store_that_cannot_be_opened_is_exit_2_naming_the_setting(trained, tracking_uri, tmp_path):
+    """Every command that reads the live store says why it cannot, instead of a traceback."""
+    runner = CliRunner()
+    out = str(tmp_path / "x.parquet")
+    commands = (
+        ["decide", "--out", out],
+        ["profile", "C0000001"],
+        ["send-time", "--all", "--channel", "email", "--out", out],
+        ["channel", "--all", "--out", out],
+        ["recommend", "--all", "--out", out],
+    )
+    for bad in ("mysql://host/db", "postgresql://127.0.0.1:1/omni"):
+        for args in commands:
+            result = runner.invoke(main, [*args, "--tracking-uri", tracking_uri], env={"OMNI_STORE_URL": bad})
+            assert result.exit_code == 2, (args, result.output)
+            assert "live store cannot be opened" in result.output and "OMNI_STORE_URL" in result.output, (
+                result.output
+            )
