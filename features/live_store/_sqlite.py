@@ -19,14 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from features import columns as c
-from features.live_store._base import (
-    Contact,
-    LiveState,
-    LiveStore,
-    check_id,
-    contacts_frame,
-    to_epoch,
-)
+from features.live_store._base import Contact, LiveState, check_id, to_epoch
+from features.live_store._sql import SQLLiveStore
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
@@ -70,7 +64,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('inventory_version', 0)
 """
 
 
-class SQLiteLiveStore(LiveStore):
+class SQLiteLiveStore(SQLLiveStore):
     """The live store in one SQLite file, safe for several processes and threads of one host."""
 
     def __init__(
@@ -216,12 +210,6 @@ class SQLiteLiveStore(LiveStore):
             )
         return len(rows)
 
-    def resolve(self, customer_id: str) -> str:
-        rows = self._read(
-            f"SELECT {c.CUSTOMER_ID} FROM identity_links WHERE {c.SOURCE_ID} = ?", (customer_id,)
-        )
-        return rows[0][0] if rows else customer_id
-
     def set_stock(self, items, ts=None) -> int:
         rows = [(check_id(p, c.PRODUCT_ID), int(bool(s))) for p, s in items]
         when = to_epoch(ts)
@@ -249,31 +237,6 @@ class SQLiteLiveStore(LiveStore):
         return self._write(delete)  # type: ignore[return-value]
 
     # -- reads --------------------------------------------------------------------------------------
-    def _state(self, conn: sqlite3.Connection, customer_id: str) -> LiveState:
-        contacts = conn.execute(
-            f"SELECT {c.CHANNEL}, {c.TS} FROM contacts WHERE {c.CUSTOMER_ID} = ?", (customer_id,)
-        ).fetchall()
-        bought = conn.execute(
-            f"SELECT {c.PRODUCT_ID}, {c.TS} FROM events WHERE {c.CUSTOMER_ID} = ? "
-            f"AND {c.EVENT_TYPE} = 'purchase' ORDER BY {c.TS} DESC, id DESC",
-            (customer_id,),
-        ).fetchall()
-        last_purchase = bought[0][1] if bought else None
-        consent = conn.execute(
-            f"SELECT {c.CHANNEL}, {c.OPTED_IN} FROM consent WHERE {c.CUSTOMER_ID} = ?", (customer_id,)
-        ).fetchall()
-        return LiveState(
-            customer_id,
-            contacts=[(ch, float(ts)) for ch, ts in contacts],
-            last_purchase=None if last_purchase is None else float(last_purchase),
-            consent={ch: bool(v) for ch, v in consent},
-            purchased=list(dict.fromkeys(p for p, _ in bought)),
-        )
-
-    def state(self, customer_id: str) -> LiveState:
-        with self._lock:
-            return self._state(self._connection(), customer_id)
-
     def _where_customers(self, customer_ids: Iterable[str] | None) -> tuple[str, list[str]]:
         if customer_ids is None:
             return "", []
@@ -282,67 +245,3 @@ class SQLiteLiveStore(LiveStore):
         return f" WHERE {c.CUSTOMER_ID} IN (SELECT value FROM json_each(?))", [
             pd.Series(ids).to_json(orient="values")
         ]
-
-    def contacts(self, customer_ids=None) -> pd.DataFrame:
-        where, args = self._where_customers(customer_ids)
-        rows = self._read(
-            f"SELECT {c.CUSTOMER_ID}, {c.CHANNEL}, {c.TS}, source, action, {c.CAMPAIGN_ID}, {c.OFFER_ID} "
-            f"FROM contacts{where} ORDER BY {c.TS}, id",
-            args,
-        )
-        return contacts_frame(rows)
-
-    def consent_changes(self, customer_ids=None) -> pd.DataFrame:
-        where, args = self._where_customers(customer_ids)
-        rows = self._read(
-            f"SELECT {c.CUSTOMER_ID}, {c.CHANNEL}, {c.OPTED_IN}, {c.UPDATED_TS} FROM consent{where}", args
-        )
-        frame = pd.DataFrame(rows, columns=[c.CUSTOMER_ID, c.CHANNEL, c.OPTED_IN, c.UPDATED_TS])
-        frame[c.OPTED_IN] = frame[c.OPTED_IN].astype(bool)
-        frame[c.UPDATED_TS] = pd.to_datetime(frame[c.UPDATED_TS].astype("float64"), unit="s", utc=True)
-        return frame
-
-    def last_purchases(self) -> pd.DataFrame:
-        rows = self._read(
-            f"SELECT {c.CUSTOMER_ID}, MAX({c.TS}) FROM events WHERE {c.EVENT_TYPE} = 'purchase' "
-            f"GROUP BY {c.CUSTOMER_ID}"
-        )
-        frame = pd.DataFrame(rows, columns=[c.CUSTOMER_ID, c.TS])
-        frame[c.TS] = pd.to_datetime(frame[c.TS].astype("float64"), unit="s", utc=True)
-        return frame
-
-    def out_of_stock(self) -> frozenset[str]:
-        with self._lock:
-            conn = self._connection()
-            (version,) = conn.execute("SELECT value FROM meta WHERE key = 'inventory_version'").fetchone()
-            if self._stock is None or self._stock[0] != version:
-                rows = conn.execute(f"SELECT {c.PRODUCT_ID} FROM inventory WHERE in_stock = 0").fetchall()
-                self._stock = (version, frozenset(r[0] for r in rows))
-            return self._stock[1]
-
-    def _event_rows(self, customer_id, since, until, limit) -> list[tuple]:
-        sql = (
-            f"SELECT {c.TS}, {c.EVENT_TYPE}, {c.CHANNEL}, {c.PRODUCT_ID} FROM events "
-            f"WHERE {c.CUSTOMER_ID} = ? AND {c.TS} >= ?"
-        )
-        args: list[object] = [customer_id, since]
-        if until is not None:
-            sql += f" AND {c.TS} <= ?"
-            args.append(until)
-        sql += f" ORDER BY {c.TS} DESC, id DESC LIMIT ?"
-        args.append(limit)
-        return self._read(sql, args)
-
-    def purchased_since(self, customer_id, since) -> list[str]:
-        start = to_epoch(since, "since")
-        rows = self._read(
-            f"SELECT {c.PRODUCT_ID} FROM events WHERE {c.CUSTOMER_ID} = ? AND {c.TS} >= ? "
-            f"AND {c.EVENT_TYPE} = 'purchase' ORDER BY {c.TS} DESC, id DESC",
-            (customer_id, start),
-        )
-        return list(dict.fromkeys(r[0] for r in rows))
-
-    def count(self, customer_id: str | None = None) -> int:
-        if customer_id is None:
-            return self._read("SELECT COUNT(*) FROM events")[0][0]
-        return self._read(f"SELECT COUNT(*) FROM events WHERE {c.CUSTOMER_ID} = ?", (customer_id,))[0][0]
