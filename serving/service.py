@@ -197,23 +197,13 @@ class OmniService:
 
     # ------------------------------------------------------------------ channel and send time
     def _consented(self, m, customer_id: str, channel: str) -> bool:
-        """May this customer be messaged on this channel now: the latest live opt-in or opt-out,
-        else the consent the models were trained with (no row = not opted in), else (no consent
-        table in the training data) yes."""
-        live = self.live.state(customer_id).consent.get(channel)
-        if live is not None:
-            return live
-        if m.channel_model is not None:
-            if not m.channel_model.has_consent_table_:
-                return True
-            allowed = m.channel_model.allowed_channels([customer_id])
-            return bool((allowed["channel"] == channel).any())
-        if m.engine is not None:
-            profiles = m.engine.profiles_
-            column = f"consent_{channel}"
-            row = profiles.rows([customer_id])[0]
-            return bool(row >= 0 and column in profiles.frame_ and profiles.frame_[column].iloc[row])
-        return True
+        """May this customer be messaged on this channel now: the batch commands' answer
+        (`training.live.consent_now`: the consent the models were trained with, live opt-ins and
+        opt-outs over it; everyone without a consent table in the training data)."""
+        from training.live import consent_now
+
+        changes = self.live.consent_changes([customer_id])
+        return bool(consent_now(m.channel_model, m.engine, [customer_id], channel, changes)[0][0])
 
     @bentoml.api(route="/v1/channel", input_spec=ChannelRequest)
     def channel(self, **req) -> ChannelResponse:
@@ -229,7 +219,11 @@ class OmniService:
                 model_versions=m.model_versions,
             )
         changes = self.live.consent_changes([r.customer_id])
-        ranked = m.channel_model.rank_channels([r.customer_id], consent_changes=changes)
+        # messages sent and opened or clicked since training count as the customer's history
+        activity = self.live.message_activity([r.customer_id], since=m.channel_model.as_of_)
+        ranked = m.channel_model.rank_channels(
+            [r.customer_id], consent_changes=changes, live_activity=activity
+        )
         opted_out = changes.loc[~changes["opted_in"], "channel"].tolist()
         if ranked.empty and opted_out:
             reason = f"opted out since training on {', '.join(sorted(opted_out))}; no other channel consented"
@@ -249,7 +243,7 @@ class OmniService:
                 )
                 for row in ranked.itertuples(index=False)
             ],
-            fallback=bool(m.channel_model.fallback([r.customer_id])[0]),
+            fallback=bool(m.channel_model.fallback([r.customer_id], activity)[0]),
             no_channel_reason=reason,
             model_versions=m.model_versions,
         )
@@ -265,10 +259,14 @@ class OmniService:
         self._require(m, "send_time", m.send_time_model)
         quiet = parse_quiet_hours(r.quiet_hours) if r.quiet_hours is not None else m.quiet_hours
         after = pd.Timestamp(r.after) if r.after else pd.Timestamp.now(tz="UTC")
-        best = m.send_time_model.best_slot([r.customer_id], r.channel, quiet).iloc[0]
+        # opens and clicks since training are active hours the model has not seen
+        activity = self.live.message_activity([r.customer_id], since=m.send_time_model.as_of_)
+        best = m.send_time_model.best_slot([r.customer_id], r.channel, quiet, activity).iloc[0]
         consented = self._consented(m, r.customer_id, r.channel)
         nxt = (
-            m.send_time_model.next_send_time(r.customer_id, r.channel, after.tz_convert("UTC"), quiet)
+            m.send_time_model.next_send_time(
+                r.customer_id, r.channel, after.tz_convert("UTC"), quiet, live_activity=activity
+            )
             if consented
             else None
         )
@@ -281,7 +279,7 @@ class OmniService:
             best_hour_local=int(best["best_hour_local"]),
             next_send_utc=None if nxt is None else nxt.to_pydatetime(),
             no_consent=not consented,
-            scores=[round(float(x), 6) for x in m.send_time_model.scores(r.customer_id, r.channel)],
+            scores=[round(float(x), 6) for x in m.send_time_model.scores(r.customer_id, r.channel, activity)],
             fallback=bool(best["fallback"]),
             model_versions=m.model_versions,
         )

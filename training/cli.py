@@ -369,7 +369,10 @@ def channel(tracking_uri, all_customers, customer_ids, out_file, reasons_out) ->
     with _live_store() as store:
         ids = store.resolve_many(ids)
         changes = store.consent_changes(ids)
-    ranked = model.rank_channels(ids, consent_changes=changes)  # live opt-ins and opt-outs count
+        # messages sent and opened or clicked since training count as history
+        activity = store.message_activity(None if all_customers else ids, since=model.as_of_)
+    # live opt-ins and opt-outs count
+    ranked = model.rank_channels(ids, consent_changes=changes, live_activity=activity)
     ranked["consented"] = True  # only consented channels are ranked
     ranked["control_group"] = in_control_group(ranked["customer_id"], load_contact_policy())
     reasons = model.no_channel_reasons(ids)
@@ -455,9 +458,11 @@ def send_time(
     with _live_store() as store:
         ids = store.resolve_many(ids)
         consented, note = channel_consent(tracking_uri, ids, channel_name, store)
+        # opens and clicks since training are active hours the model has not seen
+        activity = store.message_activity(None if all_customers else ids, since=model.as_of_)
     if note:
         click.echo(f"note: {note}", err=True)
-    plan = model.send_plan(ids, channel_name, after_ts, quiet, horizon_hours)
+    plan = model.send_plan(ids, channel_name, after_ts, quiet, horizon_hours, activity)
     # no send moment where the customer may not be messaged on the channel (the row stays, flagged)
     plan["consented"] = consented
     plan.loc[~plan["consented"], "next_send_utc"] = pd.NaT
@@ -564,16 +569,21 @@ def decide(tracking_uri, data_dir, customer_ids, now, policy, out_file, dry_run)
         fail(f"--now: {exc}")
     if when is not None and when.tzinfo is None:
         fail("--now: give a time zone, e.g. 2026-07-01T09:00:00+00:00")
-    from training.live import batch_ledger, consented_any, record_batch_sends
+    from training.live import decide_batch
 
     ids = list(customer_ids) or engine.profiles_.frame_["customer_id"].astype(str).tolist()
     with _live_store() as store:
-        ledger = batch_ledger(engine, store, ids)
-        decisions = engine.decide(ids, when, ledger=ledger, unavailable=store.out_of_stock())
-        decisions["consented"] = consented_any(engine, ledger, decisions["customer_id"])
-        decisions["control_group"] = in_control_group(decisions["customer_id"], engine.policy_)
-        write_table_atomic(decisions[[*DECISION_COLUMNS, "consented", "control_group"]], out_file)
-        recorded = 0 if dry_run else record_batch_sends(store, decisions)
+        # the sends are in the ledger before the file is written: a file that fails to write
+        # leaves customers under-contacted, never a send the ledger does not know
+        decisions, recorded, redecided = decide_batch(engine, store, ids, when, record=not dry_run)
+    decisions["control_group"] = in_control_group(decisions["customer_id"], engine.policy_)
+    write_table_atomic(decisions[[*DECISION_COLUMNS, "consented", "control_group"]], out_file)
+    if redecided:
+        click.echo(
+            f"{redecided} customers were contacted, changed consent or bought while the batch decided: "
+            "decided again on their new state",
+            err=True,
+        )
     counts = decisions["action"].value_counts().to_dict()
     click.echo(
         f"wrote {len(decisions)} decisions to {out_file} in {_time.perf_counter() - started:.1f} s: "

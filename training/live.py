@@ -75,10 +75,10 @@ def consented_any(engine, ledger: Ledger, customer_ids) -> np.ndarray:
     return _trained_consent(engine, ledger, ids, channels).any(axis=1)
 
 
-def record_batch_sends(store: LiveStore, decisions: pd.DataFrame) -> int:
-    """Writes the sends of a batch to the contact ledger (one transaction); returns how many."""
+def batch_contacts(decisions: pd.DataFrame) -> list[Contact]:
+    """The ledger rows of a batch's sends (source `batch`)."""
     sends = decisions.loc[(decisions["action"] != NO_ACTION) & decisions["send_at"].notna()]
-    contacts = [
+    return [
         Contact(
             str(cid),
             str(channel),
@@ -96,35 +96,113 @@ def record_batch_sends(store: LiveStore, decisions: pd.DataFrame) -> int:
             strict=True,
         )
     ]
-    return store.record_contacts(contacts)
+
+
+def record_batch_sends(store: LiveStore, decisions: pd.DataFrame) -> int:
+    """Writes the sends of a batch to the contact ledger (one transaction, unchecked); returns how many."""
+    return store.record_contacts(batch_contacts(decisions))
+
+
+# rounds of `decide_batch` before a customer whose ledger keeps changing is left without a send
+MAX_DECIDE_ROUNDS = 3
+LEDGER_CHANGED = "ledger_changed_during_batch"
+
+
+def decide_batch(
+    engine, store: LiveStore, customer_ids, when, record: bool = True
+) -> tuple[pd.DataFrame, int, int]:
+    """Next-best-action for `customer_ids` on the live store's state, the sends written to its
+    ledger (unless `record` is false) as one transaction that nothing interleaves with.
+
+    A batch reads the ledger, decides for minutes, then writes. A customer contacted, opted out or
+    buying in between (a live commit, a channel system's `message_sent`, ...) would get a send the
+    policy forbids: their sends are not written (`LiveStore.record_batch_contacts`) and they are
+    decided again on the state now, up to MAX_DECIDE_ROUNDS rounds; one whose state still changed
+    gets no action (reason LEDGER_CHANGED). Returns (decisions with `consented`, sends written,
+    customers decided again)."""
+    pending = [str(x) for x in customer_ids]
+    parts: list[pd.DataFrame] = []
+    recorded = redecided = 0
+    for round_ in range(MAX_DECIDE_ROUNDS):
+        seen = store.ledger_fingerprints(pending) if record else {}
+        ledger = batch_ledger(engine, store, pending)
+        decisions = engine.decide(pending, when, ledger=ledger, unavailable=store.out_of_stock())
+        decisions["consented"] = consented_any(engine, ledger, decisions[c.CUSTOMER_ID])
+        if not record:
+            return decisions, 0, 0
+        written, changed = store.record_batch_contacts(batch_contacts(decisions), seen)
+        recorded += written
+        moved = decisions[c.CUSTOMER_ID].isin(changed)
+        if not changed or round_ == MAX_DECIDE_ROUNDS - 1:
+            if changed:  # nothing was written for them: no action, and why
+                decisions = _no_action_where(decisions, moved.to_numpy(), LEDGER_CHANGED)
+            parts.append(decisions)
+            break
+        parts.append(decisions.loc[~moved])
+        pending = list(changed)
+        redecided += len(changed)
+    out = pd.concat(parts, ignore_index=True)
+    order = {cid: i for i, cid in enumerate(dict.fromkeys(str(x) for x in customer_ids))}
+    out = out.iloc[np.argsort(out[c.CUSTOMER_ID].map(order).to_numpy(), kind="stable")]
+    return out.reset_index(drop=True), recorded, redecided
+
+
+def _no_action_where(decisions: pd.DataFrame, rows: np.ndarray, reason: str) -> pd.DataFrame:
+    """`decisions` with the rows `rows` (a mask) turned into no action for `reason`."""
+    out = decisions.copy()
+    n = int(rows.sum())
+    out.loc[rows, "action"] = NO_ACTION
+    out.loc[rows, "send_at"] = pd.NaT
+    for name in (c.CHANNEL, c.OFFER_ID):
+        out.loc[rows, name] = None
+    for name in ("expected_gain", "uplift", "incremental_margin", "offer_cost", "contact_cost", "p_open"):
+        out.loc[rows, name] = 0.0
+    out.loc[rows, "p_convert"] = np.nan
+    lists = {"product_ids": [[] for _ in range(n)], "reasons": [[reason] for _ in range(n)]}
+    for name, values in lists.items():
+        column = out[name].to_numpy(dtype=object).copy()
+        column[np.flatnonzero(rows)] = pd.Series(values, dtype=object).to_numpy()
+        out[name] = pd.Series(column, index=out.index, dtype=object)
+    return out
 
 
 def channel_consent(
     tracking_uri: str, customer_ids, channel: str | None, store: LiveStore
 ) -> tuple[np.ndarray, str | None]:
-    """Whether each customer may be messaged on `channel` now (None: on at least one message
-    channel): the consent the champion channel model was trained with, else the next-best-action
-    engine's, with the live opt-ins and opt-outs over it. Returns the booleans and a note when the
-    training data had no consent (then everyone may, but for a live opt-out)."""
+    """`consent_now` with the champion channel model and next-best-action engine of `tracking_uri`
+    and the live store's consent changes of these customers."""
     from models.catalog import CHANNEL
     from training.scoring import load_champion, load_champion_engine
 
     ids = [str(x) for x in customer_ids]
-    changes = store.consent_changes(ids)
     try:
         model, _ = load_champion(tracking_uri, CHANNEL)
     except LookupError:
         model = None
-    if model is not None and model.has_consent_table_:
-        allowed = model.allowed_channels(ids, consent_changes=changes)
+    engine = None
+    if model is None or not model.has_consent_table_:
+        try:
+            engine, _ = load_champion_engine(tracking_uri, warn=lambda m: None)
+        except LookupError:
+            engine = None
+    return consent_now(model, engine, ids, channel, store.consent_changes(ids))
+
+
+def consent_now(
+    channel_model, engine, customer_ids, channel: str | None, changes: pd.DataFrame
+) -> tuple[np.ndarray, str | None]:
+    """Whether each customer may be messaged on `channel` now (None: on at least one message
+    channel): the consent the channel model was trained with, else the next-best-action engine's,
+    with the live opt-ins and opt-outs (`changes`, the live store's `consent_changes`) over it.
+    Returns the booleans and a note when the training data had no consent (then everyone may, but
+    for a live opt-out). The one answer of the batch commands and the service (`/v1/send_time`)."""
+    ids = [str(x) for x in customer_ids]
+    if channel_model is not None and channel_model.has_consent_table_:
+        allowed = channel_model.allowed_channels(ids, consent_changes=changes)
         if channel is not None:
             allowed = allowed.loc[allowed[c.CHANNEL] == channel]
         ok = set(allowed[c.CUSTOMER_ID])
         return np.array([x in ok for x in ids], dtype=bool), None
-    try:
-        engine, _ = load_champion_engine(tracking_uri, warn=lambda m: None)
-    except LookupError:
-        engine = None
     if engine is not None:
         frame = engine.profiles_.frame_
         channels = tuple(

@@ -46,6 +46,11 @@ MAX_ID_LENGTH = 128
 DAY = 86_400.0
 # where a contact in the ledger was decided
 CONTACT_SOURCES: tuple[str, ...] = ("event", "decision", "batch")
+# opens and clicks: the engagement that channel and send time read from the live store
+ENGAGEMENT_EVENTS: tuple[str, ...] = ("message_open", "message_click")
+# `message_activity`'s rows: a message sent (any contact in the ledger) or engaged with
+SENT, ENGAGED = "sent", "engaged"
+MESSAGE_ACTIVITY_COLUMNS: tuple[str, ...] = (c.CUSTOMER_ID, c.CHANNEL, "kind", c.TS)
 CONTACT_COLUMNS: tuple[str, ...] = (
     c.CUSTOMER_ID,
     c.CHANNEL,
@@ -244,6 +249,22 @@ class LiveStore(abc.ABC):
         cannot both pass a cap only one of them may use."""
 
     @abc.abstractmethod
+    def ledger_fingerprints(self, customer_ids: Iterable[str]) -> dict[str, tuple]:
+        """What a decision about each customer read (contacts, consent, purchases), as a value that
+        changes when any of it changes; customers without rows are absent. Read it before the state
+        a batch decides on, and hand it to `record_batch_contacts`."""
+
+    @abc.abstractmethod
+    def record_batch_contacts(
+        self, contacts: Iterable[Contact], seen: dict[str, tuple]
+    ) -> tuple[int, list[str]]:
+        """A batch's contacts, written in one transaction with no contact, consent change or purchase
+        of any customer written in between (on any worker or host), except for customers whose
+        `ledger_fingerprints` are no longer `seen`: their contacts are not written (something
+        changed since the batch read them: decide them again). Returns (contacts written, those
+        customers, sorted)."""
+
+    @abc.abstractmethod
     def link_identities(self, pairs: Iterable[tuple[str, str]]) -> int:
         """Record (source_id, canonical customer_id) pairs (a loyalty card, an app device id, ...) in
         one transaction; a source id linked again follows its latest link. Returns how many."""
@@ -288,6 +309,28 @@ class LiveStore(abc.ABC):
     @abc.abstractmethod
     def _event_rows(self, customer_id: str, since: float, until: float | None, limit: int) -> list[tuple]:
         """(ts, event_type, channel, product_id) of a customer's events, newest first."""
+
+    @abc.abstractmethod
+    def _activity_rows(self, customer_ids: Iterable[str] | None, since: float, until: float) -> list[tuple]:
+        """(customer_id, channel, kind, ts) of contacts (kind `SENT`) and opens or clicks (kind
+        `ENGAGED`) with since <= ts <= until, of these customers or of all."""
+
+    def message_activity(
+        self,
+        customer_ids: Iterable[str] | None = None,
+        since: float | int | str | datetime | None = None,
+        until: float | int | str | datetime | None = None,
+    ) -> pd.DataFrame:
+        """Messages sent (every contact in the ledger, wherever decided) and opens or clicks posted,
+        from `since` (default: the start) to `until` (default: now): MESSAGE_ACTIVITY_COLUMNS, ts as
+        UTC datetimes, oldest first. What channel and send time lay over what they were trained on."""
+        start = -1e300 if since is None else to_epoch(since, "since")
+        end = to_epoch(until, "until")
+        ids = None if customer_ids is None else list(customer_ids)
+        rows = [] if ids == [] else self._activity_rows(ids, start, end)
+        frame = pd.DataFrame(rows, columns=list(MESSAGE_ACTIVITY_COLUMNS))
+        frame[c.TS] = pd.to_datetime(frame[c.TS].astype("float64"), unit="s", utc=True)
+        return frame.sort_values(c.TS, kind="stable").reset_index(drop=True)
 
     @abc.abstractmethod
     def purchased_since(self, customer_id: str, since: float | int | str | datetime) -> list[str]:

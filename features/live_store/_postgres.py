@@ -6,7 +6,9 @@ one transaction committed before the call returns, so what a caller was told was
 killed worker. Writes about one customer first take a transaction-scoped advisory lock on the
 customer (`pg_advisory_xact_lock` on a hash of the id): per-customer trimming never races, and
 `decide_and_record` holds the lock from the read to the insert, so no two hosts decide for the same
-customer at once. psycopg 3 prepares statements a connection repeats, so a request's few reads
+customer at once. Every write also holds one ledger-wide advisory lock in shared mode, which a
+batch's checked write (`record_batch_contacts`) takes exclusively: a batch's check that nothing
+changed since it read the ledger and its insert see no write in between. psycopg 3 prepares statements a connection repeats, so a request's few reads
 cost a round trip each.
 """
 
@@ -63,7 +65,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO meta (key, value) VALUES ('inventory_version', 0) ON CONFLICT (key) DO NOTHING
 """
 
-_LOCK_CUSTOMER = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+_LEDGER_LOCK = 0x6C656467  # "ledg": every write holds it shared; a batch's checked write, exclusive
+_LOCK_SHARED = f"SELECT pg_advisory_xact_lock_shared({_LEDGER_LOCK})"
+_LOCK_CUSTOMER = (
+    f"SELECT pg_advisory_xact_lock_shared({_LEDGER_LOCK}), pg_advisory_xact_lock(hashtextextended(%s, 0))"
+)
+_LOCK_EXCLUSIVE = f"SELECT pg_advisory_xact_lock({_LEDGER_LOCK})"
 
 
 class PostgresLiveStore(SQLLiveStore):
@@ -115,8 +122,19 @@ class PostgresLiveStore(SQLLiveStore):
         with self._lock:
             conn = self._connection()
             with conn.transaction():
+                # shared: writers of different customers run side by side, but none while a batch
+                # checks and writes its contacts (`record_batch_contacts`)
                 if customer_id is not None:
                     conn.execute(_LOCK_CUSTOMER, (customer_id,))
+                else:
+                    conn.execute(_LOCK_SHARED)
+                return body(conn)
+
+    def _write_excluding_all(self, body):
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute(_LOCK_EXCLUSIVE)
                 return body(conn)
 
     def _read(self, sql: str, args: Iterable[object] = ()) -> list[tuple]:

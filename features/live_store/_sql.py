@@ -10,7 +10,15 @@ from collections.abc import Iterable
 import pandas as pd
 
 from features import columns as c
-from features.live_store._base import LiveState, LiveStore, contacts_frame, to_epoch
+from features.live_store._base import (
+    ENGAGED,
+    ENGAGEMENT_EVENTS,
+    SENT,
+    LiveState,
+    LiveStore,
+    contacts_frame,
+    to_epoch,
+)
 
 
 class SQLLiveStore(LiveStore):
@@ -55,6 +63,58 @@ class SQLLiveStore(LiveStore):
             consent={ch: bool(v) for ch, v in consent},
             purchased=list(dict.fromkeys(p for p, _ in bought)),
         )
+
+    def _fingerprints(self, conn, customer_ids: Iterable[str]) -> dict[str, tuple]:
+        """`ledger_fingerprints` read on `conn` (inside a transaction when writing)."""
+        where, args = self._where_customers(customer_ids)
+        purchases = " AND " if where else " WHERE "
+        out: dict[str, list] = {}
+        for cid, n in conn.execute(
+            f"SELECT {c.CUSTOMER_ID}, COUNT(*) FROM contacts{where} GROUP BY {c.CUSTOMER_ID}", args
+        ).fetchall():
+            out.setdefault(cid, [0, (), 0])[0] = int(n)
+        consent: dict[str, list] = {}
+        for cid, channel, opted_in, ts in conn.execute(
+            f"SELECT {c.CUSTOMER_ID}, {c.CHANNEL}, {c.OPTED_IN}, {c.UPDATED_TS} FROM consent{where}", args
+        ).fetchall():
+            consent.setdefault(cid, []).append((channel, bool(opted_in), float(ts)))
+        for cid, rows in consent.items():
+            out.setdefault(cid, [0, (), 0])[1] = tuple(sorted(rows))
+        # trimming may lower the count: a false alarm at worst (the customer is decided again)
+        for cid, n in conn.execute(
+            f"SELECT {c.CUSTOMER_ID}, COUNT(*) FROM events{where}{purchases}{c.EVENT_TYPE} = 'purchase' "
+            f"GROUP BY {c.CUSTOMER_ID}",
+            args,
+        ).fetchall():
+            out.setdefault(cid, [0, (), 0])[2] = int(n)
+        return {cid: tuple(v) for cid, v in out.items()}
+
+    def ledger_fingerprints(self, customer_ids) -> dict[str, tuple]:
+        with self._lock:
+            return self._fingerprints(self._connection(), [str(x) for x in customer_ids])
+
+    @abc.abstractmethod
+    def _write_excluding_all(self, body):
+        """`body(conn)` in one transaction that no other write of any customer interleaves with."""
+
+    def record_batch_contacts(self, contacts, seen) -> tuple[int, list[str]]:
+        rows = list(contacts)
+        for row in rows:
+            self._check_channel(row.channel)
+        if not rows:
+            return 0, []
+        ids = sorted({r.customer_id for r in rows})
+
+        def body(conn) -> tuple[int, list[str]]:
+            now = self._fingerprints(conn, ids)
+            changed = [cid for cid in ids if now.get(cid) != seen.get(cid)]
+            gone = set(changed)
+            keep = [r for r in rows if r.customer_id not in gone]
+            if keep:
+                self._insert_contacts(conn, keep)
+            return len(keep), changed
+
+        return self._write_excluding_all(body)
 
     def state(self, customer_id: str) -> LiveState:
         with self._lock:
@@ -116,6 +176,18 @@ class SQLLiveStore(LiveStore):
         sql += f" ORDER BY {c.TS} DESC, id DESC LIMIT ?"
         args.append(limit)
         return self._read(self._sql(sql), args)
+
+    def _activity_rows(self, customer_ids, since, until) -> list[tuple]:
+        where, args = self._where_customers(customer_ids)
+        window = f"{c.TS} >= {self.PARAM} AND {c.TS} <= {self.PARAM}"
+        joiner = " AND " if where else " WHERE "
+        kinds = ", ".join(f"'{e}'" for e in ENGAGEMENT_EVENTS)
+        return self._read(
+            f"SELECT {c.CUSTOMER_ID}, {c.CHANNEL}, '{SENT}', {c.TS} FROM contacts{where}{joiner}{window} "
+            f"UNION ALL SELECT {c.CUSTOMER_ID}, {c.CHANNEL}, '{ENGAGED}', {c.TS} FROM events{where}"
+            f"{joiner}{window} AND {c.EVENT_TYPE} IN ({kinds})",
+            [*args, since, until, *args, since, until],
+        )
 
     def purchased_since(self, customer_id, since) -> list[str]:
         start = to_epoch(since, "since")

@@ -38,6 +38,14 @@ only opted-in channels are ranked. A customer opted in nowhere gets no rows, and
 taken as allowed for everyone (the loader already notes that consent filtering is skipped), and
 `notes_` says so.
 
+Since training. `predict_proba`, `rank_channels` and `fallback` take `live_activity` (the live
+store's `message_activity`: messages sent and opens or clicks after `as_of`) and lay it over the
+snapshot the way the snapshot itself was counted: sends and engagements add to the customer's
+counts on the channel (an engagement counts once per message: at most the messages sent), the
+smoothed rates follow, and the days since the last message and engagement become 0 (they happened
+after `as_of`, the moment the snapshot describes). A customer unknown at training starts from the
+unknown customer's zeros.
+
 Saved to a folder (`models.engagement.channel_folder`): the LightGBM text model, npz arrays and
 json; folders of earlier formats still load and score as before.
 """
@@ -54,12 +62,13 @@ from sklearn.isotonic import IsotonicRegression
 
 from features import columns as c
 from features.io import rows_before
+from features.live_store import ENGAGED, SENT
 from models.base import CannotTrain, index_rows
 from models.consent import latest_consent
 from models.engagement.channel_attributes import attribute_encoding, attribute_feature_names
 from models.engagement.channel_folder import read_meta, restore_arrays, restore_from_meta, write_folder
 from models.engagement.channel_glm import EngagementGLM
-from models.engagement.channel_history import EVENT_COLUMNS, history_features
+from models.engagement.channel_history import EVENT_COLUMNS, RATE_PRIOR_MESSAGES, history_features
 from models.engagement.send_time import engagement_ts, outcome_window_days
 from models.engagement.shrinkage import dirichlet_prior_strength
 from models.fitting import train_booster
@@ -488,7 +497,58 @@ class ChannelModel(EngagementGLM, BaseEstimator):
         usable = (sent > 0) & np.isfinite(strength)
         return np.where(usable, own, prior), prior
 
-    def _feature_rows(self, customer_ids: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    def _live_counts(self, customer_ids: np.ndarray, live_activity: pd.DataFrame | None):
+        """Messages sent and engaged per (row of `customer_ids`, channel) after `as_of`, from the
+        live store's `message_activity` (rows × channels arrays; an id may repeat), or None."""
+        if live_activity is None or not len(live_activity):
+            return None
+        live = live_activity.loc[live_activity[c.TS] >= self.as_of_]
+        unique, inverse = np.unique(np.asarray(customer_ids).astype(str), return_inverse=True)
+        pos = pd.Index(unique).get_indexer(live[c.CUSTOMER_ID].astype(str))
+        ch = pd.Index(self.channels_).get_indexer(live[c.CHANNEL].astype(str))
+        keep = (pos >= 0) & (ch >= 0)
+        if not keep.any():
+            return None
+        shape = (len(unique), len(self.channels_))
+        kind = live["kind"].to_numpy()[keep]
+        flat = np.ravel_multi_index((pos[keep], ch[keep]), shape)
+        size = shape[0] * shape[1]
+        sent = np.bincount(flat[kind == SENT], minlength=size).reshape(shape).astype(np.float64)
+        engaged = np.bincount(flat[kind == ENGAGED], minlength=size).reshape(shape).astype(np.float64)
+        return sent[inverse], engaged[inverse]
+
+    def _lay_live(self, frame: pd.DataFrame, sent: np.ndarray, engaged: np.ndarray) -> pd.DataFrame:
+        """The snapshot's features with the live sends and engagements added (module docstring)."""
+        total_sent, total_engaged = np.zeros(len(frame)), np.zeros(len(frame))
+        for j, ch in enumerate(self.channels_):
+            if f"sent_{ch}" not in frame:
+                continue
+            before_sent = frame[f"sent_{ch}"].fillna(0.0).to_numpy()
+            before_engaged = frame[f"engaged_{ch}"].fillna(0.0).to_numpy()
+            new_sent = before_sent + sent[:, j]
+            # opens and clicks of one message are one engagement; no more engaged than sent
+            new_engaged = np.minimum(before_engaged + engaged[:, j], np.maximum(new_sent, before_engaged))
+            frame[f"sent_{ch}"] = new_sent
+            frame[f"engaged_{ch}"] = new_engaged
+            frame[f"rate_{ch}"] = (new_engaged + RATE_PRIOR_MESSAGES * self.channel_rates_[ch]) / (
+                new_sent + RATE_PRIOR_MESSAGES
+            )
+            total_sent += new_sent - before_sent
+            total_engaged += new_engaged - before_engaged
+        for col, added in (("sent_total", total_sent), ("engaged_total", total_engaged)):
+            if col in frame:
+                frame[col] = frame[col].fillna(0.0).to_numpy() + added
+        for col, happened in (
+            ("days_since_message", sent.sum(axis=1) > 0),
+            ("days_since_engagement", engaged.sum(axis=1) > 0),
+        ):
+            if col in frame:
+                frame.loc[happened, col] = 0.0
+        return frame
+
+    def _feature_rows(
+        self, customer_ids: np.ndarray, channels: np.ndarray, live_activity: pd.DataFrame | None = None
+    ) -> np.ndarray:
         rows = index_rows(self.customer_index_, customer_ids)
         known = rows >= 0
         base = np.full((len(customer_ids), len(self.customer_feature_names_)), np.nan)
@@ -502,20 +562,26 @@ class ChannelModel(EngagementGLM, BaseEstimator):
         for ch in self.channels_:
             if f"rate_{ch}" in frame:
                 frame.loc[~known, f"rate_{ch}"] = self.channel_rates_[ch]
+        live = self._live_counts(customer_ids, live_activity)
+        if live is not None:
+            frame = self._lay_live(frame, *live)
         frame = self._add_channel_columns(frame, channels)
         return frame[self.feature_names_].to_numpy(np.float64)
 
-    def predict_proba(self, customer_ids, channels, serve: str | None = None) -> pd.DataFrame:
+    def predict_proba(
+        self, customer_ids, channels, serve: str | None = None, live_activity: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """Calibrated probabilities for aligned (customer, channel) pairs, ignoring consent.
 
         Columns: customer_id, channel, probability (engagement), conversion_probability, fallback,
         score (the engagement model's raw output, for ordering ties of the calibrated probability).
         `serve`: "model" or "rule" (the engagement-ratio rule's rate as the probability, the
-        channel's rate as the score); default: the model's `serve`.
+        channel's rate as the score); default: the model's `serve`. `live_activity`: messages sent
+        and engaged since `as_of` (the live store's `message_activity`; module docstring).
         """
         ids = np.asarray(pd.Series(np.asarray(customer_ids, dtype=object)).astype(str))
         chans = np.asarray(pd.Series(np.asarray(channels, dtype=object)).astype(str))
-        x = self._feature_rows(ids, chans)
+        x = self._feature_rows(ids, chans, live_activity)
         serve = self.serve if serve is None else serve
         _check_serve(serve)
         engagement, raw = self._predict("engagement", x, serve)
@@ -525,18 +591,23 @@ class ChannelModel(EngagementGLM, BaseEstimator):
                 c.CHANNEL: chans,
                 PROBABILITY: engagement,
                 CONVERSION_PROBABILITY: self._predict("conversion", x)[0],
-                FALLBACK: self.fallback(ids),
+                FALLBACK: self.fallback(ids, live_activity),
                 c.SCORE: raw,
             }
         )
 
-    def fallback(self, customer_ids) -> np.ndarray:
-        """True where the customer has fewer than `min_history` messages before `as_of` (or is unknown)."""
-        rows = index_rows(self.customer_index_, customer_ids)
-        out = np.ones(len(rows), dtype=bool)
+    def fallback(self, customer_ids, live_activity: pd.DataFrame | None = None) -> np.ndarray:
+        """True where the customer has fewer than `min_history` messages before `as_of` plus those
+        sent since (`live_activity`)."""
+        ids = np.asarray(pd.Series(np.asarray(customer_ids, dtype=object)).astype(str))
+        rows = index_rows(self.customer_index_, ids)
         known = rows >= 0
-        out[known] = self.n_messages_[rows[known]] < self.min_history
-        return out
+        n = np.zeros(len(rows))
+        n[known] = self.n_messages_[rows[known]]
+        live = self._live_counts(ids, live_activity)
+        if live is not None:
+            n += live[0].sum(axis=1)
+        return n < self.min_history
 
     def allowed_channels(self, customer_ids, consent_changes: pd.DataFrame | None = None) -> pd.DataFrame:
         """(customer_id, channel) pairs the model may rank: latest consent opted in, channel known.
@@ -567,14 +638,18 @@ class ChannelModel(EngagementGLM, BaseEstimator):
         return allowed[[c.CUSTOMER_ID, c.CHANNEL]].reset_index(drop=True)
 
     def rank_channels(
-        self, customer_ids=None, serve: str | None = None, consent_changes: pd.DataFrame | None = None
+        self,
+        customer_ids=None,
+        serve: str | None = None,
+        consent_changes: pd.DataFrame | None = None,
+        live_activity: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Consented channels per customer ranked by engagement probability (rank 1 = best).
 
         Columns: customer_id, channel, rank, probability (engagement), conversion_probability,
         fallback. Customers with no allowed channel get no rows (see `no_channel_reasons`).
         `customer_ids=None` ranks every customer known at `as_of`; `serve` as in `predict_proba`;
-        `consent_changes` as in `allowed_channels`.
+        `consent_changes` as in `allowed_channels`; `live_activity` as in `predict_proba`.
         """
         ids = self.customer_ids_ if customer_ids is None else customer_ids
         pairs = self.allowed_channels(ids, consent_changes)
@@ -589,7 +664,7 @@ class ChannelModel(EngagementGLM, BaseEstimator):
                     FALLBACK: pd.Series([], dtype=bool),
                 }
             )
-        scored = self.predict_proba(pairs[c.CUSTOMER_ID], pairs[c.CHANNEL], serve)
+        scored = self.predict_proba(pairs[c.CUSTOMER_ID], pairs[c.CHANNEL], serve, live_activity)
         # the isotonic map is a step function: equal probabilities are ordered by the raw score
         scored = scored.sort_values(
             [c.CUSTOMER_ID, PROBABILITY, c.SCORE, c.CHANNEL],

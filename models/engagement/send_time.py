@@ -40,6 +40,14 @@ of moments: a customer with a few active hours gets the mixture's smooth answer,
 their own histogram (`hour_prob_`); with `activity_window_hours` > 0, the activity within that many
 hours either side of the slot's hour instead (chosen on validation by the training step).
 
+Since training. Every scoring method takes `live_activity` (the live store's `message_activity`;
+its opens and clicks after `as_of` count): each engagement is an active hour of the customer, in
+their local time, that the fit has not seen. The customer's posterior over habit profiles takes it
+in the way the E-step takes an active hour (times the profile's activity probability of that hour),
+and with only a transaction log their hour distribution adds it to the counts it was shrunk from
+(the same Dirichlet strength). A rule keeps its hour, except that a customer the fit saw no
+activity of gets the modal hour of their live engagements.
+
 Rules. The model is validated against two simple rules (`training.channel_training` serves
 whichever wins on a validation window): the customer's most frequent local activity hour, and one
 hour for everyone (the send hour with the best shrunk engagement rate; without messages the
@@ -61,6 +69,7 @@ from sklearn.base import BaseEstimator
 from features import columns as c
 from features.codes import positions
 from features.io import rows_before
+from features.live_store import ENGAGED
 from models.base import CannotTrain, index_rows, read_model_meta
 from models.engagement.local_time import (
     DAYS,
@@ -441,7 +450,33 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         hits = np.flatnonzero(self.channels_ == str(channel))
         return int(hits[0]) if len(hits) else -1
 
-    def score_grid(self, customer_ids, channel: str | None) -> np.ndarray:
+    def _live_hours(self, customer_ids, live_activity: pd.DataFrame | None) -> np.ndarray | None:
+        """Opens and clicks after `as_of` per row of `customer_ids` and local hour (n × 24), or None."""
+        if live_activity is None or not len(live_activity):
+            return None
+        live = live_activity.loc[
+            (live_activity["kind"] == ENGAGED) & (live_activity[c.TS] >= self.as_of_), [c.CUSTOMER_ID, c.TS]
+        ]
+        # active hours, as the fit counts them: one per customer and clock hour (an open and the
+        # click that follows it are one)
+        live = live.assign(**{c.CUSTOMER_ID: live[c.CUSTOMER_ID].astype(str), c.TS: live[c.TS].dt.floor("h")})
+        live = live.drop_duplicates()
+        ids = np.asarray(pd.Series(np.asarray(customer_ids, dtype=object)).astype(str))
+        unique, inverse = np.unique(ids, return_inverse=True)
+        pos = pd.Index(unique).get_indexer(live[c.CUSTOMER_ID].astype(str))
+        live = live.loc[pos >= 0]
+        if live.empty:
+            return None
+        pos = pos[pos >= 0]
+        zones = pd.Series(self.timezone_of(unique)[pos])
+        hours = local_slots(live[c.TS].reset_index(drop=True), zones) % HOURS
+        counts = np.zeros((len(unique), HOURS))
+        np.add.at(counts, (pos, hours), 1.0)
+        return counts[inverse]
+
+    def score_grid(
+        self, customer_ids, channel: str | None, live_activity: pd.DataFrame | None = None
+    ) -> np.ndarray:
         """Engagement probability (a propensity without messages), customers × 168 local slots.
 
         Unknown customers get their segment-free prior (the `none` segment's profile weights, the
@@ -449,11 +484,19 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         In a rule mode (`serve`), each weekday keeps the model's mean level over its hours and the
         rule's hour is its best, falling off with the distance from it (`_RULE_FALLOFF`).
         """
-        grid = self._model_grid(customer_ids, channel)
+        live = self._live_hours(customer_ids, live_activity)
+        grid = self._model_grid(customer_ids, channel, live)
         if self.serve == "model":
             return grid
         level = grid.reshape(len(grid), DAYS, HOURS).mean(axis=2)
-        distance = circular_distance(np.arange(HOURS)[None, :], self.rule_hours(customer_ids)[:, None])
+        hours = self.rule_hours(customer_ids)
+        if live is not None and self.serve == "customer_modal_hour":
+            _, rows, unknown = self._rows(customer_ids)
+            no_activity = unknown.copy()
+            no_activity[~unknown] = self.modal_hour_[rows[~unknown]] < 0
+            engaged = no_activity & (live.sum(axis=1) > 0)
+            hours[engaged] = np.argmax(live[engaged], axis=1)
+        distance = circular_distance(np.arange(HOURS)[None, :], hours[:, None])
         return (level[:, :, None] * (1.0 - _RULE_FALLOFF * distance[:, None, :])).reshape(len(grid), SLOTS)
 
     def rule_hours(self, customer_ids, mode: str | None = None) -> np.ndarray:
@@ -473,12 +516,29 @@ class SendTimeModel(HabitMixture, BaseEstimator):
             hours[~unknown] = np.where(modal >= 0, modal, self.global_best_hour_)
         return hours
 
-    def _model_grid(self, customer_ids, channel: str | None) -> np.ndarray:
-        """The model's grid (see `score_grid`), whatever `serve` says."""
+    def _model_grid(self, customer_ids, channel: str | None, live: np.ndarray | None = None) -> np.ndarray:
+        """The model's grid (see `score_grid`), whatever `serve` says; `live`: `_live_hours`."""
         rows, unknown = self._row_codes(customer_ids)
         known = ~unknown
         posterior = np.tile(self.segment_weights_[0], (len(rows), 1))
         posterior[known] = self.posterior_[rows[known]]
+        with_live = None if live is None else np.flatnonzero(live.sum(axis=1) > 0)
+        if with_live is not None and len(with_live) and getattr(self, "background_", None) is not None:
+            prior_posterior = posterior[with_live].astype(np.float64)
+            # the E-step's update by active hours: times P(hour | profile), renormalised
+            mixture = self._activity_mixture()
+            log_lik = np.log(
+                np.maximum(mixture / mixture.sum(axis=1, keepdims=True), 1e-300)
+            )  # profiles × 24
+            # the posterior is kept in float32: a weight below its smallest normal number was stored
+            # as 0 but is not impossible (enough new hours must be able to move it)
+            floor = float(np.finfo(np.float32).tiny)
+            log_post = np.log(np.maximum(prior_posterior, floor)) + live[with_live] @ log_lik.T
+            log_post -= log_post.max(axis=1, keepdims=True)
+            updated = np.exp(log_post)
+            posterior[with_live] = updated / updated.sum(axis=1, keepdims=True)
+        else:
+            with_live = None
         ch = self._channel_code(channel)
         level = np.full(len(rows), self.alpha_[ch] if ch >= 0 else self.base_logit_)
         day_term = self.coef_[2] * self._log_day(rows, unknown)
@@ -489,6 +549,14 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         if self.hour_prob_ is not None:  # activity only (see the module docstring)
             hour_prob = np.tile(self.segment_weights_[0] @ self._activity_mixture(), (len(rows), 1))
             hour_prob[known] = self.hour_prob_[rows[known]]
+            if with_live is not None:
+                hour_prob[with_live] = self._hour_prob_with_live(
+                    hour_prob[with_live],
+                    prior_posterior,
+                    posterior[with_live],
+                    rows[with_live],
+                    live[with_live],
+                )
             window = int(self.activity_window_hours)
             if window > 0:  # activity within `window` hours either side, per hour of the window
                 hour_prob = sum(np.roll(hour_prob, shift, axis=1) for shift in range(-window, window + 1))
@@ -518,9 +586,25 @@ class SendTimeModel(HabitMixture, BaseEstimator):
             grid[lo:hi] = day_rows.reshape(hi - lo, SLOTS)
         return grid
 
-    def scores(self, customer_id, channel: str | None) -> np.ndarray:
+    def _hour_prob_with_live(self, hour_prob, prior_posterior, posterior, rows, live) -> np.ndarray:
+        """The activity-only hour distribution with live active hours added: the fitted counts
+        (recovered from the shrunk histogram (counts + s prior) / (n + s)) plus the live ones,
+        shrunk with the same strength s towards the posterior's predictive after the live hours."""
+        mixture = self._activity_mixture()
+        predictive = posterior @ mixture
+        strength = getattr(self, "activity_strength_", None)
+        if strength is None or not np.isfinite(strength):  # no customer differs from the mixture
+            return predictive
+        n = np.where(rows >= 0, self.n_active_[np.maximum(rows, 0)], 0).astype(np.float64)[:, None]
+        counts = np.maximum(hour_prob * (n + strength) - strength * (prior_posterior @ mixture), 0.0)
+        counts[rows < 0] = 0.0
+        return (counts + live + strength * predictive) / (n + live.sum(axis=1, keepdims=True) + strength)
+
+    def scores(
+        self, customer_id, channel: str | None, live_activity: pd.DataFrame | None = None
+    ) -> np.ndarray:
         """The 168 slot scores of one customer (index = local weekday * 24 + hour)."""
-        return self.score_grid([customer_id], channel)[0]
+        return self.score_grid([customer_id], channel, live_activity)[0]
 
     def timezone_of(self, customer_ids) -> np.ndarray:
         _, rows, unknown = self._rows(customer_ids)
@@ -528,19 +612,26 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         tz[~unknown] = self.timezones_[rows[~unknown]]
         return tz.astype(str)
 
-    def fallback(self, customer_ids) -> np.ndarray:
-        """True where the customer has fewer than `min_history` messages and active hours: their grid
-        is (nearly) their segment's. Unknown customers are always fallback."""
+    def fallback(self, customer_ids, live_activity: pd.DataFrame | None = None) -> np.ndarray:
+        """True where the customer has fewer than `min_history` messages and active hours (opens
+        and clicks since `as_of` in `live_activity` count as active hours): their grid is (nearly)
+        their segment's."""
         _, rows, unknown = self._rows(customer_ids)
-        out = np.ones(len(rows), dtype=bool)
+        messages, active = np.zeros(len(rows)), np.zeros(len(rows))
         known = rows[~unknown]
-        out[~unknown] = (self.n_messages_[known] < self.min_history) & (
-            self.n_active_[known] < self.min_history
-        )
-        return out
+        messages[~unknown] = self.n_messages_[known]
+        active[~unknown] = self.n_active_[known]
+        live = self._live_hours(customer_ids, live_activity)
+        if live is not None:
+            active += live.sum(axis=1)
+        return (messages < self.min_history) & (active < self.min_history)
 
     def best_slot(
-        self, customer_ids, channel: str | None, quiet_hours: tuple[int, int] | None = None
+        self,
+        customer_ids,
+        channel: str | None,
+        quiet_hours: tuple[int, int] | None = None,
+        live_activity: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """The best local slot per customer (outside `quiet_hours` if given).
 
@@ -553,7 +644,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         score = np.empty(len(ids))
         # block by block: a grid of every customer at once is 1.3 GB per million customers
         for lo in range(0, len(ids), _BEST_SLOT_CHUNK):
-            grid = self.score_grid(ids.iloc[lo : lo + _BEST_SLOT_CHUNK], channel)
+            grid = self.score_grid(ids.iloc[lo : lo + _BEST_SLOT_CHUNK], channel, live_activity)
             grid[:, quiet] = -np.inf
             best[lo : lo + len(grid)] = np.argmax(grid, axis=1)
             score[lo : lo + len(grid)] = grid[np.arange(len(grid)), best[lo : lo + len(grid)]]
@@ -565,7 +656,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
                 "best_weekday": (best // HOURS).astype(np.int64),
                 "best_hour_local": (best % HOURS).astype(np.int64),
                 c.SCORE: score,
-                "fallback": self.fallback(ids),
+                "fallback": self.fallback(ids, live_activity),
             }
         )
 
@@ -576,6 +667,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         after: pd.Timestamp,
         quiet_hours: tuple[int, int] | None = DEFAULT_QUIET_HOURS,
         horizon_hours: int = SLOTS,
+        live_activity: pd.DataFrame | None = None,
     ) -> pd.Series:
         """The best moment at or after `after` and before `after + horizon_hours`, per customer (UTC).
 
@@ -589,7 +681,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         if horizon_hours < 1:
             raise ValueError("horizon_hours must be at least 1")
         ids, _, _ = self._rows(customer_ids)
-        grid = self.score_grid(ids, channel)
+        grid = self.score_grid(ids, channel, live_activity)
         zones = self.timezone_of(ids)
         out = np.empty(len(ids), dtype="datetime64[us]")
         for zone in np.unique(zones):
@@ -608,9 +700,12 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         after: pd.Timestamp,
         quiet_hours: tuple[int, int] | None = DEFAULT_QUIET_HOURS,
         horizon_hours: int = SLOTS,
+        live_activity: pd.DataFrame | None = None,
     ) -> pd.Timestamp:
         """The best send moment (UTC) at or after `after`, outside quiet hours, within the horizon."""
-        return self.next_send_times([customer_id], channel, after, quiet_hours, horizon_hours).iloc[0]
+        return self.next_send_times(
+            [customer_id], channel, after, quiet_hours, horizon_hours, live_activity
+        ).iloc[0]
 
     def send_plan(
         self,
@@ -619,13 +714,17 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         after: pd.Timestamp,
         quiet_hours: tuple[int, int] | None = DEFAULT_QUIET_HOURS,
         horizon_hours: int = SLOTS,
+        live_activity: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """The batch table of `omni send-time`: the best slot outside quiet hours and the next moment.
 
         Columns: customer_id, channel, timezone, best_hour_local, best_weekday, next_send_utc, fallback.
+        `live_activity`: opens and clicks since training (see the module docstring).
         """
-        best = self.best_slot(customer_ids, channel, quiet_hours)
-        nxt = self.next_send_times(best[c.CUSTOMER_ID], channel, after, quiet_hours, horizon_hours)
+        best = self.best_slot(customer_ids, channel, quiet_hours, live_activity)
+        nxt = self.next_send_times(
+            best[c.CUSTOMER_ID], channel, after, quiet_hours, horizon_hours, live_activity
+        )
         best["next_send_utc"] = nxt.to_numpy()
         columns = [c.CUSTOMER_ID, c.CHANNEL, c.TIMEZONE, "best_hour_local", "best_weekday", "next_send_utc"]
         return best[[*columns, "fallback"]]
@@ -666,6 +765,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
             "profile_width": self.profile_width_,
             "open_window_days": self.open_window_days_,
             "global_best_hour": int(self.global_best_hour_),
+            "activity_strength": getattr(self, "activity_strength_", None),
             "segments": list(SEGMENTS),
             "features": list(FEATURES),
             "notes": self.notes_,
@@ -690,6 +790,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         )
         model.open_window_days_ = float(meta.get("open_window_days", model.open_window_days or 0.0))
         model.global_best_hour_ = int(meta.get("global_best_hour", -1))
+        model.activity_strength_ = meta.get("activity_strength")
         _check_serve(model.serve)
         if model.serve != "model" and model.modal_hour_ is None:
             raise ValueError(f"send-time folder serves {model.serve!r} but holds no rule arrays: retrain")

@@ -268,12 +268,14 @@ class HabitMixture:
                 break
         self.posterior_ = posterior.astype(np.float32)
         self.hour_prob_ = None
+        self.activity_strength_ = None
         if response is None:  # activity only: the grid is the activity probability of the slot
             counts = np.zeros((n, HOURS))
             counts[active] = group_counts.sum(axis=0)
             predictive = posterior @ self._activity_mixture()
             strength = dirichlet_prior_strength(counts[active], predictive[active])
             self.hour_prob_ = shrink_counts(counts, predictive, strength).astype(np.float32)
+            self.activity_strength_ = float(strength)  # what live activity is weighed against
 
     def _m_step_segments(self, posterior: np.ndarray, segment_one_hot: np.ndarray) -> None:
         """Profile weights per segment: the segment's posterior counts plus SEGMENT_PRIOR_COUNT

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -447,3 +447,34 @@ def test_a_purchase_posted_since_training_ends_a_win_back(live):
     assert r.status_code == 200, r.text
     after = _nba(url, lapsed)
     assert after["action"] != "win_back", after
+
+
+def test_opens_and_clicks_since_training_reach_channel_and_send_time(live):
+    """A customer the models never saw opts in to e-mail and push, is sent three e-mails and opens
+    and clicks them, each at one hour of the day (UTC, six hours from the best hour it got before):
+    channel no longer answers from the fallback, and send time's best hour is the hour of those
+    opens (before, its grid was the population's)."""
+    url = live
+    customer = f"LIVE-OPENER-{len(live.urls)}"
+    for channel in ("email", "push"):
+        body = {"customer_id": customer, "event_type": "consent", "channel": channel, "opted_in": True}
+        assert _post(url, "/v1/events", body).status_code == 200
+    asked = {"customer_id": customer, "channel": "email", "quiet_hours": "none"}
+    before_channel = _post(url, "/v1/channel", {"customer_id": customer}).json()
+    before_time = _post(url, "/v1/send_time", asked).json()
+    assert before_channel["fallback"] is True
+    assert {x["channel"] for x in before_channel["channels"]} == {"email", "push"}
+    hour = (before_time["best_hour_local"] + 6) % 24
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    for day in range(1, 4):
+        sent = today - timedelta(days=day) + timedelta(hours=hour, minutes=5)
+        for event_type, minutes in (("message_sent", 0), ("message_open", 20), ("message_click", 21)):
+            at = (sent + timedelta(minutes=minutes)).isoformat()
+            body = {"customer_id": customer, "event_type": event_type, "channel": "email", "ts": at}
+            r = _post(url, "/v1/events", body)
+            assert r.status_code == 200, r.text
+    after_channel = _post(url, "/v1/channel", {"customer_id": customer}).json()
+    after_time = _post(url, "/v1/send_time", asked).json()
+    assert after_channel["fallback"] is False
+    assert after_time["timezone"] == "UTC" and after_time["best_hour_local"] == hour
+    assert after_time["fallback"] is False and before_time["fallback"] is True

@@ -777,3 +777,53 @@ def test_a_champion_is_judged_as_deployed_beside_the_challenger_on_the_same_rows
     )
     for scores in train_channel_and_send_time(tables, config=config, champions=champions).champion.values():
         assert scores["score"] is None and "cannot be judged on new data" in scores["note"]
+
+
+def _live(customer: str, channel: str, sent: int, engaged: int, at: pd.Timestamp) -> pd.DataFrame:
+    """The live store's `message_activity`: sends and opens posted since training."""
+    kinds = ["sent"] * sent + ["engaged"] * engaged
+    return pd.DataFrame(
+        {
+            c.CUSTOMER_ID: customer,
+            c.CHANNEL: channel,
+            "kind": kinds,
+            c.TS: [at + pd.Timedelta(hours=i) for i in range(len(kinds))],
+        }
+    )
+
+
+def test_sends_and_opens_since_training_move_the_ranking(model):
+    """c011 (a store shopper) reads SMS more than push; since training it was sent 12 push messages and opened
+    every one of them, and 12 SMS it never opened. Both the model's customer effect and the rule
+    read the counts laid over the snapshot."""
+    after = model.as_of_ + pd.Timedelta(days=1)
+    live = pd.concat([_live("c011", "push", 12, 12, after), _live("c011", "sms", 12, 0, after)])
+    pairs = (["c011", "c011"], ["push", "sms"])
+    before = model.predict_proba(*pairs).set_index(c.CHANNEL)
+    now = model.predict_proba(*pairs, live_activity=live).set_index(c.CHANNEL)
+    # the customer effect moves the raw log-odds (the calibration map is a step function)
+    assert now.loc["push", c.SCORE] > before.loc["push", c.SCORE]
+    assert now.loc["sms", c.SCORE] < before.loc["sms", c.SCORE]
+    assert now.loc["push", "probability"] >= before.loc["push", "probability"]
+    rule_before = model.rank_channels(["c011"], serve="rule").set_index(c.CHANNEL)
+    rule_now = model.rank_channels(["c011"], serve="rule", live_activity=live).set_index(c.CHANNEL)
+    assert rule_before["rank"].idxmin() == "sms" and rule_now["rank"].idxmin() == "push"
+    # an open may be of a message sent before training, but never more engaged than sent
+    many, more = (_live("c011", "push", 12, n, after) for n in (100, 200))
+    pd.testing.assert_frame_equal(
+        model.rank_channels(["c011"], serve="rule", live_activity=many),
+        model.rank_channels(["c011"], serve="rule", live_activity=more),
+    )
+    # before as_of: already in the model; other customers: untouched
+    old = _live("c011", "push", 12, 12, model.as_of_ - pd.Timedelta(days=30))
+    pd.testing.assert_frame_equal(model.predict_proba(*pairs, live_activity=old), model.predict_proba(*pairs))
+    pd.testing.assert_frame_equal(
+        model.rank_channels(["c010"], live_activity=live), model.rank_channels(["c010"])
+    )
+
+
+def test_messages_since_training_end_the_fallback(model):
+    assert model.fallback(["new1"])[0]
+    live = _live("new1", "push", 3, 1, model.as_of_ + pd.Timedelta(days=1))
+    assert not model.fallback(["new1"], live)[0]
+    assert not model.rank_channels(["new1"], live_activity=live)["fallback"].any()

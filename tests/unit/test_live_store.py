@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from features.live_store import EVENT_TYPES, open_live_store
+from features.live_store import EVENT_TYPES, Contact, open_live_store
 
 T0 = 1_750_000_000.0  # a fixed "now" in epoch seconds
 
@@ -283,3 +283,52 @@ def test_identity_links_resolve_source_ids_and_follow_the_latest_link(store):
     assert store.resolve("D9") == "C4"
     with pytest.raises(ValueError, match="source_id"):
         store.link_identities([("", "C1")])
+
+
+def test_message_activity_is_every_send_and_every_open_or_click(store):
+    store.add("C1", "message_sent", "email", ts=T0, campaign_id="K1")
+    store.add("C1", "message_open", "email", ts=T0 + 60)
+    store.add("C1", "message_click", "email", ts=T0 + 90)
+    store.add("C1", "view", "web", "P1", ts=T0 + 100)  # behaviour, not message activity
+    store.add("C2", "message_open", "push", ts=T0 + 5)
+    store.record_contacts([Contact("C1", "sms", T0 + 200, "decision", "offer")])
+    every = store.message_activity()
+    assert list(every.columns) == ["customer_id", "channel", "kind", "ts"]
+    assert every[["customer_id", "channel", "kind"]].values.tolist() == [
+        ["C1", "email", "sent"],
+        ["C2", "push", "engaged"],
+        ["C1", "email", "engaged"],
+        ["C1", "email", "engaged"],
+        ["C1", "sms", "sent"],
+    ]
+    assert str(every["ts"].dt.tz) == "UTC"
+    one = store.message_activity(["C1"], since=T0 + 50, until=T0 + 100)
+    assert one["kind"].tolist() == ["engaged", "engaged"]
+    assert store.message_activity([]).empty
+    assert store.message_activity(["nobody"]).empty
+
+
+def test_a_batch_never_writes_over_what_changed_since_it_read_the_ledger(store):
+    """A batch reads the ledger, decides, then writes: a customer contacted, opted out or buying in
+    between gets no batch contact (decide again); the others' are written in one transaction."""
+    store.add("C1", "message_sent", "email", ts=T0)
+    store.set_consent("C2", "sms", True, T0)
+    ids = ["C1", "C2", "C3", "C4", "C5"]
+    seen = store.ledger_fingerprints(ids)
+    assert set(seen) == {"C1", "C2"}  # customers without rows are absent
+    assert store.ledger_fingerprints(ids) == seen  # reading changes nothing
+    # meanwhile: a live contact for C1, an opt-out for C2, a purchase by C3; C4 only viewed
+    store.record_contacts([Contact("C1", "push", T0 + 10, "decision", "reminder")])
+    store.set_consent("C2", "sms", False, T0 + 11)
+    store.add("C3", "purchase", "web", "P1", ts=T0 + 12)
+    store.add("C4", "view", "web", "P2", ts=T0 + 13)
+    batch = [Contact(cid, "sms", T0 + 3600, "batch", "offer") for cid in ids]
+    written, changed = store.record_batch_contacts(batch, seen)
+    assert (written, changed) == (2, ["C1", "C2", "C3"])
+    ledger = store.contacts(ids)
+    assert sorted(ledger.loc[ledger["source"] == "batch", "customer_id"]) == ["C4", "C5"]
+    # decided again on what is there now: written
+    again = store.ledger_fingerprints(changed)
+    retry = [Contact(cid, "email", T0 + 7200, "batch", "offer") for cid in changed]
+    assert store.record_batch_contacts(retry, again) == (3, [])
+    assert store.record_batch_contacts([], {}) == (0, [])

@@ -340,3 +340,67 @@ def test_best_slot_block_by_block_is_the_whole_grids_answer(habits_model, monkey
     blocks = habits_model.best_slot(ids, "email", quiet_hours=(21, 8))
     pd.testing.assert_frame_equal(whole, blocks)
     assert whole["best_hour_local"].between(8, 20).all()
+
+
+def _live_opens(customer: str, hours_utc: list[float], day: str = "2026-07-01", kind: str = "engaged"):
+    """The live store's `message_activity` rows: opens posted since training at these UTC hours."""
+    ts = [pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=i, hours=h) for i, h in enumerate(hours_utc)]
+    return pd.DataFrame({c.CUSTOMER_ID: customer, c.CHANNEL: "email", "kind": kind, c.TS: ts})
+
+
+def test_live_opens_are_active_hours_of_a_customer_the_fit_never_saw(habits_model):
+    before = habits_model.best_slot(["newcomer"], "email").iloc[0]
+    live = _live_opens("newcomer", [21.2, 21.5, 21.1, 21.7])
+    after = habits_model.best_slot(["newcomer"], "email", live_activity=live).iloc[0]
+    assert before["best_hour_local"] != 21 and after["best_hour_local"] == 21
+    assert before["fallback"] and not after["fallback"]  # four active hours now
+    # sends are not activity, and what happened before training is already in the fit
+    sends = _live_opens("newcomer", [21.2, 21.5, 21.1, 21.7], kind="sent")
+    old = _live_opens("newcomer", [21.2, 21.5, 21.1, 21.7], day="2025-01-01")
+    for other in (sends, old):
+        assert habits_model.best_slot(["newcomer"], "email", live_activity=other).iloc[0].equals(before)
+    # the same grid through every method, and other customers untouched
+    nxt = habits_model.next_send_time(
+        "newcomer", "email", pd.Timestamp("2026-07-10 00:00", tz="UTC"), None, live_activity=live
+    )
+    assert nxt.hour == 21
+    both = habits_model.best_slot(["evening", "newcomer"], "email", live_activity=live)
+    assert both.iloc[0].equals(habits_model.best_slot(["evening"], "email").iloc[0])
+
+
+def test_many_live_opens_move_a_known_habit(habits_model):
+    """The evening New Yorker (19:xx) starts opening at 8:xx New York time, every day for weeks."""
+    live = _live_opens("evening", [12.4] * 60)  # 8:24 EDT
+    assert habits_model.best_slot(["evening"], "email").iloc[0]["best_hour_local"] == 19
+    assert habits_model.best_slot(["evening"], "email", live_activity=live).iloc[0]["best_hour_local"] == 8
+    few = _live_opens("evening", [12.4])
+    assert habits_model.best_slot(["evening"], "email", live_activity=few).iloc[0]["best_hour_local"] == 19
+
+
+def test_live_opens_move_the_posterior_of_a_model_fitted_on_messages():
+    """With messages the grid is the posterior mixture of habit profiles: live opens at one hour
+    move a new customer's posterior (and best hour) towards the profiles active then."""
+    rng = np.random.default_rng(1)
+    events, rows = [], []
+    for i in range(60):
+        hour = (7.3, 12.3, 20.3)[i % 3]
+        events += [
+            (cid, ts + pd.Timedelta(hours=rng.normal(0, 1))) for cid, ts in _habit(f"h{i}", "UTC", hour)
+        ]
+        for j in range(20):
+            send = int(rng.integers(6, 23))
+            sent = _local("2026-01-05", 24 * (3 * j + 1) + send + 0.1, "UTC")
+            hit = rng.random() < (0.6 if abs(send - int(hour)) <= 1 else 0.1)
+            rows.append(
+                (f"h{i}-{j}", f"h{i}", "email", sent, sent + pd.Timedelta(minutes=5) if hit else pd.NaT)
+            )
+    model = SendTimeModel().fit(_events(events), _messages(rows), _customers({}))
+    assert model.hour_prob_ is None  # the message model, not activity only
+    live = _live_opens("newcomer", [7.4, 7.2, 7.5, 7.6, 7.3])
+    assert model.best_slot(["newcomer"], "email", live_activity=live).iloc[0]["best_hour_local"] in (6, 7, 8)
+    late = _live_opens("newcomer", [20.4, 20.2, 20.5, 20.6, 20.3])
+    assert model.best_slot(["newcomer"], "email", live_activity=late).iloc[0]["best_hour_local"] in (
+        19,
+        20,
+        21,
+    )
