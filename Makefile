@@ -7,6 +7,7 @@ CUSTOMERS ?= 20000
 export OMNI_WORKDIR ?= $(CURDIR)/work
 export BENTOML_HOME ?= $(OMNI_WORKDIR)/bentoml
 DEMO_DATA := $(OMNI_WORKDIR)/data/demo
+CHROMIUM := /usr/bin/chromium
 export OPENBLAS_NUM_THREADS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export BENTOML_DO_NOT_TRACK := True
@@ -30,6 +31,7 @@ $(DEMO_DATA)/truth/meta.json: | $(BIN)/.installed
 train: $(DEMO_DATA)/truth/meta.json
 	$(BIN)/omni train --data $(DEMO_DATA)
 	$(BIN)/omni build
+	$(BIN)/omni report --data $(DEMO_DATA) --out $(OMNI_WORKDIR)/report
 
 serve: | $(BIN)/.installed
 	@echo
@@ -40,7 +42,12 @@ serve: | $(BIN)/.installed
 
 demo: install train serve
 
-test: install
+# the report page's test opens it in a real headless browser: Debian's chromium, installed once
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: install | $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 # the unit tests alone (tests/unit): well under a minute

@@ -7,14 +7,45 @@ answers it with HTTP 400 and pydantic's error list, which names the field.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from features.contract import DEFAULT_CHANNELS
+from features.input_checks import MESSAGE_CHANNELS, aware_time, check_channel
 from features.live_store import CONSENT, MESSAGE_SENT, POSTED_EVENT_TYPES, PRODUCT_EVENTS
 
-ChannelName = Literal["store", "web", "app", "email", "sms", "push", "social", "call_center"]
-MessageChannel = Literal["email", "sms", "push", "social"]
+
+def _channel_of(known: tuple[str, ...]):
+    """A channel field checked by `features.input_checks.check_channel`, the check every `omni`
+    option uses too (one message: the field and the known channels); OpenAPI still lists them."""
+
+    def check(value: object, info: ValidationInfo) -> str:
+        return check_channel(value, known, info.field_name)
+
+    return Annotated[str, BeforeValidator(check), WithJsonSchema({"type": "string", "enum": list(known)})]
+
+
+def _aware(value: object, info: ValidationInfo) -> object:
+    """A time field: an ISO 8601 string or datetime must carry its zone (`features.input_checks.
+    aware_time`, as on the command line); epoch seconds are UTC already and pass as they are."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    return aware_time(value, info.field_name).to_pydatetime()
+
+
+ChannelName = _channel_of(DEFAULT_CHANNELS)
+MessageChannel = _channel_of(MESSAGE_CHANNELS)
+AwareTime = Annotated[datetime, BeforeValidator(_aware)]
 EventType = Literal[POSTED_EVENT_TYPES]  # type: ignore[valid-type]
 CustomerId = Field(
     min_length=1,
@@ -134,7 +165,7 @@ class ChannelResponse(BaseModel):
 class SendTimeRequest(_Request):
     customer_id: str = CustomerId
     channel: MessageChannel
-    after: AwareDatetime | None = Field(None, description="Earliest send moment (default: now).")
+    after: AwareTime | None = Field(None, description="Earliest send moment (default: now).")
     quiet_hours: str | None = Field(
         None,
         pattern=r"^(none|\d{1,2}-\d{1,2})$",
@@ -182,7 +213,7 @@ class EventRequest(_Request):
     )
     channel: ChannelName
     product_id: str | None = Field(None, min_length=1, max_length=128)
-    ts: AwareDatetime | None = Field(None, description="When it happened (default: now).")
+    ts: AwareTime | None = Field(None, description="When it happened (default: now).")
     campaign_id: str | None = Field(None, min_length=1, max_length=128, description="message_sent only.")
     offer_id: str | None = Field(None, min_length=1, max_length=128, description="message_sent only.")
     opted_in: bool | None = Field(None, description="consent only: true = opt-in, false = opt-out.")
@@ -239,7 +270,7 @@ class ProfileResponse(BaseModel):
 class NextBestActionRequest(_Request):
     customer_id: str = CustomerId
     channel: ChannelName | None = Field(None, description="Channel asking (informational).")
-    now: AwareDatetime | None = Field(None, description="Decision time (default: now).")
+    now: AwareTime | None = Field(None, description="Decision time (default: now).")
     commit: bool = Field(
         False,
         description="True: a contact decided here is written to the shared contact ledger before the "

@@ -16,6 +16,7 @@ OMNI_API_KEY to require an API key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -325,13 +326,21 @@ class OmniService:
         )
 
     @bentoml.api(route="/v1/next_best_action", input_spec=NextBestActionRequest)
-    def next_best_action(self, **req) -> NextBestActionResponse:
+    async def next_best_action(self, **req) -> NextBestActionResponse:
+        r = self._canonical(NextBestActionRequest(**req))
+        if r.commit:
+            # a commit writes under the customer's lock, which may wait for another worker or host:
+            # on a thread, so the event loop keeps answering meanwhile
+            return await asyncio.to_thread(self._next_best_action, r)
+        # a plain decision is a few ms of CPU: inline, like recommend (a thread gains nothing)
+        return self._next_best_action(r)
+
+    def _next_best_action(self, r: NextBestActionRequest) -> NextBestActionResponse:
         import pandas as pd
 
         from features.live_store import Contact
         from models.decisions.contact_policy import LayeredLedger
 
-        r = self._canonical(NextBestActionRequest(**req))
         m = self.models
         engine = self._require(m, "next_best_action", m.engine)
         now = pd.Timestamp(r.now) if r.now else pd.Timestamp.now(tz="UTC")
@@ -397,5 +406,28 @@ class OmniService:
         return PingResponse()
 
 
+async def report_page(request):
+    """GET /report: the last report page `omni report` wrote on this host (`make demo` writes one
+    after training), read-only; 404 saying how to make one when there is none yet."""
+    from starlette.responses import FileResponse, JSONResponse
+
+    from training.report import REPORT_HTML, latest_report_dir
+
+    page = latest_report_dir() / REPORT_HTML
+    if not page.is_file():
+        why = "no report yet: run `omni report --data DATA_DIR --out DIR` on this host"
+        return JSONResponse({"error": why, "field": None}, status_code=404)
+    return FileResponse(page, media_type="text/html; charset=utf-8")
+
+
+def _report_app():
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    return Starlette(routes=[Route("/report", report_page, methods=["GET"])])
+
+
+# mounted at the root: BentoML matches it only for its own route, every other path is the service's
+OmniService.mount_asgi_app(_report_app(), path="/")
 OmniService.add_asgi_middleware(ApiKeyMiddleware)
 OmniService.add_asgi_middleware(MediaTypeMiddleware)

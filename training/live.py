@@ -109,10 +109,18 @@ LEDGER_CHANGED = "ledger_changed_during_batch"
 
 
 def decide_batch(
-    engine, store: LiveStore, customer_ids, when, record: bool = True
+    engine,
+    store: LiveStore,
+    customer_ids,
+    when,
+    record: bool = True,
+    excluded: frozenset[str] = frozenset(),
+    item_filters=None,
 ) -> tuple[pd.DataFrame, int, int]:
     """Next-best-action for `customer_ids` on the live store's state, the sends written to its
     ledger (unless `record` is false) as one transaction that nothing interleaves with.
+    `excluded`: products no message may show (beside those out of stock now); `item_filters`: the
+    recommender's request filters for the recommended items (`omni decide`'s product options).
 
     A batch reads the ledger, decides for minutes, then writes. A customer contacted, opted out or
     buying in between (a live commit, a channel system's `message_sent`, ...) would get a send the
@@ -126,7 +134,10 @@ def decide_batch(
     for round_ in range(MAX_DECIDE_ROUNDS):
         seen = store.ledger_fingerprints(pending) if record else {}
         ledger = batch_ledger(engine, store, pending)
-        decisions = engine.decide(pending, when, ledger=ledger, unavailable=store.out_of_stock())
+        unavailable = frozenset(store.out_of_stock()) | excluded
+        decisions = engine.decide(
+            pending, when, ledger=ledger, unavailable=unavailable, item_filters=item_filters
+        )
         decisions["consented"] = consented_any(engine, ledger, decisions[c.CUSTOMER_ID])
         if not record:
             return decisions, 0, 0

@@ -84,12 +84,16 @@ def recommendations_frame(
     chunk: int = 2000,
     show_progress: bool = False,
     exclude: list[str] | None = None,
+    channel: str | None = None,
 ) -> pd.DataFrame:
     """customer_id, rank, product_id, score, reason for every customer, scored in chunks to bound
     memory. `model="served"`: the order the recommender chose on validation (what the service
     answers); `filters`: `models.recs.rules.Filters` or a dict, e.g. {"exclude_purchased": True} for
-    products the customer never bought; `exclude`: products no list may hold (e.g. out of stock)."""
+    products the customer never bought; `exclude`: products no list may hold (e.g. out of stock);
+    `channel`: the channel the lists are for (only products sold there; None: no channel rule)."""
     extra = {} if filters is None else {"filters": filters}
+    if channel is not None:
+        extra["channel"] = channel
     rows = []
     for start in tqdm(
         range(0, len(customer_ids), chunk), desc="recommend", unit="chunk", disable=not show_progress

@@ -10,6 +10,7 @@ every family's step before registration finished.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from features import columns as c
 from features.contract import ContractConfig
@@ -37,8 +37,9 @@ from training.families import (
     held_out_windows,
 )
 from training.profiling import StageTimer
+from training.progress import StageBar
 from training.registry import PromotionDecision, gate
-from training.report import build_report, hash_inputs, metrics_table
+from training.report import hash_inputs, render_markdown, run_record_of, training_report
 from training.settings import CHAMPION
 from training.tracking import setup_tracking
 
@@ -125,12 +126,15 @@ def run_training(
     config = config or TrainConfig()
     timer = timer or StageTimer()
     started = time.perf_counter()
-    progress = tqdm(total=len(STAGES), desc="train", unit="stage", disable=not show_progress)
+    progress = StageBar("train", STAGES, enabled=show_progress)
 
+    @contextlib.contextmanager
     def step(name: str):
-        progress.set_postfix_str(name)
         release_free_memory()
-        return timer.stage(name)
+        # the bar moves as each stage ends, one step per name of STAGES: a run that ends well
+        # ends at n/n (it used to count its updates by hand, and stopped short when stages changed)
+        with progress.stage(name), timer.stage(name):
+            yield
 
     with step("validate"):
         tables = load_tables(data_dir, contract or ContractConfig())  # DataValidationError: nothing logged
@@ -139,7 +143,6 @@ def run_training(
     from training.live import link_identities
 
     link_identities(tables)
-    progress.update()
 
     client = setup_tracking(tracking_uri)
     with mlflow.start_run(run_name="train") as run:
@@ -157,7 +160,6 @@ def run_training(
             features = distributed.build_customer_features(tables.events, tables.customers, tables.products)
             features.to_parquet(feat_path, index=False)
             del features
-        progress.update()
 
         context = TrainContext(tables, config, windows.test_days, tracking_uri=tracking_uri)
         context.shared["customer_features_path"] = feat_path  # read again by the profiles
@@ -166,7 +168,6 @@ def run_training(
                 for family in FAMILIES:
                     if family.stage == stage:
                         context.outcomes[family.name] = family.fit(context)
-            progress.update()
         outcomes = context.outcomes
         metrics, skipped = _log_outcomes(outcomes, notes)
 
@@ -175,14 +176,11 @@ def run_training(
             scratch.cleanup()
             decisions, versions = register_families(context, client, Path(tmp))
             recommender_decision = _log_decisions(decisions, config)
-            mlflow.log_text(
-                build_report(
-                    summary, report_sections(outcomes, metrics), [d.as_dict() for d in decisions], notes
-                ),
-                "report.md",
+            report = _training_report(
+                tables, summary, outcomes, metrics, decisions, notes, timer, run, config
             )
+            mlflow.log_text(render_markdown(report), "report.md")
             mlflow.log_dict({"notes": notes}, "data_notes.json")
-        progress.update()
         progress.close()
         mlflow.log_dict(timer.stages, "stage_timings.json")
         return TrainResult(
@@ -311,37 +309,21 @@ def register_families(
     return decisions, versions
 
 
-def report_sections(outcomes: dict[str, FamilyOutcome], metrics: dict[str, float]) -> list[tuple[str, str]]:
-    sections = []
-    rec = outcomes.get("recommender")
-    if rec is not None and rec.trained:
-        info = rec.extra["info"]
-        served = ", ".join(f"{kind}: {order}" for kind, order in info.get("served", {}).items())
-        all_rows = {
-            k.replace(".all_purchases.", ".", 1): v for k, v in metrics.items() if ".all_purchases." in k
-        }
-        sections.append(
-            (
-                "Product recommendations (held-out window)",
-                f"Split at {info['split_time']}. Served (chosen on validation): {served}.\n\n"
-                f"New products ({info['protocol']}):\n\n"
-                + metrics_table(metrics, list(REPORT_MODELS), "popularity")
-                + "\n\nAll purchases (re-buys count; the served default list):\n\n"
-                + metrics_table(all_rows, list(REPORT_MODELS), "repeat"),
-            )
-        )
-    else:
-        sections.append(("Product recommendations", f"not trained: {rec.reason if rec else 'not run'}"))
-    channel_rows = {k: v for k, v in metrics.items() if k.startswith(("channel.", "send_time."))}
-    sections.append(
-        (
-            "Channel and send time (held-out messages)",
-            "\n".join(f"- {k}: {v:.4f}" for k, v in sorted(channel_rows.items())) or "not evaluated",
-        )
+def _training_report(tables, summary, outcomes, metrics, decisions, notes, timer, run, config):
+    """The run's report content (`training.report`): KPIs from its tables, models beside baselines."""
+    from models.decisions.contact_policy import load_contact_policy
+
+    record = run_record_of(
+        outcomes,
+        metrics,
+        [d.as_dict() for d in decisions],
+        notes,
+        timer.stages,
+        run.info.run_id,
+        summary["input_hash"],
     )
-    skipped = [o.skip_line() for o in outcomes.values() if not o.trained]
-    sections.append(("Families not trained", "\n".join(f"- {line}" for line in skipped) or "none"))
-    return sections
+    policy = load_contact_policy(config.decisions.policy_file)
+    return training_report(tables, summary, record, outcomes, policy, config.decisions.conversion_window_days)
 
 
 def format_result(result: TrainResult) -> str:

@@ -350,6 +350,7 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         record: bool = False,
         items: bool = True,
         unavailable: frozenset[str] = frozenset(),
+        item_filters=None,
     ) -> pd.DataFrame:
         """One decision per distinct customer (`DECISION_COLUMNS`); send_at in UTC.
 
@@ -357,7 +358,8 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         sends to that ledger, so later batches respect them. `items=False`: leave product_ids empty
         except for replenishment (no recommender calls; the decisions are the same otherwise), for
         summaries that only count actions and gains. `unavailable`: products never to send (out of
-        stock now).
+        stock now). `item_filters`: the recommender's request filters (`models.recs.rules.Filters`
+        or a dict: categories, price range, per-category cap) for the recommended items.
         """
         now = self._now(now)
         ledger = ledger if ledger is not None else self.ledger_
@@ -368,7 +370,7 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         out = pd.concat(parts, ignore_index=True)
         out = self._apply_capacity(out, ledger)
         if items:
-            self._attach_items(out, now, unavailable)
+            self._attach_items(out, now, unavailable, item_filters)
         if unavailable:
             out["product_ids"] = [[p for p in ps if p not in unavailable] for ps in out["product_ids"]]
         if record:
@@ -460,10 +462,10 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         return out
 
     def _attach_items(
-        self, out: pd.DataFrame, now: pd.Timestamp, unavailable: frozenset[str] = frozenset()
+        self, out: pd.DataFrame, now: pd.Timestamp, unavailable: frozenset[str] = frozenset(), filters=None
     ) -> None:
         """Recommended products for sends that show products (replenishment already has its items),
-        never an unavailable one."""
+        never an unavailable one, under the recommender's request `filters` when given."""
         need = out.index[out["action"].isin(list(ITEM_ACTIONS))]
         if self.recommender_ is None or len(need) == 0:
             return
@@ -471,7 +473,9 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         ids = out.loc[need, c.CUSTOMER_ID].tolist()
         items: list[list[str]] = []
         for lo in range(0, len(ids), _RECOMMEND_BATCH):
-            recs = self.recommender_.recommend_many(ids[lo : lo + _RECOMMEND_BATCH], k=k + len(unavailable))
+            batch = ids[lo : lo + _RECOMMEND_BATCH]
+            extra = {} if filters is None else {"filters": filters}
+            recs = self.recommender_.recommend_many(batch, k=k + len(unavailable), **extra)
             items.extend([p for p in r.product_ids if p not in unavailable][:k] for r in recs)
         out.loc[need, "product_ids"] = pd.Series(items, index=need, dtype=object)
 

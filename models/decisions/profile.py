@@ -8,6 +8,10 @@ messages), the fields below; `profile(customer_id)` returns them as
   `models.decisions.profile_rules` (`rfm_scores`, `assign_segments`, `value_tiers`).
 - predicted spend over the next 90 days and churn risk (probability of no purchase in the next 90
   days): LightGBM models trained with a time split (`models.decisions._forecast`).
+- lifetime value: expected purchases over the next 365 days, the probability of still being an
+  active buyer and the expected (undiscounted) value of those purchases, `clv_365d`: BG/NBD and
+  Gamma-Gamma (`models.lifetime_value.LifetimeValueModel`; customers without a purchase get the
+  first-purchase rate the data show).
 - price sensitivity: the share of the customer's orders bought with a price incentive. An order
   counts when (a) it is the conversion of a message whose offer is a discount, BOGO or free
   shipping, or (b) one of its lines was sold below list price (amount < 99 % of price × quantity,
@@ -56,9 +60,18 @@ from models.decisions.profile_rules import (
 # the feature build runs on the fit backend of whoever runs the fit (e.g. the Dask cluster of
 # `omni train --dask-scheduler`)
 from models.fitting import build_customer_features
+from models.lifetime_value import LifetimeValueModel
 from models.timestamps import NAT_US, US_PER_DAY, from_us, to_us
 
 FORMAT_VERSION = 1
+CLV_HORIZON_DAYS = 365
+# the lifetime-value columns of `frame_` (profiles saved before they existed load them as NaN)
+LIFETIME_VALUE_COLUMNS: tuple[str, ...] = (
+    "expected_purchases_365d",
+    "prob_active",
+    "expected_order_value",
+    "clv_365d",
+)
 DEFAULT_MESSAGE_CHANNELS: tuple[str, ...] = ("email", "sms", "push", "social")
 
 # Descriptions returned with every profile field.
@@ -212,9 +225,41 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
             self._fit_forecast(history, ids)
         else:
             self.notes_.append("forecast models not fitted (forecast=False)")
+        self._fit_lifetime_value(tables, ids)
         self.replenishment_ = self._replenishment(tables)
         self._index()
         return self
+
+    def _fit_lifetime_value(self, tables: Tables, ids: np.ndarray) -> None:
+        """Expected purchases, probability of being active, order value and CLV over 365 days
+        (`LifetimeValueModel`); `lifetime_value_` keeps its parameters and rates (saved)."""
+        for col in LIFETIME_VALUE_COLUMNS:
+            self.frame_[col] = np.nan
+        self.lifetime_value_: dict | None = None
+        frame = self.frame_
+        # first seen: the first event or the sign-up, whichever came first (unknown: from the start)
+        first_event = frame["first_event_us"].to_numpy(np.int64)
+        signup = frame["signup_us"].to_numpy(np.int64)
+        known_event, known_signup = first_event != NAT_US, signup != NAT_US
+        first_seen = np.where(
+            known_event & known_signup,
+            np.minimum(first_event, signup),
+            np.where(known_event, first_event, signup),
+        )
+        try:
+            model = LifetimeValueModel(horizon_days=CLV_HORIZON_DAYS, random_state=self.random_state).fit(
+                tables.events, self.as_of_, tables.products, pd.Series(first_seen, index=ids)
+            )
+        except ValueError as exc:  # e.g. no purchase before as_of: the other fields still stand
+            self.notes_.append(f"lifetime value not fitted: {exc}")
+            return
+        predicted = model.predict(ids)
+        frame["expected_purchases_365d"] = predicted["expected_purchases"].to_numpy()
+        frame["prob_active"] = predicted["prob_active"].to_numpy()
+        frame["expected_order_value"] = predicted["expected_order_value"].to_numpy()
+        frame["clv_365d"] = predicted["expected_value"].to_numpy()
+        self.notes_ += [f"lifetime value: {note}" for note in model.notes_]
+        self.lifetime_value_ = model.summary()
 
     def _rules_frame(self, ids: np.ndarray, feats: pd.DataFrame) -> pd.DataFrame:
         """The profile table's first columns: the timestamps the time-relative features come from,
@@ -590,6 +635,7 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
             "value_tier",
             "predicted_spend_90d",
             "churn_risk",
+            *LIFETIME_VALUE_COLUMNS,
             "price_sensitivity",
             "top_categories",
             "preferred_channel",
@@ -617,6 +663,48 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
                 "LightGBM model did not beat this rule on the validation customers)"
             )
         return DERIVED_FROM["predicted_spend_90d" if target == "spend" else "churn_risk"]
+
+    def _lifetime_value_sources(self, has_purchase: bool) -> dict[str, str]:
+        """How each lifetime-value field of a customer (with or without a purchase) was derived."""
+        fitted = getattr(self, "lifetime_value_", None)
+        if fitted is None:
+            reason = "; ".join(n for n in self.notes_ if n.startswith("lifetime value")) or (
+                "these profiles were saved before lifetime value existed"
+            )
+            return {name: f"not available: {reason}" for name in LIFETIME_VALUE_COLUMNS}
+        days = CLV_HORIZON_DAYS
+        order_value = (
+            "Gamma-Gamma spend model (own maximum-likelihood fit) on the mean value of the customer's "
+            "repeat transactions, shrunk towards the population mean "
+            f"{fitted['population_order_value']:.2f}"
+            if fitted.get("gamma_gamma")
+            else "the mean value of every transaction (too few repeat buyers for the spend model)"
+        )
+        if has_purchase:
+            purchases = (
+                f"BG/NBD purchase model (own maximum-likelihood fit, time in weeks): expected transactions "
+                f"(distinct orders, else distinct days) in the {days} days after the profile time, from the "
+                "customer's repeat transactions, the time of the last one and the time since the first"
+            )
+            active = "BG/NBD probability that the customer is still an active buyer at the profile time"
+        else:
+            rate = fitted["first_purchase"]
+            window = f"{rate['window_days']:.0f}"
+            purchases = (
+                f"no purchase yet: of the {rate['customers']} customers seen without a purchase {window} days "
+                f"before the profile time, transactions made in those days per customer, scaled to {days} days"
+            )
+            active = (
+                f"no purchase yet: the share of the {rate['customers']} customers seen without a purchase "
+                f"{window} days before the profile time who bought within those days"
+            )
+        return {
+            "expected_purchases_365d": purchases,
+            "prob_active": active,
+            "expected_order_value": order_value,
+            "clv_365d": f"expected purchases over {days} days × expected order value ({order_value}); "
+            "not discounted",
+        }
 
     def profile(self, customer_id: str) -> dict:
         """The profile of one customer: {field: {"value": ..., "derived_from": "..."}}.
@@ -674,6 +762,10 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
                 r["predicted_spend_90d"], self._forecast_source("spend") + forecast_note
             ),
             "churn_risk": field(r["churn_risk"], self._forecast_source("churn") + forecast_note),
+            **{
+                name: field(r[name], source)
+                for name, source in self._lifetime_value_sources(bool(r["frequency"] > 0)).items()
+            },
             "price_sensitivity": field(r["price_sensitivity"], DERIVED_FROM["price_sensitivity"]),
             "top_categories": field(list(r["top_categories"]), DERIVED_FROM["top_categories"]),
             "preferred_channel": field(r["preferred_channel"], self.sources_["preferred_channel"]),
@@ -721,6 +813,7 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
             "attribute_names": self.attribute_names_,
             "forecast_features": self.forecast_features_,
             "sources": self.sources_,
+            "lifetime_value": self.lifetime_value_,
             "notes": self.notes_,
         }
         (folder / "profiles.json").write_text(json.dumps(meta, indent=2))
@@ -734,6 +827,9 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
         frame = pd.read_parquet(folder / "profiles.parquet")
         for col in ("top_categories", "bought_categories", "preferred_hours"):
             frame[col] = frame[col].map(json.loads)
+        for col in LIFETIME_VALUE_COLUMNS:  # profiles saved before lifetime value existed
+            if col not in frame:
+                frame[col] = np.nan
         model.frame_ = frame
         model.features_ = pd.read_parquet(folder / "features.parquet")
         model.replenishment_ = pd.read_parquet(folder / "replenishment.parquet")
@@ -757,6 +853,7 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
         model.attribute_names_ = list(meta.get("attribute_names", []))
         model.forecast_features_ = {k: list(v) for k, v in meta.get("forecast_features", {}).items()}
         model.sources_ = dict(meta["sources"])
+        model.lifetime_value_ = meta.get("lifetime_value")
         model.notes_ = list(meta["notes"])
         model._index()
         return model

@@ -236,6 +236,10 @@ def test_profile_and_next_best_action(server):
     assert body["known"] is True
     fields = {k: v for k, v in body["profile"].items() if k not in ("customer_id", "as_of")}
     assert fields and all("derived_from" in field for field in fields.values())
+    # lifetime value: numbers for every customer, with how they were derived
+    for name in ("clv_365d", "expected_purchases_365d", "prob_active"):
+        assert isinstance(fields[name]["value"], float | int) and fields[name]["value"] >= 0, name
+    assert fields["prob_active"]["value"] <= 1 and "not discounted" in fields["clv_365d"]["derived_from"]
     assert (
         httpx.post(f"{url}/v1/profile", json={"customer_id": "nobody"}, timeout=20).json()["known"] is False
     )

@@ -13,7 +13,7 @@ from training.live import LEDGER_CHANGED, MAX_DECIDE_ROUNDS, decide_batch
 COOLDOWN = pd.Timedelta(hours=24)  # configs/contact_policy.toml: [cooldown] after_message_hours
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def engine(trained, tracking_uri):
     from training.scoring import load_champion_engine
 

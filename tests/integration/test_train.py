@@ -1,5 +1,6 @@
 """`omni train` end to end on a small generated history: metrics, MLflow run, registry alias, CLI."""
 
+import re
 import shutil
 
 import pandas as pd
@@ -97,8 +98,20 @@ def test_run_logs_a_readable_report_and_input_hash(trained, tracking_uri):
 
     text = mlflow.artifacts.load_text(f"runs:/{trained.run_id}/report.md")
     assert "# Training run report" in text
-    assert "| ndcg@10 |" in text and "best vs popularity" in text
+    # the KPIs of the run's data, the lift against its hold-out, the profiles' segments
+    assert "## KPIs from the data" in text and "| all channels |" in text
+    assert "Control group: the data's own hold-out flag (customers.holdout)" in text
+    assert "## Segments, churn and lifetime value" in text and "| champion |" in text
+    # each family's served model beside its baselines, in words and figures
+    default_list = text[text.index("### Recommendations: the default list") :]
+    assert re.match(
+        r"### Recommendations: the default list\n\nServes .+ On the held-out test window", default_list
+    )
+    assert "the best baseline, " in default_list and "| served: " in default_list
     assert "Champion decisions" in text
+    # stage timings in seconds, no percentage change on them
+    timings = text[text.index("## Training time") : text.index("## Notes on the data")]
+    assert "| recommender |" in timings and "%" not in timings
 
 
 def test_decide_and_profile_commands(trained, tracking_uri, tmp_path):
