@@ -78,6 +78,8 @@ _OFFSET_STEPS = 3  # Newton steps on the offsets per EM iteration
 _MAX_OFFSET_STEP = 2.0  # largest change of an offset in one Newton step (log scale)
 # pseudo customers that pull a small segment's profile weights towards the population's
 SEGMENT_PRIOR_COUNT = 20.0
+# the largest change of one engagement parameter (log-odds) in one EM step (`_m_step_engagement`)
+MAX_STEP = 4.0
 MAX_LOG_DENSITY = 4.0  # |log density ratio| is clipped here: an empty hour is not infinitely bad
 
 
@@ -427,6 +429,13 @@ class HabitMixture:
         step = _newton_direction(
             sums.r_row, sums.i_row, ch, n_ch, log_day, sums.feature_sums, sums.grad_f, sums.hess_f
         )
+        # a damped step: where the outcomes are perfectly separated by the hour (every open near
+        # the habit, none away from it) the likelihood has no maximum and plain Newton steps grow
+        # without bound until the grid overflows; no step moves a log-odds by more than MAX_STEP
+        step = np.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+        largest = float(np.abs(step).max()) if step.size else 0.0
+        if largest > MAX_STEP:
+            step *= MAX_STEP / largest
         self.alpha_ = self.alpha_ + step[:n_ch]
         self.coef_ = self.coef_ + step[n_ch:]
         # each cell's residual after that step: r - info * (step of its channel + step of log_day

@@ -404,3 +404,27 @@ def test_live_opens_move_the_posterior_of_a_model_fitted_on_messages():
         20,
         21,
     )
+
+
+def test_outcomes_perfectly_separated_by_the_hour_still_give_finite_grids():
+    """Every open comes from a send within an hour of the customer's habit, none from any other:
+    the likelihood has no maximum, and undamped Newton steps overflowed into NaN grids (best hour
+    0 for everyone). Damped steps keep the grid finite and each customer's hour their own."""
+    rng = np.random.default_rng(1)
+    events, rows = [], []
+    for i in range(60):
+        hour = (7.3, 12.3, 20.3)[i % 3]
+        events += _habit(f"h{i}", "UTC", hour, days=60, every=2)
+        for j in range(20):
+            send = int(rng.integers(6, 23))
+            sent = _local("2026-01-05", 24 * (3 * j + 1) + send + 0.1, "UTC")
+            hit = abs(send - int(hour)) <= 1 and rng.random() < 0.7
+            rows.append(
+                (f"h{i}-{j}", f"h{i}", "email", sent, sent + pd.Timedelta(minutes=5) if hit else pd.NaT)
+            )
+    with np.errstate(over="raise"):  # no overflow anywhere on the way
+        model = SendTimeModel().fit(_events(events), _messages(rows), _customers({}))
+        grid = model.score_grid(["h0", "h1", "h2", "newcomer"], "email")
+    assert np.isfinite(grid).all() and np.isfinite(model.coef_).all()
+    best = model.best_slot(["h0", "h1", "h2"], "email")["best_hour_local"].tolist()
+    assert best == [7, 12, 20]
