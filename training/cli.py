@@ -330,7 +330,7 @@ def recommend(tracking_uri, all_customers, customer_ids, k, exclude_purchased, o
             ids = store.resolve_many(_universe(all_customers, customer_ids, batch, rec.customer_ids_))
             selection = _audience(batch, ids, store, rec.as_of_, tracking_uri)
             ids = selection.customer_ids
-            consented, note = channel_consent(tracking_uri, ids, None, store)
+            consented, note = channel_consent(tracking_uri, ids, [None], store)[None]
             unavailable = sorted(set(store.out_of_stock()) | set(excluded))
         with bar.stage("recommend"):
             lists = []
@@ -614,11 +614,8 @@ def send_time(
             ids = store.resolve_many(_universe(all_customers, customer_ids, batch, model.customer_ids_))
             selection = _audience(batch, ids, store, model.as_of_, tracking_uri)
             ids = selection.customer_ids
-            consent = {}
-            notes = []
-            for name in channels:
-                consent[name], note = channel_consent(tracking_uri, ids, name, store)
-                notes += [note] if note else []
+            consent = channel_consent(tracking_uri, ids, channels, store)
+            notes = [note for _, note in consent.values() if note]
             # opens and clicks since training are active hours the model has not seen
             activity = store.message_activity(None if all_customers else ids, since=model.as_of_)
         plans = []
@@ -627,7 +624,7 @@ def send_time(
                 plan = model.send_plan(ids, name, after_ts, quiet, horizon_hours, activity)
                 # no send moment where the customer may not be messaged on the channel (the row
                 # stays, flagged)
-                plan["consented"] = consent[name]
+                plan["consented"] = consent[name][0]
                 plan.loc[~plan["consented"], "next_send_utc"] = pd.NaT
                 plans.append(plan)
         plan = pd.concat(plans, ignore_index=True)
@@ -643,7 +640,7 @@ def send_time(
         click.echo(f"wrote {len(plan)} send-time rows to {out_file} (model version {version})")
     else:
         click.echo(plan.to_string(index=False))
-    for name, allowed in consent.items():
+    for name, (allowed, _) in consent.items():
         click.echo(
             f"{int((~allowed).sum())} of {len(allowed)} customers have not consented to {name}: no send moment",
             err=True,

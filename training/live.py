@@ -177,15 +177,12 @@ def _no_action_where(decisions: pd.DataFrame, rows: np.ndarray, reason: str) -> 
     return out
 
 
-def channel_consent(
-    tracking_uri: str, customer_ids, channel: str | None, store: LiveStore
-) -> tuple[np.ndarray, str | None]:
-    """`consent_now` with the champion channel model and next-best-action engine of `tracking_uri`
-    and the live store's consent changes of these customers."""
+def consent_models(tracking_uri: str) -> tuple[object | None, object | None]:
+    """(channel model, next-best-action engine) `consent_now` reads: the champion channel model,
+    and the engine only where that model has no consent table (or there is none)."""
     from models.catalog import CHANNEL
     from training.scoring import load_champion, load_champion_engine
 
-    ids = [str(x) for x in customer_ids]
     try:
         model, _ = load_champion(tracking_uri, CHANNEL)
     except LookupError:
@@ -196,7 +193,18 @@ def channel_consent(
             engine, _ = load_champion_engine(tracking_uri, warn=lambda m: None)
         except LookupError:
             engine = None
-    return consent_now(model, engine, ids, channel, store.consent_changes(ids))
+    return model, engine
+
+
+def channel_consent(
+    tracking_uri: str, customer_ids, channels, store: LiveStore
+) -> dict[str | None, tuple[np.ndarray, str | None]]:
+    """`consent_now` of each of `channels` (None: any message channel) with the champion models of
+    `tracking_uri`, loaded once, and the live store's consent changes of these customers, read once."""
+    ids = [str(x) for x in customer_ids]
+    model, engine = consent_models(tracking_uri)
+    changes = store.consent_changes(ids)
+    return {ch: consent_now(model, engine, ids, ch, changes) for ch in channels}
 
 
 def consent_now(
