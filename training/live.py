@@ -17,7 +17,7 @@ import pandas as pd
 from features import columns as c
 from features.live_store import Contact, LiveStore, open_live_store, store_url
 from models.decisions.contact_policy import LayeredLedger, Ledger
-from models.decisions.decision_core import NO_ACTION
+from models.decisions.decision_core import NO_ACTION, with_no_action
 from training.settings import work_dir
 
 
@@ -146,7 +146,7 @@ def decide_batch(
         moved = decisions[c.CUSTOMER_ID].isin(changed)
         if not changed or round_ == MAX_DECIDE_ROUNDS - 1:
             if changed:  # nothing was written for them: no action, and why
-                decisions = _no_action_where(decisions, moved.to_numpy(), LEDGER_CHANGED)
+                decisions = with_no_action(decisions, moved.to_numpy(), LEDGER_CHANGED)
             parts.append(decisions)
             break
         parts.append(decisions.loc[~moved])
@@ -156,25 +156,6 @@ def decide_batch(
     order = {cid: i for i, cid in enumerate(dict.fromkeys(str(x) for x in customer_ids))}
     out = out.iloc[np.argsort(out[c.CUSTOMER_ID].map(order).to_numpy(), kind="stable")]
     return out.reset_index(drop=True), recorded, redecided
-
-
-def _no_action_where(decisions: pd.DataFrame, rows: np.ndarray, reason: str) -> pd.DataFrame:
-    """`decisions` with the rows `rows` (a mask) turned into no action for `reason`."""
-    out = decisions.copy()
-    n = int(rows.sum())
-    out.loc[rows, "action"] = NO_ACTION
-    out.loc[rows, "send_at"] = pd.NaT
-    for name in (c.CHANNEL, c.OFFER_ID):
-        out.loc[rows, name] = None
-    for name in ("expected_gain", "uplift", "incremental_margin", "offer_cost", "contact_cost", "p_open"):
-        out.loc[rows, name] = 0.0
-    out.loc[rows, "p_convert"] = np.nan
-    lists = {"product_ids": [[] for _ in range(n)], "reasons": [[reason] for _ in range(n)]}
-    for name, values in lists.items():
-        column = out[name].to_numpy(dtype=object).copy()
-        column[np.flatnonzero(rows)] = pd.Series(values, dtype=object).to_numpy()
-        out[name] = pd.Series(column, index=out.index, dtype=object)
-    return out
 
 
 def consent_models(tracking_uri: str) -> tuple[object | None, object | None]:

@@ -559,6 +559,22 @@ def _empty_decisions(ids: np.ndarray) -> pd.DataFrame:
     return _decisions_frame(_empty_columns(ids))
 
 
+def with_no_action(decisions: pd.DataFrame, rows: np.ndarray, reason: str) -> pd.DataFrame:
+    """`decisions` with the rows of the mask `rows` replaced by the no-action row (`_empty_columns`)
+    whose one reason is `reason`; other columns (e.g. `consented`) and the order stay."""
+    at = np.flatnonzero(rows)
+    if not len(at):
+        return decisions
+    empty = _empty_decisions(decisions[c.CUSTOMER_ID].to_numpy()[at])
+    empty["reasons"] = pd.Series([[reason] for _ in at], dtype=object)
+    empty.index = decisions.index[at]
+    for name in decisions.columns.difference(list(DECISION_COLUMNS)):
+        empty[name] = decisions.loc[empty.index, name]
+    return pd.concat([decisions.loc[~np.asarray(rows, dtype=bool)], empty[decisions.columns]]).loc[
+        decisions.index
+    ]
+
+
 def _decision_dict(row) -> dict:
     """One decision (a row of the decisions table, or a dict of its values) as `decide_one` returns it."""
     send_at = row["send_at"]
