@@ -68,7 +68,6 @@ personalised choice's and the best fixed action's, are in `metrics_["guard"]`.
 
 from __future__ import annotations
 
-import ctypes
 from functools import partial
 from pathlib import Path
 
@@ -79,6 +78,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from features import columns as c
 from features.io import Tables
+from models._compiled_trees import CompiledTrees
 from models.decisions.history import CustomerHistory, message_windows_days
 from models.decisions.profile import CustomerProfiles
 from models.decisions.uplift import (
@@ -101,80 +101,6 @@ CONTROL_DRAWS = 10  # tries per message to find a customer not contacted around 
 
 # ----------------------------------------------------------------------------------------------
 # Uplift predictions from saved LightGBM boosters
-class _SingleRowPredictor:
-    """LightGBM's single-row prediction (`LGBM_BoosterPredictForMatSingleRowFast`) of one booster,
-    set up once: the same C++ predictor `Booster.predict` builds on every call (so the same
-    values, bit for bit), without the ~100 µs of set-up per call. Thread-safe (LightGBM locks
-    the predictor). `available` is False where the fast path is not (a multi-output
-    booster, a LightGBM without the private names used here): `Booster.predict` then serves.
-    """
-
-    def __init__(self, booster, num_threads: int) -> None:
-        self.booster = booster  # keeps the booster (whose C model the handle uses) alive
-        self.available = False
-        self._handle = None
-        try:
-            from lightgbm.basic import _LIB, _c_str, _param_dict_to_str, _safe_call
-        except ImportError:
-            return
-        self._lib, self._safe_call = _LIB, _safe_call
-        ncol = int(booster.num_feature())
-        # what `Booster.predict` passes by default: from iteration 0, `best_iteration` of them
-        start, num_iteration, predict_normal, float64 = 0, int(booster.best_iteration), 0, 1
-        n_preds = ctypes.c_int64(0)
-        _safe_call(
-            _LIB.LGBM_BoosterCalcNumPredict(
-                booster._handle,
-                ctypes.c_int(1),
-                ctypes.c_int(predict_normal),
-                ctypes.c_int(start),
-                ctypes.c_int(num_iteration),
-                ctypes.byref(n_preds),
-            )
-        )
-        if n_preds.value != 1:
-            return
-        handle = ctypes.c_void_p()
-        _safe_call(
-            _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-                booster._handle,
-                ctypes.c_int(predict_normal),
-                ctypes.c_int(start),
-                ctypes.c_int(num_iteration),
-                ctypes.c_int(float64),
-                ctypes.c_int32(ncol),
-                _c_str(_param_dict_to_str({"num_threads": num_threads})),
-                ctypes.byref(handle),
-            )
-        )
-        self._handle = handle
-        self._ncol = ncol
-        self.available = True
-
-    def predict(self, row: np.ndarray) -> np.ndarray:
-        """The prediction of one row of float64 features, as a 1-element array."""
-        row = np.ascontiguousarray(row, dtype=np.float64)
-        if row.shape != (self._ncol,):
-            raise ValueError(f"expected {self._ncol} features, got {row.shape}")
-        out = np.empty(1, dtype=np.float64)
-        out_len = ctypes.c_int64(0)
-        self._safe_call(
-            self._lib.LGBM_BoosterPredictForMatSingleRowFast(
-                self._handle,
-                row.ctypes.data_as(ctypes.c_void_p),
-                ctypes.byref(out_len),
-                out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
-            )
-        )
-        return out
-
-    def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            self._handle = None
-            self._lib.LGBM_FastConfigFree(handle)
-
-
 class _BoosterUplift:
     """`MultiArmUpliftLearner.predict_outcomes` from the learner's LightGBM boosters.
 
@@ -208,29 +134,28 @@ class _BoosterUplift:
     def _predict(self, model, X: np.ndarray) -> np.ndarray:
         if isinstance(model, float):
             return np.full(len(X), model)
-        num_threads = min(max(1, self.n_jobs), _MAX_JOBS)
         if len(X) == 1:
-            # a request: `Booster.predict` sets up a new C++ predictor on every call (~100 µs,
-            # 10+ calls per decision); LightGBM's single-row fast path sets it up once per booster
-            fast = self._single_row(model, num_threads)
-            if fast is not None:
-                return fast.predict(X[0])
-        return model.predict(X, num_threads=num_threads)
+            # a request: `Booster.predict` sets up a C++ predictor on every call (~100 µs, 10+
+            # calls per decision); the compiled trees give the same values in a few µs
+            compiled = self._compiled(model)
+            if compiled is not None:
+                return compiled.predict(X)
+        return model.predict(X, num_threads=min(max(1, self.n_jobs), _MAX_JOBS))
 
-    def _single_row(self, model, num_threads: int) -> _SingleRowPredictor | None:
-        cache = self.__dict__.setdefault("_single_row_cache", {})
-        key = (id(model), num_threads)
+    def _compiled(self, model) -> CompiledTrees | None:
+        cache = self.__dict__.setdefault("_compiled_cache", {})
+        key = id(model)
         found = cache.get(key)
-        if found is None or found.booster is not model:
+        if found is None or found[0] is not model:
             # built once per booster (two threads racing build two, one is dropped: harmless)
-            found = _SingleRowPredictor(model, num_threads)
+            found = (model, CompiledTrees.of(model, model.best_iteration))
             cache[key] = found
-        return found if found.available else None
+        return found[1]
 
     def __getstate__(self) -> dict:
-        # the single-row predictors hold C handles: never copied, rebuilt on first use
+        # compiled once per process, on first use
         state = self.__dict__.copy()
-        state.pop("_single_row_cache", None)
+        state.pop("_compiled_cache", None)
         return state
 
     def predict_outcomes(self, X: np.ndarray) -> np.ndarray:
