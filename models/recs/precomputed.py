@@ -15,6 +15,14 @@ them for every customer, channel and several k). When the stored head holds fewe
 needs (a large k, a channel that sells few of them), or the request has anything beyond customer,
 channel and k, the recommender takes the live path.
 
+Exclusions (the request's `exclude`, products out of stock) are answered from the store too when
+none of them is among the customer's candidates: every candidate source takes its top products in
+a fixed order (score, then catalogue position), so leaving out a product none of them proposed
+leaves every source's list, and so every candidate's features, score and reason, as they were. The
+store keeps each customer's candidates (sorted catalogue positions) to tell; an exclusion that is
+a candidate takes the live path. Without this, one product out of stock sent every request of every
+customer down the live path.
+
 The arrays are written as plain .npy files and read memory-mapped, so the workers of one server
 share one copy in the page cache.
 """
@@ -35,8 +43,10 @@ from models.recs import rules
 from models.recs._single_request import ranked_one, ranked_reasons
 from models.recs._top_k import reserved_candidates
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _ARRAYS = ("entry_of_row", "indptr", "n_head", "complete", "items", "scores", "reserved", "reason_codes")
+# each customer's candidates, sorted (format 2): lists of format 1 answer no exclusion
+_CANDIDATE_ARRAYS = ("candidate_indptr", "candidates")
 
 
 def model_fingerprint(recommender) -> str:
@@ -105,6 +115,9 @@ class PrecomputedLists:
             for p in parts
         ]
         self.reason_codes_ = np.concatenate(renumbered) if renumbered else np.zeros(0, dtype=np.int32)
+        n_candidates = np.concatenate([p["n_candidates"] for p in parts]) if parts else np.zeros(0, np.int64)
+        self.candidate_indptr_ = np.concatenate([[0], np.cumsum(n_candidates)]).astype(np.int64)
+        self.candidates_ = _joined(parts, "candidates", _position_dtype(len(recommender.product_ids_)))
         self.reasons_ = list(reasons)
         self.fingerprint_ = model_fingerprint(recommender)
         self.build_seconds_ = time.perf_counter() - started + sum(p["seconds"] for p in parts)
@@ -121,6 +134,8 @@ class PrecomputedLists:
         plain = rules.Filters()
         reason_code: dict[str, int] = {}
         kept_rows, sizes, n_head, complete = [], [], [], []
+        candidates, n_candidates = [], []
+        position_dtype = _position_dtype(len(recommender.product_ids_))
         items, scores, reserved, codes = [], [], [], []
         for row in tqdm(
             np.asarray(rows).tolist(), desc="precompute", unit="customer", disable=not show_progress
@@ -147,6 +162,8 @@ class PrecomputedLists:
             codes.append(
                 np.array([reason_code.setdefault(r, len(reason_code)) for r in reasons], dtype=np.int32)
             )
+            candidates.append(np.sort(ranked.items).astype(position_dtype))
+            n_candidates.append(len(ranked.items))
         return {
             "rows": np.asarray(kept_rows, dtype=np.int64),
             "sizes": np.asarray(sizes, dtype=np.int64),
@@ -156,6 +173,8 @@ class PrecomputedLists:
             "scores": np.concatenate(scores) if scores else np.zeros(0),
             "reserved": np.concatenate(reserved) if reserved else np.zeros(0, dtype=bool),
             "codes": np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32),
+            "candidates": np.concatenate(candidates) if candidates else np.zeros(0, dtype=position_dtype),
+            "n_candidates": np.asarray(n_candidates, dtype=np.int64),
             "reasons": list(reason_code),
             "seconds": time.perf_counter() - started,
         }
@@ -174,14 +193,23 @@ class PrecomputedLists:
         return np.sort(rows)
 
     # ------------------------------------------------------------------ answering
-    def lookup(self, recommender, row: int, channel_col: int | None, k: int):
+    def lookup(self, recommender, row: int, channel_col: int | None, k: int, excluded=None):
         """The stored answer for customer `row` (a `Recommendation`), or None when the store
-        cannot give the live path's answer (not stored, or too few eligible items stored)."""
+        cannot give the live path's answer (not stored, too few eligible items stored, or one of
+        the `excluded` catalogue positions is among the customer's candidates)."""
         from models.recs.baselines import Recommendation
 
         entry = int(self.entry_of_row_[row]) if 0 <= row < len(self.entry_of_row_) else -1
         if entry < 0:
             return None
+        if excluded is not None and len(excluded):
+            if self.candidates_ is None:
+                return None
+            lo, hi = int(self.candidate_indptr_[entry]), int(self.candidate_indptr_[entry + 1])
+            own = np.asarray(self.candidates_[lo:hi])
+            at = np.minimum(np.searchsorted(own, excluded), max(len(own) - 1, 0))
+            if len(own) and (own[at] == excluded).any():
+                return None
         lo, hi = int(self.indptr_[entry]), int(self.indptr_[entry + 1])
         items = np.asarray(self.items_[lo:hi])
         reserved = np.asarray(self.reserved_[lo:hi])
@@ -222,7 +250,7 @@ class PrecomputedLists:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
-            for name in _ARRAYS:
+            for name in _ARRAYS + _CANDIDATE_ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(self, f"{name}_"), allow_pickle=False)
             meta = {
                 "format_version": FORMAT_VERSION,
@@ -246,7 +274,7 @@ class PrecomputedLists:
         """Memory-mapped arrays; ValueError if they were computed from another model."""
         folder = Path(folder)
         meta = json.loads((folder / "precomputed.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in (1, FORMAT_VERSION):
             raise ValueError(
                 f"{folder}: precomputed lists of format {meta.get('format_version')}, expected {FORMAT_VERSION}"
             )
@@ -255,9 +283,18 @@ class PrecomputedLists:
         lists = cls(length=int(meta["length"]), max_customers=meta["max_customers"])
         for name in _ARRAYS:
             setattr(lists, f"{name}_", np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False))
+        lists.candidate_indptr_ = lists.candidates_ = None
+        if meta["format_version"] >= 2:
+            for name in _CANDIDATE_ARRAYS:
+                setattr(lists, f"{name}_", np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False))
         if len(lists.entry_of_row_) != len(recommender.customer_ids_):
             raise ValueError(f"{folder}: the precomputed lists do not match the model's customers")
         lists.reasons_ = list(meta["reasons"])
         lists.fingerprint_ = meta["fingerprint"]
         lists.build_seconds_ = float(meta.get("build_seconds", 0.0))
         return lists
+
+
+def _position_dtype(n_items: int):
+    """The smallest unsigned type that holds every catalogue position."""
+    return np.uint16 if n_items <= np.iinfo(np.uint16).max + 1 else np.uint32

@@ -76,7 +76,7 @@ from models.recs._ranker_training import (
     split_label_customers,
     window_labels,
 )
-from models.recs._single_request import recommend_one
+from models.recs._single_request import _id_positions, recommend_one
 from models.recs.als import ALSScorer
 from models.recs.baselines import Recommendation
 from models.recs.candidates import (
@@ -648,17 +648,14 @@ class TwoStageRecommender:
         single-request path (`models.recs._single_request`: numpy over one CSR row, no scipy matrices)."""
         filters = rules.Filters.from_dict(filters)
         precomputed = self.precomputed_
-        if (
-            precomputed is not None
-            and not exclude
-            and not context_items
-            and now is None
-            and filters == _PLAIN
-        ):
-            # the plain request of a known customer: the answer computed at build time, if stored
+        if precomputed is not None and not context_items and now is None and filters == _PLAIN:
+            # the plain request of a known customer (exclusions that are none of its candidates
+            # included): the answer computed at build time, if stored
             row = self.customer_index_.get(str(customer_id), -1)
             if row >= 0:
-                hit = precomputed.lookup(self, row, rules.channel_column(self.channels_, channel), k)
+                channel_col = rules.channel_column(self.channels_, channel)
+                excluded = _id_positions(self, exclude) if exclude else None
+                hit = precomputed.lookup(self, row, channel_col, k, excluded)
                 if hit is not None:
                     return hit
         extra_days = 0.0

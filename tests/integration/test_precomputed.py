@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from models.recs import rules
+from models.recs._single_request import ranked_one
 from models.recs.precomputed import PrecomputedLists
 from models.recs.two_stage import PRECOMPUTED_FOLDER, TwoStageRecommender
 
@@ -73,6 +74,60 @@ def test_requests_with_more_than_customer_channel_and_k_take_the_live_path(fitte
         assert served.recommend(cid, 5, **kwargs) == fitted.recommend(cid, 5, **kwargs)
 
 
+def _candidates(lists, row: int) -> np.ndarray:
+    entry = int(lists.entry_of_row_[row])
+    return np.asarray(lists.candidates_[lists.candidate_indptr_[entry] : lists.candidate_indptr_[entry + 1]])
+
+
+def test_exclusions_outside_the_candidates_are_answered_from_the_store(fitted, served):
+    """An excluded product none of the customer's sources proposed changes nothing, so the stored
+    list answers; one that is a candidate takes the live path. Both give the live answer."""
+    lists = served.precomputed_
+    rng = np.random.default_rng(1)
+    stored = np.flatnonzero(lists.entry_of_row_ >= 0)
+    n_items = len(fitted.product_ids_)
+    answered = fallen_back = 0
+    for i, row in enumerate(rng.choice(stored, min(150, len(stored)), replace=False).tolist()):
+        cid, own = str(fitted.customer_ids_[row]), _candidates(lists, row)
+        # the stored candidates are the live path's, whole
+        ranked = ranked_one(fitted, cid, (), (), rules.Filters(), 0.0)
+        assert np.array_equal(own, np.sort(ranked.items))
+        outside = np.setdiff1d(np.arange(n_items), own)
+        if not len(outside):
+            continue
+        channel = CHANNELS[i % len(CHANNELS)]
+        channel_col = rules.channel_column(served.channels_, channel)
+        for positions in (
+            rng.choice(outside, min(2, len(outside)), replace=False),  # none a candidate
+            rng.choice(own, 1),  # the customer's own candidate
+            np.concatenate([rng.choice(outside, 1), rng.choice(own, 1)]),
+        ):
+            exclude = [*fitted.product_ids_[positions].tolist(), "not-a-product"]
+            live = fitted.recommend(cid, 5, exclude=exclude, channel=channel)
+            assert served.recommend(cid, 5, exclude=exclude, channel=channel) == live, (cid, exclude)
+            hit = lists.lookup(served, row, channel_col, 5, np.unique(positions))
+            if np.isin(positions, own).any():
+                assert hit is None
+                fallen_back += 1
+            answered += hit is not None
+    assert answered > 50 and fallen_back > 100
+
+
+def test_lists_without_candidates_send_exclusions_to_the_live_path(fitted, tmp_path):
+    """Lists stored before the candidates were (format 1) still answer plain requests."""
+    import json
+
+    PrecomputedLists(length=5, max_customers=30).fit(fitted).save(tmp_path / "lists")
+    meta = json.loads((tmp_path / "lists" / "precomputed.json").read_text())
+    (tmp_path / "lists" / "precomputed.json").write_text(json.dumps({**meta, "format_version": 1}))
+    for name in ("candidate_indptr", "candidates"):
+        (tmp_path / "lists" / f"{name}.npy").unlink()
+    old = PrecomputedLists.load(tmp_path / "lists", fitted)
+    row = int(np.flatnonzero(old.entry_of_row_ >= 0)[0])
+    assert old.lookup(fitted, row, None, 3) is not None
+    assert old.lookup(fitted, row, None, 3, np.array([0])) is None
+
+
 def test_unknown_and_cold_customers_are_not_stored(fitted, served):
     assert served.recommend("never-seen", 5) == fitted.recommend("never-seen", 5)
     cold = np.flatnonzero(~fitted.customer_has_history_)
@@ -124,7 +179,8 @@ def test_parts_from_other_processes_assemble_into_the_same_lists(fitted, tmp_pat
     n = precompute_lists(folder, PrecomputeSettings(max_customers=None, length=5, workers=2))
     split = PrecomputedLists.load(folder / PRECOMPUTED_FOLDER, fitted)
     assert n == whole.n_customers
-    for name in ("entry_of_row_", "indptr_", "n_head_", "complete_", "items_", "scores_", "reserved_"):
+    names = ("entry_of_row_", "indptr_", "n_head_", "complete_", "items_", "scores_", "reserved_")
+    for name in (*names, "candidate_indptr_", "candidates_"):
         assert np.array_equal(np.asarray(getattr(split, name)), getattr(whole, name)), name
     # reason codes are renumbered when parts are joined: compare the strings
     assert [split.reasons_[c] for c in split.reason_codes_.tolist()] == [
