@@ -40,6 +40,7 @@ _IDENTITY = {
     "rank_xendcg",
 }
 _EXP = {"poisson", "gamma", "tweedie"}
+_WALK_ARRAYS = ("feature", "threshold", "left", "right", "flags", "node_start", "leaf_value", "leaf_start")
 
 
 class CompiledTrees:
@@ -50,6 +51,8 @@ class CompiledTrees:
         self.n_features = n_features
         self.output = output  # "raw", "sigmoid" or "exp"
         self.sigmoid = sigmoid
+        # the walk's arguments in its order, looked up once (a request pays per attribute read)
+        self._walk_args = tuple(arrays[name] for name in _WALK_ARRAYS) + (_ZERO,)
 
     @classmethod
     def of(cls, booster, num_iteration: int | None = None) -> CompiledTrees | None:
@@ -83,21 +86,9 @@ class CompiledTrees:
             X = X[np.newaxis, :]
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {X.shape}")
-        if X.dtype != np.float32:
-            X = np.ascontiguousarray(X, dtype=np.float64)
-        a = self.arrays
-        raw = _walk(
-            X,
-            a["feature"],
-            a["threshold"],
-            a["left"],
-            a["right"],
-            a["flags"],
-            a["node_start"],
-            a["leaf_value"],
-            a["leaf_start"],
-            _ZERO,
-        )
+        if X.dtype != np.float32 and X.dtype != np.float64:
+            X = X.astype(np.float64)
+        raw = _walk(X, *self._walk_args)
         if self.output == "sigmoid":
             return _sigmoid(raw, self.sigmoid)
         if self.output == "exp":

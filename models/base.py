@@ -92,6 +92,8 @@ def index_rows(index: dict, ids, small: int = 256) -> np.ndarray:
     Series, several milliseconds per call. Large batches still go through pandas.
     """
     ids = np.asarray(ids, dtype=object).ravel()
+    if len(ids) == 1:  # one request's customer: a dozen questions per decision
+        return np.array([index.get(str(ids[0]), -1)], dtype=np.int64)
     if len(ids) <= small:
         return np.fromiter((index.get(str(i), -1) for i in ids), dtype=np.int64, count=len(ids))
     import pandas as pd

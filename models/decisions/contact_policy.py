@@ -535,26 +535,36 @@ class ContactLedger:
 
     def count_near(self, customer_ids, ts_us, window_hours: float, channel: str | None = None) -> np.ndarray:
         """Contacts of each customer strictly within `window_hours` before or after `ts_us` (µs)."""
+        return self.counts_near(customer_ids, ts_us, [(window_hours, channel)])[:, 0]
+
+    def counts_near(self, customer_ids, ts_us, windows) -> np.ndarray:
+        """`count_near` for each (window_hours, channel or None) of `windows`: (customers × windows).
+        One question for the several caps of a decision: the customers are looked up once."""
         codes = self._codes(customer_ids)
-        keys = self._all_keys if channel is None else self._channel_keys.get(channel, _NO_KEYS)
         t = np.asarray(ts_us, dtype=np.int64) // US_PER_SECOND
-        w = int(round(window_hours * 3600))
+        out = np.zeros((len(codes), len(windows)), dtype=np.int64)
         if len(codes) <= FEW_IDS:
             # a request: the same keys as below, as Python ints (a dozen tiny numpy ops cost more)
-            out = np.zeros(len(codes), dtype=np.int64)
             seconds = (t if t.shape == codes.shape else np.broadcast_to(t, codes.shape)).tolist()
-            for i, (code, s) in enumerate(zip(codes.tolist(), seconds, strict=True)):
-                if code >= 0:
-                    lo, hi = (
-                        (code << _SECONDS_BITS) | max(s - w + 1, 0),
-                        (code << _SECONDS_BITS) | max(s + w - 1, 0),
-                    )
-                    out[i] = keys.searchsorted(hi, side="right") - keys.searchsorted(lo, side="left")
+            for j, (window_hours, channel) in enumerate(windows):
+                keys = self._all_keys if channel is None else self._channel_keys.get(channel, _NO_KEYS)
+                w = int(round(window_hours * 3600))
+                for i, (code, s) in enumerate(zip(codes.tolist(), seconds, strict=True)):
+                    if code >= 0:
+                        lo, hi = (
+                            (code << _SECONDS_BITS) | max(s - w + 1, 0),
+                            (code << _SECONDS_BITS) | max(s + w - 1, 0),
+                        )
+                        out[i, j] = keys.searchsorted(hi, side="right") - keys.searchsorted(lo, side="left")
             return out
-        lo = (codes << _SECONDS_BITS) | np.maximum(t - w + 1, 0)
-        hi = (codes << _SECONDS_BITS) | np.maximum(t + w - 1, 0)
-        counts = np.searchsorted(keys, hi, side="right") - np.searchsorted(keys, lo, side="left")
-        return np.where(codes >= 0, counts, 0)
+        for j, (window_hours, channel) in enumerate(windows):
+            keys = self._all_keys if channel is None else self._channel_keys.get(channel, _NO_KEYS)
+            w = int(round(window_hours * 3600))
+            lo = (codes << _SECONDS_BITS) | np.maximum(t - w + 1, 0)
+            hi = (codes << _SECONDS_BITS) | np.maximum(t + w - 1, 0)
+            counts = np.searchsorted(keys, hi, side="right") - np.searchsorted(keys, lo, side="left")
+            out[:, j] = np.where(codes >= 0, counts, 0)
+        return out
 
     def last_contact_before(self, customer_ids, ts_us) -> np.ndarray:
         """µs of each customer's last contact before `ts_us` (NaT = int64 min when none)."""
@@ -679,8 +689,11 @@ class LayeredLedger:
         return pd.concat([self.base.contacts(), self.live.contacts()], ignore_index=True)
 
     def count_near(self, customer_ids, ts_us, window_hours: float, channel: str | None = None) -> np.ndarray:
-        return self.base.count_near(customer_ids, ts_us, window_hours, channel) + self.live.count_near(
-            customer_ids, ts_us, window_hours, channel
+        return self.counts_near(customer_ids, ts_us, [(window_hours, channel)])[:, 0]
+
+    def counts_near(self, customer_ids, ts_us, windows) -> np.ndarray:
+        return self.base.counts_near(customer_ids, ts_us, windows) + self.live.counts_near(
+            customer_ids, ts_us, windows
         )
 
     def last_contact_before(self, customer_ids, ts_us) -> np.ndarray:
@@ -770,22 +783,28 @@ def audit_columns(
     last_buy = ledger.last_purchase(ids)
     cool_buy = int(policy.cooldown_after_purchase_hours * US_PER_HOUR)
     out["cooldown_after_purchase"] = (last_buy != NAT_US) & (send < last_buy + cool_buy) & (send >= last_buy)
-    if policy.cooldown_after_message_hours > 0:
-        near = ledger.count_near(ids, send, policy.cooldown_after_message_hours)
-        out["cooldown_after_message"] = near > 0
-    else:
-        out["cooldown_after_message"] = np.zeros(len(ids), dtype=bool)
+    # the cooldown and the overall caps: one question to the ledger
+    windows = [(policy.cooldown_after_message_hours, None)] if policy.cooldown_after_message_hours > 0 else []
+    caps = [(cap, hours) for cap, hours in cap_windows(policy.overall_caps) if cap is not None]
+    counts = ledger.counts_near(ids, send, windows + [(hours, None) for _, hours in caps])
+    out["cooldown_after_message"] = counts[:, 0] > 0 if windows else np.zeros(len(ids), dtype=bool)
     over = np.zeros(len(ids), dtype=bool)
-    for cap, hours_window in ((policy.overall_caps.per_day, 24), (policy.overall_caps.per_week, 168)):
-        if cap is not None:
-            over |= ledger.count_near(ids, send, hours_window) >= cap
+    for j, (cap, _) in enumerate(caps, start=len(windows)):
+        over |= counts[:, j] >= cap
     out["over_cap_overall"] = over
     over = np.zeros(len(ids), dtype=bool)
     for ch in _distinct(channels):
-        caps = policy.caps_for(ch)
+        caps = [(cap, hours) for cap, hours in cap_windows(policy.caps_for(ch)) if cap is not None]
+        if not caps:
+            continue
         sel = channels == ch
-        for cap, hours_window in ((caps.per_day, 24), (caps.per_week, 168)):
-            if cap is not None:
-                over[sel] |= ledger.count_near(ids[sel], send[sel], hours_window, channel=ch) >= cap
+        counts = ledger.counts_near(ids[sel], send[sel], [(hours, ch) for _, hours in caps])
+        for j, (cap, _) in enumerate(caps):
+            over[sel] |= counts[:, j] >= cap
     out["over_cap_channel"] = over
     return out
+
+
+def cap_windows(caps: Caps) -> tuple[tuple[int | None, int], tuple[int | None, int]]:
+    """(cap, window in hours) of a `Caps`: per day, per week."""
+    return ((caps.per_day, 24), (caps.per_week, 168))

@@ -44,6 +44,7 @@ from models.decisions.contact_policy import (
     Ledger,
     _distinct,
     audit_columns,
+    cap_windows,
     in_control_group,
     next_send_times,
     offer_eligibility,
@@ -123,16 +124,16 @@ def arbitrate(
     ch_ok = (
         np.ones((n, C), dtype=bool) if channel_allowed is None else np.asarray(channel_allowed, dtype=bool)
     )
-    values = np.full((n, C, K), -np.inf)
-    for j in range(C):
-        p_convert = mu[:, [0]] + p_open[:, [j]] * (mu - mu[:, [0]])
-        # incremental margin (currency) minus the offer's cost on every expected redemption
-        # (`offers.cost` is currency per redemption) minus the contact
-        value = (p_convert - mu[:, [0]]) * (order_value[:, None] * margin_rate) - p_convert * offer_cost[
-            None, :
-        ]
-        value -= message_cost[j]
-        values[:, j, :] = np.where(arm_ok & ch_ok[:, [j]], value, -np.inf)
+    # every (customer, channel, arm) at once, axes (n, C, K)
+    mu0 = mu[:, 0, None, None]
+    p_convert = mu0 + p_open[:, :, None] * (mu - mu[:, [0]])[:, None, :]
+    # incremental margin (currency) minus the offer's cost on every expected redemption
+    # (`offers.cost` is currency per redemption) minus the contact
+    value = (p_convert - mu0) * (order_value[:, None, None] * margin_rate) - p_convert * offer_cost[
+        None, None, :
+    ]
+    value -= message_cost[None, :, None]
+    values = np.where(arm_ok[:, None, :] & ch_ok[:, :, None], value, -np.inf)
     flat = values.reshape(n, C * K)
     best = np.argmax(flat, axis=1)
     best_gain = flat[np.arange(n), best]
@@ -204,16 +205,20 @@ class _DecisionCore:
         after = np.maximum(after, np.maximum(buy_until, msg_until))
         deadline = now_us + policy.horizon_hours * US_PER_HOUR
         channel_ok = consent.copy()
-        # caps at the earliest moment (rechecked exactly at the chosen send time by the audit)
-        over_all = np.zeros(n, dtype=bool)
-        for cap, hours in ((policy.overall_caps.per_day, 24), (policy.overall_caps.per_week, 168)):
-            if cap is not None:
-                over_all |= ledger.count_near(ids, after, hours) >= cap
+        # caps at the earliest moment (rechecked exactly at the chosen send time by the audit):
+        # (cap, hours, channel index or -1 for every channel), counted in one question
+        checks = [(cap, hours, -1) for cap, hours in cap_windows(policy.overall_caps) if cap is not None]
         for j, ch in enumerate(channels):
-            caps = policy.caps_for(ch)
-            for cap, hours in ((caps.per_day, 24), (caps.per_week, 168)):
-                if cap is not None:
-                    channel_ok[:, j] &= ledger.count_near(ids, after, hours, channel=ch) < cap
+            checks += [(cap, hours, j) for cap, hours in cap_windows(policy.caps_for(ch)) if cap is not None]
+        counts = ledger.counts_near(
+            ids, after, [(hours, None if j < 0 else channels[j]) for _, hours, j in checks]
+        )
+        over_all = np.zeros(n, dtype=bool)
+        for i, (cap, _, j) in enumerate(checks):
+            if j < 0:
+                over_all |= counts[:, i] >= cap
+            else:
+                channel_ok[:, j] &= counts[:, i] < cap
         channel_ok &= ~over_all[:, None]
         reason = np.full(n, None, dtype=object)
         reason[~known] = "unknown_customer"

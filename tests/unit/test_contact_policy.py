@@ -109,6 +109,14 @@ def test_ledger_counts_contacts_on_both_sides_and_per_channel():
     assert ledger.count_near(ids, t, 168).tolist() == [3, 1, 0]  # 9 May 12:00 is 6 days later
     assert ledger.count_near(ids, t, 168, channel="email").tolist() == [2, 1, 0]
     assert ledger.count_near(ids, t, 48, channel="sms").tolist() == [1, 0, 0]
+    # several windows in one question: the same counts, one column each (and the batch path's)
+    windows = [(24, None), (168, None), (168, "email"), (48, "sms"), (24, "push")]
+    assert ledger.counts_near(ids, t, windows).tolist() == [[1, 3, 2, 1, 0], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
+    many = ids * 10
+    assert np.array_equal(
+        ledger.counts_near(many, np.full(30, t[0]), windows),
+        np.tile(ledger.counts_near(ids, t, windows), (10, 1)),
+    )
     last = ledger.last_contact_before(ids, t)
     assert last[0] == us("2026-05-03 10:00") and last[1] == us("2026-05-03 09:00") and last[2] == NAT_US
 
