@@ -28,6 +28,7 @@ quiet_libraries()
 import bentoml  # noqa: E402
 
 from serving.auth import ApiKeyMiddleware, MediaTypeMiddleware  # noqa: E402
+from serving.connections import ConnectionRecycleMiddleware  # noqa: E402
 from serving.schemas import (  # noqa: E402
     ChannelRequest,
     ChannelResponse,
@@ -431,3 +432,5 @@ def _report_app():
 OmniService.mount_asgi_app(_report_app(), path="/")
 OmniService.add_asgi_middleware(ApiKeyMiddleware)
 OmniService.add_asgi_middleware(MediaTypeMiddleware)
+# keep-alive connections spread over the workers (see serving/connections.py)
+OmniService.add_asgi_middleware(ConnectionRecycleMiddleware)

@@ -407,3 +407,15 @@ def test_similar_items_for_a_product_page_without_a_customer(server):
         {"product_ids": page, "customer_id": "x"},
     ):
         assert httpx.post(f"{url}/v1/similar_items", json=bad, timeout=10).status_code == 400, bad
+
+
+def test_keep_alive_connections_are_recycled_without_a_failed_request(server):
+    """Every 20th answer on a keep-alive connection says `Connection: close` (serving/connections.py:
+    the workers share one socket, and a connection stays with the worker that accepted it); the
+    client opens a new one for its next request and nothing fails."""
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=10) as client:
+        answers = [client.post("/v1/ping", json={}) for _ in range(45)]
+    assert [r.status_code for r in answers] == [200] * 45
+    closing = [i + 1 for i, r in enumerate(answers) if r.headers.get("connection") == "close"]
+    assert closing == [20, 40]
