@@ -567,7 +567,7 @@ class SendTimeModel(HabitMixture, BaseEstimator):
             logit = level[:, None, None] + day_term[:, :, None] + hour_term[:, None, :]  # n × 7 × 24
             logit += _TIE_BREAK * (logit @ _TIE_KERNEL.T)
             return _sigmoid(logit).reshape(len(rows), SLOTS)
-        half_lift = 0.5 * self._profile_lift()  # profiles × 24
+        half_lift = self._half_lift()  # profiles × 24
         channel_term = self.channel_residual_[ch].reshape(DAYS, HOURS) if ch >= 0 else 0.0
         grid = np.empty((len(rows), SLOTS))
         for lo in range(0, len(rows), _SCORE_CHUNK):
@@ -585,6 +585,17 @@ class SendTimeModel(HabitMixture, BaseEstimator):
             day_rows += _TIE_BREAK * (day_rows @ _TIE_KERNEL.T)
             grid[lo:hi] = day_rows.reshape(hi - lo, SLOTS)
         return grid
+
+    def _half_lift(self) -> np.ndarray:
+        """Half of `_profile_lift`, kept while the parameters it is made of stay equal: a request
+        asks for it once per grid (a dozen numpy calls), the fit changes them between steps."""
+        parts = (self.coef_, self.profiles_, self.profile_residual_)
+        kept = self.__dict__.get("_half_lift_kept")
+        if kept is not None and all(np.array_equal(a, b) for a, b in zip(kept[0], parts, strict=True)):
+            return kept[1]
+        half_lift = 0.5 * self._profile_lift()
+        self._half_lift_kept = (tuple(np.array(a, copy=True) for a in parts), half_lift)
+        return half_lift
 
     def _hour_prob_with_live(self, hour_prob, prior_posterior, posterior, rows, live) -> np.ndarray:
         """The activity-only hour distribution with live active hours added: the fitted counts

@@ -188,6 +188,12 @@ def test_messages_teach_the_hour_of_a_customer_without_activity():
     best = model.best_slot(["m0", "m1"], "email")
     assert best["best_hour_local"].between(17, 19).all()
     assert set(model.channels_) == {"email", "sms"}
+    # the grid's kept profile lift follows the parameters it is made of
+    grid = model.score_grid(["m0"], "email")
+    model.profile_residual_ = model.profile_residual_ + 0.5 * np.eye(*model.profile_residual_.shape)
+    moved = model.score_grid(["m0"], "email")
+    del model._half_lift_kept
+    assert not np.array_equal(grid, moved) and np.array_equal(moved, model.score_grid(["m0"], "email"))
 
 
 def test_store_opening_hours_do_not_move_an_early_habit():
