@@ -197,6 +197,20 @@ def worker_pids(server_pid: int) -> list[int]:
     return workers or [c.pid for c in children]
 
 
+def cpu_seconds(pids: list[int]) -> list[float]:
+    """CPU seconds (user + system) each process has used so far (0 for one that is gone)."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            out.append(times.user + times.system)
+        except psutil.Error:
+            out.append(0.0)
+    return out
+
+
 def machine_info() -> dict:
     import psutil
 
@@ -573,9 +587,14 @@ def run(args: argparse.Namespace) -> dict:
         # alike, and the shares of the trivial endpoint's throughput compare like with like
         rounds = max(1, int(args.rounds))
         cells: dict[tuple[str, int], list[dict]] = {}
+        # each worker's CPU seconds per cell: whether the workers shared the load (a server's
+        # workers share one socket and a connection stays with one worker: serving/connections.py)
+        pids = server.worker_pids() if server is not None else []
+        worker_cpu: dict[tuple[str, int], list[float]] = {}
         for _ in range(rounds):
             for name, ep, duration in ready:
                 for concurrency in concurrencies:
+                    before = cpu_seconds(pids)
                     cell = asyncio.run(
                         closed_loop(
                             url,
@@ -590,15 +609,27 @@ def run(args: argparse.Namespace) -> dict:
                         )
                     )
                     cells.setdefault((name, concurrency), []).append(cell)
+                    used = [b - a for a, b in zip(before, cpu_seconds(pids), strict=True)]
+                    total = worker_cpu.setdefault((name, concurrency), [0.0] * len(pids))
+                    worker_cpu[(name, concurrency)] = [t + u for t, u in zip(total, used, strict=True)]
         for name, ep, _ in ready:
             for concurrency in concurrencies:
                 cell = merge_rounds(ep, cells[(name, concurrency)])
                 for key in ("_latencies", "_wall"):
                     cell.pop(key)
+                if pids:
+                    used = worker_cpu[(name, concurrency)]
+                    cell["worker_cpu_s"] = [round(x, 2) for x in used]
+                    cell["busiest_worker_cpu_share"] = round(max(used) / sum(used), 3) if sum(used) else None
                 results.append(cell)
                 print(
                     f"{name:>16} c={concurrency:<3} n={cell['requests']:<6} err={cell['errors']:<5} "
-                    f"p50={cell['p50_ms']} ms p99={cell['p99_ms']} ms rps={cell['rps']}",
+                    f"p50={cell['p50_ms']} ms p99={cell['p99_ms']} ms rps={cell['rps']}"
+                    + (
+                        f" busiest worker {cell['busiest_worker_cpu_share']}"
+                        if cell.get("worker_cpu_s")
+                        else ""
+                    ),
                     file=sys.stderr,
                     flush=True,
                 )
