@@ -245,7 +245,12 @@ class OmniService:
                 )
                 for row in ranked.itertuples(index=False)
             ],
-            fallback=bool(m.channel_model.fallback([r.customer_id], activity)[0]),
+            # the ranking's own flag; computed apart only when no channel was ranked
+            fallback=bool(
+                ranked["fallback"].iloc[0]
+                if len(ranked)
+                else m.channel_model.fallback([r.customer_id], activity)[0]
+            ),
             no_channel_reason=reason,
             model_versions=m.model_versions,
         )
@@ -263,26 +268,23 @@ class OmniService:
         after = pd.Timestamp(r.after) if r.after else pd.Timestamp.now(tz="UTC")
         # opens and clicks since training are active hours the model has not seen
         activity = self.live.message_activity([r.customer_id], since=m.send_time_model.as_of_)
-        best = m.send_time_model.best_slot([r.customer_id], r.channel, quiet, activity).iloc[0]
         consented = self._consented(m, r.customer_id, r.channel)
-        nxt = (
-            m.send_time_model.next_send_time(
-                r.customer_id, r.channel, after.tz_convert("UTC"), quiet, live_activity=activity
-            )
-            if consented
-            else None
+        # the best slot, the next moment (with consent only) and the scores: one grid
+        one = m.send_time_model.answer_one(
+            r.customer_id, r.channel, after if consented else None, quiet, activity
         )
+        nxt = one["next_send_utc"]
         return SendTimeResponse(
             request_id=_request_id(),
             customer_id=r.customer_id,
             channel=r.channel,
-            timezone=str(best["timezone"]),
-            best_weekday=int(best["best_weekday"]),
-            best_hour_local=int(best["best_hour_local"]),
+            timezone=one["timezone"],
+            best_weekday=one["best_weekday"],
+            best_hour_local=one["best_hour_local"],
             next_send_utc=None if nxt is None else nxt.to_pydatetime(),
             no_consent=not consented,
-            scores=[round(float(x), 6) for x in m.send_time_model.scores(r.customer_id, r.channel, activity)],
-            fallback=bool(best["fallback"]),
+            scores=[round(float(x), 6) for x in one["scores"]],
+            fallback=one["fallback"],
             model_versions=m.model_versions,
         )
 

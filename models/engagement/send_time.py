@@ -650,15 +650,12 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         score, fallback. Ties go to the earliest slot of the week.
         """
         ids, _, _ = self._rows(customer_ids)
-        quiet = is_quiet(np.arange(SLOTS) % HOURS, quiet_hours)
         best = np.empty(len(ids), dtype=np.int64)
         score = np.empty(len(ids))
         # block by block: a grid of every customer at once is 1.3 GB per million customers
         for lo in range(0, len(ids), _BEST_SLOT_CHUNK):
             grid = self.score_grid(ids.iloc[lo : lo + _BEST_SLOT_CHUNK], channel, live_activity)
-            grid[:, quiet] = -np.inf
-            best[lo : lo + len(grid)] = np.argmax(grid, axis=1)
-            score[lo : lo + len(grid)] = grid[np.arange(len(grid)), best[lo : lo + len(grid)]]
+            best[lo : lo + len(grid)], score[lo : lo + len(grid)] = _best_in_grid(grid, quiet_hours)
         return pd.DataFrame(
             {
                 c.CUSTOMER_ID: ids.to_numpy(),
@@ -687,21 +684,15 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         daylight saving never appears and a repeated one appears twice (the earlier wins a tie).
         Candidates inside quiet hours (local) are left out. A naive `after` is taken as UTC.
         """
-        after = pd.Timestamp(after)
-        after = after.tz_localize("UTC") if after.tzinfo is None else after.tz_convert("UTC")
-        if horizon_hours < 1:
-            raise ValueError("horizon_hours must be at least 1")
+        after = _utc(after, horizon_hours)
         ids, _, _ = self._rows(customer_ids)
-        grid = self.score_grid(ids, channel, live_activity)
-        zones = self.timezone_of(ids)
         out = np.empty(len(ids), dtype="datetime64[us]")
-        for zone in np.unique(zones):
-            sel = np.flatnonzero(zones == zone)
-            times, slots, hours = local_hour_starts(after, zone, horizon_hours)
-            allowed = ~is_quiet(hours, quiet_hours)
-            values = grid[np.ix_(sel, slots)]
-            values[:, ~allowed] = -np.inf
-            out[sel] = times[np.argmax(values, axis=1)]
+        for lo in range(0, len(ids), _BEST_SLOT_CHUNK):  # block by block, as `best_slot`
+            block = ids.iloc[lo : lo + _BEST_SLOT_CHUNK]
+            grid = self.score_grid(block, channel, live_activity)
+            out[lo : lo + len(block)] = _next_in_grid(
+                grid, self.timezone_of(block), after, quiet_hours, horizon_hours
+            )
         return pd.Series(pd.DatetimeIndex(out).tz_localize("UTC"), index=ids.to_numpy(), name="next_send_utc")
 
     def next_send_time(
@@ -717,6 +708,36 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         return self.next_send_times(
             [customer_id], channel, after, quiet_hours, horizon_hours, live_activity
         ).iloc[0]
+
+    def answer_one(
+        self,
+        customer_id,
+        channel: str | None,
+        after: pd.Timestamp | None,
+        quiet_hours: tuple[int, int] | None = DEFAULT_QUIET_HOURS,
+        live_activity: pd.DataFrame | None = None,
+    ) -> dict:
+        """One customer's `best_slot` row, `next_send_time` after `after` (None when `after` is
+        None) and `scores`, from one grid (a request of the service).
+
+        Keys: timezone, best_weekday, best_hour_local, score, fallback, next_send_utc, scores."""
+        ids, _, _ = self._rows([customer_id])
+        grid = self.score_grid(ids, channel, live_activity)
+        best, score = _best_in_grid(grid, quiet_hours)
+        zones = self.timezone_of(ids)
+        nxt = None
+        if after is not None:
+            moment = _next_in_grid(grid, zones, _utc(after, SLOTS), quiet_hours, SLOTS)[0]
+            nxt = pd.Timestamp(moment).tz_localize("UTC")
+        return {
+            c.TIMEZONE: str(zones[0]),
+            "best_weekday": int(best[0] // HOURS),
+            "best_hour_local": int(best[0] % HOURS),
+            c.SCORE: float(score[0]),
+            "fallback": bool(self.fallback(ids, live_activity)[0]),
+            "next_send_utc": nxt,
+            "scores": grid[0],
+        }
 
     def send_plan(
         self,
@@ -827,3 +848,33 @@ def engaged_before(messages: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
         if col in messages.columns:
             engaged |= (messages[col].notna() & (messages[col] < as_of)).to_numpy(dtype=bool)
     return engaged
+
+
+def _best_in_grid(grid: np.ndarray, quiet_hours: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best slot outside `quiet_hours` (ties: the earliest of the week) and its score."""
+    quiet = is_quiet(np.arange(SLOTS) % HOURS, quiet_hours)
+    masked = np.where(quiet[None, :], -np.inf, grid)
+    best = np.argmax(masked, axis=1)
+    return best, masked[np.arange(len(masked)), best]
+
+
+def _next_in_grid(grid: np.ndarray, zones: np.ndarray, after: pd.Timestamp, quiet_hours, horizon_hours: int):
+    """Each row's best local hour start from `after` (UTC) on, within the horizon, outside quiet
+    hours (ties: the earliest), as datetime64[us] in UTC (see `SendTimeModel.next_send_times`)."""
+    out = np.empty(len(grid), dtype="datetime64[us]")
+    for zone in np.unique(zones):
+        sel = np.flatnonzero(zones == zone)
+        times, slots, hours = local_hour_starts(after, zone, horizon_hours)
+        allowed = ~is_quiet(hours, quiet_hours)
+        values = grid[np.ix_(sel, slots)]
+        values[:, ~allowed] = -np.inf
+        out[sel] = times[np.argmax(values, axis=1)]
+    return out
+
+
+def _utc(after, horizon_hours: int) -> pd.Timestamp:
+    """`after` in UTC (a naive one is taken as UTC), with the horizon checked."""
+    if horizon_hours < 1:
+        raise ValueError("horizon_hours must be at least 1")
+    after = pd.Timestamp(after)
+    return after.tz_localize("UTC") if after.tzinfo is None else after.tz_convert("UTC")
