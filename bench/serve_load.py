@@ -13,7 +13,9 @@ connections) sends requests back to back for
 `--duration` seconds or `--max-requests` requests, whichever comes first, after a short unrecorded
 warm-up. Per cell: requests, errors (non-2xx or exceptions), p50/p99 latency of the successful
 requests in ms (client side, so it includes the client's own overhead), rps (successful requests per
-second of wall time) and the status counts.
+second of wall time) and the status counts; when the bench started the server, each worker's CPU
+seconds (`worker_cpu_s`) and the busiest worker's share of them (`busiest_worker_cpu_share`: 0.5
+with two workers sharing the load evenly, 1.0 with one doing it all).
 
 - `recommend`: POST /v1/recommend {"customer_id": <random known customer>, "channel": "web", "k": 10};
   customers from `--customers-file` (one id a line) or `<data>/customers.parquet`. A known
