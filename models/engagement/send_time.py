@@ -650,12 +650,11 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         score, fallback. Ties go to the earliest slot of the week.
         """
         ids, _, _ = self._rows(customer_ids)
-        best = np.empty(len(ids), dtype=np.int64)
-        score = np.empty(len(ids))
-        # block by block: a grid of every customer at once is 1.3 GB per million customers
-        for lo in range(0, len(ids), _BEST_SLOT_CHUNK):
-            grid = self.score_grid(ids.iloc[lo : lo + _BEST_SLOT_CHUNK], channel, live_activity)
-            best[lo : lo + len(grid)], score[lo : lo + len(grid)] = _best_in_grid(grid, quiet_hours)
+        best, score, _ = self._scan(ids, channel, quiet_hours, live_activity)
+        return self._slot_frame(ids, channel, best, score, live_activity)
+
+    def _slot_frame(self, ids: pd.Series, channel, best, score, live_activity) -> pd.DataFrame:
+        """`best_slot`'s table from the best slots and their scores."""
         return pd.DataFrame(
             {
                 c.CUSTOMER_ID: ids.to_numpy(),
@@ -684,16 +683,28 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         daylight saving never appears and a repeated one appears twice (the earlier wins a tie).
         Candidates inside quiet hours (local) are left out. A naive `after` is taken as UTC.
         """
-        after = _utc(after, horizon_hours)
         ids, _, _ = self._rows(customer_ids)
-        out = np.empty(len(ids), dtype="datetime64[us]")
-        for lo in range(0, len(ids), _BEST_SLOT_CHUNK):  # block by block, as `best_slot`
+        _, _, out = self._scan(
+            ids, channel, quiet_hours, live_activity, _utc(after, horizon_hours), horizon_hours
+        )
+        return pd.Series(pd.DatetimeIndex(out).tz_localize("UTC"), index=ids.to_numpy(), name="next_send_utc")
+
+    def _scan(
+        self, ids: pd.Series, channel, quiet_hours, live_activity, after=None, horizon_hours: int = SLOTS
+    ):
+        """(best slot, its score, next moment or None without `after`) of each customer, from one
+        grid per block: a grid of every customer at once is 1.3 GB per million customers."""
+        best = np.empty(len(ids), dtype=np.int64)
+        score = np.empty(len(ids))
+        nxt = None if after is None else np.empty(len(ids), dtype="datetime64[us]")
+        for lo in range(0, len(ids), _BEST_SLOT_CHUNK):
             block = ids.iloc[lo : lo + _BEST_SLOT_CHUNK]
             grid = self.score_grid(block, channel, live_activity)
-            out[lo : lo + len(block)] = _next_in_grid(
-                grid, self.timezone_of(block), after, quiet_hours, horizon_hours
-            )
-        return pd.Series(pd.DatetimeIndex(out).tz_localize("UTC"), index=ids.to_numpy(), name="next_send_utc")
+            best[lo : lo + len(block)], score[lo : lo + len(block)] = _best_in_grid(grid, quiet_hours)
+            if nxt is not None:
+                zones = self.timezone_of(block)
+                nxt[lo : lo + len(block)] = _next_in_grid(grid, zones, after, quiet_hours, horizon_hours)
+        return best, score, nxt
 
     def next_send_time(
         self,
@@ -753,11 +764,12 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         Columns: customer_id, channel, timezone, best_hour_local, best_weekday, next_send_utc, fallback.
         `live_activity`: opens and clicks since training (see the module docstring).
         """
-        best = self.best_slot(customer_ids, channel, quiet_hours, live_activity)
-        nxt = self.next_send_times(
-            best[c.CUSTOMER_ID], channel, after, quiet_hours, horizon_hours, live_activity
-        )
-        best["next_send_utc"] = nxt.to_numpy()
+        ids, _, _ = self._rows(customer_ids)
+        slot, score, nxt = self._scan(
+            ids, channel, quiet_hours, live_activity, _utc(after, horizon_hours), horizon_hours
+        )  # the best slot and the next moment from one grid per block
+        best = self._slot_frame(ids, channel, slot, score, live_activity)
+        best["next_send_utc"] = pd.DatetimeIndex(nxt).tz_localize("UTC").to_numpy()
         columns = [c.CUSTOMER_ID, c.CHANNEL, c.TIMEZONE, "best_hour_local", "best_weekday", "next_send_utc"]
         return best[[*columns, "fallback"]]
 
