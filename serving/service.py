@@ -387,7 +387,8 @@ class OmniService:
             send_at=d["send_at"],
             offer_id=None if d["offer_id"] is None or pd.isna(d["offer_id"]) else str(d["offer_id"]),
             product_ids=[str(p) for p in d["product_ids"]],
-            expected_gain=json.loads(json.dumps(d["expected_gain"], default=float)),
+            # `_decision_dict` gives Python floats (None for an unknown conversion probability)
+            expected_gain=dict(d["expected_gain"]),
             reasons=[str(x) for x in d["reasons"]],
             committed=bool(r.commit and contact is not None),
             model_versions=m.model_versions,

@@ -78,7 +78,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from features import columns as c
 from features.io import Tables
-from models._compiled_trees import CompiledTrees
+from models._compiled_trees import CompiledStack, CompiledTrees
 from models.decisions.history import CustomerHistory, message_windows_days
 from models.decisions.profile import CustomerProfiles
 from models.decisions.uplift import (
@@ -156,10 +156,45 @@ class _BoosterUplift:
         # compiled once per process, on first use
         state = self.__dict__.copy()
         state.pop("_compiled_cache", None)
+        state.pop("_stack_cache", None)
         return state
+
+    def _boosters(self) -> list:
+        """Every booster of the outcomes and effects, in a fixed order (floats left out)."""
+        found = []
+        for model in [*self.outcomes, *self.effects]:
+            for part in model if isinstance(model, tuple) else (model,):
+                if not isinstance(part, float):
+                    found.append(part)
+        return found
+
+    def _stacked(self) -> tuple[CompiledStack, dict[int, int]] | None:
+        """All boosters compiled as one stack and each one's column, or None when one of them
+        is not compiled (it then keeps `Booster.predict`, and so do the others)."""
+        boosters = self._boosters()
+        kept = self.__dict__.get("_stack_cache")
+        if (
+            kept is not None
+            and len(kept[0]) == len(boosters)
+            and all(a is b for a, b in zip(kept[0], boosters, strict=True))
+        ):
+            return kept[1]
+        compiled = [self._compiled(b) for b in boosters]
+        stacked = None
+        if (
+            boosters
+            and all(cm is not None for cm in compiled)
+            and len({cm.n_features for cm in compiled}) == 1
+        ):
+            stacked = (CompiledStack(compiled), {id(b): j for j, b in enumerate(boosters)})
+        self._stack_cache = (boosters, stacked)
+        return stacked
 
     def predict_outcomes(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
+        stacked = self._stacked() if len(X) == 1 else None
+        if stacked is not None:
+            return self._one_row_outcomes(X, *stacked)
         K = len(self.outcomes)
         if self.kind == "t":
             out = np.column_stack([self._predict(m, X) for m in self.outcomes])
@@ -176,6 +211,28 @@ class _BoosterUplift:
                     tau = self._predict(self.effects[k - 1], X)
                 out[:, k] = mu0 + tau
         return np.clip(out, 0.0, 1.0)
+
+    def _one_row_outcomes(self, X: np.ndarray, stack: CompiledStack, column: dict[int, int]) -> np.ndarray:
+        """`predict_outcomes` of one row: every booster in one compiled call and the arms'
+        arithmetic over arrays of arms (the same operations, element by element, as the loop
+        over arms above: equal values)."""
+        values = stack.predict(X)[0]
+
+        def of(models) -> np.ndarray:
+            return np.array([m if isinstance(m, float) else values[column[id(m)]] for m in models])
+
+        if self.kind == "t":
+            return np.clip(of(self.outcomes)[None, :], 0.0, 1.0)
+        mu0 = of(self.outcomes[:1])
+        if self.kind == "x":
+            share = self.arm_share[1 : len(self.outcomes)]
+            g = share / (self.arm_share[0] + share)
+            tau = g * of([pair[0] for pair in self.effects]) + (1.0 - g) * of(
+                [pair[1] for pair in self.effects]
+            )
+        else:
+            tau = of(self.effects)
+        return np.clip(np.concatenate([mu0, mu0 + tau])[None, :], 0.0, 1.0)
 
     def save(self, folder: Path) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
@@ -719,5 +776,10 @@ def _model_matrix(features, names: list[str]) -> np.ndarray:
     if isinstance(features, pd.DataFrame):
         X = features[names].to_numpy(np.float64)
     else:
-        X = np.column_stack([np.asarray(features[name], dtype=np.float64) for name in names])
+        columns = [features[name] for name in names]
+        if columns and all(len(col) == 1 for col in columns):
+            # a request's one row: one conversion instead of a stack of 1-element arrays
+            X = np.array([[col[0] for col in columns]], dtype=np.float64)
+        else:
+            X = np.column_stack([np.asarray(col, dtype=np.float64) for col in columns])
     return np.where(np.isfinite(X), X, MISSING)

@@ -29,6 +29,7 @@ guard and the tests use it to prove that no send breaks the policy.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import tomllib
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from features import columns as c
-from models.base import FEW_IDS, index_rows
+from models.base import FEW_IDS, index_rows, isin_few, nan_to_num_few
 from models.timestamps import NAT_US, US_PER_HOUR, US_PER_SECOND, to_us
 
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[2] / "configs" / "contact_policy.toml"
@@ -358,7 +359,7 @@ def offer_eligibility(
     """
     segments = np.asarray(segments, dtype=object)
     tiers = np.asarray(value_tiers, dtype=object)
-    monetary = np.nan_to_num(np.asarray(monetary, dtype=np.float64), nan=0.0)
+    monetary = nan_to_num_few(monetary)
     out = np.ones((len(segments), len(offer_ids)), dtype=bool)
     for j, offer in enumerate(offer_ids):
         rule = rules.get(str(offer))
@@ -366,11 +367,11 @@ def offer_eligibility(
             continue
         ok = np.ones(len(segments), dtype=bool)
         if rule.segments:
-            ok &= np.isin(segments, rule.segments)
+            ok &= isin_few(segments, rule.segments)
         if rule.exclude_segments:
-            ok &= ~np.isin(segments, rule.exclude_segments)
+            ok &= ~isin_few(segments, rule.exclude_segments)
         if rule.value_tiers:
-            ok &= np.isin(tiers, rule.value_tiers)
+            ok &= isin_few(tiers, rule.value_tiers)
         if rule.min_spend > 0:
             ok &= monetary >= rule.min_spend
         if rule.categories:
@@ -517,8 +518,17 @@ class ContactLedger:
         self._customer_index = pd.Index(uniques)
         seconds = np.maximum(ts // US_PER_SECOND, 0)
         key = (codes.astype(np.int64) << _SECONDS_BITS) | seconds
-        self._all_keys = np.sort(key)
+        order = np.argsort(key, kind="stable")
+        self._all_keys = key[order]
         self._channel_keys = {ch: np.sort(key[channels == ch]) for ch in pd.unique(channels)}
+        # the channel of each of `_all_keys`, as a small code: a request reads one customer's
+        # contacts once (`_contacts_of`) and answers every window from them
+        channel_codes, channel_names = pd.factorize(channels)
+        self._all_channel_codes = channel_codes.astype(np.int16)[order]
+        self._channel_names = [str(ch) for ch in channel_names]
+        # where each customer's keys start in `_all_keys` (customer codes are 0..n-1)
+        self._key_starts = np.searchsorted(self._all_keys >> _SECONDS_BITS, np.arange(len(uniques) + 1))
+        self._last_contacts = None  # (code, `_contacts_of` answer): a decision asks several times
         self._code_of = None  # built on the first small question
         self._index_ready = True
 
@@ -544,18 +554,19 @@ class ContactLedger:
         t = np.asarray(ts_us, dtype=np.int64) // US_PER_SECOND
         out = np.zeros((len(codes), len(windows)), dtype=np.int64)
         if len(codes) <= FEW_IDS:
-            # a request: the same keys as below, as Python ints (a dozen tiny numpy ops cost more)
+            # a request: the customer's few contacts read once, every window counted on them in
+            # Python (the same seconds and bounds as below; tiny numpy calls per window cost more)
             seconds = (t if t.shape == codes.shape else np.broadcast_to(t, codes.shape)).tolist()
-            for j, (window_hours, channel) in enumerate(windows):
-                keys = self._all_keys if channel is None else self._channel_keys.get(channel, _NO_KEYS)
-                w = int(round(window_hours * 3600))
-                for i, (code, s) in enumerate(zip(codes.tolist(), seconds, strict=True)):
-                    if code >= 0:
-                        lo, hi = (
-                            (code << _SECONDS_BITS) | max(s - w + 1, 0),
-                            (code << _SECONDS_BITS) | max(s + w - 1, 0),
-                        )
-                        out[i, j] = keys.searchsorted(hi, side="right") - keys.searchsorted(lo, side="left")
+            widths = [int(round(window_hours * 3600)) for window_hours, _ in windows]
+            for i, (code, s) in enumerate(zip(codes.tolist(), seconds, strict=True)):
+                if code < 0:
+                    continue
+                by_channel = self._contacts_of(code)
+                for j, (w, (_, channel)) in enumerate(zip(widths, windows, strict=True)):
+                    found = by_channel.get(channel)
+                    if found:
+                        lo, hi = max(s - w + 1, 0), max(s + w - 1, 0)
+                        out[i, j] = bisect.bisect_right(found, hi) - bisect.bisect_left(found, lo)
             return out
         for j, (window_hours, channel) in enumerate(windows):
             keys = self._all_keys if channel is None else self._channel_keys.get(channel, _NO_KEYS)
@@ -566,10 +577,38 @@ class ContactLedger:
             out[:, j] = np.where(codes >= 0, counts, 0)
         return out
 
+    def _contacts_of(self, code: int) -> dict[str | None, list[int]]:
+        """One customer's contacts (sorted seconds): all of them under None, and per channel."""
+        last = self._last_contacts
+        if last is not None and last[0] == code:
+            return last[1]
+        start, end = int(self._key_starts[code]), int(self._key_starts[code + 1])
+        out: dict[str | None, list[int]] = {}
+        if start < end:
+            mask = (1 << _SECONDS_BITS) - 1
+            seconds = (self._all_keys[start:end] & mask).tolist()
+            names = self._channel_names
+            out[None] = seconds
+            for second, channel in zip(seconds, self._all_channel_codes[start:end].tolist(), strict=True):
+                out.setdefault(names[channel], []).append(second)
+        # one tuple, replaced whole: a thread reading it sees one customer's answer or another's
+        self._last_contacts = (code, out)
+        return out
+
     def last_contact_before(self, customer_ids, ts_us) -> np.ndarray:
         """µs of each customer's last contact before `ts_us` (NaT = int64 min when none)."""
         codes = self._codes(customer_ids)
         t = np.asarray(ts_us, dtype=np.int64) // US_PER_SECOND
+        if len(codes) <= FEW_IDS and t.shape == codes.shape and (t >= 0).all():
+            # a request: the customer's contacts read once (see `counts_near`)
+            out = np.full(len(codes), NAT_US, dtype=np.int64)
+            for i, (code, s) in enumerate(zip(codes.tolist(), t.tolist(), strict=True)):
+                seconds = self._contacts_of(code).get(None) if code >= 0 else None
+                if seconds:
+                    before = bisect.bisect_left(seconds, s)
+                    if before:
+                        out[i] = seconds[before - 1] * US_PER_SECOND
+            return out
         pos = np.searchsorted(self._all_keys, (codes << _SECONDS_BITS) | t, side="left")
         start = np.searchsorted(self._all_keys, codes << _SECONDS_BITS, side="left")
         has = (codes >= 0) & (pos > start)
@@ -777,7 +816,7 @@ def audit_columns(
     hours, _ = local_hour_and_weekday(send, timezones)
     out = {
         "control_group": in_control_group(ids, policy),
-        "no_consent": ~np.asarray(consented, dtype=bool) | ~np.isin(channels, policy.channels),
+        "no_consent": ~np.asarray(consented, dtype=bool) | ~isin_few(channels, policy.channels),
         "quiet_hours": is_quiet_hour(hours, policy.quiet_hours) | (send == NAT_US),
     }
     last_buy = ledger.last_purchase(ids)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from features import columns as c
-from models.base import FEW_IDS
+from models.base import FEW_IDS, isin_few
 from models.decisions.contact_policy import (
     Ledger,
     _distinct,
@@ -303,7 +303,7 @@ class _DecisionCore:
         segment[known] = np.asarray(profiles.take("segment", rows[known]), dtype=object)
         tier[known] = np.asarray(profiles.take("value_tier", rows[known]), dtype=object)
         came_back = ledger.bought_since_training(ids)
-        lapsed = np.isin(segment, ("dormant", "at_risk"))
+        lapsed = isin_few(segment, ("dormant", "at_risk"))
         segment[came_back & lapsed] = "active"
         due = (
             self.profiles_.due_replenishments(ids[live_idx], now, k=self.policy_.items_per_message)

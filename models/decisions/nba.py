@@ -41,7 +41,7 @@ from sklearn.base import BaseEstimator
 
 from features import columns as c
 from features.io import Tables
-from models.base import read_model_meta
+from models.base import nan_to_num_few, read_model_meta
 from models.decisions._learning import _BoosterUplift, _LearningFromMessages, _model_matrix
 from models.decisions.choosers import (
     ActivityHoursChooser,
@@ -245,10 +245,10 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         (1 for everyone when purchases carry no amounts).
 
         `features`: a frame of `CustomerProfiles.model_features` or a dict of its columns."""
-        freq = np.nan_to_num(np.asarray(features["frequency"], dtype=np.float64))
+        freq = nan_to_num_few(features["frequency"])
         if not getattr(self, "order_values_known_", True):
             return np.ones(len(freq))
-        aov = np.nan_to_num(np.asarray(features["avg_order_value"], dtype=np.float64))
+        aov = nan_to_num_few(features["avg_order_value"])
         k = ORDER_VALUE_PRIOR_ORDERS
         return (aov * freq + k * self.mean_order_value_) / (freq + k)
 

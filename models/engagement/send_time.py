@@ -447,8 +447,15 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         """Index of `channel`, or -1 for a channel without message history (channel-agnostic grid)."""
         if channel is None:
             return -1
-        hits = np.flatnonzero(self.channels_ == str(channel))
-        return int(hits[0]) if len(hits) else -1
+        # a dict of the channels, rebuilt when `channels_` is replaced (a request asks per grid)
+        kept = self.__dict__.get("_channel_codes_kept")
+        if kept is None or kept[0] is not self.channels_:
+            codes: dict[str, int] = {}
+            for i, name in enumerate(np.asarray(self.channels_).tolist()):
+                codes.setdefault(str(name), i)  # the first of equal names, as before
+            kept = (self.channels_, codes)
+            self._channel_codes_kept = kept
+        return kept[1].get(str(channel), -1)
 
     def _live_hours(self, customer_ids, live_activity: pd.DataFrame | None) -> np.ndarray | None:
         """Opens and clicks after `as_of` per row of `customer_ids` and local hour (n × 24), or None."""
@@ -520,8 +527,12 @@ class SendTimeModel(HabitMixture, BaseEstimator):
         """The model's grid (see `score_grid`), whatever `serve` says; `live`: `_live_hours`."""
         rows, unknown = self._row_codes(customer_ids)
         known = ~unknown
-        posterior = np.tile(self.segment_weights_[0], (len(rows), 1))
-        posterior[known] = self.posterior_[rows[known]]
+        if len(rows) == 1 and known[0]:
+            # a request's known customer: their posterior as the tile below would hold it
+            posterior = self.posterior_[rows].astype(np.result_type(self.segment_weights_))
+        else:
+            posterior = np.tile(self.segment_weights_[0], (len(rows), 1))
+            posterior[known] = self.posterior_[rows[known]]
         with_live = None if live is None else np.flatnonzero(live.sum(axis=1) > 0)
         if with_live is not None and len(with_live) and getattr(self, "background_", None) is not None:
             prior_posterior = posterior[with_live].astype(np.float64)
@@ -589,12 +600,17 @@ class SendTimeModel(HabitMixture, BaseEstimator):
     def _half_lift(self) -> np.ndarray:
         """Half of `_profile_lift`, kept while the parameters it is made of stay equal: a request
         asks for it once per grid (a dozen numpy calls), the fit changes them between steps."""
-        parts = (self.coef_, self.profiles_, self.profile_residual_)
+        # the parameters' bytes (with shape and dtype) as the key: comparing a few hundred bytes
+        # costs less than `np.array_equal` on each, and an in-place change is still seen
+        key = tuple(
+            (a.shape, a.dtype.str, a.tobytes())
+            for a in (np.asarray(self.coef_), np.asarray(self.profiles_), np.asarray(self.profile_residual_))
+        )
         kept = self.__dict__.get("_half_lift_kept")
-        if kept is not None and all(np.array_equal(a, b) for a, b in zip(kept[0], parts, strict=True)):
+        if kept is not None and kept[0] == key:
             return kept[1]
         half_lift = 0.5 * self._profile_lift()
-        self._half_lift_kept = (tuple(np.array(a, copy=True) for a in parts), half_lift)
+        self._half_lift_kept = (key, half_lift)
         return half_lift
 
     def _hour_prob_with_live(self, hour_prob, prior_posterior, posterior, rows, live) -> np.ndarray:

@@ -4,7 +4,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from models._compiled_trees import CompiledTrees
+from models._compiled_trees import CompiledStack, CompiledTrees
 
 
 def _rows(n: int, seed: int) -> np.ndarray:
@@ -54,6 +54,29 @@ def test_predictions_equal_lightgbm_bit_for_bit(objective, params):
     # one row, as a request asks, and float32 rows as the ranker builds them
     assert np.array_equal(compiled.predict(test[3]), expected[3:4])
     assert np.array_equal(compiled.predict(test.astype(np.float32)), booster.predict(test.astype(np.float32)))
+
+
+def test_a_stack_of_models_equals_each_model():
+    """Models of different objectives, sizes (one of a single leaf per tree) and iteration counts,
+    walked in one call: each column equals that model's own predictions, bit for bit."""
+    X = _rows(2000, 8)
+    signal = np.nan_to_num(X[:, 0]) - np.nan_to_num(X[:, 3])
+    models = [
+        CompiledTrees.of(_fit("binary", (signal > 0).astype(float), X, sigmoid=0.7)),
+        CompiledTrees.of(_fit("regression", signal, X, zero_as_missing=True), num_iteration=None),
+        CompiledTrees.of(_fit("tweedie", np.exp(signal / 10), X)),
+        CompiledTrees.of(_fit("regression", np.zeros(len(X)), X)),  # every tree a single leaf
+        CompiledTrees.of(_fit("regression", signal, X), num_iteration=5),
+    ]
+    stack = CompiledStack(models)
+    test = _rows(300, 9)
+    both = stack.predict(test)
+    assert both.shape == (300, len(models))
+    for j, model in enumerate(models):
+        assert np.array_equal(both[:, j], model.predict(test))
+        assert np.array_equal(stack.predict(test[7])[0, j], model.predict(test[7])[0])
+    with pytest.raises(ValueError, match="features"):
+        stack.predict(test[:, :3])
 
 
 def test_the_first_iterations_only():

@@ -121,6 +121,54 @@ def test_ledger_counts_contacts_on_both_sides_and_per_channel():
     assert last[0] == us("2026-05-03 10:00") and last[1] == us("2026-05-03 09:00") and last[2] == NAT_US
 
 
+def test_a_few_customers_get_the_counts_of_the_batch_path_on_window_edges():
+    """A request's question (at most FEW_IDS customers, answered from each customer's contacts
+    read once) gives the batch path's counts: contacts exactly on a window's edge, several at one
+    second, a channel without contacts, times before the first contact and NaT."""
+    rng = np.random.default_rng(7)
+    n = 400
+    ids = rng.choice([f"c{i}" for i in range(12)], n)
+    base = us("2026-05-01 00:00")
+    seconds = base // 1_000_000 + rng.integers(0, 30 * 86_400, n)
+    seconds[:40] = seconds[40:80]  # several contacts at the same second
+    ledger = ContactLedger()
+    ledger.record(ids, rng.choice(["email", "sms", "push"], n), pd.to_datetime(seconds, unit="s", utc=True))
+    windows = [
+        (24, None),
+        (168, None),
+        (24, "email"),
+        (168, "sms"),
+        (6, "push"),
+        (24, "whatsapp"),
+        (0.5, None),
+    ]
+    asked = np.array([f"c{i}" for i in range(14)], dtype=object)  # two unknown
+    for _ in range(30):
+        # each customer's own contact times, moved onto and around the windows' edges
+        pick = np.array([rng.choice(np.flatnonzero(ids == cid)) if cid in ids else 0 for cid in asked])
+        shift = rng.choice([0, 1, -1, 86_400, -86_400, 86_399, -86_399, 604_800, 7], len(asked))
+        t = (seconds[pick] + shift) * 1_000_000
+        t[0] = NAT_US
+        t[1] = 0
+        padded = np.concatenate([asked, asked[:5]])  # more than FEW_IDS: the batch path
+        padded_t = np.concatenate([t, t[:5]])
+        assert np.array_equal(
+            ledger.counts_near(asked, t, windows), ledger.counts_near(padded, padded_t, windows)[: len(asked)]
+        )
+        for i in range(len(asked)):
+            assert np.array_equal(
+                ledger.counts_near(asked[i : i + 1], t[i : i + 1], windows)[0],
+                ledger.counts_near(padded, padded_t, windows)[i],
+            )
+            assert (
+                ledger.last_contact_before(asked[i : i + 1], t[i : i + 1])[0]
+                == ledger.last_contact_before(padded, padded_t)[i]
+            )
+        assert np.array_equal(
+            ledger.last_contact_before(asked, t), ledger.last_contact_before(padded, padded_t)[: len(asked)]
+        )
+
+
 def test_latest_consent_row_wins_and_no_row_means_no():
     consent = pd.DataFrame(
         {

@@ -232,3 +232,19 @@ def test_validated_confidence_personalises_only_where_held_out_folds_pay():
     assert max(flat.confidence_scores_.values()) == pytest.approx(flat.confidence_scores_[flat.confidence_])
     with pytest.raises(ValueError, match="validated"):
         ValueGuardedPolicy(confidence="loose").fit(values, arm, reward, 1 / 3)
+
+
+@pytest.mark.parametrize("kind", ["t", "x", "dr"])
+def test_one_row_predictions_equal_the_batch_ones(experiment, kind):
+    """A request's row goes through every booster in one compiled call (`CompiledStack`); the
+    batch through LightGBM: the same numbers, bit for bit."""
+    from models.decisions._learning import _BoosterUplift
+
+    X, arm, y = experiment
+    learner = MultiArmUpliftLearner(learner=kind, random_state=0).fit(X, arm, y, propensity=PROPENSITY)
+    boosters = _BoosterUplift.from_learner(learner)
+    rows = np.vstack([X[:40], [[np.nan, 0.0, 1e-36]]])
+    batch = boosters.predict_outcomes(rows)
+    assert boosters._stacked() is not None
+    for i in range(len(rows)):
+        assert np.array_equal(boosters.predict_outcomes(rows[i : i + 1]), batch[i : i + 1])
