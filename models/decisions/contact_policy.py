@@ -278,6 +278,10 @@ def local_hour_and_weekday(ts_us: np.ndarray, timezones) -> tuple[np.ndarray, np
     """
     ts_us = np.asarray(ts_us, dtype=np.int64)
     zones = np.asarray(timezones, dtype=object)
+    if len(ts_us) <= FEW_IDS:
+        few = _few_local_hours(ts_us, zones)
+        if few is not None:
+            return few
     hours = np.full(len(ts_us), -1, dtype=np.int64)
     weekdays = np.full(len(ts_us), -1, dtype=np.int64)
     valid = ts_us != NAT_US
@@ -296,6 +300,25 @@ def local_hour_and_weekday(ts_us: np.ndarray, timezones) -> tuple[np.ndarray, np
         hours[sel] = local.hour
         weekdays[sel] = local.day_of_week
     return hours, weekdays
+
+
+def _few_local_hours(ts_us: np.ndarray, zones: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """`local_hour_and_weekday` of a request's few instants, each read from its zone's cached
+    hour table in Python; None when one is not a whole UTC hour in a named zone (the general
+    path converts those)."""
+    hours, weekdays = [], []
+    for t, zone in zip(ts_us.tolist(), zones.tolist(), strict=True):
+        if t == NAT_US:
+            hours.append(-1)
+            weekdays.append(-1)
+            continue
+        if not isinstance(zone, str) or t % US_PER_HOUR:
+            return None
+        chunk, at = divmod(t // US_PER_HOUR, _ZONE_CHUNK_HOURS)
+        hour, weekday = _zone_chunk(zone, chunk)
+        hours.append(int(hour[at]))
+        weekdays.append(int(weekday[at]))
+    return np.array(hours, dtype=np.int64), np.array(weekdays, dtype=np.int64)
 
 
 def _str_ids(customer_ids) -> np.ndarray:
@@ -808,14 +831,18 @@ def audit_columns(
     consented: np.ndarray,
     ledger: Ledger,
     policy: ContactPolicy,
+    control: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """`audit_sends` as {rule: booleans} in `AUDIT_COLUMNS` order, without the frame (a request)."""
+    """`audit_sends` as {rule: booleans} in `AUDIT_COLUMNS` order, without the frame (a request).
+    `control`: `in_control_group` of these customers when the caller has it already."""
     ids = _str_ids(customer_ids)
     channels = np.asarray(channels, dtype=object).astype(str)
     send = np.asarray(send_at_us, dtype=np.int64)
     hours, _ = local_hour_and_weekday(send, timezones)
     out = {
-        "control_group": in_control_group(ids, policy),
+        "control_group": in_control_group(ids, policy)
+        if control is None
+        else np.asarray(control, dtype=bool),
         "no_consent": ~np.asarray(consented, dtype=bool) | ~isin_few(channels, policy.channels),
         "quiet_hours": is_quiet_hour(hours, policy.quiet_hours) | (send == NAT_US),
     }

@@ -22,6 +22,7 @@ from models.decisions.contact_policy import (
     in_control_group,
     is_quiet_hour,
     load_contact_policy,
+    local_hour_and_weekday,
     next_send_times,
     offer_eligibility,
     policy_from_toml_dict,
@@ -167,6 +168,27 @@ def test_a_few_customers_get_the_counts_of_the_batch_path_on_window_edges():
         assert np.array_equal(
             ledger.last_contact_before(asked, t), ledger.last_contact_before(padded, padded_t)[: len(asked)]
         )
+
+
+def test_local_hours_of_a_few_instants_equal_pandas_conversion():
+    """A request's send times (at most FEW_IDS, read from the zones' cached hour tables) get the
+    local hour and weekday pandas gives, across DST changes, NaT, and instants that are not whole
+    hours (converted directly)."""
+    rng = np.random.default_rng(3)
+    zones = np.array(["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "UTC"] * 3)
+    start = us("2026-03-01 00:00") // 3_600_000_000
+    for whole_hours in (True, False):
+        t = (start + rng.integers(0, 24 * 300, len(zones))) * 3_600_000_000
+        if not whole_hours:
+            t[4] += 1_800_000_000
+        t[2] = NAT_US
+        hours, weekdays = local_hour_and_weekday(t, zones)
+        for i, (ts, zone) in enumerate(zip(t, zones, strict=True)):
+            if ts == NAT_US:
+                assert hours[i] == -1 and weekdays[i] == -1
+                continue
+            local = pd.Timestamp(int(ts), unit="us", tz="UTC").tz_convert(zone)
+            assert (hours[i], weekdays[i]) == (local.hour, local.day_of_week)
 
 
 def test_latest_consent_row_wins_and_no_row_means_no():
