@@ -373,6 +373,32 @@ def _local_hours(zone: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray] |
     return hour, weekday
 
 
+def _next_send_time_of_one(
+    after: int, deadline: int, zone: str, slot_scores: np.ndarray | None, quiet_hours
+) -> np.ndarray | None:
+    """`next_send_times` of one customer (a request): the same hours, scores and ties, on
+    one-dimensional arrays; None for a span longer than the cached zone tables."""
+    out = np.full(1, NAT_US, dtype=np.int64)
+    if after == NAT_US or deadline == NAT_US:
+        return out
+    first_hour, last_hour = -(-after // US_PER_HOUR), deadline // US_PER_HOUR
+    if last_hour < first_hour:
+        return out
+    table = _local_hours(zone, first_hour, last_hour)
+    if table is None:  # a span too long for the cached tables: the general path converts it
+        return None
+    hour, weekday = table
+    if slot_scores is None:
+        score = np.zeros(len(hour))
+    else:
+        score = np.asarray(slot_scores[0], dtype=np.float64)[weekday * 24 + hour]
+    score = np.where(is_quiet_hour(hour, quiet_hours), -np.inf, score)
+    best = int(np.argmax(score))
+    if np.isfinite(score[best]):
+        out[0] = (first_hour + best) * US_PER_HOUR
+    return out
+
+
 def offer_eligibility(
     offer_ids, segments, value_tiers, monetary, bought_categories, rules: dict[str, OfferRule]
 ) -> np.ndarray:
@@ -424,6 +450,10 @@ def next_send_times(
     deadline = np.asarray(deadline_us, dtype=np.int64)
     zones = np.asarray(timezones, dtype=object)
     n = len(after)
+    if n == 1 and isinstance(zones[0], str):
+        one = _next_send_time_of_one(int(after[0]), int(deadline[0]), zones[0], slot_scores, quiet_hours)
+        if one is not None:
+            return one
     out = np.full(n, NAT_US, dtype=np.int64)
     first_hour = -(-after // US_PER_HOUR)  # ceil to the next hour start (µs → hours since epoch)
     last_hour = deadline // US_PER_HOUR

@@ -544,16 +544,31 @@ class CustomerProfiles(_SpendChurnForecast, BaseEstimator):
         """`model_features(rows, now)` as {column: values} without building a frame (a request)."""
         cached = getattr(self, "_feature_columns", None)
         if cached is None or cached[0] is not self.features_:
+            matrix = self.features_.to_numpy()
             cached = (
                 self.features_,
                 {name: self.features_[name].to_numpy() for name in self.features_.columns},
+                # the features are float64 (`fit`): one row of them is one take of this matrix
+                (list(self.features_.columns), matrix) if matrix.dtype == np.float64 else None,
             )
             self._feature_columns = cached
-        feats = {name: values[rows] for name, values in cached[1].items()}
+        if cached[2] is not None and len(rows) <= FEW_IDS:
+            names, matrix = cached[2]
+            block = matrix[np.asarray(rows, dtype=np.intp)]
+            feats = {name: block[:, j] for j, name in enumerate(names)}
+        else:
+            feats = {name: values[rows] for name, values in cached[1].items()}
         now_us = int(to_us(now)[0])
         for name, col in TIME_RELATIVE.items():
-            if name in feats:
-                feats[name] = _days(np.full(len(rows), now_us), self.take(col, rows))
+            if name not in feats:
+                continue
+            then = self.take(col, rows)
+            if len(rows) == 1:
+                # `_days` of one value, in Python (the same float: the µs difference is exact)
+                value = int(then[0])
+                feats[name] = np.array([np.nan if value == NAT_US else (now_us - value) / US_PER_DAY])
+            else:
+                feats[name] = _days(np.full(len(rows), now_us), then)
         return feats
 
     def due_replenishments(self, customer_ids, now: pd.Timestamp, k: int = 3) -> list[list[str]]:

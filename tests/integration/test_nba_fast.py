@@ -134,11 +134,13 @@ def test_profile_lookups_for_one_customer_equal_the_batch_ones(served):
         batch = profiles.due_replenishments(with_items + ids[:40], now, k=3)  # more than a few: pandas
         assert [profiles.due_replenishments([cid], now, k=3)[0] for cid in with_items + ids[:40]] == batch
         due_somewhere |= any(batch)
-        frame = profiles.model_features(rows[:30], now)
-        arrays = profiles.model_feature_arrays(rows[:30], now)
-        assert list(arrays) == list(frame.columns)
-        for name in frame.columns:
-            assert np.array_equal(arrays[name], frame[name].to_numpy(), equal_nan=True), name
+        # more than a few rows, a few (one matrix take) and one (its times in Python)
+        for some in (rows[:30], rows[:5], *(rows[i : i + 1] for i in range(12))):
+            frame = profiles.model_features(some, now)
+            arrays = profiles.model_feature_arrays(some, now)
+            assert list(arrays) == list(frame.columns)
+            for name in frame.columns:
+                assert np.array_equal(arrays[name], frame[name].to_numpy(), equal_nan=True), name
     assert due_somewhere
 
 

@@ -95,6 +95,32 @@ def test_next_send_time_skips_quiet_hours_in_local_time_across_dst():
     assert short[0] == NAT_US
 
 
+def test_one_customers_send_time_is_the_batch_ones():
+    """A request's one customer (one-dimensional arrays) gets the batch path's send time: random
+    windows over DST changes, tied scores, no scores, quiet hours crossing midnight or none, NaT
+    and windows too short for any hour."""
+    rng = np.random.default_rng(11)
+    n = 400
+    zones = rng.choice(["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"], n)
+    after = us("2026-03-20 00:00") + rng.integers(0, 40 * 24 * 3600, n) * 1_000_000
+    deadline = after + rng.choice([0, 1, 2, 30, 72, 168], n) * HOUR
+    after[:5] = NAT_US
+    deadline[5:10] = NAT_US
+    scores = np.round(rng.random((n, 168)), 1)  # many ties
+    for quiet in ((21, 8), (1, 5), None):
+        for given in (scores, None):
+            batch = next_send_times(after, deadline, zones, given, quiet)
+            for i in range(n):
+                one = next_send_times(
+                    after[i : i + 1],
+                    deadline[i : i + 1],
+                    zones[i : i + 1],
+                    None if given is None else given[i : i + 1],
+                    quiet,
+                )
+                assert one[0] == batch[i], (i, quiet)
+
+
 def test_ledger_counts_contacts_on_both_sides_and_per_channel():
     ledger = ContactLedger()
     ledger.record(
