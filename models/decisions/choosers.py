@@ -108,6 +108,10 @@ class ChannelModelChooser:
             # scored as it is, rows on their own as for unknown customers below: building the
             # table would score every customer the model knows (millions) for it
             return self._score(ids, channel)
+        if len(ids) == 1:  # a request's customer: one look-up
+            row = self._row_of.get(str(ids[0]), -1)
+            if row >= 0:
+                return self._table(channel)[row : row + 1].copy()
         rows = np.fromiter((self._row_of.get(str(cid), -1) for cid in ids.tolist()), np.int64, len(ids))
         out = np.empty(len(ids))
         known = rows >= 0

@@ -600,17 +600,18 @@ class SendTimeModel(HabitMixture, BaseEstimator):
     def _half_lift(self) -> np.ndarray:
         """Half of `_profile_lift`, kept while the parameters it is made of stay equal: a request
         asks for it once per grid (a dozen numpy calls), the fit changes them between steps."""
-        # the parameters' bytes (with shape and dtype) as the key: comparing a few hundred bytes
-        # costs less than `np.array_equal` on each, and an in-place change is still seen
-        key = tuple(
-            (a.shape, a.dtype.str, a.tobytes())
-            for a in (np.asarray(self.coef_), np.asarray(self.profiles_), np.asarray(self.profile_residual_))
-        )
+        # kept while the parameters are the same arrays (fit and load replace them, never change
+        # them in place); they are made read-only when kept, so a change in place would fail
+        # loudly instead of leaving a stale lift
+        parts = (self.coef_, self.profiles_, self.profile_residual_)
         kept = self.__dict__.get("_half_lift_kept")
-        if kept is not None and kept[0] == key:
+        if kept is not None and all(a is b for a, b in zip(kept[0], parts, strict=True)):
             return kept[1]
         half_lift = 0.5 * self._profile_lift()
-        self._half_lift_kept = (key, half_lift)
+        for a in parts:
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
+        self._half_lift_kept = (parts, half_lift)
         return half_lift
 
     def _hour_prob_with_live(self, hour_prob, prior_posterior, posterior, rows, live) -> np.ndarray:
