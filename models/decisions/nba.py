@@ -387,6 +387,11 @@ class NextBestActionEngine(_LearningFromMessages, _DecisionCore, BaseEstimator):
         ids = self.profiles_.frame_[c.CUSTOMER_ID]
         if len(ids):
             self.decide_one(str(ids.iloc[0]))
+        # that customer may not reach the arbitration (control group, no consent): the one-row
+        # predictions (compiled trees, built and compiled on first use) are warmed on their own
+        uplift = getattr(self, "uplift_", None)
+        if uplift is not None and self.mode_ != "rules" and getattr(self, "feature_names_", None):
+            uplift.predict_outcomes(np.zeros((1, len(self.feature_names_))))
 
     def decide_one(
         self,

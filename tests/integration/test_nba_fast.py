@@ -175,3 +175,21 @@ def test_a_purchase_since_training_ends_the_reminder_for_what_was_bought(served)
         if checked == 10:
             break
     assert checked == 10
+
+
+def test_warming_builds_the_one_row_predictions(served):
+    """A worker's warm-up prepares the compiled one-row predictions even when the customer it
+    decides for never reaches the arbitration (control group, no consent)."""
+    from models.decisions.nba import NextBestActionEngine
+
+    engine, _ = served
+    fresh = copy.copy(engine)
+    fresh.uplift_ = copy.copy(engine.uplift_)
+    fresh.uplift_.__dict__.pop("_stack_cache", None)
+    fresh.uplift_.__dict__.pop("_compiled_cache", None)
+    # a customer the engine cannot contact: the decision itself stops before the arbitration
+    fresh.profiles_ = copy.copy(engine.profiles_)
+    fresh.profiles_.frame_ = engine.profiles_.frame_.iloc[0:0]
+    NextBestActionEngine.warm(fresh)
+    kept = fresh.uplift_.__dict__.get("_stack_cache")
+    assert kept is not None and kept[1] is not None  # every booster compiled, in one stack
