@@ -314,10 +314,10 @@ def _few_local_hours(ts_us: np.ndarray, zones: np.ndarray) -> tuple[np.ndarray, 
             continue
         if not isinstance(zone, str) or t % US_PER_HOUR:
             return None
-        chunk, at = divmod(t // US_PER_HOUR, _ZONE_CHUNK_HOURS)
-        hour, weekday = _zone_chunk(zone, chunk)
-        hours.append(int(hour[at]))
-        weekdays.append(int(weekday[at]))
+        h = t // US_PER_HOUR
+        hour, weekday = _local_hours(zone, h, h)
+        hours.append(int(hour[0]))
+        weekdays.append(int(weekday[0]))
     return np.array(hours, dtype=np.int64), np.array(weekdays, dtype=np.int64)
 
 
@@ -573,12 +573,15 @@ class ContactLedger:
         key = (codes.astype(np.int64) << _SECONDS_BITS) | seconds
         order = np.argsort(key, kind="stable")
         self._all_keys = key[order]
-        self._channel_keys = {ch: np.sort(key[channels == ch]) for ch in pd.unique(channels)}
         # the channel of each of `_all_keys`, as a small code: a request reads one customer's
         # contacts once (`_contacts_of`) and answers every window from them
         channel_codes, channel_names = pd.factorize(channels)
         self._all_channel_codes = channel_codes.astype(np.int16)[order]
         self._channel_names = [str(ch) for ch in channel_names]
+        # each channel's keys, sorted: those of `_all_keys` with its code (no sort of their own)
+        self._channel_keys = {
+            name: self._all_keys[self._all_channel_codes == j] for j, name in enumerate(self._channel_names)
+        }
         # where each customer's keys start in `_all_keys` (customer codes are 0..n-1)
         self._key_starts = np.searchsorted(self._all_keys >> _SECONDS_BITS, np.arange(len(uniques) + 1))
         self._last_contacts = None  # (code, `_contacts_of` answer): a decision asks several times
